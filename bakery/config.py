@@ -1,0 +1,403 @@
+"""`bakery.yaml`: the effective configuration of a bakery repository.
+
+Precedence: built-in defaults < bakery.yaml < BAKERY_* environment variables.
+Environment overrides use double underscores for nesting (``BAKERY_SCANNER__TIMEOUT=120``,
+``BAKERY_ENVIRONMENTS__DEV__REGISTRY=host:5000/team``) plus a few shortcuts (``BAKERY_TRIVY``,
+``BAKERY_LEDGER``, ``BAKERY_PACKER``). ``BAKERY_CONFIG`` names the file itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bakery import secrets
+from bakery.errors import InputError, ValidationError
+from bakery.validation import format_errors, load_yaml
+
+CONFIG_FILE = "bakery.yaml"
+SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_REGISTRY = re.compile(r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._/-]+)?$")
+
+
+def parse_duration(value: str | int | float) -> dt.timedelta:
+    """'90s', '15m', '24h', '7d', '2w' or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return dt.timedelta(seconds=float(value))
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 24h, 7d)")
+    return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Credentials(_Strict):
+    """Where registry credentials come from. Values never appear in output."""
+
+    username_env: str | None = None
+    password_env: str | None = None
+    docker_config: bool = True
+
+    def resolve(self) -> tuple[str, str] | None:
+        if self.username_env and self.password_env:
+            user = os.environ.get(self.username_env)
+            password = os.environ.get(self.password_env)
+            if user and password:
+                secrets.register(password)
+                return user, password
+        return None
+
+
+class Gates(_Strict):
+    require_previous: bool = True
+    scan: bool = True
+    max_scan_age: str = "24h"
+    soak: str = "0s"
+    approvers: list[str] = Field(default_factory=list)
+
+    @field_validator("max_scan_age", "soak")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @property
+    def max_scan_age_delta(self) -> dt.timedelta:
+        return parse_duration(self.max_scan_age)
+
+    @property
+    def soak_delta(self) -> dt.timedelta:
+        return parse_duration(self.soak)
+
+
+class AwsTarget(_Strict):
+    account: str = "123456789012"
+    regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
+
+
+class Environment(_Strict):
+    registry: str
+    kind: Literal["registry", "ecr"] = "registry"
+    tls_verify: bool | None = None  # None: verify except on loopback
+    credentials: Credentials = Field(default_factory=Credentials)
+    aliases: list[str] = Field(default_factory=list)
+    gates: Gates = Field(default_factory=Gates)
+    git_tag: bool = False
+    aws: AwsTarget | None = None
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str) -> str:
+        if not _REGISTRY.match(v):
+            raise ValueError(f"not a registry reference host[:port][/namespace]: {v!r}")
+        return v.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return self.registry.split("/", 1)[0]
+
+    @property
+    def namespace(self) -> str:
+        return self.registry.split("/", 1)[1] if "/" in self.registry else ""
+
+    def repository(self, name: str) -> str:
+        """Repository path inside the registry for an image family (``team/python``)."""
+        return f"{self.namespace}/{name}" if self.namespace else name
+
+    def image(self, name: str) -> str:
+        return f"{self.registry}/{name}"
+
+    @property
+    def insecure(self) -> bool:
+        if self.tls_verify is not None:
+            return not self.tls_verify
+        h = self.host.split(":")[0]
+        return h in ("localhost", "127.0.0.1", "::1") or h.startswith("127.")
+
+
+class IgnoreEntry(_Strict):
+    id: str
+    reason: str
+    until: dt.date | None = None
+    image: str | None = None
+    package: str | None = None
+
+
+class Policy(_Strict):
+    severity: Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"] = "HIGH"
+    fixable_only: bool = True
+    ignore: list[IgnoreEntry] = Field(default_factory=list)
+
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class Scanner(_Strict):
+    trivy: str = "trivy"
+    cache_dir: str = ".bakery/trivy"
+    db_repository: str | None = None
+    timeout: float = 600
+    push_on_fail: bool = False
+    min_version: str = "0.50.0"
+
+
+class Ledger(_Strict):
+    url: str = ".bakery/ledger.db"  # a path (SQLite) or s3://bucket/prefix
+    endpoint_url: str | None = None  # S3-compatible endpoint (moto, MinIO)
+    region: str = "us-east-1"
+
+
+class Tags(_Strict):
+    build: str = "{version}-{yyyymmdd}.{n}"
+    aliases: list[str] = Field(default_factory=lambda: ["{version}"])
+
+    @field_validator("build")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        from bakery.tags import validate_scheme
+
+        validate_scheme(v)
+        return v
+
+
+class DevStack(_Strict):
+    data_dir: str = ".bakery/dev"
+    ports: dict[str, int] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
+                                                             "prod": 5003})
+    auth: dict[str, str] = Field(default_factory=dict)  # env name -> "USER_ENV:PASSWORD_ENV"
+    base_image: str = "library/debian:bookworm-slim"
+    suite: str = "bookworm"
+
+
+class Build(_Strict):
+    jobs: int = Field(default=2, ge=1, le=64)
+    timeout: float = 1800
+    push: bool = True
+
+
+class Packer(_Strict):
+    binary: str = "packer"
+    timeout: float = 3600
+
+
+class Aws(_Strict):
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+
+
+def _default_envs() -> dict[str, Environment]:
+    return {
+        "dev": Environment(registry="127.0.0.1:5001/bakery", aliases=["{version}"],
+                           gates=Gates(require_previous=False, scan=True)),
+        "staging": Environment(registry="127.0.0.1:5002/bakery", aliases=["{version}", "staging"]),
+        "prod": Environment(registry="127.0.0.1:5003/bakery", aliases=["{version}", "prod"]),
+    }
+
+
+class Config(_Strict):
+    definitions: str = "base-images"
+    templates: str = "templates"
+    state_dir: str = ".bakery"
+    environments: dict[str, Environment] = Field(default_factory=_default_envs)
+    mirrors: dict[str, str] = Field(default_factory=lambda: {"docker.io": "127.0.0.1:5000"})
+    tags: Tags = Field(default_factory=Tags)
+    scanner: Scanner = Field(default_factory=Scanner)
+    policy: Policy = Field(default_factory=Policy)
+    ledger: Ledger = Field(default_factory=Ledger)
+    dev_stack: DevStack = Field(default_factory=DevStack)
+    build: Build = Field(default_factory=Build)
+    packer: Packer = Field(default_factory=Packer)
+    aws: Aws = Field(default_factory=Aws)
+
+    @field_validator("environments")
+    @classmethod
+    def _envs(cls, v: dict[str, Environment]) -> dict[str, Environment]:
+        if not v:
+            raise ValueError("at least one environment is required (the first is where builds are pushed)")
+        for name in v:
+            if not re.match(r"^[a-z][a-z0-9-]*$", name):
+                raise ValueError(f"environment name {name!r} must be lowercase letters, digits and '-'")
+        return v
+
+    @property
+    def env_order(self) -> list[str]:
+        return list(self.environments)
+
+    @property
+    def first_env(self) -> str:
+        return self.env_order[0]
+
+    def env(self, name: str) -> Environment:
+        try:
+            return self.environments[name]
+        except KeyError:
+            raise InputError(f"unknown environment {name!r} (configured: {', '.join(self.env_order)})") from None
+
+    def previous_env(self, name: str) -> str | None:
+        order = self.env_order
+        self.env(name)
+        i = order.index(name)
+        return order[i - 1] if i > 0 else None
+
+
+SHORTCUTS = {
+    "BAKERY_TRIVY": ("scanner", "trivy"),
+    "BAKERY_LEDGER": ("ledger", "url"),
+    "BAKERY_PACKER": ("packer", "binary"),
+    "BAKERY_JOBS": ("build", "jobs"),
+    "BAKERY_DB_REPOSITORY": ("scanner", "db_repository"),
+    "BAKERY_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
+}
+_NOT_OVERRIDES = {"BAKERY_CONFIG", "BAKERY_DEBUG", "BAKERY_NOW", "BAKERY_ACTOR"}
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    cur = data
+    for key in path[:-1]:
+        nxt = cur.get(key)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[key] = nxt
+        cur = nxt
+    cur[path[-1]] = value
+
+
+def env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], Any, str]]:
+    out = []
+    for key in sorted(environ):
+        if not key.startswith("BAKERY_") or key in _NOT_OVERRIDES:
+            continue
+        raw = environ[key]
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
+            value = raw
+        if key in SHORTCUTS:
+            path = SHORTCUTS[key]
+            if path[-1] in ("trivy", "url", "binary", "db_repository", "endpoint_url"):
+                value = raw
+            out.append((path, value, key))
+        elif "__" in key[7:] or key[7:].lower() in Config.model_fields:
+            path = tuple(p.lower() for p in key[7:].split("__"))
+            out.append((path, value, key))
+    return out
+
+
+@dataclass(frozen=True)
+class Project:
+    """A bakery repository: its root, its configuration and where things live."""
+
+    root: Path
+    config: Config
+    config_file: Path | None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / self.config.state_dir
+
+    @property
+    def definitions_dir(self) -> Path:
+        return self.root / self.config.definitions
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / self.config.templates
+
+    @property
+    def rendered_dir(self) -> Path:
+        return self.state_dir / "rendered"
+
+    def path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.root / p
+
+    def rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def find_config(start: Path) -> Path | None:
+    for d in [start, *start.parents]:
+        candidate = d / CONFIG_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path | None = None,
+                 environ: dict[str, str] | None = None) -> Project:
+    """Load the configuration: explicit path, else $BAKERY_CONFIG, else bakery.yaml here or above."""
+    environ = dict(os.environ) if environ is None else environ
+    cwd = (cwd or Path.cwd()).resolve()
+    path: Path | None
+    if config_path is None and environ.get("BAKERY_CONFIG"):
+        config_path = environ["BAKERY_CONFIG"]
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_absolute():
+            path = cwd / path
+        if not path.is_file():
+            raise InputError(f"{config_path}: configuration file not found")
+    else:
+        path = find_config(cwd)
+    data: Any = {}
+    display = CONFIG_FILE
+    if path is not None:
+        display = os.path.relpath(path, cwd) if str(path).startswith(str(cwd)) else str(path)
+        data = load_yaml(path, display=display)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise InputError(f"{display}: (top level): must be a mapping of settings")
+    data = _merge_overrides(data, environ)
+    try:
+        config = Config.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise ValidationError(format_errors(display, Config, err)) from None
+    for env in config.environments.values():
+        env.credentials.resolve()  # registers secrets for masking
+    root = path.parent if path is not None else cwd
+    return Project(root=root, config=config, config_file=path)
+
+
+def _merge_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    import copy
+
+    data = copy.deepcopy(data)
+    for path, value, _key in env_overrides(environ):
+        if path[0] == "environments" and len(path) > 2 and path[1] not in data.get("environments", {}):
+            # overriding a field of a default environment: materialise the defaults first
+            if "environments" not in data:
+                data["environments"] = {k: v.model_dump(exclude_defaults=True) for k, v in _default_envs().items()}
+        _set_path(data, path, value)
+    return data
+
+
+def effective(config: Config) -> dict[str, Any]:
+    """The configuration as plain data, secrets masked (for `bakery config`)."""
+    data = config.model_dump(mode="json")
+    for name, env in config.environments.items():
+        creds = env.credentials.resolve()
+        if creds:
+            data["environments"][name]["credentials"]["resolved"] = {"username": creds[0],
+                                                                     "password": secrets.MASK}
+    return data

@@ -1,0 +1,136 @@
+"""The one wrapper around external tools (trivy, packer, skopeo, git, hadolint...).
+
+Resolves the binary, applies a timeout, logs the command with secrets masked, and maps failures to
+typed errors: a missing binary or a timeout is an environment failure (exit 3); a non-zero exit is a
+:class:`ToolFailed` whose exit code the caller chooses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from bakery import secrets
+from bakery.errors import EXIT_FAILED, ToolFailed, ToolMissing, ToolTimeout
+
+log = logging.getLogger("bakery.tools")
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def resolve(binary: str, *, hint: str = "") -> str:
+    """Return the absolute path of ``binary`` (a name on PATH or a path), or raise ToolMissing."""
+    if os.sep in binary:
+        if os.path.isfile(binary) and os.access(binary, os.X_OK):
+            return binary
+        raise ToolMissing(f"{binary}: not found or not executable{hint}")
+    found = shutil.which(binary)
+    if not found:
+        raise ToolMissing(f"{binary}: not found on PATH{hint}")
+    return found
+
+
+def display(argv: Sequence[str]) -> str:
+    """The command line as a user could paste it, secrets masked."""
+    return secrets.mask(" ".join(shlex.quote(a) for a in argv))
+
+
+def run(
+    binary: str,
+    args: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    check: bool = True,
+    failure_exit_code: int = EXIT_FAILED,
+    on_line: Callable[[str], None] | None = None,
+    hint: str = "",
+    input_text: str | None = None,
+) -> ToolResult:
+    """Run a tool and return its output.
+
+    ``on_line`` streams stdout line by line (for progress); stderr is captured either way.
+    ``check`` raises :class:`ToolFailed` (with ``failure_exit_code``) on a non-zero exit.
+    """
+    import time
+
+    path = resolve(binary, hint=hint)
+    argv = [path, *map(str, args)]
+    full_env = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    log.debug("run: %s", display(argv))
+    name = os.path.basename(path)
+    started = time.monotonic()
+    try:
+        if on_line is None:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full_env,
+                                  cwd=cwd, input=input_text, errors="replace")
+            stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+        else:
+            stdout, stderr, code = _run_streaming(argv, timeout, full_env, cwd, on_line)
+    except subprocess.TimeoutExpired as exc:
+        raise ToolTimeout(f"{name} timed out after {timeout:g}s: {display(argv)}") from exc
+    except FileNotFoundError as exc:
+        raise ToolMissing(f"{binary}: not found{hint}") from exc
+    seconds = time.monotonic() - started
+    result = ToolResult(argv, code, stdout, stderr, seconds)
+    if check and code != 0:
+        last = _last_line(stderr) or _last_line(stdout) or f"exit status {code}"
+        raise ToolFailed(secrets.mask(f"{name} failed (exit {code}): {last}"), returncode=code,
+                         stderr=secrets.mask(stderr), stdout=secrets.mask(stdout), exit_code=failure_exit_code)
+    return result
+
+
+def _last_line(text: str) -> str:
+    for line in reversed((text or "").strip().splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _run_streaming(argv, timeout, env, cwd, on_line):
+    import threading
+    import time
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=cwd, errors="replace")
+    err_chunks: list[str] = []
+    out_chunks: list[str] = []
+
+    def pump_err():
+        assert proc.stderr is not None
+        for chunk in proc.stderr:
+            err_chunks.append(chunk)
+
+    t = threading.Thread(target=pump_err, daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out_chunks.append(line)
+            on_line(line.rstrip("\n"))
+        proc.wait()
+    finally:
+        timer.cancel()
+    t.join(timeout=5)
+    if time.monotonic() >= deadline and proc.returncode and proc.returncode < 0:
+        raise subprocess.TimeoutExpired(argv, timeout)
+    return "".join(out_chunks), "".join(err_chunks), proc.returncode

@@ -1,0 +1,131 @@
+"""Turning pydantic validation errors into `FILE: FIELD: what is wrong` lines, with close-match hints."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import pydantic
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _inner_model(annotation: Any) -> Any:
+    """For dict[str, M], list[M], M | None: return M (the model a key path descends into)."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (dict,):
+        return _DictOf(args[-1]) if args else None
+    if origin in (list, tuple):
+        return _ListOf(args[0]) if args else None
+    # Union / Optional / Annotated
+    for a in args:
+        inner = _inner_model(a)
+        if isinstance(inner, type) and issubclass(inner, pydantic.BaseModel):
+            return inner
+        if isinstance(inner, (_DictOf, _ListOf)):
+            return inner
+    return args[0] if args else None
+
+
+class _DictOf:
+    def __init__(self, value: Any):
+        self.value = value
+
+
+class _ListOf:
+    def __init__(self, value: Any):
+        self.value = value
+
+
+def allowed_keys(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, (_DictOf, _ListOf)):
+            current = _inner_model(current.value)
+            continue
+        if isinstance(current, type) and issubclass(current, pydantic.BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                field = next((f for f in current.model_fields.values() if f.alias == part), None)
+            if field is None:
+                return []
+            current = _inner_model(field.annotation)
+            continue
+        return []
+    if isinstance(current, type) and issubclass(current, pydantic.BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def format_errors(filename: str, model: type[pydantic.BaseModel], err: pydantic.ValidationError,
+                  prefix: tuple[Any, ...] = ()) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = field_path(prefix + loc)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            options = allowed_keys(model, loc)
+            close = difflib.get_close_matches(key, options, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else (
+                f" (allowed: {', '.join(sorted(options))})" if options else "")
+            lines.append(f"{filename}: {path}: unknown key{hint}")
+        elif kind == "missing":
+            lines.append(f"{filename}: {path}: required key is missing")
+        elif kind in ("string_type",):
+            lines.append(f"{filename}: {path}: must be a string, got {_show(e.get('input'))}")
+        elif kind == "dict_type" or kind == "model_type":
+            lines.append(f"{filename}: {path}: must be a mapping, got {_show(e.get('input'))}")
+        elif kind == "list_type":
+            lines.append(f"{filename}: {path}: must be a list, got {_show(e.get('input'))}")
+        else:
+            msg = e["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            lines.append(f"{filename}: {path}: {msg}" + (
+                f" (got {_show(e.get('input'))})" if kind not in ("value_error", "assertion_error") else ""))
+    return lines
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return f"{type(value).__name__} {value!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def load_yaml(path, *, display: str | None = None) -> Any:
+    """Parse a YAML file; a syntax error is an InputError naming the file and line."""
+    import yaml
+
+    from bakery.errors import InputError
+
+    name = display or str(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise InputError(f"{name}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(top level)"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{name}: {where}: invalid YAML: {problem}") from None
