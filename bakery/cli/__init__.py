@@ -1,0 +1,99 @@
+"""The `bakery` command line. Commands parse, call the core and print; nothing else lives here.
+
+Every command module in this package (``bakery/cli/*.py``, not starting with ``_``) exposes
+``commands: list[click.Command]``; they are registered on the ``bakery`` group at import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+
+import click
+
+from bakery import __version__, secrets
+from bakery.cli._common import Context, err_console
+from bakery.errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INPUT, BakeryError, ValidationError
+
+EPILOG = """\b
+Exit codes: 0 ok, 1 a pipeline step or gate failed, 2 bad input or usage,
+3 environment (docker daemon, registry or scanner unreachable or missing).
+Configuration: bakery.yaml in this directory or above (or --config / $BAKERY_CONFIG);
+BAKERY_* environment variables override it (see `bakery config --help`)."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EPILOG)
+@click.version_option(__version__, prog_name="bakery")
+@click.option("--config", "config_path", metavar="FILE", envvar="BAKERY_CONFIG",
+              help="bakery.yaml to use (default: ./bakery.yaml or the nearest one above).")
+@click.option("--debug", is_flag=True, envvar="BAKERY_DEBUG", help="Log commands and show tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool, quiet: bool) -> None:
+    """bakery bakes, scans and promotes immutable machine and container images.
+
+    \b
+    base-images/*.yaml ──render──▶ Dockerfile / *.pkr.hcl ──build──▶ image ──scan──▶ gate
+        ──publish──▶ dev registry ──promote (same digest)──▶ staging ──▶ prod
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = Context(config_path=config_path, debug=debug, quiet=quiet or not sys.stderr.isatty())
+
+
+def _register() -> None:
+    import bakery.cli as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"bakery.cli.{info.name}")
+        for command in getattr(module, "commands", []):
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one catch for BakeryError, one line for the user, the traceback only with --debug."""
+    debug = "--debug" in (argv if argv is not None else sys.argv) or bool(os.environ.get("BAKERY_DEBUG"))
+    try:
+        cli.main(args=argv, prog_name="bakery", standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console().print("aborted")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_INPUT)
+    except ValidationError as exc:
+        if debug:
+            raise
+        for line in exc.problems:
+            click.echo(f"error: {secrets.mask(line)}", err=True)
+        sys.exit(exc.exit_code)
+    except BakeryError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {secrets.mask(str(exc))}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # an unexpected failure: still one line, traceback with --debug
+        if debug:
+            raise
+        exit_code = EXIT_FAILED
+        name = type(exc).__name__
+        if name in ("DockerException", "APIError") or "docker" in type(exc).__module__:
+            exit_code = EXIT_ENVIRONMENT
+        click.echo(f"error: internal error: {name}: {secrets.mask(str(exc))} (run with --debug for the "
+                   f"traceback)", err=True)
+        sys.exit(exit_code)
+    sys.exit(0)

@@ -1,0 +1,73 @@
+"""Shared CLI helpers: the command context, output formats and consoles."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from bakery.config import Project
+
+from bakery import secrets
+
+
+@dataclass
+class Context:
+    config_path: str | None = None
+    debug: bool = False
+    quiet: bool = False
+    _project: Any = field(default=None, repr=False)
+
+    @cached_property
+    def project(self) -> Project:
+        from bakery.config import load_project
+
+        return load_project(self.config_path)
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+def format_option(*choices: str, default: str = "table"):
+    return click.option("--format", "fmt", type=click.Choice(list(choices)), default=default, show_default=True,
+                        help="Output format: table for people, json for machines.")
+
+
+def err_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def out_console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def emit_json(data: Any) -> None:
+    """Print JSON on stdout (secrets masked)."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=str)
+    click.echo(secrets.mask(text))
+
+
+def echo(text: str = "", err: bool = False) -> None:
+    click.echo(secrets.mask(text), err=err)
+
+
+def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    """A rich table on stdout; plain aligned text when stdout is not a terminal."""
+    from rich.table import Table
+
+    t = Table(title=title, show_edge=False, header_style="bold", box=None if not sys.stdout.isatty() else None,
+              pad_edge=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*[secrets.mask("" if v is None else str(v)) for v in r])
+    out_console().print(t)
