@@ -1,0 +1,734 @@
+"""A small OCI distribution (Docker Registry v2) client over ``requests``.
+
+Used by publish (immutable tag checks), promote (copy by digest), plan (cheap HEAD requests) and status.
+Auth: anonymous, Basic, and the Bearer token flow (Docker Hub / ECR style), tokens cached per scope.
+Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential backoff and end in
+:class:`RegistryUnavailable` (exit 3); 401/403 is :class:`RegistryAuthError` (exit 3); other 4xx is
+:class:`RegistryError` (exit 1) and never retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit, parse_qsl
+
+import requests
+
+from bakery import secrets
+from bakery.errors import EnvironmentFailure, RegistryError, RegistryUnavailable
+
+if TYPE_CHECKING:
+    from bakery.config import Project
+
+log = logging.getLogger("bakery.registry")
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST)
+ACCEPT = ", ".join(MANIFEST_TYPES)
+FOREIGN_LAYER_TYPES = frozenset({
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+})
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CHUNK = 1024 * 1024
+T = TypeVar("T")
+
+
+class RegistryAuthError(EnvironmentFailure):
+    """The registry refused our credentials (401/403): a setup problem, exit 3."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection problem, 5xx, 429)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def sha256_digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def is_digest(reference: str) -> bool:
+    return bool(_DIGEST.match(reference))
+
+
+def is_index(media_type: str) -> bool:
+    return media_type in INDEX_TYPES
+
+
+def retryable_status(status: int) -> bool:
+    """5xx and 429 are transient; every other status is final."""
+    return status == 429 or 500 <= status <= 599
+
+
+def retryable_exception(exc: BaseException) -> bool:
+    """Connection refused/reset, timeouts and truncated bodies are transient."""
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                            ConnectionError, TimeoutError, _Transient))
+
+
+def parse_www_authenticate(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="https://auth",service="reg",scope="repository:a:pull"`` → ("bearer", {...})."""
+    header = (header or "").strip()
+    if not header:
+        return "", {}
+    scheme, _, rest = header.partition(" ")
+    params: dict[str, str] = {}
+    for m in re.finditer(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))', rest):
+        value = m.group(2) if m.group(2) is not None else m.group(3)
+        params[m.group(1).lower()] = re.sub(r"\\(.)", r"\1", value)
+    return scheme.lower(), params
+
+
+def parse_link_next(header: str | None) -> str | None:
+    """The URL of ``rel="next"`` in a Link header, or None."""
+    if not header:
+        return None
+    for part in header.split(","):
+        m = re.match(r'\s*<([^>]*)>\s*;(.*)', part)
+        if m and re.search(r'rel\s*=\s*"?next"?', m.group(2)):
+            return m.group(1)
+    return None
+
+
+def _normalise_host(key: str) -> str:
+    if "://" in key:
+        key = urlsplit(key).netloc or key.split("://", 1)[1]
+    return key.split("/", 1)[0].lower()
+
+
+def docker_config_credentials(host: str, *, environ: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """``(user, password)`` for ``host`` from ``$DOCKER_CONFIG/config.json`` (default ``~/.docker``), or None.
+
+    Reads ``auths[host].auth`` (base64 ``user:password``) or ``username``/``password``; keys may carry a
+    scheme or path (``https://host/v1/``). Credential helpers are not consulted.
+    """
+    environ = os.environ if environ is None else environ
+    base = environ.get("DOCKER_CONFIG") or str(Path(environ.get("HOME") or Path.home()) / ".docker")
+    path = Path(base) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    auths = data.get("auths") if isinstance(data, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    wanted = _normalise_host(host)
+    aliases = {wanted}
+    if wanted in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+        aliases |= {"docker.io", "index.docker.io", "registry-1.docker.io"}
+    for key, entry in auths.items():
+        if _normalise_host(key) not in aliases or not isinstance(entry, dict):
+            continue
+        user = password = None
+        if entry.get("auth"):
+            try:
+                decoded = base64.b64decode(entry["auth"]).decode()
+            except (ValueError, UnicodeDecodeError):
+                continue
+            user, sep, password = decoded.partition(":")
+            if not sep:
+                continue
+        elif entry.get("username") and entry.get("password"):
+            user, password = entry["username"], entry["password"]
+        if user and password:
+            secrets.register(password)
+            return user, password
+    return None
+
+
+def _scope(repo: str | None, actions: str, extra: str | None = None) -> str:
+    if repo is None:
+        return ""
+    scope = f"repository:{repo}:{actions}"
+    if extra:
+        scope += f" repository:{extra}:pull"
+    return scope
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int | None = None
+    platform: dict[str, Any] | None = None
+    urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest exactly as the registry returned it: the bytes are the identity."""
+
+    body: bytes
+    media_type: str
+    digest: str
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+    @property
+    def is_index(self) -> bool:
+        return is_index(self.media_type)
+
+    def children(self) -> list[Descriptor]:
+        """For an index / manifest list: the child manifests."""
+        if not self.is_index:
+            return []
+        return [_descriptor(d, OCI_MANIFEST) for d in self.json().get("manifests") or []]
+
+    def blobs(self) -> list[Descriptor]:
+        """For an image manifest: the config and the layers."""
+        if self.is_index:
+            return []
+        data = self.json()
+        out = []
+        if isinstance(data.get("config"), dict):
+            out.append(_descriptor(data["config"], "application/octet-stream"))
+        out.extend(_descriptor(d, "application/octet-stream") for d in data.get("layers") or [])
+        return out
+
+
+def _descriptor(d: dict[str, Any], default_type: str) -> Descriptor:
+    return Descriptor(media_type=d.get("mediaType") or default_type, digest=d["digest"], size=d.get("size"),
+                      platform=d.get("platform"), urls=tuple(d.get("urls") or ()))
+
+
+def media_type_of(body: bytes, header: str | None) -> str:
+    """The manifest's media type: the Content-Type header, else the ``mediaType`` field, else by shape."""
+    ctype = (header or "").split(";", 1)[0].strip()
+    if ctype in MANIFEST_TYPES:
+        return ctype
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ctype or "application/octet-stream"
+    if isinstance(data, dict):
+        if data.get("mediaType"):
+            return str(data["mediaType"])
+        if "manifests" in data:
+            return OCI_INDEX
+        if "layers" in data:
+            return OCI_MANIFEST
+    return ctype or "application/octet-stream"
+
+
+@dataclass
+class CopyStats:
+    """What one copy did: manifests written or already there, blobs skipped / mounted / copied, bytes sent."""
+
+    manifests_copied: int = 0
+    manifests_skipped: int = 0
+    blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    blobs_copied: int = 0
+    bytes_copied: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: CopyStats) -> None:
+        for f in ("manifests_copied", "manifests_skipped", "blobs_skipped", "blobs_mounted", "blobs_copied",
+                  "bytes_copied"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("manifests_copied", "manifests_skipped", "blobs_skipped",
+                                              "blobs_mounted", "blobs_copied", "bytes_copied", "seconds")}
+
+
+class _SizedStream:
+    """A file-like view of a streamed response body with a known length (so requests sends Content-Length)."""
+
+    def __init__(self, chunks: Iterator[bytes], size: int, on_bytes: Callable[[int], None]):
+        self._chunks = chunks
+        self._size = size
+        self._buf = b""
+        self._on_bytes = on_bytes
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                break
+            self._buf += chunk
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        self._on_bytes(len(out))
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Client
+
+
+@dataclass
+class _Auth:
+    scheme: str = ""  # "", "basic" or "bearer" once the registry told us
+    challenge: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)  # scope -> token
+
+
+class RegistryClient:
+    """One registry host. Thread-compatible for sequential use; create one per worker thread for parallelism."""
+
+    def __init__(self, host: str, *, insecure: bool = False, credentials: tuple[str, str] | None = None,
+                 timeout: float = 30, retries: int = 4, backoff: float = 0.5):
+        self.host = host.rstrip("/")
+        self.insecure = insecure
+        self.base = f"{'http' if insecure else 'https'}://{self.host}"
+        self.credentials = credentials
+        if credentials:
+            secrets.register(credentials[1])
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "bakery"
+        self._auth = _Auth()
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.host!r}, insecure={self.insecure})"
+
+    @classmethod
+    def for_env(cls, project: Project, env_name: str, **kwargs: Any) -> RegistryClient:
+        """The client for a configured environment (host, TLS, credentials from env vars or docker config)."""
+        env = project.config.env(env_name)
+        creds = env.credentials.resolve()
+        if creds is None and env.credentials.docker_config:
+            creds = docker_config_credentials(env.host)
+        return cls(env.host, insecure=env.insecure, credentials=creds, **kwargs)
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.base + path
+
+    def _retry(self, op: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with exponential backoff on transient failures."""
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not retryable_exception(exc):
+                    raise
+                if attempt >= self.retries:
+                    reason = _short(exc)
+                    raise RegistryUnavailable(
+                        f"{self.host}: registry unavailable during {op}: {reason} "
+                        f"(after {attempt + 1} attempt{'s' if attempt else ''})") from None
+                delay = self.backoff * (2 ** attempt)
+                log.debug("%s: %s failed (%s); retrying in %.2fs", self.host, op, _short(exc), delay)
+                time.sleep(delay)
+                attempt += 1
+
+    def _auth_header(self, scope: str) -> dict[str, str]:
+        a = self._auth
+        if a.scheme == "bearer":
+            token = a.tokens.get(scope)
+            if token:
+                return {"Authorization": f"Bearer {token}"}
+        elif a.scheme == "basic" and self.credentials:
+            return {"Authorization": _basic(self.credentials)}
+        return {}
+
+    def _fetch_token(self, params: dict[str, str], scope: str, op: str, repo: str | None) -> str:
+        realm = params.get("realm")
+        if not realm:
+            raise RegistryAuthError(f"{self.host}: Bearer challenge without realm during {op}", 401)
+        query = {}
+        if params.get("service"):
+            query["service"] = params["service"]
+        wanted = scope or params.get("scope", "")
+        scopes = [s for s in wanted.split(" ") if s]
+        url = realm + ("&" if "?" in realm else "?") + urlencode(
+            list(query.items()) + [("scope", s) for s in scopes])
+        headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
+        resp = self.session.get(url, headers=headers, timeout=self.timeout)
+        if resp.status_code in (401, 403):
+            raise RegistryAuthError(
+                f"{self.host}: authentication failed for {repo or '(registry)'} ({resp.status_code})",
+                resp.status_code)
+        if retryable_status(resp.status_code):
+            raise _Transient(f"token endpoint answered {resp.status_code}")
+        if resp.status_code != 200:
+            raise RegistryError(f"{self.host}: token request failed during {op} ({resp.status_code})",
+                                resp.status_code)
+        try:
+            data = resp.json()
+        except ValueError:
+            raise RegistryError(f"{self.host}: token endpoint returned no JSON during {op}") from None
+        token = data.get("token") or data.get("access_token")
+        if not token:
+            raise RegistryError(f"{self.host}: token endpoint returned no token during {op}")
+        secrets.register(token)
+        return token
+
+    def _send(self, method: str, path: str, *, op: str, repo: str | None, scope: str,
+              ok: tuple[int, ...], missing_ok: bool = False, headers: dict[str, str] | None = None,
+              data: Any = None, stream: bool = False, params: dict[str, str] | None = None,
+              allow_redirects: bool = True) -> requests.Response | None:
+        """One request (no retry): auth challenge handling and status classification.
+
+        Returns None for 404 when ``missing_ok``; raises _Transient for retryable outcomes.
+        """
+        url = self._url(path)
+        for _ in range(3):  # initial + at most one challenge round per scheme
+            hdrs = dict(headers or {})
+            hdrs.update(self._auth_header(scope))
+            log.debug("%s %s", method, url)
+            resp = self.session.request(method, url, headers=hdrs, data=data, stream=stream, params=params,
+                                        timeout=self.timeout, allow_redirects=allow_redirects)
+            if resp.status_code == 401:
+                scheme, challenge = parse_www_authenticate(resp.headers.get("WWW-Authenticate", ""))
+                already = "Authorization" in hdrs
+                resp.close()
+                if scheme == "bearer" and not (already and self._auth.scheme == "bearer"):
+                    self._auth.scheme, self._auth.challenge = "bearer", challenge
+                    self._auth.tokens[scope] = self._fetch_token(challenge, scope, op, repo)
+                    continue
+                if scheme == "basic" and self.credentials and not already:
+                    self._auth.scheme = "basic"
+                    continue
+                raise RegistryAuthError(f"{self.host}: authentication failed for {repo or '(registry)'} (401)", 401)
+            if resp.status_code == 403:
+                resp.close()
+                raise RegistryAuthError(f"{self.host}: authentication failed for {repo or '(registry)'} (403)", 403)
+            if resp.status_code in ok:
+                return resp
+            if resp.status_code == 404 and missing_ok:
+                resp.close()
+                return None
+            if retryable_status(resp.status_code):
+                resp.close()
+                raise _Transient(f"HTTP {resp.status_code}")
+            detail = _error_detail(resp)
+            resp.close()
+            target = f" {repo}" if repo else ""
+            raise RegistryError(f"{self.host}: {op}{target} failed ({resp.status_code}{': ' + detail if detail else ''})",
+                                resp.status_code)
+        raise RegistryAuthError(f"{self.host}: authentication failed for {repo or '(registry)'} (401)", 401)
+
+    def _request(self, method: str, path: str, *, op: str, repo: str | None, actions: str = "pull",
+                 extra_scope: str | None = None, **kw: Any) -> requests.Response | None:
+        scope = _scope(repo, actions, extra_scope)
+        return self._retry(f"{op} {repo}" if repo else op,
+                           lambda: self._send(method, path, op=op, repo=repo, scope=scope, **kw))
+
+    # -- API ---------------------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """GET /v2/: the registry answers and accepts our credentials."""
+        resp = self._request("GET", "/v2/", op="ping", repo=None, ok=(200,))
+        assert resp is not None
+        resp.close()
+
+    def head_manifest(self, repo: str, reference: str) -> str | None:
+        """The digest ``reference`` (tag or digest) resolves to, or None when unknown."""
+        resp = self._request("HEAD", f"/v2/{repo}/manifests/{reference}", op="HEAD manifest", repo=repo,
+                             ok=(200,), missing_ok=True, headers={"Accept": ACCEPT})
+        if resp is None:
+            return None
+        digest = resp.headers.get("Docker-Content-Digest")
+        if digest:
+            return digest
+        if is_digest(reference):
+            return reference
+        return self.get_manifest(repo, reference).digest
+
+    def get_manifest(self, repo: str, reference: str) -> Manifest:
+        """The manifest bytes, media type and digest (sha256 of the bytes; verified for digest references)."""
+        def fetch() -> Manifest:
+            resp = self._send("GET", f"/v2/{repo}/manifests/{reference}", op="GET manifest", repo=repo,
+                              scope=_scope(repo, "pull"), ok=(200,), headers={"Accept": ACCEPT})
+            assert resp is not None
+            body = resp.content
+            return Manifest(body=body, media_type=media_type_of(body, resp.headers.get("Content-Type")),
+                            digest=sha256_digest(body))
+
+        m = self._retry(f"GET manifest {repo}:{reference}", fetch)
+        if is_digest(reference) and m.digest != reference:
+            raise RegistryError(f"{self.host}: manifest {repo}@{reference} does not match its digest "
+                                f"(got {m.digest})")
+        return m
+
+    def manifest_exists(self, repo: str, reference: str) -> bool:
+        return self.head_manifest(repo, reference) is not None
+
+    def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
+        """Write a manifest under a tag or a digest; returns its digest."""
+        resp = self._request("PUT", f"/v2/{repo}/manifests/{reference}", op="PUT manifest", repo=repo,
+                             actions="pull,push", ok=(200, 201, 202), data=body,
+                             headers={"Content-Type": media_type})
+        assert resp is not None
+        resp.close()
+        digest = resp.headers.get("Docker-Content-Digest") or sha256_digest(body)
+        return digest
+
+    def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Delete a manifest by digest (the registry must allow deletes); False when unknown."""
+        resp = self._request("DELETE", f"/v2/{repo}/manifests/{digest}", op="DELETE manifest", repo=repo,
+                             actions="pull,push,delete", ok=(200, 202), missing_ok=True)
+        if resp is None:
+            return False
+        resp.close()
+        return True
+
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        resp = self._request("HEAD", f"/v2/{repo}/blobs/{digest}", op="HEAD blob", repo=repo, ok=(200,),
+                             missing_ok=True)
+        if resp is None:
+            return False
+        resp.close()
+        return True
+
+    def get_blob(self, repo: str, digest: str) -> bytes:
+        """A (small) blob in memory, verified against its digest."""
+        def fetch() -> bytes:
+            resp = self._send("GET", f"/v2/{repo}/blobs/{digest}", op="GET blob", repo=repo,
+                              scope=_scope(repo, "pull"), ok=(200,))
+            assert resp is not None
+            return resp.content
+
+        body = self._retry(f"GET blob {repo}@{digest}", fetch)
+        if digest.startswith("sha256:") and sha256_digest(body) != digest:
+            raise RegistryError(f"{self.host}: blob {repo}@{digest} does not match its digest")
+        return body
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount on this host; True if mounted (201), False if the registry declined."""
+        resp = self._request("POST", f"/v2/{repo}/blobs/uploads/", op="mount blob", repo=repo,
+                             actions="pull,push", extra_scope=from_repo, ok=(201, 202),
+                             params={"mount": digest, "from": from_repo})
+        assert resp is not None
+        resp.close()
+        if resp.status_code == 201:
+            return True
+        location = resp.headers.get("Location")
+        if location:  # the registry opened an upload session instead: cancel it
+            try:
+                self._send("DELETE", urljoin(self.base + "/", location), op="cancel upload", repo=repo,
+                           scope=_scope(repo, "pull,push"), ok=(200, 202, 204), missing_ok=True)
+            except Exception as exc:  # noqa: BLE001 - best effort
+                log.debug("cancel upload failed: %s", _short(exc))
+        return False
+
+    def copy_blob(self, src: RegistryClient, src_repo: str, digest: str, repo: str,
+                  size: int | None = None) -> int:
+        """Stream one blob from ``src`` into ``repo`` here (GET → monolithic PUT). Returns bytes sent."""
+        sent = [0]
+
+        def attempt() -> int:
+            sent[0] = 0
+            start = self._send("POST", f"/v2/{repo}/blobs/uploads/", op="start upload", repo=repo,
+                               scope=_scope(repo, "pull,push"), ok=(202,))
+            assert start is not None
+            start.close()
+            location = start.headers.get("Location")
+            if not location:
+                raise RegistryError(f"{self.host}: upload for {repo} returned no Location")
+            upload_url = _with_query(urljoin(self.base + "/", location), digest=digest)
+            src_resp = src._send("GET", f"/v2/{src_repo}/blobs/{digest}", op="GET blob", repo=src_repo,
+                                 scope=_scope(src_repo, "pull"), ok=(200,), stream=True)
+            assert src_resp is not None
+            try:
+                length = size if size is not None else _int(src_resp.headers.get("Content-Length"))
+                hasher = hashlib.sha256()
+
+                def chunks() -> Iterator[bytes]:
+                    for chunk in src_resp.iter_content(_CHUNK):
+                        hasher.update(chunk)
+                        yield chunk
+
+                def count(n: int) -> None:
+                    sent[0] += n
+
+                if length is not None:
+                    body: Any = _SizedStream(chunks(), length, count)
+                else:
+                    def counted() -> Iterator[bytes]:
+                        for c in chunks():
+                            count(len(c))
+                            yield c
+                    body = counted()
+                put = self._send("PUT", upload_url, op="upload blob", repo=repo, scope=_scope(repo, "pull,push"),
+                                 ok=(201, 204), data=body, headers={"Content-Type": "application/octet-stream"})
+                assert put is not None
+                put.close()
+            finally:
+                src_resp.close()
+            if digest.startswith("sha256:") and "sha256:" + hasher.hexdigest() != digest:
+                raise RegistryError(f"{src.host}: blob {src_repo}@{digest} content does not match its digest")
+            return sent[0]
+
+        return self._retry(f"copy blob {digest[:19]} to {repo}", attempt)
+
+    def list_tags(self, repo: str) -> list[str]:
+        """All tags of ``repo`` ([] when the repository does not exist), following Link pagination."""
+        tags: list[str] = []
+        url: str | None = f"/v2/{repo}/tags/list?n=1000"
+        while url:
+            resp = self._request("GET", url, op="list tags", repo=repo, ok=(200,), missing_ok=True)
+            if resp is None:
+                return tags
+            try:
+                data = resp.json()
+            except ValueError:
+                raise RegistryError(f"{self.host}: list tags {repo}: not JSON") from None
+            tags.extend(data.get("tags") or [])
+            nxt = parse_link_next(resp.headers.get("Link"))
+            url = urljoin(self.base + "/", nxt) if nxt else None
+        return tags
+
+    def catalog(self) -> list[str]:
+        """Repository names (``/v2/_catalog``, paginated)."""
+        repos: list[str] = []
+        url: str | None = "/v2/_catalog?n=1000"
+        while url:
+            resp = self._request("GET", url, op="catalog", repo=None, ok=(200,))
+            assert resp is not None
+            repos.extend(resp.json().get("repositories") or [])
+            nxt = parse_link_next(resp.headers.get("Link"))
+            url = urljoin(self.base + "/", nxt) if nxt else None
+        return repos
+
+    def resolve_image_manifest(self, repo: str, reference: str, *, os_name: str = "linux",
+                               arch: str = "amd64") -> Manifest:
+        """The image manifest for ``reference``; for an index, the child for os/arch (else the first)."""
+        m = self.get_manifest(repo, reference)
+        if not m.is_index:
+            return m
+        children = m.children()
+        if not children:
+            raise RegistryError(f"{self.host}: {repo}@{m.digest} is an empty index")
+        chosen = next((c for c in children if (c.platform or {}).get("os") == os_name
+                       and (c.platform or {}).get("architecture") == arch), children[0])
+        return self.get_manifest(repo, chosen.digest)
+
+    def image_config(self, repo: str, reference: str) -> dict[str, Any]:
+        """The image config blob as JSON (labels under ``["config"]["Labels"]``)."""
+        m = self.resolve_image_manifest(repo, reference)
+        config = m.json().get("config")
+        if not isinstance(config, dict) or "digest" not in config:
+            raise RegistryError(f"{self.host}: {repo}@{m.digest} has no config blob")
+        try:
+            return json.loads(self.get_blob(repo, config["digest"]))
+        except ValueError:
+            raise RegistryError(f"{self.host}: config blob of {repo}@{m.digest} is not JSON") from None
+
+    def labels(self, repo: str, reference: str) -> dict[str, str]:
+        config = self.image_config(repo, reference)
+        return dict((config.get("config") or {}).get("Labels") or {})
+
+    def copy_image(self, src: RegistryClient, src_repo: str, digest: str, dst_repo: str) -> CopyStats:
+        """Copy ``src_repo@digest`` from ``src`` into ``dst_repo`` here, BY DIGEST, no tag written.
+
+        Index: children first. Each blob: skip if present, cross-mount on the same host, else stream.
+        The manifest is PUT byte-identical under its digest with its original media type.
+        """
+        started = time.monotonic()
+        stats = CopyStats()
+        self._copy_manifest(src, src_repo, digest, dst_repo, stats)
+        stats.seconds = round(time.monotonic() - started, 3)
+        return stats
+
+    def _copy_manifest(self, src: RegistryClient, src_repo: str, digest: str, dst_repo: str,
+                       stats: CopyStats) -> None:
+        if self.head_manifest(dst_repo, digest) == digest:
+            stats.manifests_skipped += 1
+            return
+        m = src.get_manifest(src_repo, digest)
+        for child in m.children():
+            self._copy_manifest(src, src_repo, child.digest, dst_repo, stats)
+        same_host = src.host == self.host
+        for blob in m.blobs():
+            if blob.urls and blob.media_type in FOREIGN_LAYER_TYPES:
+                continue  # foreign layers live elsewhere
+            if self.blob_exists(dst_repo, blob.digest):
+                stats.blobs_skipped += 1
+            elif same_host and src_repo != dst_repo and self.mount_blob(dst_repo, blob.digest, src_repo):
+                stats.blobs_mounted += 1
+            else:
+                stats.bytes_copied += self.copy_blob(src, src_repo, blob.digest, dst_repo, blob.size)
+                stats.blobs_copied += 1
+        written = self.put_manifest(dst_repo, digest, m.body, m.media_type)
+        if written != digest:
+            raise RegistryError(f"{self.host}: {dst_repo}: manifest written as {written}, expected {digest}")
+        stats.manifests_copied += 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _basic(credentials: tuple[str, str]) -> str:
+    raw = f"{credentials[0]}:{credentials[1]}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _with_query(url: str, **extra: str) -> str:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(extra.items())
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def _short(exc: BaseException) -> str:
+    """A one-line reason for a transient failure (no URLs with credentials, no nested reprs)."""
+    if isinstance(exc, requests.ConnectionError):
+        text = str(exc)
+        for needle, short in (("Connection refused", "connection refused"), ("reset", "connection reset"),
+                              ("Name or service not known", "unknown host"), ("timed out", "timed out")):
+            if needle in text:
+                return short
+        return "connection failed"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return secrets.mask(str(exc)) or type(exc).__name__
+
+
+def _error_detail(resp: requests.Response) -> str:
+    """The first error code/message of a registry error body."""
+    try:
+        data = resp.json()
+        errs = data.get("errors") or []
+        if errs:
+            e = errs[0]
+            return secrets.mask(f"{e.get('code', '')} {e.get('message', '')}".strip())
+    except (ValueError, AttributeError):
+        pass
+    return ""
