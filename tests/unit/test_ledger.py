@@ -1,0 +1,145 @@
+"""The ledger: events round-trip through SQLite, filtering, ordering, masking, actor and clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from bakery import ledger, secrets
+from bakery.config import Config, Ledger as LedgerCfg, Project
+from bakery.errors import InputError
+
+UTC = dt.timezone.utc
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+
+
+def _project(tmp_path: Path, url: str = ".bakery/ledger.db") -> Project:
+    return Project(root=tmp_path, config=Config(ledger=LedgerCfg(url=url)), config_file=None)
+
+
+def _ev(kind="promote", image="python:3.11", digest=D1, to="staging", frm="dev", minute=0, **kw) -> ledger.Event:
+    return ledger.Event(kind=kind, image=image, digest=digest, build_tag="3.11-20260101.1", from_env=frm,
+                        to_env=to, actor="alice", time=dt.datetime(2026, 1, 1, 12, minute, tzinfo=UTC), **kw)
+
+
+def test_default_ledger_is_sqlite_file_under_state_dir(tmp_path):
+    led = ledger.open_ledger(_project(tmp_path))
+    led.record(_ev())
+    assert (tmp_path / ".bakery" / "ledger.db").is_file()
+    assert isinstance(led, ledger.SqliteLedger)
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    led = ledger.open_ledger(_project(tmp_path))
+    ev = _ev(gates=[{"name": "scan", "passed": True, "reason": "0 HIGH"}],
+             scan={"counts": {"HIGH": 0}, "db_time": "2026-01-01T00:00:00Z"}, details={"copied_blobs": 3})
+    led.record(ev)
+    (back,) = ledger.open_ledger(_project(tmp_path)).events()
+    assert back == ev
+    assert back.time.tzinfo is not None and back.time.utcoffset() == dt.timedelta(0)
+
+
+def test_events_oldest_first_and_filtered(tmp_path):
+    led = ledger.open_ledger(_project(tmp_path))
+    led.record(_ev(minute=5, to="prod", frm="staging"))
+    led.record(_ev(kind="publish", minute=1, to="dev", frm=None))
+    led.record(_ev(image="node:20", minute=3))
+    led.record(_ev(image="python:3.12", minute=2))
+    assert [e.time.minute for e in led.events()] == [1, 2, 3, 5]
+    assert [e.to_env for e in led.events(image="python:3.11")] == ["dev", "prod"]
+    assert [e.image for e in led.events(image="python")] == ["python:3.11", "python:3.12", "python:3.11"]
+    assert [e.image for e in led.events(env="staging")] == ["python:3.12", "node:20"]
+    assert led.events(image="python:3.11", env="prod")[0].kind == "promote"
+    assert led.events(image="ruby") == []
+
+
+def test_secrets_never_reach_the_ledger(tmp_path):
+    secrets.register("hunter2-very-secret")
+    led = ledger.open_ledger(_project(tmp_path))
+    led.record(_ev(details={"error": "401 for user bob password hunter2-very-secret"}))
+    raw = (tmp_path / ".bakery" / "ledger.db").read_bytes()
+    assert b"hunter2-very-secret" not in raw
+    assert "hunter2" not in led.events()[0].details["error"]
+
+
+def test_concurrent_writers_to_one_sqlite_file_lose_nothing(tmp_path):
+    def writer(n: int) -> None:
+        led = ledger.open_ledger(_project(tmp_path))
+        for i in range(25):
+            led.record(_ev(image=f"w{n}:1", minute=i % 60))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ledger.open_ledger(_project(tmp_path)).events()) == 100
+
+
+def test_event_ids_are_unique_and_sortable():
+    t = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    ids = {ledger.new_id(t) for _ in range(1000)}
+    assert len(ids) == 1000
+    assert ledger.new_id(t) < ledger.new_id(t + dt.timedelta(microseconds=1))
+
+
+def test_unknown_kind_rejected():
+    with pytest.raises(ValueError, match="unknown ledger event kind"):
+        _ev(kind="deploy")
+
+
+def test_naive_time_is_taken_as_utc():
+    ev = ledger.Event(kind="gate", image="a:1", digest=D1, build_tag="t", from_env="dev", to_env="staging",
+                      time=dt.datetime(2026, 1, 1, 8, 0))
+    assert ev.time == dt.datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+
+
+def test_actor_prefers_github_actor(monkeypatch):
+    monkeypatch.delenv("BAKERY_ACTOR", raising=False)
+    monkeypatch.setenv("GITHUB_ACTOR", "octocat")
+    assert ledger.actor() == "octocat"
+    monkeypatch.delenv("GITHUB_ACTOR")
+    assert ledger.actor()  # the OS user
+
+
+def test_now_honours_bakery_now(monkeypatch):
+    monkeypatch.setenv("BAKERY_NOW", "2030-05-01T10:00:00Z")
+    assert ledger.now() == dt.datetime(2030, 5, 1, 10, tzinfo=UTC)
+    monkeypatch.setenv("BAKERY_NOW", "yesterday")
+    with pytest.raises(InputError, match="BAKERY_NOW"):
+        ledger.now()
+    monkeypatch.delenv("BAKERY_NOW")
+    assert abs(ledger.now() - dt.datetime.now(UTC)) < dt.timedelta(seconds=5)
+
+
+def test_unsupported_ledger_url(tmp_path):
+    with pytest.raises(InputError, match="ledger.url"):
+        ledger.open_ledger(_project(tmp_path, "ftp://x/y"))
+    with pytest.raises(InputError, match="no bucket"):
+        ledger.open_ledger(_project(tmp_path, "s3:///prefix"))
+
+
+def test_queries_first_seen_and_current(tmp_path):
+    evs = [
+        _ev(kind="publish", to="dev", frm=None, minute=0),
+        _ev(kind="gate", digest=D1, minute=1),
+        _ev(kind="promote", digest=D1, minute=2),
+        _ev(kind="publish", digest=D2, to="dev", frm=None, minute=3),
+        _ev(kind="promote", digest=D2, minute=4),
+        _ev(kind="rollback", digest=D1, frm="staging", minute=5),
+    ]
+    assert ledger.first_seen(evs, D1, "staging").minute == 2
+    assert ledger.first_seen(evs, D2, "prod") is None
+    assert ledger.current(evs, "python:3.11", "staging").kind == "rollback"
+    assert ledger.current(evs, "python:3.11", "dev").digest == D2
+
+
+def test_sqlite_file_is_plain_sqlite(tmp_path):
+    ledger.open_ledger(_project(tmp_path)).record(_ev())
+    rows = sqlite3.connect(tmp_path / ".bakery" / "ledger.db").execute("SELECT kind, image FROM events").fetchall()
+    assert rows == [("promote", "python:3.11")]
