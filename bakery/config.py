@@ -179,9 +179,26 @@ class DevStack(_Strict):
     data_dir: str = ".bakery/dev"
     ports: dict[str, int] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
                                                              "prod": 5003})
-    auth: dict[str, str] = Field(default_factory=dict)  # env name -> "USER_ENV:PASSWORD_ENV"
+    # env name -> {username_env, password_env} (or the shorthand "USER_ENV:PASSWORD_ENV"): basic auth (htpasswd)
+    auth: dict[str, Credentials] = Field(default_factory=dict)
     base_image: str = "library/debian:bookworm-slim"
     suite: str = "bookworm"
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            out = {}
+            for name, value in v.items():
+                if isinstance(value, str):
+                    user_env, sep, password_env = value.partition(":")
+                    if not (sep and user_env and password_env):
+                        raise ValueError(f"auth.{name}: use {{username_env: VAR, password_env: VAR}} or "
+                                         f"'USER_VAR:PASSWORD_VAR', not {value!r}")
+                    value = {"username_env": user_env, "password_env": password_env}
+                out[name] = value
+            return out
+        return v
 
 
 class Build(_Strict):
