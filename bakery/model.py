@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ImageKey:
     """One buildable image: a family name, a version and an optional variant."""
 
     name: str
     version: str
     variant: str | None = None
+
+    def __lt__(self, other: ImageKey) -> bool:
+        return (self.name, self.version, self.variant or "") < (other.name, other.version, other.variant or "")
 
     @property
     def tag_version(self) -> str:

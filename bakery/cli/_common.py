@@ -47,7 +47,7 @@ def err_console():
 def out_console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def emit_json(data: Any) -> None:

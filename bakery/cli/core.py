@@ -1,0 +1,115 @@
+"""Commands over definitions and recipes: config, schema, list, render."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from bakery.cli._common import Context, echo, emit_json, format_option, pass_ctx, table
+
+
+@click.command("config")
+@format_option("yaml", "json", default="yaml")
+@pass_ctx
+def config_cmd(ctx: Context, fmt: str) -> None:
+    """Print the effective configuration (defaults < bakery.yaml < BAKERY_* variables), secrets masked.
+
+    \b
+    Environment overrides use double underscores for nesting:
+      BAKERY_SCANNER__TIMEOUT=120   BAKERY_ENVIRONMENTS__DEV__REGISTRY=host:5000/team
+    and shortcuts: BAKERY_TRIVY, BAKERY_LEDGER, BAKERY_PACKER, BAKERY_JOBS, BAKERY_DB_REPOSITORY.
+    """
+    import yaml
+
+    from bakery.config import effective
+
+    data = effective(ctx.project.config)
+    if fmt == "json":
+        emit_json(data)
+    else:
+        source = str(ctx.project.config_file) if ctx.project.config_file else "(built-in defaults)"
+        echo(f"# effective configuration; file: {source}")
+        echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+@click.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of a definition file (base-images/*.yaml), for editors and CI."""
+    from bakery.definitions import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@click.command("list")
+@click.argument("refs", nargs=-1, metavar="[REF]...")
+@format_option("table", "json")
+@pass_ctx
+def list_cmd(ctx: Context, refs: tuple[str, ...], fmt: str) -> None:
+    """Show image families, versions, variants, parents and tags (validates every definition).
+
+    REF is NAME (all its versions) or NAME:VERSION[-VARIANT].
+    """
+    from bakery.definitions import load_fleet
+
+    fleet = load_fleet(ctx.project)
+    specs = fleet.select(refs)
+    depth = {s.key: i for i, level in enumerate(fleet.levels()) for s in level}
+    rows = [{
+        "ref": str(s.key), "name": s.key.name, "version": s.key.version, "variant": s.key.variant,
+        "parent": s.parent.reference, "parent_kind": s.parent.kind, "tags": list(s.tags),
+        "builder": s.builder, "template": s.template, "level": depth[s.key], "file": s.source_file,
+    } for s in specs]
+    if fmt == "json":
+        emit_json(rows)
+        return
+    table(["IMAGE", "PARENT", "LEVEL", "BUILDER", "TAGS", "FILE"],
+          [[r["ref"], r["parent"], r["level"], r["builder"], ", ".join(r["tags"]), r["file"]] for r in rows])
+
+
+@click.command("render")
+@click.argument("refs", nargs=-1, metavar="[REF]...")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write to (default: .bakery/rendered).")
+@click.option("--check", "check_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Do not write; exit 1 with a diff when DIR differs from what would be rendered.")
+@pass_ctx
+def render_cmd(ctx: Context, refs: tuple[str, ...], out: Path | None, check_dir: Path | None) -> None:
+    """Render definitions into recipes: NAME/VERSION[-VARIANT]/Dockerfile (and *.pkr.hcl).
+
+    Output is deterministic: the same definitions and templates give byte-identical files.
+    REF is NAME (all its versions) or NAME:VERSION[-VARIANT]; none means the whole fleet.
+
+    \b
+    Examples:
+      bakery render                       # everything into .bakery/rendered/
+      bakery render python:3.11 --out recipes/
+      bakery render --check recipes/      # CI: fail when recipes were edited by hand
+    """
+    from bakery import render
+    from bakery.definitions import load_fleet
+
+    if out and check_dir:
+        raise click.UsageError("--out and --check cannot be combined")
+    project = ctx.project
+    fleet = load_fleet(project)
+    specs = fleet.select(refs)
+    if check_dir is not None:
+        diff = render.check(project, specs, check_dir)
+        if diff:
+            sys.stdout.writelines(diff)
+            echo(f"error: {check_dir}: recipes differ from the definitions ({len(specs)} checked); "
+                 f"run `bakery render --out {check_dir}`", err=True)
+            sys.exit(1)
+        echo(f"{len(specs)} recipes in {check_dir} match the definitions", err=True)
+        return
+    target = out or project.rendered_dir
+    recipes = render.render_all(project, specs, target)
+    for r in recipes:
+        echo(str(render.output_dir(target, r.spec)))
+    echo(f"rendered {len(recipes)} recipes into {target}", err=True)
+
+
+commands = [config_cmd, schema_cmd, list_cmd, render_cmd]

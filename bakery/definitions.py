@@ -1,0 +1,493 @@
+"""Versioned base definitions (`base-images/*.yaml`): loading, validation and the dependency graph.
+
+One YAML file per image family::
+
+    name: python
+    template: python              # templates/python/ holds Dockerfile.j2 (or *.pkr.hcl.j2)
+    variables: {user: app}        # defaults for every version
+    versions:
+      "3.11":
+        parent: base:12           # another bakery image, or an upstream image (docker.io/library/debian:bookworm-slim[@sha256:…])
+        variables: {python_package: python3.11}
+        tags: [latest]
+        variants:
+          slim: {}
+          full: {variables: {extras: python3-pip}}
+
+Every problem is reported as ``FILE: FIELD: what is wrong`` (all of them at once) and exits 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field
+
+from bakery.config import Project
+from bakery.errors import InputError, ValidationError
+from bakery.model import ImageKey, ImageSpec, Parent
+from bakery.validation import format_errors
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+VARIANT_RE = re.compile(r"^[a-z][a-z0-9]*$")
+VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# A plain value may hold these characters and nothing else: no newline, no shell or recipe syntax.
+SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._+:/=@,~%-]*$")
+UPSTREAM_RE = re.compile(
+    r"^(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
+RESERVED_VARIABLES = ("name", "version", "variant", "parent", "image", "tags", "labels")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PolicyOverride(_Strict):
+    severity: str | None = None
+    fixable_only: bool | None = None
+    ignore: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class VariantDef(_Strict):
+    variables: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    description: str = ""
+
+
+class VersionDef(_Strict):
+    parent: str
+    template: str | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    variants: dict[str, VariantDef | None] = Field(default_factory=dict)
+    packer: dict[str, Any] | None = None
+    description: str = ""
+
+
+class DefinitionFile(_Strict):
+    """The schema of one `base-images/*.yaml` file (`bakery schema` prints it as JSON Schema)."""
+
+    name: str = Field(description="Image family name: lowercase letters, digits, '.', '_' and '-'.")
+    description: str = ""
+    template: str = Field(description="Directory under templates/ holding Dockerfile.j2 or *.pkr.hcl.j2.")
+    variables: dict[str, Any] = Field(default_factory=dict, description="Template variables for every version.")
+    policy: PolicyOverride | None = None
+    packer: dict[str, Any] | None = None
+    versions: dict[str, VersionDef] = Field(min_length=1, description="PEP 440 version → its definition.")
+
+
+def json_schema() -> dict[str, Any]:
+    schema = DefinitionFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bakery image definition"
+    return schema
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys instead of silently keeping the last one."""
+
+    problems: list[str]
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            loader.problems.append(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                                   f"(first at line {seen[key] + 1})")
+        else:
+            seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _load(path: Path, display: str) -> tuple[Any, list[str]]:
+    text = path.read_text(encoding="utf-8")
+    loader = _UniqueKeyLoader(text)
+    loader.problems = []
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(top level)"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return None, [f"{display}: {where}: invalid YAML: {problem}"]
+    finally:
+        loader.dispose()
+    return data, [f"{display}: {p}" for p in loader.problems]
+
+
+@dataclass
+class Fleet:
+    """Every buildable image of the repository and the parent → child graph between them."""
+
+    project: Project
+    specs: dict[ImageKey, ImageSpec]
+    families: dict[str, list[ImageKey]] = field(default_factory=dict)  # name -> keys, versions ascending
+
+    def get(self, key: ImageKey) -> ImageSpec:
+        return self.specs[key]
+
+    def parent_key(self, spec: ImageSpec) -> ImageKey | None:
+        return spec.parent.key if spec.parent.kind == "bakery" else None
+
+    def children(self, key: ImageKey) -> list[ImageKey]:
+        return sorted(k for k, s in self.specs.items() if self.parent_key(s) == key)
+
+    def descendants(self, key: ImageKey) -> list[ImageKey]:
+        out: list[ImageKey] = []
+        stack = [key]
+        while stack:
+            for child in self.children(stack.pop()):
+                if child not in out:
+                    out.append(child)
+                    stack.append(child)
+        return sorted(out)
+
+    def ancestors(self, key: ImageKey) -> list[ImageKey]:
+        out = []
+        cur = self.parent_key(self.specs[key])
+        while cur is not None:
+            out.append(cur)
+            cur = self.parent_key(self.specs[cur])
+        return out
+
+    def resolve_ref(self, ref: str) -> list[ImageKey]:
+        """``NAME`` (every version and variant), ``NAME:VERSION`` (the version and its variants) or
+        ``NAME:VERSION-VARIANT``. Unknown → InputError with the closest match."""
+        name, _, rest = ref.partition(":")
+        if name not in self.families:
+            close = difflib.get_close_matches(name, list(self.families), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(f"unknown image {ref!r}{hint}; `bakery list` shows the fleet")
+        keys = self.families[name]
+        if not rest:
+            return list(keys)
+        exact = [k for k in keys if k.tag_version == rest]
+        if exact:
+            return exact
+        by_version = [k for k in keys if k.version == rest]
+        if by_version:
+            return by_version
+        known = sorted({k.tag_version for k in keys})
+        raise InputError(f"unknown version {rest!r} of {name!r} (known: {', '.join(known)})")
+
+    def select(self, refs: Sequence[str]) -> list[ImageSpec]:
+        """The specs named by REFs (all when none), sorted by name and version."""
+        if not refs:
+            return self.ordered(list(self.specs))
+        keys: list[ImageKey] = []
+        for ref in refs:
+            for k in self.resolve_ref(ref):
+                if k not in keys:
+                    keys.append(k)
+        return self.ordered(keys)
+
+    def ordered(self, keys: Iterable[ImageKey]) -> list[ImageSpec]:
+        return [self.specs[k] for k in sorted(set(keys), key=self.sort_key)]
+
+    def sort_key(self, key: ImageKey) -> tuple:
+        return (key.name, Version(key.version), key.variant or "")
+
+    def levels(self, keys: Iterable[ImageKey] | None = None) -> list[list[ImageSpec]]:
+        """Topological levels of the given images (all by default): parents in earlier levels.
+        A parent outside the set does not hold its child back."""
+        wanted = set(self.specs if keys is None else keys)
+        depth: dict[ImageKey, int] = {}
+
+        def level(k: ImageKey) -> int:
+            if k in depth:
+                return depth[k]
+            p = self.parent_key(self.specs[k])
+            depth[k] = 0 if p is None or p not in wanted else level(p) + 1
+            return depth[k]
+
+        for k in wanted:
+            level(k)
+        out: list[list[ImageSpec]] = []
+        for k in sorted(wanted, key=self.sort_key):
+            d = depth[k]
+            while len(out) <= d:
+                out.append([])
+            out[d].append(self.specs[k])
+        return out
+
+
+def parse_upstream(reference: str) -> tuple[str, str | None, str | None] | None:
+    """``registry/path:tag@sha256:…`` → (repository, tag, digest); None when it is not a reference."""
+    m = UPSTREAM_RE.match(reference)
+    if not m:
+        return None
+    return m.group("repo"), m.group("tag"), m.group("digest")
+
+
+def template_kind(template_dir: Path) -> str | None:
+    if (template_dir / "Dockerfile.j2").is_file():
+        return "docker"
+    if any(template_dir.glob("*.pkr.hcl.j2")):
+        return "packer"
+    return None
+
+
+def template_variables(project: Project, template: str) -> set[str]:
+    """Variables the templates of a template directory use (undeclared in the templates themselves)."""
+    from jinja2 import meta
+
+    from bakery.render import environment
+
+    env = environment(project)
+    names: set[str] = set()
+    tdir = project.templates_dir / template
+    for path in sorted(tdir.glob("*.j2")):
+        source = path.read_text(encoding="utf-8")
+        names |= meta.find_undeclared_variables(env.parse(source))
+    return names
+
+
+def mirrored(project: Project, reference: str) -> str:
+    """Rewrite an upstream reference through the configured mirrors (``docker.io/x`` → ``127.0.0.1:5000/x``)."""
+    host, sep, rest = reference.partition("/")
+    aliases = {"index.docker.io": "docker.io", "registry-1.docker.io": "docker.io"}
+    host_key = aliases.get(host, host)
+    mirror = project.config.mirrors.get(host_key)
+    return f"{mirror.rstrip('/')}/{rest}" if mirror and sep else reference
+
+
+def check_value(value: Any) -> str | None:
+    """Why a template variable value is refused, or None when it is a plain, safe value."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, float, dict)):
+        kind = "null" if value is None else ("a mapping" if isinstance(value, dict) else
+                                             f"{'bool' if isinstance(value, bool) else type(value).__name__} "
+                                             f"{str(value).lower() if isinstance(value, bool) else value!r}")
+        return f"must be a string (or a list of strings), got {kind}; quote it in YAML"
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, str):
+            return f"list items must be strings, got {type(item).__name__} {item!r}"
+        if "\n" in item or "\r" in item:
+            return f"value {item!r} contains a newline, which would inject an instruction into the recipe"
+        if not SAFE_VALUE_RE.match(item):
+            bad = next(c for c in item if not SAFE_VALUE_RE.match(c))
+            return (f"value {item!r} contains {bad!r}, which a recipe would read as syntax; plain values may hold "
+                    f"letters, digits, space and . _ + : / = @ , ~ % -")
+    return None
+
+
+def load_fleet(project: Project) -> Fleet:
+    """Load and validate every definition; raise ValidationError listing every problem."""
+    ddir = project.definitions_dir
+    if not ddir.is_dir():
+        raise InputError(f"{project.rel(ddir)}: definitions directory not found (set `definitions:` in bakery.yaml)")
+    problems: list[str] = []
+    parsed: list[tuple[str, DefinitionFile]] = []
+    files = sorted(p for p in ddir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    for path in files:
+        display = project.rel(path)
+        data, dup = _load(path, display)
+        problems += dup
+        if data is None and not dup:
+            problems.append(f"{display}: (top level): file is empty")
+            continue
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"{display}: (top level): must be a mapping with name, template and versions")
+            continue
+        # YAML turns `versions: {3.10: …}` into a float key: name it precisely.
+        versions = data.get("versions")
+        if isinstance(versions, dict):
+            for k in list(versions):
+                if not isinstance(k, str):
+                    problems.append(f"{display}: versions.{k}: version keys must be strings; quote it ('{k}')")
+                    versions[str(k)] = versions.pop(k)
+        try:
+            parsed.append((display, DefinitionFile.model_validate(data)))
+        except pydantic.ValidationError as err:
+            problems += format_errors(display, DefinitionFile, err)
+    seen: dict[str, str] = {}
+    for display, d in parsed:
+        if not NAME_RE.match(d.name):
+            problems.append(f"{display}: name: {d.name!r} is not a valid image name (lowercase letters, digits, "
+                            f"'.', '_', '-')")
+        if d.name in seen:
+            problems.append(f"{display}: name: duplicate image family {d.name!r} (also defined in {seen[d.name]})")
+        else:
+            seen[d.name] = display
+    specs, more = _expand(project, parsed)
+    problems += more
+    fleet = Fleet(project, {})
+    if not problems:
+        fleet.specs = specs
+        problems += _check_graph(fleet)
+    if problems:
+        raise ValidationError(problems)
+    fams: dict[str, list[ImageKey]] = {}
+    for k in sorted(specs, key=fleet.sort_key):
+        fams.setdefault(k.name, []).append(k)
+    fleet.families = fams
+    return fleet
+
+
+def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple[dict[ImageKey, ImageSpec], list[str]]:
+    problems: list[str] = []
+    specs: dict[ImageKey, ImageSpec] = {}
+    names = {d.name for _, d in parsed}
+    all_keys: set[tuple[str, str]] = set()
+    for _, d in parsed:
+        for v, vd in d.versions.items():
+            all_keys.add((d.name, v))
+            for variant in vd.variants:
+                all_keys.add((d.name, f"{v}-{variant}"))
+    template_cache: dict[str, set[str] | None] = {}
+    for display, d in parsed:
+        for field_name, value in d.variables.items():
+            problems += _check_var(display, f"variables.{field_name}", field_name, value)
+        for vstr, vd in d.versions.items():
+            where = f"versions.{vstr}"
+            try:
+                Version(vstr)
+            except InvalidVersion:
+                problems.append(f"{display}: {where}: {vstr!r} is not a PEP 440 version (e.g. 12, 3.11, 1.25.0)")
+                continue
+            template = vd.template or d.template
+            tdir = project.templates_dir / template
+            kind = template_kind(tdir) if tdir.is_dir() else None
+            tfield = f"{where}.template" if vd.template else "template"
+            if kind is None:
+                reason = "no such directory" if not tdir.is_dir() else "it holds no Dockerfile.j2 or *.pkr.hcl.j2"
+                problems.append(f"{display}: {tfield}: template {template!r} not found under "
+                                f"{project.rel(project.templates_dir)}/ ({reason})")
+            parent, pproblem = _parent(vd.parent, names, all_keys)
+            if pproblem:
+                problems.append(f"{display}: {where}.parent: {pproblem}")
+            for tag in vd.tags:
+                if not isinstance(tag, str) or not TAG_RE.match(tag):
+                    problems.append(f"{display}: {where}.tags: {tag!r} is not a valid image tag")
+            for field_name, value in vd.variables.items():
+                problems += _check_var(display, f"{where}.variables.{field_name}", field_name, value)
+            variants: list[tuple[str | None, VariantDef]] = [(None, VariantDef())]
+            for vname, vardef in vd.variants.items():
+                if not VARIANT_RE.match(vname):
+                    problems.append(f"{display}: {where}.variants.{vname}: variant names are lowercase letters "
+                                    f"and digits, starting with a letter")
+                    continue
+                vardef = vardef or VariantDef()
+                for field_name, value in vardef.variables.items():
+                    problems += _check_var(display, f"{where}.variants.{vname}.variables.{field_name}", field_name,
+                                           value)
+                variants.append((vname, vardef))
+            if kind is not None:
+                if template not in template_cache:
+                    template_cache[template] = template_variables(project, template)
+                used = template_cache[template] or set()
+            else:
+                used = set()
+            for vname, vardef in variants:
+                variables = {**d.variables, **vd.variables, **vardef.variables}
+                missing = sorted(used - set(variables) - set(RESERVED_VARIABLES))
+                vwhere = where if vname is None else f"{where}.variants.{vname}"
+                if missing:
+                    problems.append(f"{display}: {vwhere}.variables: template {template!r} uses undefined "
+                                    f"variable{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+                if parent is None or kind is None:
+                    continue
+                key = ImageKey(d.name, vstr, vname)
+                packer = {**(d.packer or {}), **(vd.packer or {})} or None
+                policy = d.policy.model_dump(exclude_none=True) if d.policy else None
+                specs[key] = ImageSpec(
+                    key=key, source_file=display, template=template, builder=kind,  # type: ignore[arg-type]
+                    parent=parent, variables=variables, tags=tuple(vd.tags) + tuple(vardef.tags),
+                    context_files=_context_files(tdir), description=vardef.description or vd.description
+                    or d.description, policy=policy or None, packer=packer)
+    return specs, problems
+
+
+def _context_files(tdir: Path) -> tuple[str, ...]:
+    files_dir = tdir / "files"
+    if not files_dir.is_dir():
+        return ()
+    return tuple(sorted(str(p.relative_to(tdir)) for p in files_dir.rglob("*") if p.is_file()))
+
+
+def _check_var(display: str, where: str, name: str, value: Any) -> list[str]:
+    out = []
+    if not VAR_NAME_RE.match(name):
+        out.append(f"{display}: {where}: {name!r} is not a valid variable name (letters, digits, '_')")
+    elif name in RESERVED_VARIABLES:
+        out.append(f"{display}: {where}: {name!r} is reserved (bakery sets it)")
+    why = check_value(value)
+    if why:
+        out.append(f"{display}: {where}: {why}")
+    return out
+
+
+def _parent(ref: str, names: set[str], all_keys: set[tuple[str, str]]) -> tuple[Parent | None, str | None]:
+    if not isinstance(ref, str) or not ref:
+        return None, "must be a non-empty string"
+    if "/" not in ref:
+        name, sep, ver = ref.partition(":")
+        if not sep:
+            return None, f"{ref!r} needs a version: NAME:VERSION for a bakery image, or a full upstream reference"
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f" (did you mean '{close[0]}:{ver}'?)" if close else ""
+            return None, (f"unknown parent {ref!r}: no image family {name!r} in the definitions{hint}; an upstream "
+                          f"image needs its registry, e.g. docker.io/library/{name}:{ver}")
+        if (name, ver) not in all_keys:
+            known = sorted(v for n, v in all_keys if n == name)
+            return None, f"unknown parent {ref!r}: {name!r} has no version {ver!r} (known: {', '.join(known)})"
+        version, variant = _split_variant(ver, name, all_keys)
+        return Parent("bakery", ref, key=ImageKey(name, version, variant)), None
+    parsed = parse_upstream(ref)
+    if parsed is None:
+        return None, f"{ref!r} is not a valid image reference (registry/path[:tag][@sha256:…])"
+    repo, tag, digest = parsed
+    if tag is None and digest is None:
+        return None, f"{ref!r} names no tag or digest; pin it (e.g. {ref}:bookworm-slim)"
+    return Parent("upstream", ref, pinned_digest=digest), None
+
+
+def _split_variant(tag_version: str, name: str, all_keys: set[tuple[str, str]]) -> tuple[str, str | None]:
+    # "3.11-slim" → ("3.11", "slim") when 3.11 is a version of name; versions never contain '-' variants.
+    if "-" in tag_version:
+        base, _, variant = tag_version.rpartition("-")
+        if (name, base) in all_keys:
+            return base, variant
+    return tag_version, None
+
+
+def _check_graph(fleet: Fleet) -> list[str]:
+    """Cycles: name the whole cycle, once."""
+    problems = []
+    reported: set[frozenset[ImageKey]] = set()
+    for start in sorted(fleet.specs):
+        path: list[ImageKey] = []
+        cur: ImageKey | None = start
+        while cur is not None and cur not in path:
+            path.append(cur)
+            cur = fleet.parent_key(fleet.specs[cur])
+        if cur is not None:
+            cycle = path[path.index(cur):]
+            ident = frozenset(cycle)
+            if ident in reported:
+                continue
+            reported.add(ident)
+            i = cycle.index(min(cycle))
+            cycle = cycle[i:] + cycle[:i]
+            chain = " -> ".join(str(k) for k in [*cycle, cycle[0]])
+            spec = fleet.specs[cycle[0]]
+            problems.append(f"{spec.source_file}: versions.{cycle[0].version}.parent: dependency cycle: {chain}")
+    return problems
