@@ -1,0 +1,754 @@
+"""Promotion: the same digest moves dev → staging → prod, registry to registry, behind gates.
+
+Order of work in :func:`promote` (and why):
+
+1. resolve REF in the source environment to (image, build tag, digest);
+2. refuse if the target already has the build tag on a different digest (immutable tags);
+   a target already holding the digest under the build tag and every alias is a no-op;
+3. evaluate every gate of the target environment (previous environment, scan, soak, approver) and record
+   the decision in the ledger; any failure stops here with nothing copied;
+4. copy manifests and blobs BY DIGEST (no tag is written; blobs the target has are skipped, same-host
+   blobs are mounted): an interruption leaves no new tag and a rerun completes it;
+5. only then write the build tag and the environment's alias tags, optionally an annotated git tag,
+   and record the promotion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import string
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from bakery import ledger as ledger_mod
+from bakery.errors import ImmutableTagError, InputError, RegistryError, StepFailed
+from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, OCI, ImageKey,
+                          Published)
+
+if TYPE_CHECKING:
+    from bakery.config import Environment, Project
+    from bakery.registry import CopyStats, Manifest
+
+LABEL_REVISION = OCI + "revision"
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Registries: the plain OCI client and ECR look the same to promotion.
+
+
+class Registry(Protocol):
+    host: str
+
+    def head_manifest(self, repo: str, reference: str) -> str | None: ...
+
+    def get_manifest(self, repo: str, reference: str) -> Manifest: ...
+
+    def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str: ...
+
+    def list_tags(self, repo: str) -> list[str]: ...
+
+    def labels(self, repo: str, reference: str) -> dict[str, str]: ...
+
+    def copy_image(self, src: Any, src_repo: str, digest: str, dst_repo: str) -> CopyStats: ...
+
+
+def registry_for(project: Project, env_name: str) -> Registry:
+    """The client for an environment: :class:`bakery.registry.RegistryClient` or the ECR adapter."""
+    env = project.config.env(env_name)
+    if env.kind == "ecr":
+        from bakery.ecr import EcrRegistry
+
+        return EcrRegistry.for_env(project, env_name)
+    from bakery.registry import RegistryClient
+
+    return RegistryClient.for_env(project, env_name)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The build tag scheme, read backwards.
+
+_FIELD_RE = {
+    "yyyymmdd": r"\d{8}", "yyyy": r"\d{4}", "mm": r"\d{2}", "dd": r"\d{2}", "n": r"\d+",
+    "fingerprint": r"[0-9a-f]+", "fp": r"[0-9a-f]+",
+}
+
+
+def build_tag_pattern(scheme: str, *, name: str | None = None, tag_version: str | None = None) -> re.Pattern[str]:
+    """A regex matching the build tags of ``scheme`` (for one version when ``tag_version`` is given)."""
+    out = []
+    seen: set[str] = set()
+    for literal, fld, _spec, _conv in string.Formatter().parse(scheme):
+        out.append(re.escape(literal))
+        if fld is None:
+            continue
+        base = fld.split(".")[0].split("[")[0]
+        if base == "version":
+            rx = re.escape(tag_version) if tag_version is not None else r"[A-Za-z0-9_.-]+?"
+        elif base == "name":
+            rx = re.escape(name) if name is not None else r"[A-Za-z0-9_.-]+?"
+        elif base == "variant":
+            rx = r"[A-Za-z0-9_.-]*?"
+        else:
+            rx = _FIELD_RE.get(base, r"[A-Za-z0-9_.-]+?")
+        if base in seen:
+            out.append(rf"(?P={base})")
+        else:
+            seen.add(base)
+            out.append(f"(?P<{base}>{rx})")
+    return re.compile("^" + "".join(out) + "$")
+
+
+def build_tag_order(match: re.Match[str]) -> tuple[int, ...]:
+    """Sort key of a parsed build tag: date, then the day's counter."""
+    g = match.groupdict()
+    date = g.get("yyyymmdd") or ((g.get("yyyy") or "") + (g.get("mm") or "") + (g.get("dd") or ""))
+    return (int(date) if date else 0, int(g["n"]) if g.get("n") else 0)
+
+
+def newest_build_tag(scheme: str, tags: list[str], *, name: str, tag_version: str) -> str | None:
+    pattern = build_tag_pattern(scheme, name=name, tag_version=tag_version)
+    found = [(build_tag_order(m), t) for t in tags if (m := pattern.match(t))]
+    return max(found)[1] if found else None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# References
+
+
+@dataclass(frozen=True)
+class Ref:
+    """What the user named: an image (NAME[:VERSION]), and maybe a build tag or a digest."""
+
+    name: str
+    tag: str | None = None  # NAME:TAG as written (a version or a build tag)
+    digest: str | None = None
+
+
+def parse_ref(text: str) -> Ref:
+    """``NAME:VERSION``, ``NAME:BUILD_TAG``, ``[REGISTRY/NS/]NAME[:TAG]@sha256:…``."""
+    raw = text.strip()
+    digest = None
+    if "@" in raw:
+        raw, _, digest = raw.partition("@")
+        if not _DIGEST_RE.match(digest):
+            raise InputError(f"{text}: not a sha256 digest: {digest!r}")
+    last = raw.rsplit("/", 1)[-1]
+    name, _, tag = last.partition(":")
+    if not name or not re.match(r"^[a-z0-9][a-z0-9._-]*$", name):
+        raise InputError(f"{text}: not an image reference (use NAME:VERSION, NAME:BUILD_TAG or NAME@sha256:…)")
+    if not digest and not tag:
+        raise InputError(f"{text}: name a version, a build tag or a digest (e.g. {name}:VERSION)")
+    return Ref(name=name, tag=tag or None, digest=digest)
+
+
+def _key_from(labels: dict[str, str], name: str, tag_version: str | None) -> ImageKey:
+    if labels.get(LABEL_NAME) and labels.get(LABEL_VERSION):
+        return ImageKey(labels[LABEL_NAME], labels[LABEL_VERSION], labels.get(LABEL_VARIANT) or None)
+    if tag_version:
+        return ImageKey(name, tag_version)
+    raise InputError(f"{name}: cannot tell the version of this image (no {LABEL_VERSION} label); "
+                     f"name it as NAME:VERSION or NAME:BUILD_TAG")
+
+
+def _version_of_build_tag(scheme: str, tag: str, name: str) -> str | None:
+    m = build_tag_pattern(scheme, name=name).match(tag)
+    if not m:
+        return None
+    v = m.groupdict().get("version")
+    return v if v else None
+
+
+def resolve(project: Project, ref: str, env: str, *, registry: Registry | None = None) -> Published:
+    """Find REF in ``env``'s registry: NAME:VERSION → newest build tag of that version (by the scheme);
+    NAME:BUILD_TAG → that tag; IMAGE@DIGEST → that digest and its build tag (label, else a tag search)."""
+    environment = project.config.env(env)
+    r = parse_ref(ref)
+    reg = registry or registry_for(project, env)
+    repo = environment.repository(r.name)
+    scheme = project.config.tags.build
+    where = f"{environment.registry}/{r.name}"
+
+    if r.digest:
+        if reg.head_manifest(repo, r.digest) is None:
+            raise StepFailed(f"{where}@{r.digest}: not found in {env}")
+        labels = _safe_labels(reg, repo, r.digest)
+        build_tag = labels.get(LABEL_BUILD_TAG) or ""
+        if not build_tag or reg.head_manifest(repo, build_tag) != r.digest:
+            build_tag = _find_build_tag(reg, repo, r.digest, scheme, r.name) or build_tag
+        if not build_tag:
+            raise StepFailed(f"{where}@{r.digest}: no build tag in {env} points at this digest")
+        version = r.tag if r.tag and not build_tag_pattern(scheme, name=r.name).match(r.tag) else None
+        key = _key_from(labels, r.name, version or _version_of_build_tag(scheme, build_tag, r.name))
+        return Published(key=key, env=env, repository=environment.image(r.name), build_tag=build_tag,
+                         digest=r.digest)
+
+    assert r.tag is not None
+    tag_version = _version_of_build_tag(scheme, r.tag, r.name)
+    if tag_version is not None:
+        digest = reg.head_manifest(repo, r.tag)
+        if digest is not None:
+            labels = _safe_labels(reg, repo, digest)
+            return Published(key=_key_from(labels, r.name, tag_version), env=env,
+                             repository=environment.image(r.name), build_tag=r.tag, digest=digest)
+    tags = reg.list_tags(repo)
+    build_tag = newest_build_tag(scheme, tags, name=r.name, tag_version=r.tag)
+    if build_tag is None:
+        if tag_version is not None:
+            raise StepFailed(f"{where}:{r.tag}: build tag not found in {env}")
+        raise StepFailed(f"{where}: no build of version {r.tag!r} in {env}"
+                         + (" (the repository is empty or missing)" if not tags else ""))
+    digest = reg.head_manifest(repo, build_tag)
+    if digest is None:  # deleted between list and head
+        raise StepFailed(f"{where}:{build_tag}: vanished from {env}")
+    labels = _safe_labels(reg, repo, digest)
+    return Published(key=_key_from(labels, r.name, r.tag), env=env, repository=environment.image(r.name),
+                     build_tag=build_tag, digest=digest)
+
+
+def _safe_labels(reg: Registry, repo: str, digest: str) -> dict[str, str]:
+    try:
+        return reg.labels(repo, digest)
+    except RegistryError:
+        return {}
+
+
+def _find_build_tag(reg: Registry, repo: str, digest: str, scheme: str, name: str) -> str | None:
+    pattern = build_tag_pattern(scheme, name=name)
+    candidates = sorted(((build_tag_order(m), t) for t in reg.list_tags(repo) if (m := pattern.match(t))),
+                        reverse=True)
+    for _order, tag in candidates:
+        if reg.head_manifest(repo, tag) == digest:
+            return tag
+    return None
+
+
+def _key_of(image: str) -> ImageKey:
+    name, _, tag_version = image.partition(":")
+    return ImageKey(name, tag_version)
+
+
+def alias_tags(project: Project, env_name: str, key: ImageKey, today: dt.date) -> list[str]:
+    """The environment's alias tags for one image (templates rendered, duplicates dropped)."""
+    from bakery.tags import render_alias
+
+    out: list[str] = []
+    for template in project.config.env(env_name).aliases:
+        tag = render_alias(template, name=key.name, version=key.version, variant=key.variant, today=today)
+        if tag and tag not in out:
+            out.append(tag)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Gates
+
+
+@dataclass
+class GateResult:
+    name: str  # previous | scan | soak | approval | immutable-tag
+    passed: bool
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "reason": self.reason, **({"details": self.details}
+                                                                                   if self.details else {})}
+
+
+ScanFn = Callable[..., tuple[GateResult, "dict[str, Any] | None"]]
+
+
+def gate_previous(project: Project, pub: Published, to_env: str, *, prev_registry: Registry | None) -> GateResult:
+    """The digest must already be in the environment before ``to_env`` in the configured order."""
+    prev = project.config.previous_env(to_env)
+    if prev is None:
+        return GateResult("previous", True, f"{to_env} is the first environment")
+    reg = prev_registry or registry_for(project, prev)
+    repo = project.config.env(prev).repository(pub.key.name)
+    if reg.head_manifest(repo, pub.digest) == pub.digest:
+        return GateResult("previous", True, f"digest is in {prev}", {"env": prev})
+    return GateResult("previous", False, f"digest is not in {prev}: promote to {prev} first", {"env": prev})
+
+
+def gate_soak(project: Project, pub: Published, to_env: str, events: list[ledger_mod.Event],
+              now: dt.datetime) -> GateResult:
+    """The digest must have spent ``soak`` in the previous environment (ledger arrival time)."""
+    gates = project.config.env(to_env).gates
+    need = gates.soak_delta
+    prev = project.config.previous_env(to_env)
+    if need <= dt.timedelta(0):
+        return GateResult("soak", True, "no soak time required")
+    if prev is None:
+        return GateResult("soak", True, f"{to_env} is the first environment")
+    since = ledger_mod.first_seen(events, pub.digest, prev)
+    if since is None:
+        return GateResult("soak", False, f"no ledger record of this digest arriving in {prev}",
+                          {"required": gates.soak})
+    spent = now - since
+    details = {"required": gates.soak, "since": since.isoformat().replace("+00:00", "Z"),
+               "spent_seconds": int(spent.total_seconds())}
+    if spent >= need:
+        return GateResult("soak", True, f"{_human(spent)} in {prev} (need {gates.soak})", details)
+    return GateResult("soak", False, f"only {_human(spent)} in {prev}, need {gates.soak} "
+                                     f"(ready at {(since + need).strftime('%Y-%m-%d %H:%M')} UTC)", details)
+
+
+def gate_approval(project: Project, to_env: str, approved_by: str | None) -> GateResult:
+    approvers = project.config.env(to_env).gates.approvers
+    if not approvers:
+        return GateResult("approval", True, "no approver required" + (f" (approved by {approved_by})"
+                                                                      if approved_by else ""),
+                          {"approved_by": approved_by} if approved_by else {})
+    if not approved_by:
+        return GateResult("approval", False, f"needs --approved-by one of: {', '.join(approvers)}",
+                          {"approvers": approvers})
+    if approved_by not in approvers:
+        return GateResult("approval", False, f"{approved_by} is not an approver for {to_env} "
+                                             f"(approvers: {', '.join(approvers)})", {"approved_by": approved_by})
+    return GateResult("approval", True, f"approved by {approved_by}", {"approved_by": approved_by})
+
+
+def gate_scan(project: Project, pub: Published, to_env: str, now: dt.datetime) -> tuple[GateResult, dict | None]:
+    """The scan gate on the digest in the source registry; a scan older than ``max_scan_age`` is redone."""
+    gates = project.config.env(to_env).gates
+    if not gates.scan:
+        return GateResult("scan", True, "scan gate disabled"), None
+    from bakery import scan as scan_mod
+
+    image = pub.pinned
+    result, decision = scan_mod.gate(project, image, remote=True, max_age=gates.max_scan_age_delta, now=now)
+    summary = scan_summary(result)
+    reason = decision.summary() if hasattr(decision, "summary") else str(decision)
+    details = {k: summary[k] for k in ("scanned_at", "db_time", "rescanned") if summary.get(k) is not None}
+    details["max_scan_age"] = gates.max_scan_age
+    return GateResult("scan", bool(decision.passed), reason, details), summary
+
+
+def scan_summary(result: Any) -> dict[str, Any]:
+    """What the ledger keeps of a scan: counts, times and the scanner DB time (never the whole report)."""
+    if result is None:
+        return {}
+    if hasattr(result, "summary") and callable(result.summary):
+        data = result.summary()
+        if isinstance(data, dict):
+            return data
+    out: dict[str, Any] = {}
+    for attr in ("counts", "scanned_at", "db_time", "db_updated_at", "trivy_version", "rescanned", "digest",
+                 "cached"):
+        if hasattr(result, attr):
+            v = getattr(result, attr)
+            out[attr] = v.isoformat().replace("+00:00", "Z") if isinstance(v, dt.datetime) else v
+    return out
+
+
+def _human(delta: dt.timedelta) -> str:
+    s = int(delta.total_seconds())
+    neg = s < 0
+    s = abs(s)
+    if s >= 86400:
+        text = f"{s // 86400}d{(s % 86400) // 3600}h"
+    elif s >= 3600:
+        text = f"{s // 3600}h{(s % 3600) // 60}m"
+    elif s >= 60:
+        text = f"{s // 60}m{s % 60}s"
+    else:
+        text = f"{s}s"
+    return ("-" if neg else "") + text
+
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Promotion
+
+
+@dataclass
+class Promotion:
+    """The outcome of one promotion (or its dry run)."""
+
+    image: str
+    digest: str
+    build_tag: str
+    from_env: str
+    to_env: str
+    source: str  # host/ns/name@digest
+    target: str  # host/ns/name
+    tags: list[str]  # build tag + aliases (written, or that would be written)
+    action: str = ""  # promoted | up-to-date | refused | would-promote | would-refuse
+    gates: list[GateResult] = field(default_factory=list)
+    scan: dict[str, Any] | None = None
+    copy: dict[str, Any] | None = None
+    git_tag: str | None = None
+    approved_by: str | None = None
+    seconds: float = 0.0
+    event_id: str | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.action in ("promoted", "up-to-date", "would-promote")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image, "digest": self.digest, "build_tag": self.build_tag, "from": self.from_env,
+            "to": self.to_env, "source": self.source, "target": self.target, "tags": self.tags,
+            "action": self.action, "ok": self.ok, "gates": [g.to_json() for g in self.gates], "scan": self.scan,
+            "copy": self.copy, "git_tag": self.git_tag, "approved_by": self.approved_by,
+            "seconds": round(self.seconds, 3), "event": self.event_id, "message": self.message or None,
+        }
+
+
+def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = None, dry_run: bool = False,
+            approved_by: str | None = None, git_tag: bool | None = None, now: dt.datetime | None = None,
+            ledger: ledger_mod.Ledger | None = None, scan_fn: ScanFn | None = None) -> Promotion:
+    """Promote REF into ``to_env``. Returns the outcome; ``.ok`` is False when a gate or the immutable-tag
+    check refused (nothing was copied then). Registry failures raise (exit 3 unavailable, 1 refused)."""
+    started = time.monotonic()
+    cfg = project.config
+    target_env = cfg.env(to_env)
+    if from_env is None:
+        from_env = cfg.previous_env(to_env)
+        if from_env is None:
+            raise InputError(f"{to_env} is the first environment: nothing to promote from (builds are "
+                             f"published there by `bakery build --push`)")
+    cfg.env(from_env)
+    if from_env == to_env:
+        raise InputError(f"--from and --to are both {to_env}")
+    now = now or ledger_mod.now()
+    led = ledger or ledger_mod.open_ledger(project)
+
+    src = registry_for(project, from_env)
+    dst = registry_for(project, to_env)
+    pub = resolve(project, ref, from_env, registry=src)
+    name = pub.key.name
+    src_repo = cfg.env(from_env).repository(name)
+    dst_repo = target_env.repository(name)
+    tags = [pub.build_tag, *[a for a in alias_tags(project, to_env, pub.key, now.date()) if a != pub.build_tag]]
+    result = Promotion(image=str(pub.key), digest=pub.digest, build_tag=pub.build_tag, from_env=from_env,
+                       to_env=to_env, source=pub.pinned, target=target_env.image(name), tags=tags,
+                       approved_by=approved_by)
+
+    # Immutable build tag, and the no-op.
+    existing = dst.head_manifest(dst_repo, pub.build_tag)
+    if existing is not None and existing != pub.digest:
+        result.gates = [GateResult("immutable-tag", False, f"{result.target}:{pub.build_tag} already points at "
+                                                           f"{existing[:19]}…, refusing to move an immutable tag",
+                                   {"existing": existing})]
+        result.action = "would-refuse" if dry_run else "refused"
+        result.message = result.gates[0].reason
+        if not dry_run:
+            result.event_id = _record(led, "gate", result, now)
+        result.seconds = time.monotonic() - started
+        return result
+    if existing == pub.digest and all(dst.head_manifest(dst_repo, t) == pub.digest for t in tags[1:]):
+        result.action = "up-to-date"
+        result.message = f"{result.target}:{pub.build_tag} already holds {pub.digest[:19]}…; nothing to do"
+        result.seconds = time.monotonic() - started
+        return result
+
+    # Gates: all of them, all reported.
+    events = led.events(image=str(pub.key))
+    prev_reg = src if cfg.previous_env(to_env) == from_env else None
+    gates = target_env.gates
+    results: list[GateResult] = []
+    if gates.require_previous:
+        results.append(gate_previous(project, pub, to_env, prev_registry=prev_reg))
+    if gates.scan:
+        scan_gate, summary = (scan_fn or gate_scan)(project, pub, to_env, now)
+        results.append(scan_gate)
+        result.scan = summary
+    results.append(gate_soak(project, pub, to_env, events, now))
+    results.append(gate_approval(project, to_env, approved_by))
+    result.gates = results
+    passed = all(g.passed for g in results)
+
+    if dry_run:
+        result.action = "would-promote" if passed else "would-refuse"
+        result.seconds = time.monotonic() - started
+        return result
+    result.event_id = _record(led, "gate", result, now, passed=passed)
+    if not passed:
+        result.action = "refused"
+        failed = [g.name for g in results if not g.passed]
+        result.message = f"gate{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}; nothing copied"
+        result.seconds = time.monotonic() - started
+        return result
+
+    # Copy by digest, then the tags.
+    if hasattr(dst, "ensure_repository"):
+        dst.ensure_repository(dst_repo, aliases=tags[1:])  # type: ignore[attr-defined]
+    stats = dst.copy_image(src, src_repo, pub.digest, dst_repo)
+    result.copy = stats.as_dict()
+    manifest = dst.get_manifest(dst_repo, pub.digest)
+    write_tags(dst, dst_repo, manifest, pub.build_tag, tags[1:], target=result.target)
+
+    want_git = target_env.git_tag if git_tag is None else git_tag
+    if want_git:
+        result.git_tag = create_git_tag(project, to_env, pub, dst, dst_repo)
+    result.action = "promoted"
+    result.seconds = time.monotonic() - started
+    result.event_id = _record(led, "promote", result, now)
+    return result
+
+
+def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, aliases: list[str], *,
+               target: str) -> None:
+    """The immutable build tag first (re-checked right before writing), then the moving aliases."""
+    current = dst.head_manifest(repo, build_tag)
+    if current is not None and current != manifest.digest:
+        raise ImmutableTagError(f"{target}:{build_tag} already points at {current[:19]}…, refusing to move an "
+                                f"immutable tag")
+    if current is None:
+        dst.put_manifest(repo, build_tag, manifest.body, manifest.media_type)
+    for alias in aliases:
+        if dst.head_manifest(repo, alias) != manifest.digest:
+            dst.put_manifest(repo, alias, manifest.body, manifest.media_type)
+
+
+def _record(led: ledger_mod.Ledger, kind: str, p: Promotion, now: dt.datetime, passed: bool | None = None) -> str:
+    details: dict[str, Any] = {"source": p.source, "target": p.target, "tags": p.tags}
+    if passed is not None:
+        details["passed"] = passed
+    if kind == "gate" and p.message:
+        details["message"] = p.message
+    if p.copy is not None:
+        details["copy"] = p.copy
+    if p.approved_by:
+        details["approved_by"] = p.approved_by
+    if p.git_tag:
+        details["git_tag"] = p.git_tag
+    ev = ledger_mod.Event(kind=kind, image=p.image, digest=p.digest, build_tag=p.build_tag, from_env=p.from_env,
+                          to_env=p.to_env, time=now, gates=[g.to_json() for g in p.gates], scan=p.scan,
+                          details=details)
+    led.record(ev)
+    return ev.id
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Git tags
+
+
+def create_git_tag(project: Project, env: str, pub: Published, reg: Registry, repo: str) -> str | None:
+    """Annotated tag ENV/NAME/BUILD_TAG at the image's ``org.opencontainers.image.revision`` commit."""
+    from bakery import tools
+
+    labels = _safe_labels(reg, repo, pub.digest)
+    revision = labels.get(LABEL_REVISION)
+    if not revision:
+        raise StepFailed(f"{pub.key}: image has no {LABEL_REVISION} label: cannot create the git tag "
+                         f"(the images and their tags were promoted)")
+    tag = f"{env}/{pub.key.name}/{pub.build_tag}"
+    root = str(project.root)
+    existing = tools.run("git", ["rev-parse", "-q", "--verify", f"refs/tags/{tag}^{{commit}}"], cwd=root,
+                         timeout=30, check=False)
+    if existing.returncode == 0:
+        have = existing.stdout.strip()
+        want = tools.run("git", ["rev-parse", f"{revision}^{{commit}}"], cwd=root, timeout=30, check=False)
+        if want.returncode == 0 and want.stdout.strip() == have:
+            return tag
+        raise StepFailed(f"git tag {tag} exists at another revision ({have[:12]}); not moved")
+    message = f"{pub.key} {pub.build_tag} promoted to {env}\n\ndigest: {pub.digest}\nactor: {ledger_mod.actor()}\n"
+    tools.run("git", ["-c", "user.name=bakery", "-c", "user.email=bakery@localhost", "tag", "-a", "-m", message,
+                      tag, revision], cwd=root, timeout=30)
+    return tag
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rollback
+
+
+@dataclass
+class Rollback:
+    image: str
+    env: str
+    target: str
+    digest: str  # the digest the aliases point at now
+    build_tag: str
+    previous_digest: str | None  # what they pointed at before
+    tags: list[str]
+    action: str = "rolled-back"  # rolled-back | up-to-date
+    event_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.image, "env": self.env, "target": self.target, "digest": self.digest,
+                "build_tag": self.build_tag, "previous_digest": self.previous_digest, "tags": self.tags,
+                "action": self.action, "event": self.event_id}
+
+
+def rollback(project: Project, ref: str, env: str, *, to: str | None = None, now: dt.datetime | None = None,
+             ledger: ledger_mod.Ledger | None = None) -> Rollback:
+    """Point ``env``'s alias tags back at the previously promoted digest (or ``to``: a digest or build tag).
+    Nothing is deleted; the rollback is recorded."""
+    cfg = project.config
+    environment = cfg.env(env)
+    now = now or ledger_mod.now()
+    led = ledger or ledger_mod.open_ledger(project)
+    reg = registry_for(project, env)
+    r = parse_ref(ref)
+    repo = environment.repository(r.name)
+    events = led.events(image=r.name)
+
+    # The image key: from the ledger's records for this name/tag, else from the registry.
+    scheme = cfg.tags.build
+    if r.tag and r.tag.count(":") == 0 and _version_of_build_tag(scheme, r.tag, r.name) is None:
+        image = f"{r.name}:{r.tag}"
+    else:
+        image = ""
+    mine = [e for e in events if (not image or e.image == image) and e.to_env == env]
+    if not image and mine:
+        image = mine[-1].image
+    if not image:
+        raise InputError(f"{ref}: name the image as NAME:VERSION")
+    key = _key_of(image)
+    aliases = alias_tags(project, env, key, now.date())
+    if not aliases:
+        raise InputError(f"{env} has no alias tags configured: nothing to roll back")
+    current = reg.head_manifest(repo, aliases[0])
+
+    if to:
+        if _DIGEST_RE.match(to):
+            digest = to
+            if reg.head_manifest(repo, digest) is None:
+                raise StepFailed(f"{environment.image(r.name)}@{digest}: not in {env}; can only roll back to "
+                                 f"something promoted there")
+            build_tag = next((e.build_tag for e in reversed(events) if e.digest == digest), "") or \
+                (_find_build_tag(reg, repo, digest, scheme, r.name) or "")
+        else:
+            build_tag = to.split(":", 1)[-1]
+            found = reg.head_manifest(repo, build_tag)
+            if found is None:
+                raise StepFailed(f"{environment.image(r.name)}:{build_tag}: not in {env}")
+            digest = found
+    else:
+        promoted = [e for e in mine if e.image == image and e.kind in ("promote", "publish")]
+        seen: list[str] = []
+        for e in promoted:
+            if e.digest in seen:
+                seen.remove(e.digest)
+            seen.append(e.digest)
+        candidates = [d for d in reversed(seen) if d != current]
+        if not candidates:
+            raise StepFailed(f"{image}: no earlier promotion to {env} in the ledger to roll back to "
+                             f"(name one with --to DIGEST|BUILD_TAG)")
+        digest = candidates[0]
+        build_tag = next(e.build_tag for e in reversed(promoted) if e.digest == digest)
+        if reg.head_manifest(repo, digest) is None:
+            raise StepFailed(f"{environment.image(r.name)}@{digest}: recorded in the ledger but missing from "
+                             f"the registry (the registry is the truth)")
+
+    out = Rollback(image=image, env=env, target=environment.image(r.name), digest=digest, build_tag=build_tag,
+                   previous_digest=current, tags=aliases)
+    if current == digest and all(reg.head_manifest(repo, a) == digest for a in aliases):
+        out.action = "up-to-date"
+        return out
+    manifest = reg.get_manifest(repo, digest)
+    for alias in aliases:
+        if reg.head_manifest(repo, alias) != digest:
+            reg.put_manifest(repo, alias, manifest.body, manifest.media_type)
+    ev = ledger_mod.Event(kind="rollback", image=image, digest=digest, build_tag=build_tag, from_env=env,
+                          to_env=env, time=now,
+                          details={"previous_digest": current, "tags": aliases, "target": out.target,
+                                   "requested": to})
+    led.record(ev)
+    out.event_id = ev.id
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Status
+
+
+@dataclass
+class StatusRow:
+    image: str
+    env: str
+    build_tag: str
+    digest: str | None  # from the registry (the truth)
+    age: str
+    since: dt.datetime | None
+    vulnerabilities: dict[str, int] | None
+    gate: str  # passed | failed | - ; from the last gate decision for this digest into env
+    ledger_digest: str | None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.image, "env": self.env, "build_tag": self.build_tag, "digest": self.digest,
+                "age": self.age, "since": self.since.isoformat().replace("+00:00", "Z") if self.since else None,
+                "vulnerabilities": self.vulnerabilities, "gate": self.gate, "ledger_digest": self.ledger_digest,
+                "note": self.note or None}
+
+
+def status(project: Project, ref: str | None = None, env: str | None = None, *, now: dt.datetime | None = None,
+           ledger: ledger_mod.Ledger | None = None) -> list[StatusRow]:
+    """Per image and environment: what the registry says is live, with the ledger's story next to it."""
+    cfg = project.config
+    now = now or ledger_mod.now()
+    led = ledger or ledger_mod.open_ledger(project)
+    envs = [env] if env else cfg.env_order
+    for e in envs:
+        cfg.env(e)
+    name_filter = None
+    if ref:
+        r = parse_ref(ref) if (":" in ref or "@" in ref) else Ref(name=ref)
+        name_filter = r.name
+        events = led.events(image=f"{r.name}:{r.tag}" if r.tag else r.name)
+    else:
+        events = led.events()
+    images: list[str] = []
+    for e in events:
+        if e.image not in images:
+            images.append(e.image)
+    try:  # images defined but never published appear too
+        from bakery.definitions import load_fleet
+
+        for spec in load_fleet(project).select([ref] if ref and ":" in ref else ([name_filter] if name_filter
+                                                                                 else [])):
+            if str(spec.key) not in images:
+                images.append(str(spec.key))
+    except Exception:  # noqa: BLE001 - no definitions here: the ledger is enough
+        pass
+    images.sort()
+    rows: list[StatusRow] = []
+    clients: dict[str, Registry] = {}
+    for image in images:
+        key = _key_of(image)
+        name, tag_version = key.name, key.tag_version
+        for e in envs:
+            reg = clients.get(e) or clients.setdefault(e, registry_for(project, e))
+            environment = cfg.env(e)
+            repo = environment.repository(name)
+            aliases = alias_tags(project, e, key, now.date())
+            live = None
+            for pointer in aliases or []:
+                live = reg.head_manifest(repo, pointer)
+                if live:
+                    break
+            mine = [x for x in events if x.image == image and x.to_env == e]
+            ledger_now = ledger_mod.current(mine, image, e)
+            if live is None and not aliases:
+                tags = reg.list_tags(repo)
+                bt = newest_build_tag(cfg.tags.build, tags, name=name, tag_version=tag_version)
+                live = reg.head_manifest(repo, bt) if bt else None
+            note = ""
+            if ledger_now and live and ledger_now.digest != live:
+                note = f"ledger says {ledger_now.digest[7:19]}, registry has {live[7:19]} (registry wins)"
+            elif ledger_now and not live:
+                note = "in the ledger but not in the registry"
+            build_tag = ""
+            if live:
+                build_tag = next((x.build_tag for x in reversed(events) if x.digest == live and x.build_tag), "")
+                if not build_tag:
+                    build_tag = _safe_labels(reg, repo, live).get(LABEL_BUILD_TAG, "")
+            since = ledger_mod.first_seen(mine, live, e) if live else None
+            scans = [x.scan for x in events if x.digest == live and x.scan]
+            vulns = (scans[-1].get("counts") if scans else None) if live else None
+            decisions = [x for x in events if x.kind == "gate" and x.digest == live and x.to_env == e]
+            gate = "-" if not decisions else ("passed" if decisions[-1].passed else "failed")
+            if live is None and not ledger_now:
+                continue
+            rows.append(StatusRow(image=image, env=e, build_tag=build_tag, digest=live,
+                                  age=_human(now - since) if since else "-", since=since, vulnerabilities=vulns,
+                                  gate=gate, ledger_digest=ledger_now.digest if ledger_now else None, note=note))
+    return rows
