@@ -1,0 +1,84 @@
+"""`bakery build`: render, bake, scan and push."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from bakery.cli._common import Context, emit_json, format_option, pass_ctx, table
+
+
+@click.command("build")
+@click.argument("refs", nargs=-1, metavar="[REF]...")
+@click.option("--all", "all_", is_flag=True, help="Build the whole fleet.")
+@click.option("--changed", is_flag=True, help="Build only what `bakery plan` says must be rebuilt.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
+              help="Images built at once (default: build.jobs in bakery.yaml).")
+@click.option("--push/--no-push", default=None,
+              help="Push to the first environment's registry under an immutable build tag (default: build.push).")
+@click.option("--scan/--no-scan", default=True, show_default=True,
+              help="Scan each image after baking; an image failing the gate is not pushed.")
+@click.option("--rescan", is_flag=True, help="Scan again even when a result for the image is stored.")
+@click.option("--no-cache", is_flag=True, help="Do not use the Docker layer cache.")
+@format_option("table", "json")
+@pass_ctx
+def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jobs: int | None,
+              push: bool | None, scan: bool, rescan: bool, no_cache: bool, fmt: str) -> None:
+    """Bake images, parents before children, independent ones in parallel.
+
+    Each image's FROM is pinned to the exact digest of its parent; every image carries OCI labels and a
+    fingerprint of its inputs. A failed build stops its descendants only. REF is NAME or
+    NAME:VERSION[-VARIANT].
+
+    \b
+    Examples:
+      bakery build --all                  # the whole fleet, pushed to dev
+      bakery build python:3.11 --no-push  # one image, local only
+      bakery build --changed              # only what changed since the last publish
+      bakery build --all --format json    # per image: ref, image id, digest, tags, fingerprint, status, seconds
+    """
+    from bakery.build import BuildOptions, build
+    from bakery.definitions import load_fleet
+    from bakery.progress import Progress
+
+    if refs and all_:
+        raise click.UsageError("name images or pass --all, not both")
+    if not refs and not all_ and not changed:
+        raise click.UsageError("name the images to build (REF...), or pass --all or --changed")
+    project = ctx.project
+    fleet = load_fleet(project)
+    specs = fleet.select(refs)
+    if changed:
+        from bakery.nightly import changed_specs
+
+        specs = changed_specs(project, fleet, refs)
+        if not specs:
+            click.echo("nothing changed: every image is up to date", err=True)
+            if fmt == "json":
+                emit_json({"results": [], "ok": True})
+            return
+    options = BuildOptions(jobs=jobs or project.config.build.jobs,
+                           push=project.config.build.push if push is None else push,
+                           scan=scan, rescan=rescan, no_cache=no_cache)
+    with Progress(enabled=not ctx.quiet or fmt == "table") as progress:
+        results = build(project, fleet, specs, options, progress)
+    ok = all(r.ok for r in results)
+    if fmt == "json":
+        emit_json({"results": [r.to_json() for r in results], "ok": ok})
+    else:
+        rows = []
+        for r in results:
+            vulns = ""
+            if r.scan:
+                counts = r.scan.get("counts") or {}
+                vulns = " ".join(f"{k[0]}:{v}" for k, v in counts.items() if v)
+                vulns = vulns or "none"
+            rows.append([str(r.key), r.status.value, r.build_tag or "-", r.digest[:19] or r.image_id[:19],
+                         vulns or "-", f"{r.seconds:.1f}s", r.error or ""])
+        table(["IMAGE", "STATUS", "BUILD TAG", "DIGEST", "VULNS", "TIME", "PROBLEM"], rows)
+    if not ok:
+        sys.exit(1)
+
+
+commands = [build_cmd]

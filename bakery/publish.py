@@ -1,0 +1,174 @@
+"""Publishing to a registry under immutable build tags, and finding what was published.
+
+The build tag (default ``{version}-{yyyymmdd}.{n}``) is immutable: bakery never points an existing build
+tag at a different digest. Alias tags (``{version}``, ``latest``, …) move with each publish.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import string
+from collections.abc import Callable
+from typing import Any
+
+from bakery.config import Project
+from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
+from bakery.model import ImageKey, ImageSpec, Published
+from bakery.registry import RegistryClient
+from bakery.tags import next_build_tag, render_alias
+
+
+def env_repository(project: Project, env: str, name: str) -> tuple[str, str]:
+    """(registry host, repository path) of an image family in an environment."""
+    e = project.config.env(env)
+    return e.host, e.repository(name)
+
+
+def image_name(project: Project, env: str, name: str) -> str:
+    """host[:port]/namespace/name — what `docker push` and `FROM` use."""
+    return project.config.env(env).image(name)
+
+
+def scheme_regex(scheme: str, key: ImageKey) -> re.Pattern[str]:
+    """A regex matching the build tags of ``key`` under ``scheme``; numeric fields are captured in order."""
+    out = ""
+    for literal, field, _, _ in string.Formatter().parse(scheme):
+        out += re.escape(literal)
+        if field is None:
+            continue
+        base = field.split(".")[0]
+        if base == "version":
+            out += re.escape(key.tag_version)
+        elif base == "name":
+            out += re.escape(key.name)
+        elif base == "variant":
+            out += re.escape(key.variant or "")
+        elif base in ("yyyymmdd", "yyyy", "mm", "dd", "n"):
+            out += r"(\d+)"
+        else:
+            out += r"[0-9a-f]+"
+    return re.compile(f"^{out}$")
+
+
+def build_tags(project: Project, key: ImageKey, tags: list[str]) -> list[str]:
+    """The build tags of ``key`` among ``tags``, oldest first (by the scheme's numeric fields)."""
+    rx = scheme_regex(project.config.tags.build, key)
+    found = []
+    for t in tags:
+        m = rx.match(t)
+        if m:
+            found.append((tuple(int(g) for g in m.groups()), t))
+    return [t for _, t in sorted(found)]
+
+
+def latest(project: Project, key: ImageKey, env: str | None = None,
+           client: RegistryClient | None = None) -> Published | None:
+    """The newest published build of ``key`` in ``env`` (the first environment by default), or None."""
+    env = env or project.config.first_env
+    host, repo = env_repository(project, env, key.name)
+    client = client or RegistryClient.for_env(project, env)
+    tags = build_tags(project, key, client.list_tags(repo))
+    if not tags:
+        return None
+    tag = tags[-1]
+    digest = client.head_manifest(repo, tag)
+    if digest is None:
+        return None
+    return Published(key=key, env=env, repository=f"{host}/{repo}", build_tag=tag, digest=digest)
+
+
+def aliases(project: Project, spec: ImageSpec, env: str, today: dt.date, fingerprint: str = "") -> list[str]:
+    """Alias tags written beside the build tag: the environment's (or the global) ones plus the definition's."""
+    e = project.config.env(env)
+    templates = list(e.aliases) if e.aliases else list(project.config.tags.aliases)
+    if env == project.config.first_env:
+        templates += list(spec.tags)
+    out: list[str] = []
+    for t in templates:
+        tag = render_alias(t, name=spec.key.name, version=spec.key.version, variant=spec.key.variant, today=today,
+                           fingerprint=fingerprint)
+        if spec.key.variant and t in spec.tags:
+            tag = f"{tag}-{spec.key.variant}" if not tag.endswith(spec.key.variant) else tag
+        if tag and tag not in out:
+            out.append(tag)
+    return out
+
+
+def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: str, *, fingerprint: str,
+               today: dt.date, build_tag: str | None = None, on_line: Callable[[str], None] | None = None,
+               ) -> Published:
+    """Push a local image to the first environment under a new immutable build tag plus alias tags.
+
+    An existing build tag holding a different digest is refused (ImmutableTagError, registry unchanged);
+    the same digest again is a no-op.
+    """
+    env = project.config.first_env
+    host, repo = env_repository(project, env, spec.key.name)
+    client = RegistryClient.for_env(project, env)
+    existing = client.list_tags(repo)
+    if build_tag is None:
+        build_tag = next_build_tag(project.config.tags.build, name=spec.key.name, version=spec.key.version,
+                                   variant=spec.key.variant, today=today, existing=existing,
+                                   fingerprint=fingerprint)
+    target = f"{host}/{repo}"
+    if build_tag in existing:
+        held = client.head_manifest(repo, build_tag)
+        ours = local_repo_digests(docker_client, image_id, target)
+        if held and held in ours:
+            return Published(spec.key, env, target, build_tag, held, ())
+        raise ImmutableTagError(f"{target}:{build_tag} already holds {held}; refusing to overwrite an immutable "
+                                f"tag with a different image (registry unchanged)")
+    image = docker_client.images.get(image_id)
+    image.tag(target, build_tag)
+    digest = ""
+    try:
+        for item in docker_client.api.push(target, build_tag, stream=True, decode=True):
+            if "error" in item:
+                detail = item.get("errorDetail", {}).get("message") or item["error"]
+                raise StepFailed(f"push {target}:{build_tag} failed: {detail.strip()}")
+            aux = item.get("aux")
+            if aux and aux.get("Digest"):
+                digest = aux["Digest"]
+            if on_line and item.get("status"):
+                on_line(f"{item.get('status')} {item.get('id', '')}".strip())
+    except StepFailed:
+        raise
+    except Exception as exc:  # requests/docker errors mid-push
+        raise DaemonUnavailable(f"push {target}:{build_tag}: {exc}") from exc
+    finally:
+        try:
+            docker_client.api.remove_image(f"{target}:{build_tag}", noprune=True)
+        except Exception:
+            pass
+    if not digest:
+        raise StepFailed(f"push {target}:{build_tag}: the daemon reported no digest")
+    manifest = client.get_manifest(repo, digest)
+    alias_tags = aliases(project, spec, env, today, fingerprint)
+    for tag in alias_tags:
+        client.put_manifest(repo, tag, manifest.body, manifest.media_type)
+    return Published(spec.key, env, target, build_tag, digest, tuple(alias_tags))
+
+
+def local_repo_digests(docker_client: Any, image_id: str, repository: str) -> set[str]:
+    try:
+        attrs = docker_client.api.inspect_image(image_id)
+    except Exception:
+        return set()
+    out = set()
+    for rd in attrs.get("RepoDigests") or []:
+        repo, _, digest = rd.partition("@")
+        if repo == repository:
+            out.add(digest)
+    return out
+
+
+def record_publish(project: Project, spec: ImageSpec, published: Published, *, fingerprint: str,
+                   scan: dict[str, Any] | None, parent: str) -> None:
+    from bakery.ledger import Event, open_ledger
+
+    open_ledger(project).record(Event(
+        kind="publish", image=str(spec.key), digest=published.digest, build_tag=published.build_tag,
+        from_env=None, to_env=published.env, scan=scan,
+        details={"repository": published.repository, "aliases": list(published.aliases),
+                 "fingerprint": fingerprint, "parent": parent}))
