@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import itertools
 import json
 import os
 import sqlite3
@@ -54,9 +55,13 @@ def actor() -> str:
         return f"uid{os.getuid()}"
 
 
+_counter = itertools.count()
+
+
 def new_id(when: dt.datetime) -> str:
-    """A sortable unique id: UTC time to the microsecond plus 12 random hex digits."""
-    return f"{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:12]}"
+    """A sortable unique id: UTC time to the microsecond, a per-process sequence (events recorded at the same
+    instant keep their order) and 8 random hex digits."""
+    return f"{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{next(_counter) % 0x10000:04x}{uuid.uuid4().hex[:8]}"
 
 
 @dataclass

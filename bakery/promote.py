@@ -481,7 +481,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         dst.ensure_repository(dst_repo, aliases=tags[1:])  # type: ignore[attr-defined]
     stats = dst.copy_image(src, src_repo, pub.digest, dst_repo)
     result.copy = stats.as_dict()
-    manifest = dst.get_manifest(dst_repo, pub.digest)
+    manifest = src.get_manifest(src_repo, pub.digest)  # byte-identical by definition of the digest
     write_tags(dst, dst_repo, manifest, pub.build_tag, tags[1:], target=result.target)
 
     want_git = target_env.git_tag if git_tag is None else git_tag
