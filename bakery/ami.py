@@ -1,0 +1,461 @@
+"""Machine images (AMIs) through boto3: publish, promote (copy_image), rollback, source-AMI change detection.
+
+Identity. An AMI build is identified through promotion by its *origin*: ``ami:REGION:AMI-ID`` of the AMI
+Packer made for the first environment. That string is the ledger ``digest`` of every publish, promote
+and rollback event of the build, so the promotion gates ("was it in the previous environment?", scan
+age, soak) work exactly as for containers. The environment's own copies (one AMI per region) are in the
+event's ``details["amis"]``.
+
+Promotion never rebuilds: ``copy_image`` from the previous environment's AMI into each target region,
+wait until ``available``, copy the ``bakery:*`` tags explicitly (copy_image copies none), grant launch
+permission to the target environment's account (``modify_image_attribute``; snapshots get
+``createVolumePermission``), then record the event. Rollback re-points the environment's current
+record to the previous build's AMIs (they must still exist).
+
+Where moto differs from AWS (tests run against moto in server mode):
+- images that moto creates (register/copy/create_image) have ``RootDeviceType: standard``, so Packer
+  refuses them as a *source* AMI: build from moto's built-in ``ebs`` AMIs and leave
+  ``root-device-type`` out of test filters;
+- ``register_image`` ignores ``TagSpecifications`` and ``copy_image`` copies no tags (AWS does not
+  copy tags either): bakery always tags explicitly with ``create_tags``;
+- ``CreationDate`` has one-second resolution and every built-in AMI shares the server's start time:
+  the newest source AMI is chosen by (CreationDate, Name, ImageId);
+- copies are ``available`` at once (AWS: minutes), so the wait loop returns on its first poll;
+- one set of credentials owns every region: "another account" is the account given launch permission.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bakery.errors import EnvironmentFailure, InputError, StepFailed
+
+if TYPE_CHECKING:
+    from bakery.config import Environment, Project
+    from bakery.ledger import Event
+    from bakery.model import ImageKey, ImageSpec
+
+ORIGIN_PREFIX = "ami:"
+TAG_ENV = "bakery:env"
+TAG_ORIGIN = "bakery:origin"
+TAG_SOURCE = "bakery:source-ami"
+WAIT_TIMEOUT = 1800.0
+POLL_SECONDS = 5.0
+
+Progress = Callable[[str, str, str], None]  # (region, ami id, state)
+
+
+@dataclass(frozen=True)
+class AmiRecord:
+    """What the ledger says an environment runs for one image: the build's origin and its AMIs per region."""
+
+    image: str  # NAME:VERSION
+    env: str
+    origin: str  # ami:REGION:AMI-ID of the first build
+    build_tag: str
+    amis: dict[str, str] = field(default_factory=dict)  # region -> ami id in this environment
+    fingerprint: str = ""
+    source_ami: str = ""
+    account: str = ""
+    event_kind: str = ""
+    time: dt.datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.image, "env": self.env, "origin": self.origin, "build_tag": self.build_tag,
+                "amis": dict(self.amis), "fingerprint": self.fingerprint, "source_ami": self.source_ami,
+                "account": self.account, "event": self.event_kind,
+                "time": self.time.isoformat().replace("+00:00", "Z") if self.time else None}
+
+
+@dataclass
+class PromoteOutcome:
+    record: AmiRecord
+    copied: dict[str, str]  # region -> new ami id
+    already: bool = False  # the environment already ran this build: nothing done
+    seconds: float = 0.0
+
+
+def origin(region: str, ami_id: str) -> str:
+    return f"{ORIGIN_PREFIX}{region}:{ami_id}"
+
+
+def is_ami_digest(digest: str) -> bool:
+    return digest.startswith(ORIGIN_PREFIX)
+
+
+def parse_origin(value: str) -> tuple[str, str]:
+    """``ami:us-east-1:ami-123`` → (region, ami id)."""
+    if not is_ami_digest(value) or value.count(":") != 2:
+        raise InputError(f"not an AMI reference: {value!r} (expected ami:REGION:AMI-ID)")
+    _, region, ami_id = value.split(":")
+    return region, ami_id
+
+
+# ---------------------------------------------------------------------------------------------- AWS plumbing
+
+def client(project: Project, region: str, service: str = "ec2") -> Any:
+    """A boto3 client for ``region`` (``aws.endpoint_url`` when set: moto or another endpoint)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    return boto3.client(service, region_name=region, endpoint_url=project.config.aws.endpoint_url or None,
+                        config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10,
+                                          read_timeout=60))
+
+
+def _call(what: str, fn: Callable[[], Any]) -> Any:
+    """Run a boto3 call; unreachable endpoint / no credentials → exit 3, an AWS refusal → exit 1."""
+    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
+                                     NoRegionError)
+
+    try:
+        return fn()
+    except (EndpointConnectionError, NoCredentialsError, NoRegionError) as exc:
+        raise EnvironmentFailure(f"AWS: {what}: {exc}") from None
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        raise StepFailed(f"AWS: {what}: {err.get('Code', 'error')}: {err.get('Message', exc)}") from None
+    except BotoCoreError as exc:
+        raise EnvironmentFailure(f"AWS: {what}: {exc}") from None
+
+
+def aws_target(project: Project, env_name: str) -> tuple[str, list[str]]:
+    """(account, regions) of an environment; the global ``aws.region`` when it names none."""
+    env: Environment = project.config.env(env_name)
+    if env.aws is not None and env.aws.regions:
+        return env.aws.account, list(env.aws.regions)
+    return (env.aws.account if env.aws else ""), [project.config.aws.region]
+
+
+def tags_dict(tags: list[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tags or []}
+
+
+def describe(project: Project, region: str, ami_id: str) -> dict[str, Any] | None:
+    ec2 = client(project, region)
+    from botocore.exceptions import ClientError
+
+    try:
+        images = ec2.describe_images(ImageIds=[ami_id]).get("Images", [])
+    except ClientError as exc:
+        if "NotFound" in exc.response.get("Error", {}).get("Code", "") or "Malformed" in str(exc):
+            return None
+        raise
+    return images[0] if images else None
+
+
+def _tag(project: Project, region: str, ami_id: str, tags: dict[str, str], *, snapshots: bool = True) -> None:
+    ec2 = client(project, region)
+    items = [{"Key": k, "Value": str(v)} for k, v in sorted(tags.items()) if v != ""]
+    resources = [ami_id]
+    if snapshots:
+        image = _call(f"describe {ami_id} in {region}", lambda: describe(project, region, ami_id)) or {}
+        resources += [bd["Ebs"]["SnapshotId"] for bd in image.get("BlockDeviceMappings", [])
+                      if bd.get("Ebs", {}).get("SnapshotId")]
+    if items:
+        _call(f"tag {ami_id} in {region}", lambda: ec2.create_tags(Resources=resources, Tags=items))
+
+
+def _grant(project: Project, region: str, ami_id: str, account: str) -> None:
+    """Launch permission on the AMI and create-volume permission on its snapshots for ``account``."""
+    if not account:
+        return
+    ec2 = client(project, region)
+    image = _call(f"describe {ami_id} in {region}", lambda: describe(project, region, ami_id)) or {}
+    if image.get("OwnerId") == account:
+        return
+    _call(f"grant launch permission on {ami_id} to {account}",
+          lambda: ec2.modify_image_attribute(ImageId=ami_id, LaunchPermission={"Add": [{"UserId": account}]}))
+    for bd in image.get("BlockDeviceMappings", []):
+        snap = bd.get("Ebs", {}).get("SnapshotId")
+        if snap:
+            _call(f"grant create-volume permission on {snap} to {account}",
+                  lambda snap=snap: ec2.modify_snapshot_attribute(
+                      SnapshotId=snap, Attribute="createVolumePermission", OperationType="add",
+                      UserIds=[account]))
+
+
+def launch_permissions(project: Project, region: str, ami_id: str) -> list[str]:
+    """Accounts with launch permission on an AMI."""
+    ec2 = client(project, region)
+    attr = _call(f"describe launch permission of {ami_id}",
+                 lambda: ec2.describe_image_attribute(ImageId=ami_id, Attribute="launchPermission"))
+    return sorted(p["UserId"] for p in attr.get("LaunchPermissions", []) if "UserId" in p)
+
+
+def wait_available(project: Project, region: str, ami_id: str, *, timeout: float = WAIT_TIMEOUT,
+                   poll: float = POLL_SECONDS, on_progress: Progress | None = None) -> dict[str, Any]:
+    """Poll until the AMI is ``available`` (reporting each state); ``failed``/``invalid`` or timeout → exit 1."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        image = _call(f"describe {ami_id} in {region}", lambda: describe(project, region, ami_id))
+        state = (image or {}).get("State", "missing")
+        if state != last and on_progress is not None:
+            on_progress(region, ami_id, state)
+        last = state
+        if state == "available":
+            return image or {}
+        if state in ("failed", "invalid", "deregistered", "error"):
+            reason = (image or {}).get("StateReason", {}).get("Message", "")
+            raise StepFailed(f"AMI {ami_id} in {region} is {state}{': ' + reason if reason else ''}")
+        if time.monotonic() >= deadline:
+            raise StepFailed(f"AMI {ami_id} in {region} not available after {timeout:g}s (state {state})")
+        time.sleep(poll)
+
+
+# ---------------------------------------------------------------------------------------------- source AMIs
+
+def source_filter(spec: ImageSpec) -> tuple[list[str], list[dict[str, Any]]]:
+    """(owners, filters) from the definition's ``packer.source_ami_filter``."""
+    settings = spec.packer or {}
+    raw = settings.get("source_ami_filter")
+    if not isinstance(raw, dict) or not raw.get("filters"):
+        raise InputError(f"{spec.source_file}: packer.source_ami_filter: an amazon-ebs definition needs "
+                         f"{{owners: [...], filters: {{name: ...}}}}")
+    owners = raw.get("owners") or []
+    if isinstance(owners, str):
+        owners = [owners]
+    filters_raw = raw["filters"]
+    if not isinstance(filters_raw, dict):
+        raise InputError(f"{spec.source_file}: packer.source_ami_filter.filters: must be a mapping name -> value")
+    filters = [{"Name": str(k), "Values": [str(x) for x in (v if isinstance(v, list) else [v])]}
+               for k, v in sorted(filters_raw.items())]
+    return [str(o) for o in owners], filters
+
+
+def build_region(project: Project, spec: ImageSpec | None = None) -> str:
+    _, regions = aws_target(project, project.config.first_env)
+    return regions[0]
+
+
+def newest_source_ami(project: Project, spec: ImageSpec, region: str | None = None) -> str:
+    """The newest AMI matching the definition's owner/name filter (by CreationDate, then Name, then id)."""
+    owners, filters = source_filter(spec)
+    region = region or build_region(project, spec)
+    ec2 = client(project, region)
+    kwargs: dict[str, Any] = {"Filters": filters}
+    if owners:
+        kwargs["Owners"] = owners
+    images = _call(f"find the source AMI for {spec.ref} in {region}",
+                   lambda: ec2.describe_images(**kwargs).get("Images", []))
+    images = [i for i in images if i.get("State", "available") == "available"]
+    if not images:
+        shown = ", ".join(f"{f['Name']}={'|'.join(f['Values'])}" for f in filters)
+        raise InputError(f"{spec.source_file}: packer.source_ami_filter: no AMI matches {shown}"
+                         f"{' owned by ' + ','.join(owners) if owners else ''} in {region}")
+    best = max(images, key=lambda i: (i.get("CreationDate", ""), i.get("Name", ""), i["ImageId"]))
+    return str(best["ImageId"])
+
+
+@dataclass(frozen=True)
+class SourceDrift:
+    """Nightly change detection: the source AMI the dev build used against the newest one now."""
+
+    image: str
+    built_from: str  # "" when never built
+    newest: str
+
+    @property
+    def changed(self) -> bool:
+        return self.built_from != self.newest
+
+    def reason(self) -> str:
+        if not self.built_from:
+            return f"never built (source AMI {self.newest})"
+        return f"source AMI moved {self.built_from} → {self.newest}"
+
+
+def source_drift(project: Project, spec: ImageSpec) -> SourceDrift:
+    """Whether a newer source AMI exists than the one the first environment's current build used
+    (treated by ``bakery plan`` like a moved upstream digest)."""
+    newest = newest_source_ami(project, spec)
+    rec = current_ami(project, spec.key, project.config.first_env)
+    return SourceDrift(image=spec.ref, built_from=rec.source_ami if rec else "", newest=newest)
+
+
+# ---------------------------------------------------------------------------------------------- ledger view
+
+def _image(key: ImageKey | str) -> str:
+    return str(key)
+
+
+def _record(ev: Event) -> AmiRecord:
+    d = ev.details or {}
+    return AmiRecord(image=ev.image, env=ev.to_env, origin=ev.digest, build_tag=ev.build_tag,
+                     amis=dict(d.get("amis") or {}), fingerprint=str(d.get("fingerprint", "")),
+                     source_ami=str(d.get("source_ami", "")), account=str(d.get("account", "")),
+                     event_kind=ev.kind, time=ev.time)
+
+
+def _moves(project: Project, image: str, env: str) -> list[Event]:
+    from bakery.ledger import open_ledger
+
+    return [e for e in open_ledger(project).events(image=image, env=env)
+            if e.kind in ("publish", "promote", "rollback") and is_ami_digest(e.digest)]
+
+
+def current_ami(project: Project, key: ImageKey | str, env: str) -> AmiRecord | None:
+    """What the ledger says ``env`` runs for this image (None when nothing was ever put there)."""
+    moves = _moves(project, _image(key), env)
+    return _record(moves[-1]) if moves else None
+
+
+def history(project: Project, key: ImageKey | str, env: str) -> list[AmiRecord]:
+    """Every AMI arrival in ``env`` for this image, oldest first."""
+    return [_record(e) for e in _moves(project, _image(key), env)]
+
+
+def previous_ami(project: Project, key: ImageKey | str, env: str) -> AmiRecord | None:
+    """The build ``env`` ran before its current one (the rollback target)."""
+    moves = _moves(project, _image(key), env)
+    if not moves:
+        return None
+    cur = moves[-1].digest
+    # A build the environment was later rolled back away from is no candidate (a second rollback goes further).
+    rolled: set[str] = set()
+    for ev in reversed(moves):
+        if ev.kind == "rollback":
+            rolled.add(str((ev.details or {}).get("rolled_back_from")))
+        if ev.digest != cur and ev.digest not in rolled:
+            return _record(ev)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- publish
+
+def publish_ami(project: Project, key: ImageKey, ami_id: str, region: str, fingerprint: str, build_tag: str,
+                source_ami: str, *, ami_ids: dict[str, str] | None = None, scan: dict[str, Any] | None = None,
+                env: str | None = None) -> AmiRecord:
+    """Record a freshly built AMI for the first environment: ``bakery:*`` tags on every copy Packer made
+    (AMI and snapshots), launch permission for the environment's account, a ``publish`` ledger event."""
+    from bakery.ledger import Event, open_ledger
+
+    env = env or project.config.first_env
+    account, _ = aws_target(project, env)
+    amis = dict(ami_ids or {})
+    amis.setdefault(region, ami_id)
+    the_origin = origin(region, ami_id)
+    tags = {"bakery:name": key.name, "bakery:version": key.tag_version, "bakery:fingerprint": fingerprint,
+            "bakery:build-tag": build_tag, TAG_ENV: env, TAG_ORIGIN: the_origin, TAG_SOURCE: source_ami}
+    for r, a in sorted(amis.items()):
+        wait_available(project, r, a, poll=1.0)
+        _tag(project, r, a, tags)
+        _grant(project, r, a, account)
+    rec_details = {"builder": "amazon-ebs", "amis": amis, "fingerprint": fingerprint, "source_ami": source_ami,
+                   "account": account, "tags": tags}
+    ev = Event(kind="publish", image=str(key), digest=the_origin, build_tag=build_tag, from_env=None, to_env=env,
+               scan=scan, details=rec_details)
+    open_ledger(project).record(ev)
+    return _record(ev)
+
+
+# ---------------------------------------------------------------------------------------------- promote
+
+def promote_ami(project: Project, key: ImageKey | str, to_env: str, *, digest: str | None = None,
+                gates: list[dict[str, Any]] | None = None, scan: dict[str, Any] | None = None,
+                on_progress: Progress | None = None, timeout: float = WAIT_TIMEOUT,
+                poll: float = POLL_SECONDS) -> PromoteOutcome:
+    """Copy the previous environment's AMI into ``to_env``'s regions (never a rebuild).
+
+    The gates are the caller's (bakery.promote evaluates them exactly as for containers and passes
+    their results for the ledger). ``digest`` (an origin ``ami:REGION:ID``) picks the build; default:
+    what the previous environment currently runs.
+    """
+    from bakery.ledger import Event, open_ledger
+
+    started = time.monotonic()
+    image = _image(key)
+    from_env = project.config.previous_env(to_env)
+    if from_env is None:
+        raise InputError(f"{to_env} is the first environment: builds are published there, not promoted")
+    if digest:
+        candidates = [r for r in history(project, image, from_env) if r.origin == digest]
+        if not candidates:
+            raise StepFailed(f"{image}: {digest} was never in {from_env}; promote it there first")
+        source = candidates[-1]
+    else:
+        source = current_ami(project, image, from_env)
+        if source is None:
+            raise StepFailed(f"{image}: no AMI in {from_env} to promote (build and publish it first)")
+    now = current_ami(project, image, to_env)
+    if now is not None and now.origin == source.origin:
+        return PromoteOutcome(record=now, copied={}, already=True, seconds=time.monotonic() - started)
+    account, regions = aws_target(project, to_env)
+    src_region = sorted(source.amis)[0] if source.amis else parse_origin(source.origin)[0]
+    for r in (project.config.aws.region, *aws_target(project, from_env)[1]):
+        if r in source.amis:
+            src_region = r
+            break
+    src_ami = source.amis.get(src_region) or parse_origin(source.origin)[1]
+    src_image = _call(f"describe {src_ami} in {src_region}", lambda: describe(project, src_region, src_ami))
+    if not src_image:
+        raise StepFailed(f"{image}: the {from_env} AMI {src_ami} in {src_region} no longer exists")
+    tags = {k: v for k, v in tags_dict(src_image.get("Tags")).items() if k.startswith("bakery:")}
+    tags.update({"bakery:name": tags.get("bakery:name") or key_name(image), TAG_ENV: to_env,
+                 TAG_ORIGIN: source.origin, "bakery:build-tag": source.build_tag,
+                 "bakery:fingerprint": source.fingerprint or tags.get("bakery:fingerprint", ""),
+                 TAG_SOURCE: source.source_ami or tags.get(TAG_SOURCE, "")})
+    name = f"{src_image.get('Name') or key_name(image)}-{to_env}"[:128]
+    copied: dict[str, str] = {}
+    for region in regions:
+        ec2 = client(project, region)
+        resp = _call(f"copy {src_ami} ({src_region}) to {region}",
+                     lambda ec2=ec2, region=region: ec2.copy_image(
+                         SourceImageId=src_ami, SourceRegion=src_region, Name=name,
+                         Description=f"bakery {image} {source.build_tag} for {to_env}"))
+        copied[region] = resp["ImageId"]
+        if on_progress is not None:
+            on_progress(region, resp["ImageId"], "copying")
+    for region, ami_id in copied.items():
+        wait_available(project, region, ami_id, timeout=timeout, poll=poll, on_progress=on_progress)
+        _tag(project, region, ami_id, tags)
+        _grant(project, region, ami_id, account)
+    details = {"builder": "amazon-ebs", "amis": copied, "fingerprint": source.fingerprint,
+               "source_ami": source.source_ami, "account": account, "copied_from": {src_region: src_ami},
+               "tags": tags}
+    ev = Event(kind="promote", image=image, digest=source.origin, build_tag=source.build_tag, from_env=from_env,
+               to_env=to_env, gates=list(gates or []), scan=scan, details=details)
+    open_ledger(project).record(ev)
+    return PromoteOutcome(record=_record(ev), copied=copied, seconds=time.monotonic() - started)
+
+
+def key_name(image: str) -> str:
+    return image.split(":", 1)[0]
+
+
+# ---------------------------------------------------------------------------------------------- rollback
+
+def rollback_ami(project: Project, key: ImageKey | str, env: str, *, reason: str = "") -> AmiRecord:
+    """Re-point ``env``'s current record to the build it ran before (its AMIs must still exist)."""
+    from bakery.ledger import Event, open_ledger
+
+    image = _image(key)
+    cur = current_ami(project, image, env)
+    if cur is None:
+        raise StepFailed(f"{image}: nothing in {env} to roll back")
+    prev = previous_ami(project, image, env)
+    if prev is None:
+        raise StepFailed(f"{image}: {env} has no earlier AMI than {cur.build_tag} to roll back to")
+    account, _ = aws_target(project, env)
+    for region, ami_id in sorted(prev.amis.items()):
+        found = _call(f"describe {ami_id} in {region}", lambda r=region, a=ami_id: describe(project, r, a))
+        if not found or found.get("State") != "available":
+            raise StepFailed(f"{image}: cannot roll {env} back to {prev.build_tag}: AMI {ami_id} in {region} "
+                             f"is gone")
+        _grant(project, region, ami_id, account)
+    details = {"builder": "amazon-ebs", "amis": dict(prev.amis), "fingerprint": prev.fingerprint,
+               "source_ami": prev.source_ami, "account": account, "rolled_back_from": cur.origin,
+               "reason": reason}
+    ev = Event(kind="rollback", image=image, digest=prev.origin, build_tag=prev.build_tag, from_env=env,
+               to_env=env, details=details)
+    open_ledger(project).record(ev)
+    return _record(ev)
+
+
+def is_ami_spec(spec: ImageSpec) -> bool:
+    return spec.builder == "packer" and (spec.packer or {}).get("kind") == "amazon-ebs"
