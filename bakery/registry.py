@@ -300,6 +300,8 @@ class _Auth:
 class RegistryClient:
     """One registry host. Thread-compatible for sequential use; create one per worker thread for parallelism."""
 
+    page_size = 1000  # n= for tags/list and _catalog; the registry's Link header gives the next page
+
     def __init__(self, host: str, *, insecure: bool = False, credentials: tuple[str, str] | None = None,
                  timeout: float = 30, retries: int = 4, backoff: float = 0.5):
         self.host = host.rstrip("/")
@@ -595,7 +597,7 @@ class RegistryClient:
     def list_tags(self, repo: str) -> list[str]:
         """All tags of ``repo`` ([] when the repository does not exist), following Link pagination."""
         tags: list[str] = []
-        url: str | None = f"/v2/{repo}/tags/list?n=1000"
+        url: str | None = f"/v2/{repo}/tags/list?n={self.page_size}"
         while url:
             resp = self._request("GET", url, op="list tags", repo=repo, ok=(200,), missing_ok=True)
             if resp is None:
@@ -612,7 +614,7 @@ class RegistryClient:
     def catalog(self) -> list[str]:
         """Repository names (``/v2/_catalog``, paginated)."""
         repos: list[str] = []
-        url: str | None = "/v2/_catalog?n=1000"
+        url: str | None = f"/v2/_catalog?n={self.page_size}"
         while url:
             resp = self._request("GET", url, op="catalog", repo=None, ok=(200,))
             assert resp is not None

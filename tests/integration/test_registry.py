@@ -1,0 +1,150 @@
+"""RegistryClient against real registries of the shared stack (Distribution 2.8.2 processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from bakery.errors import RegistryError, RegistryUnavailable
+from bakery.registry import DOCKER_MANIFEST, OCI_INDEX, RegistryAuthError, RegistryClient
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pushed(stack, tmp_path_factory):
+    """A small three-blob image (config + 2 layers) pushed with the docker SDK to the dev registry."""
+    ctx: Path = tmp_path_factory.mktemp("img")
+    (ctx / "a.txt").write_text("hello\n")
+    (ctx / "b.bin").write_bytes(os.urandom(200_000))
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /a.txt\nCOPY b.bin /b.bin\n"
+                                    'LABEL org.opencontainers.image.title="regtest" dev.bakery.test="yes"\n')
+    repo = f"{stack.registry('dev')}/r{uuid.uuid4().hex[:8]}/app"
+    client = docker.from_env()
+    for item in client.api.build(path=str(ctx), tag=f"{repo}:1", rm=True, forcerm=True, pull=False, decode=True):
+        assert "error" not in item, item
+    digest = None
+    for item in client.api.push(repo, "1", stream=True, decode=True):
+        assert "error" not in item, item
+        digest = (item.get("aux") or {}).get("Digest", digest)
+    assert digest
+    yield repo.split("/", 1)[1], digest
+    client.images.remove(f"{repo}:1", force=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_head_get_and_digest_identity(stack, pushed):
+    repo, digest = pushed
+    dev = stack.client("dev")
+    assert dev.head_manifest(repo, "1") == digest
+    m = dev.get_manifest(repo, "1")
+    header = requests.head(f"http://{stack.registry('dev')}/v2/{repo}/manifests/1",
+                           headers={"Accept": DOCKER_MANIFEST}).headers["Docker-Content-Digest"]
+    assert "sha256:" + hashlib.sha256(m.body).hexdigest() == m.digest == digest == header
+    assert m.media_type == DOCKER_MANIFEST and len(m.blobs()) == 3
+    assert dev.head_manifest(repo, "no-such-tag") is None
+    assert dev.head_manifest(repo, "sha256:" + "0" * 64) is None
+
+
+def test_labels_and_config(stack, pushed):
+    repo, digest = pushed
+    dev = stack.client("dev")
+    assert dev.labels(repo, digest) == {"org.opencontainers.image.title": "regtest", "dev.bakery.test": "yes"}
+    assert dev.image_config(repo, "1")["rootfs"]["type"] == "layers"
+
+
+def test_unknown_manifest_is_a_permanent_error(stack, pushed):
+    repo, _ = pushed
+    with pytest.raises(RegistryError) as err:
+        stack.client("dev").get_manifest(repo, "nope")
+    assert err.value.status == 404 and err.value.exit_code == 1
+    assert stack.registry("dev") in str(err.value)
+
+
+def test_list_tags_pagination_and_missing_repo(stack, pushed):
+    repo, digest = pushed
+    dev = stack.client("dev")
+    m = dev.get_manifest(repo, digest)
+    for tag in ("2", "3", "4", "5"):
+        assert dev.put_manifest(repo, tag, m.body, m.media_type) == digest
+    dev.page_size = 2  # forces three pages, joined through the Link header
+    assert sorted(dev.list_tags(repo)) == ["1", "2", "3", "4", "5"]
+    assert dev.list_tags(f"nothing-{uuid.uuid4().hex[:6]}/here") == []
+
+
+def test_copy_across_registries_by_digest_without_tag(stack, pushed):
+    repo, digest = pushed
+    dev, staging = stack.client("dev"), stack.client("staging")
+    dst = f"c{uuid.uuid4().hex[:8]}/app"
+    stats = staging.copy_image(dev, repo, digest, dst)
+    assert (stats.blobs_copied, stats.blobs_mounted, stats.manifests_copied) == (3, 0, 1)
+    sizes = [b.size for b in dev.get_manifest(repo, digest).blobs()]
+    assert stats.bytes_copied == sum(sizes) and stats.bytes_copied > 200_000
+    assert staging.list_tags(dst) == []  # by digest only: no tag written
+    copied = staging.get_manifest(dst, digest)
+    assert copied.body == dev.get_manifest(repo, digest).body
+    assert staging.put_manifest(dst, "1.0", copied.body, copied.media_type) == digest
+    assert staging.list_tags(dst) == ["1.0"] and staging.head_manifest(dst, "1.0") == digest
+    again = staging.copy_image(dev, repo, digest, dst)
+    assert (again.manifests_skipped, again.blobs_copied, again.bytes_copied) == (1, 0, 0)
+
+
+def test_copy_within_one_host_mounts_blobs(stack, pushed):
+    repo, digest = pushed
+    dev = stack.client("dev")
+    dst = f"m{uuid.uuid4().hex[:8]}/app"
+    stats = dev.copy_image(dev, repo, digest, dst)
+    assert (stats.blobs_mounted, stats.blobs_copied, stats.bytes_copied) == (3, 0, 0)
+    assert dev.head_manifest(dst, digest) == digest
+
+
+def test_copy_index_copies_children_first(stack, pushed):
+    repo, digest = pushed
+    dev, prod = stack.client("dev"), stack.client("prod")
+    child = dev.get_manifest(repo, digest)
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": child.media_type, "digest": digest, "size": len(child.body),
+         "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
+    index_digest = dev.put_manifest(repo, "multi", index, OCI_INDEX)
+    assert index_digest == "sha256:" + hashlib.sha256(index).hexdigest()
+    dst = f"i{uuid.uuid4().hex[:8]}/app"
+    stats = prod.copy_image(dev, repo, index_digest, dst)
+    assert stats.manifests_copied == 2 and stats.blobs_copied == 3
+    got = prod.get_manifest(dst, index_digest)
+    assert got.media_type == OCI_INDEX and got.body == index
+    assert prod.head_manifest(dst, digest) == digest
+    assert prod.labels(dst, index_digest)["dev.bakery.test"] == "yes"  # resolves linux/amd64 child
+
+
+def test_wrong_password_is_an_auth_error(stack, pushed):
+    bad = RegistryClient(stack.registry("staging"), insecure=True, credentials=(stack.user, "wrong-pass-123"))
+    with pytest.raises(RegistryAuthError) as err:
+        bad.head_manifest("any/repo", "1")
+    assert err.value.exit_code == 3
+    assert str(err.value) == f"{stack.registry('staging')}: authentication failed for any/repo (401)"
+    with pytest.raises(RegistryAuthError):
+        RegistryClient(stack.registry("prod"), insecure=True).list_tags("any/repo")  # anonymous
+    stack.client("prod").ping()  # the right credentials work
+
+
+def test_stopped_registry_is_unavailable_after_retries(stack):
+    host = f"127.0.0.1:{_free_port()}"
+    client = RegistryClient(host, insecure=True, retries=2, backoff=0.01)
+    with pytest.raises(RegistryUnavailable) as err:
+        client.head_manifest("team/app", "1")
+    assert err.value.exit_code == 3
+    assert host in str(err.value) and "HEAD manifest team/app" in str(err.value)
+    assert "3 attempts" in str(err.value)
