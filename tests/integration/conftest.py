@@ -30,10 +30,12 @@ from bakery.config import Project, load_project
 from bakery.registry import RegistryClient
 
 REPO = Path(__file__).resolve().parents[2]
-PORTS = {"mirror": 5100, "dev": 5101, "staging": 5102, "prod": 5103}
+# BAKERY_TEST_PORT_BASE moves the whole stack (default 5100..5103): lets two sessions test side by side.
+_BASE = int(os.environ.get("BAKERY_TEST_PORT_BASE", "5100"))
+PORTS = {"mirror": _BASE, "dev": _BASE + 1, "staging": _BASE + 2, "prod": _BASE + 3}
 USER_ENV, PASSWORD_ENV = "BAKERY_TEST_USER", "BAKERY_TEST_PASSWORD"
 BASE_IMAGE = "library/debian:bookworm-slim"
-_KEEP_ENV = {"BAKERY_CACHE_DIR", "BAKERY_SKIP_INTEGRATION", "BAKERY_TEST_STACK_DIR", USER_ENV, PASSWORD_ENV}
+_KEEP_ENV = {"BAKERY_CACHE_DIR", "BAKERY_TEST_PORT_BASE", "BAKERY_SKIP_INTEGRATION", "BAKERY_TEST_STACK_DIR", USER_ENV, PASSWORD_ENV}
 
 
 @dataclass
@@ -90,7 +92,7 @@ def stack() -> Iterator[Stack]:
     if not _docker_answers():
         subprocess.run(["bash", str(REPO / "scripts" / "setup-host.sh")], check=True)
     root = Path(os.environ.get("BAKERY_TEST_STACK_DIR")
-                or Path(tempfile.gettempdir()) / f"bakery-test-stack-{os.getuid()}")
+                or Path(tempfile.gettempdir()) / f"bakery-test-stack-{os.getuid()}-{_BASE}")
     root.mkdir(parents=True, exist_ok=True)
     (root / "bakery.yaml").write_text(yaml.safe_dump(_stack_config(), sort_keys=False))
     user, password = "bakery-ci", pysecrets.token_hex(12)
