@@ -389,11 +389,24 @@ def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path
     try:
         config = Config.model_validate(data)
     except pydantic.ValidationError as err:
-        raise ValidationError(format_errors(display, Config, err)) from None
+        raise ValidationError(_attribute(format_errors(display, Config, err), err, display, environ)) from None
     for env in config.environments.values():
         env.credentials.resolve()  # registers secrets for masking
     root = path.parent if path is not None else cwd
     return Project(root=root, config=config, config_file=path)
+
+
+def _attribute(lines: list[str], err: pydantic.ValidationError, display: str, environ: dict[str, str]) -> list[str]:
+    """Name the BAKERY_* variable, not the file, when a bad value came from the environment."""
+    overrides = env_overrides(environ)
+    out = []
+    for line, e in zip(lines, err.errors()):
+        loc = tuple(str(p) for p in e["loc"])
+        source = next((key for path, _, key in overrides if loc[:len(path)] == path), None)
+        if source and line.startswith(f"{display}: "):
+            line = f"{source} (environment): {line[len(display) + 2:]}"
+        out.append(line)
+    return out
 
 
 def _merge_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:

@@ -87,6 +87,15 @@ def format_errors(filename: str, model: type[pydantic.BaseModel], err: pydantic.
             lines.append(f"{filename}: {path}: must be a mapping, got {_show(e.get('input'))}")
         elif kind == "list_type":
             lines.append(f"{filename}: {path}: must be a list, got {_show(e.get('input'))}")
+        elif kind == "too_short" and e.get("ctx", {}).get("min_length") == 1:
+            lines.append(f"{filename}: {path}: must not be empty")
+        elif kind == "literal_error":
+            lines.append(f"{filename}: {path}: must be one of {e['ctx']['expected']}, got {_show(e.get('input'))}")
+        elif kind in _BOUNDS:
+            bound = next(iter(e.get("ctx", {}).values()), "?")
+            lines.append(f"{filename}: {path}: must be {_BOUNDS[kind]} {bound}, got {_show(e.get('input'))}")
+        elif kind in _TYPES:
+            lines.append(f"{filename}: {path}: must be {_TYPES[kind]}, got {_show(e.get('input'))}")
         else:
             msg = e["msg"]
             if msg.startswith("Value error, "):
@@ -94,6 +103,13 @@ def format_errors(filename: str, model: type[pydantic.BaseModel], err: pydantic.
             lines.append(f"{filename}: {path}: {msg}" + (
                 f" (got {_show(e.get('input'))})" if kind not in ("value_error", "assertion_error") else ""))
     return lines
+
+
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+_TYPES = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+          "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+          "bool_type": "true or false", "date_from_datetime_parsing": "a date (YYYY-MM-DD)",
+          "date_parsing": "a date (YYYY-MM-DD)", "date_type": "a date (YYYY-MM-DD)"}
 
 
 def _show(value: Any) -> str:
