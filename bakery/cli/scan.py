@@ -1,0 +1,171 @@
+"""`bakery scan` (scan an image and apply the gate) and `bakery scan-db` (build/push an offline trivy DB)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from bakery.cli._common import Context, echo, err_console, pass_ctx
+
+
+def _is_image(target: str) -> bool:
+    return "/" in target or "@" in target or target.startswith("sha256:")
+
+
+def _local_exists(target: str) -> bool:
+    try:
+        from bakery.scan import _inspect_local
+
+        _inspect_local(target)
+        return True
+    except Exception:
+        return False
+
+
+def _spec_for_labels(project, image: str):
+    """The definition an image was baked from (its bakery labels), for per-definition policy; None if unknown."""
+    try:
+        import docker
+
+        from bakery.definitions import load_fleet
+        from bakery.model import LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey
+
+        labels = (docker.APIClient(version="auto", timeout=10).inspect_image(image).get("Config") or {}).get(
+            "Labels") or {}
+        if LABEL_NAME not in labels or not project.definitions_dir.is_dir():
+            return None
+        key = ImageKey(labels[LABEL_NAME], labels.get(LABEL_VERSION, ""), labels.get(LABEL_VARIANT) or None)
+        return load_fleet(project).specs.get(key)
+    except Exception:
+        return None
+
+
+def resolve_target(project, target: str, env: str | None, remote: bool | None):
+    """TARGET → (image reference to scan, remote?, ImageSpec or None).
+
+    ``IMAGE[@DIGEST]`` (contains '/' or '@', or exists in the daemon) is scanned as given; ``repo@sha256:…``
+    from its registry unless ``--local``. Otherwise TARGET is a definition ``NAME:VERSION`` and its latest
+    published build in ENV (default: the first environment) is scanned by digest.
+    """
+    if _is_image(target) or _local_exists(target):
+        is_remote = ("@sha256:" in target and "/" in target) if remote is None else remote
+        spec = None if is_remote else _spec_for_labels(project, target)
+        return target, is_remote, spec
+    from bakery.definitions import load_fleet
+    from bakery.errors import InputError
+    from bakery.publish import latest
+
+    fleet = load_fleet(project)
+    keys = fleet.resolve_ref(target)
+    if len(keys) != 1:
+        raise InputError(f"{target!r} names {len(keys)} images ({', '.join(map(str, keys))}); give NAME:VERSION"
+                         f"[-VARIANT]")
+    spec = fleet.get(keys[0])
+    env_name = env or project.config.first_env
+    # REF → the newest published build in ENV, scanned by digest from the registry
+    published = latest(project, keys[0], env_name)
+    if published is None:
+        raise InputError(f"{keys[0]} has no published build in {env_name} (run `bakery build {keys[0]}` first, "
+                         f"or give a local image)")
+    return published.pinned, True if remote is None else remote, spec
+
+
+@click.command("scan")
+@click.argument("target", metavar="REF|IMAGE[@DIGEST]")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "sarif", "markdown"]), default="table",
+              show_default=True, help="table for people, json for machines, sarif for code scanning, markdown for "
+                                      "$GITHUB_STEP_SUMMARY.")
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the report to FILE (appended when FILE is $GITHUB_STEP_SUMMARY).")
+@click.option("--sbom", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write a CycloneDX SBOM of the image (made by trivy).")
+@click.option("--rescan", is_flag=True, help="Scan again even if this image was scanned with the same DB.")
+@click.option("--remote/--local", "remote", default=None,
+              help="Scan from the registry (--image-src remote) or from the docker daemon. Default: remote for "
+                   "repo@sha256:…, else local.")
+@click.option("--env", "env", metavar="ENV", help="For a definition REF: the environment whose latest build is "
+                                                  "scanned (default: the first).")
+@pass_ctx
+def scan_cmd(ctx: Context, target: str, fmt: str, output: Path | None, sbom: Path | None, rescan: bool,
+             remote: bool | None, env: str | None) -> None:
+    """Scan an image with trivy and apply the policy gate (exit 1 when it fails, 3 when the scan cannot run).
+
+    \b
+    TARGET is a local image (name:tag or ID), a pushed image repo@sha256:…, or a definition NAME:VERSION
+    (its latest build in the first environment). Results are kept by image ID under .bakery/scans/:
+    the same image with the same DB is served from there unless --rescan.
+    """
+    from bakery import reports
+    from bakery.errors import GateFailed
+    from bakery.scan import gate, scanner
+
+    project = ctx.project
+    sc = scanner(project)  # fails closed (exit 3) before anything else when trivy is missing or too old
+    if not ctx.quiet or fmt == "table":
+        click.echo(f"scanner: {sc.describe()}", err=True)
+    image, is_remote, spec = resolve_target(project, target, env, remote)
+    result, decision = gate(project, image, remote=is_remote, spec=spec, rescan=rescan, sbom=sbom)
+    text = reports.render(fmt, result, decision)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        mode = "a" if summary and Path(summary).resolve() == output.resolve() else "w"
+        with output.open(mode) as fh:
+            fh.write(text)
+        err_console().print(f"{fmt} report written to {output}")
+        if fmt != "table":
+            sys.stdout.write(reports.table(result, decision))
+    else:
+        sys.stdout.write(text)
+    if sbom is not None:
+        err_console().print(f"CycloneDX SBOM written to {sbom}")
+    if not decision.passed:
+        raise GateFailed(f"scan gate failed for {result.image}: {decision.reason()}")
+
+
+@click.group("scan-db")
+def scan_db() -> None:
+    """Make an offline trivy vulnerability DB from an advisory YAML file (air-gapped setups, demo, tests)."""
+
+
+@scan_db.command("build")
+@click.option("--advisories", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE", help="Advisory YAML (see tests/fixtures/advisories.yaml).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Trivy cache dir to write db/ into (default: scanner.cache_dir).")
+@click.option("--push", "push", metavar="HOST[:PORT]/REPO:TAG",
+              help="Also push the DB as the OCI artifact `trivy --db-repository` pulls.")
+@click.option("--insecure/--tls", default=None, help="Plain HTTP for --push (default: on loopback hosts).")
+@pass_ctx
+def scan_db_build(ctx: Context, advisories: Path, cache_dir: Path | None, push: str | None,
+                  insecure: bool | None) -> None:
+    """Write CACHE/db/trivy.db + metadata.json from FILE, and optionally push it to a registry."""
+    import json
+
+    from bakery.errors import InputError
+    from bakery.scan import db_info
+    from bakery.trivydb import build_db, push_db
+
+    project = ctx.project
+    target = cache_dir or project.path(project.config.scanner.cache_dir)
+    db_dir = build_db(advisories, target)
+    info = db_info(target)
+    assert info is not None
+    echo(f"vulnerability DB written to {db_dir} (UpdatedAt {info.updated_at.isoformat()})")
+    if push:
+        host, _, rest = push.partition("/")
+        repo, _, tag = rest.rpartition(":") if ":" in rest else (rest, "", "2")
+        if not host or not repo or not tag:
+            raise InputError(f"--push: expected HOST[:PORT]/REPO:TAG, got {push!r}")
+        h = host.split(":")[0]
+        plain = insecure if insecure is not None else (h in ("localhost", "::1") or h.startswith("127."))
+        digest = push_db(target, host, repository=repo, tag=tag, insecure=plain)
+        echo(f"pushed to {host}/{repo}:{tag} ({digest}); use scanner.db_repository: {host}/{repo}:{tag}")
+    if ctx.debug:
+        echo(json.dumps({"db": str(db_dir)}))
+
+
+commands = [scan_cmd, scan_db]

@@ -1,0 +1,499 @@
+"""The scanner stage: every call to trivy, the result store by image digest, and the gate.
+
+Fail closed: trivy missing, crashing, timing out, a missing or corrupt DB, or output that does not parse
+raise :class:`ScannerError` (exit 3) — a scan that did not run never reads as "0 vulnerabilities".
+
+Results are kept under ``<state_dir>/scans/`` keyed by the image config digest (the Docker image ID, the
+same in the daemon and in every registry); a repeat scan of the same image with the same DB UpdatedAt and
+trivy version is served from there unless ``rescan``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bakery import tools
+from bakery.errors import (BakeryError, EnvironmentFailure, InputError, ScannerError, ToolFailed, ToolMissing,
+                           ToolTimeout)
+
+if TYPE_CHECKING:
+    from bakery.config import Project
+    from bakery.model import ImageSpec
+    from bakery.policy import GateDecision
+
+SEVERITY_ORDER = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+STORE_SCHEMA = 1
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_VERSION_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One vulnerability in one installed package."""
+
+    id: str
+    package: str  # the installed (binary) package
+    installed: str
+    fixed: str  # "" when no fixed version exists
+    severity: str  # UNKNOWN LOW MEDIUM HIGH CRITICAL
+    title: str = ""
+    pkg_source: str = ""  # source package (Debian) when it differs
+    status: str = ""  # trivy's status: fixed, affected, will_not_fix...
+    target: str = ""  # trivy's result target ("img (debian 12.15)", a lock file...)
+    pkg_type: str = ""  # debian, python-pkg...
+    pkg_path: str = ""
+    url: str = ""
+    score: float | None = None
+
+    @property
+    def fixable(self) -> bool:
+        return bool(self.fixed)
+
+    @property
+    def rank(self) -> int:
+        return SEVERITY_ORDER.index(self.severity) if self.severity in SEVERITY_ORDER else 0
+
+
+@dataclass
+class ScanResult:
+    """What trivy found in one image, and with which scanner and DB."""
+
+    image: str  # what was scanned, as given
+    image_id: str  # config digest (sha256:…) = Docker image ID
+    digest: str  # manifest digest when known, else ""
+    trivy_version: str
+    db_updated_at: dt.datetime
+    scanned_at: dt.datetime
+    findings: list[Finding]
+    cached: bool = False
+    seconds: float = 0.0  # bakery's total for this call
+    trivy_seconds: float = 0.0  # the trivy subprocess alone (0 when served from the store)
+    os: str = ""  # "debian 12.15"; "" when trivy detected no OS
+    remote: bool = False
+    rescanned: bool = False  # a stored result existed but was too old or forced away
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in reversed(SEVERITY_ORDER)}
+        for f in self.findings:
+            out[f.severity if f.severity in out else "UNKNOWN"] += 1
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "digest": self.digest or None, "counts": self.counts,
+                "scanned_at": _iso(self.scanned_at), "db_time": _iso(self.db_updated_at),
+                "trivy_version": self.trivy_version, "cached": self.cached, "rescanned": self.rescanned}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["db_updated_at"] = _iso(self.db_updated_at)
+        data["scanned_at"] = _iso(self.scanned_at)
+        data["counts"] = self.counts
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScanResult:
+        return cls(
+            image=data["image"], image_id=data["image_id"], digest=data.get("digest", ""),
+            trivy_version=data["trivy_version"], db_updated_at=_parse_time(data["db_updated_at"]),
+            scanned_at=_parse_time(data["scanned_at"]),
+            findings=[Finding(**f) for f in data["findings"]], cached=bool(data.get("cached")),
+            seconds=float(data.get("seconds", 0)), trivy_seconds=float(data.get("trivy_seconds", 0)),
+            os=data.get("os", ""), remote=bool(data.get("remote")),
+        )
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """The resolved trivy binary and the settings every call uses."""
+
+    path: str
+    version: str
+    cache_dir: Path
+    db_repository: str | None
+    timeout: float
+    notes: list[str] = field(default_factory=list, hash=False, compare=False)
+
+    def describe(self) -> str:
+        db = db_info(self.cache_dir)
+        where = f"DB updated {_iso(db.updated_at)}" if db else (
+            f"DB from {self.db_repository}" if self.db_repository else "no DB yet")
+        return f"trivy {self.version} ({self.path}), cache {self.cache_dir}, {where}"
+
+
+@dataclass(frozen=True)
+class DbInfo:
+    updated_at: dt.datetime
+    version: int
+    path: Path
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    if t is None:
+        return None
+    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(value: str) -> dt.datetime:
+    # trivy writes up to nanoseconds; Python takes microseconds
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", value.strip())
+    if not m:
+        raise ValueError(f"not a timestamp: {value!r}")
+    frac = (m.group(2) or "")[:7]
+    tz = m.group(3) or "Z"
+    parsed = dt.datetime.fromisoformat(m.group(1) + frac + ("+00:00" if tz == "Z" else tz))
+    return parsed.astimezone(dt.timezone.utc)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------- scanner
+def trivy_binary(project: Project) -> str:
+    """``scanner.trivy`` (``BAKERY_TRIVY`` overrides it when the config is loaded), else ``trivy`` on PATH."""
+    return project.config.scanner.trivy or "trivy"
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
+
+def scanner(project: Project) -> Scanner:
+    """Resolve trivy and check its version (at least ``scanner.min_version``)."""
+    cfg = project.config.scanner
+    binary = trivy_binary(project)
+    hint = " (install trivy, set scanner.trivy in bakery.yaml or BAKERY_TRIVY)"
+    try:
+        path = tools.resolve(binary, hint=hint)
+    except ToolMissing as exc:
+        raise ScannerError(f"scanner unavailable: {exc}") from None
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    version = _VERSION_CACHE.get(key)
+    if version is None:
+        try:
+            res = tools.run(path, ["--version"], timeout=60, check=False)
+        except (ToolTimeout, ToolMissing) as exc:
+            raise ScannerError(f"scanner unavailable: {exc}") from None
+        m = re.search(r"Version:\s*v?(\d+\.\d+\.\d+\S*)", res.stdout)
+        if res.returncode != 0 or not m:
+            line = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.returncode}"]
+            raise ScannerError(f"{path} does not look like trivy (`--version` said: {line[0][:200]})")
+        version = m.group(1)
+        _VERSION_CACHE[key] = version
+    if _version_tuple(version) < _version_tuple(cfg.min_version):
+        raise ScannerError(f"trivy {version} at {path} is older than the minimum {cfg.min_version} "
+                           f"(scanner.min_version)")
+    return Scanner(path=path, version=version, cache_dir=project.path(cfg.cache_dir),
+                   db_repository=cfg.db_repository, timeout=cfg.timeout)
+
+
+def db_info(cache_dir: Path) -> DbInfo | None:
+    """The DB's metadata in a trivy cache dir; None when there is no DB; ScannerError when it is corrupt."""
+    meta = Path(cache_dir) / "db" / "metadata.json"
+    db = Path(cache_dir) / "db" / "trivy.db"
+    if not meta.exists() and not db.exists():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+        updated = _parse_time(str(data["UpdatedAt"]))
+        version = int(data["Version"])
+    except FileNotFoundError:
+        raise ScannerError(f"vulnerability DB in {db.parent} has no metadata.json: rebuild or re-download it") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ScannerError(f"vulnerability DB metadata {meta} is corrupt ({type(exc).__name__}): rebuild or "
+                           f"re-download it") from None
+    if not db.is_file() or db.stat().st_size < 4096:
+        raise ScannerError(f"vulnerability DB {db} is missing or truncated: rebuild or re-download it")
+    return DbInfo(updated_at=updated, version=version, path=db)
+
+
+def _env_for_host(project: Project, host: str):
+    for env in project.config.environments.values():
+        if env.host == host:
+            return env
+    return None
+
+
+def _registry_host(image: str) -> str:
+    first = image.split("/", 1)[0]
+    return first if "/" in image and ("." in first or ":" in first or first == "localhost") else "docker.io"
+
+
+def _is_loopback(host: str) -> bool:
+    h = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return h in ("localhost", "::1") or h.startswith("127.")
+
+
+def _trivy_args(sc: Scanner, project: Project, image: str, remote: bool) -> tuple[list[str], dict[str, str]]:
+    args = ["image", "--cache-dir", str(sc.cache_dir), "--timeout", f"{max(int(sc.timeout), 1)}s", "--quiet",
+            "--image-src", "remote" if remote else "docker"]
+    env: dict[str, str] = {}
+    if sc.db_repository:
+        args += ["--db-repository", sc.db_repository]
+        if _is_loopback(_registry_host(sc.db_repository + ":x")):
+            env["TRIVY_INSECURE"] = "true"
+    if remote:
+        host = _registry_host(image)
+        e = _env_for_host(project, host)
+        if (e is not None and e.insecure) or (e is None and _is_loopback(host)):
+            args.append("--insecure")
+        creds = e.credentials.resolve() if e is not None else None
+        if creds:  # never on argv
+            env["TRIVY_USERNAME"], env["TRIVY_PASSWORD"] = creds
+    return args, env
+
+
+def _run_trivy(sc: Scanner, args: list[str], env: dict[str, str], what: str) -> tools.ToolResult:
+    try:
+        return tools.run(sc.path, args, timeout=sc.timeout, env=env, check=True,
+                         failure_exit_code=ScannerError.exit_code)
+    except ToolTimeout:
+        raise ScannerError(f"trivy timed out after {sc.timeout:g}s scanning {what} (scanner.timeout); "
+                           f"no result") from None
+    except ToolMissing as exc:
+        raise ScannerError(f"scanner unavailable: {exc}") from None
+    except ToolFailed as exc:
+        raise ScannerError(f"trivy failed scanning {what} (exit {exc.returncode}): "
+                           f"{_trivy_error(exc.stderr or exc.stdout)}") from None
+
+
+def _trivy_error(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "FATAL" in ln or "error" in ln.lower() or "panic" in ln:
+            msg = re.sub(r"^\S+\s+FATAL\s+", "", ln)
+            msg = re.sub(r"\s+", " ", msg)
+            return msg[:300]
+    return (lines[-1][:300] if lines else "no message")
+
+
+def parse_report(stdout: str, what: str) -> tuple[dict[str, Any], list[Finding]]:
+    """Trivy's JSON report → findings; anything unexpected is a ScannerError (fail closed)."""
+    try:
+        data = json.loads(stdout)
+    except ValueError as exc:
+        raise ScannerError(f"trivy output for {what} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+                           f"no result") from None
+    if not isinstance(data, dict) or data.get("SchemaVersion") != 2 or not isinstance(data.get("Metadata"), dict):
+        raise ScannerError(f"trivy output for {what} is not a trivy JSON report (SchemaVersion 2); no result")
+    results = data.get("Results") or []
+    if not isinstance(results, list):
+        raise ScannerError(f"trivy output for {what}: Results is not a list; no result")
+    findings: list[Finding] = []
+    seen: set[tuple[str, str, str]] = set()
+    try:
+        for r in results:
+            for v in r.get("Vulnerabilities") or []:
+                sev = str(v.get("Severity") or "UNKNOWN").upper()
+                score = None
+                for c in (v.get("CVSS") or {}).values():
+                    if isinstance(c, dict) and c.get("V3Score") is not None:
+                        score = float(c["V3Score"])
+                        break
+                f = Finding(
+                    id=str(v["VulnerabilityID"]), package=str(v["PkgName"]),
+                    installed=str(v.get("InstalledVersion") or ""), fixed=str(v.get("FixedVersion") or ""),
+                    severity=sev if sev in SEVERITY_ORDER else "UNKNOWN", title=str(v.get("Title") or ""),
+                    pkg_source=str(v.get("SrcName") or ""),
+                    status=str(v.get("Status") or ""), target=str(r.get("Target") or ""),
+                    pkg_type=str(r.get("Type") or ""), pkg_path=str(v.get("PkgPath") or ""),
+                    url=str(v.get("PrimaryURL") or ""), score=score,
+                )
+                k = (f.id, f.package, f.pkg_path)
+                if k not in seen:
+                    seen.add(k)
+                    findings.append(f)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ScannerError(f"trivy output for {what} has an unexpected vulnerability entry "
+                           f"({type(exc).__name__}: {exc}); no result") from None
+    findings.sort(key=lambda f: (-f.rank, f.id, f.package))
+    return data, findings
+
+
+# ---------------------------------------------------------------------------------------------- store
+def store_dir(project: Project) -> Path:
+    return project.state_dir / "scans"
+
+
+def _store_path(project: Project, image_id: str) -> Path:
+    return store_dir(project) / f"{image_id.replace(':', '-')}.json"
+
+
+def load_stored(project: Project, image_id: str) -> ScanResult | None:
+    try:
+        data = json.loads(_store_path(project, image_id).read_text())
+        if data.get("schema") != STORE_SCHEMA:
+            return None
+        return ScanResult.from_json(data["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable store entries are simply re-scanned
+
+
+def save(project: Project, result: ScanResult) -> Path:
+    path = _store_path(project, result.image_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = result.to_json()
+    data["cached"] = False
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"schema": STORE_SCHEMA, "result": data}, indent=1))
+    tmp.replace(path)
+    if result.digest:
+        index = store_dir(project) / "by-digest"
+        index.mkdir(exist_ok=True)
+        (index / result.digest.replace(":", "-")).write_text(result.image_id)
+    return path
+
+
+def _id_for_digest(project: Project, digest: str) -> str | None:
+    try:
+        value = (store_dir(project) / "by-digest" / digest.replace(":", "-")).read_text().strip()
+    except OSError:
+        return None
+    return value if _DIGEST.match(value) else None
+
+
+# ---------------------------------------------------------------------------------------------- images
+@dataclass(frozen=True)
+class _LocalImage:
+    image_id: str
+    repo_digests: tuple[str, ...]
+
+
+def _inspect_local(image: str) -> _LocalImage:
+    try:
+        import docker
+        import docker.errors
+    except ImportError as exc:  # pragma: no cover - docker is a dependency
+        raise EnvironmentFailure(f"docker SDK not importable: {exc}") from None
+    try:
+        client = docker.APIClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
+                                  version="auto", timeout=30)
+        info = client.inspect_image(image)
+    except docker.errors.ImageNotFound:
+        raise InputError(f"image {image!r} not found in the docker daemon (build or pull it first, or use "
+                         f"--remote for a registry image)") from None
+    except docker.errors.DockerException as exc:
+        from bakery.errors import DaemonUnavailable
+
+        raise DaemonUnavailable(f"docker daemon unavailable: {str(exc).splitlines()[0][:200]}") from None
+    return _LocalImage(image_id=info["Id"], repo_digests=tuple(info.get("RepoDigests") or ()))
+
+
+def _digest_of(image: str) -> str:
+    return image.rsplit("@", 1)[1] if "@" in image else ""
+
+
+# ---------------------------------------------------------------------------------------------- scan
+def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bool = False,
+               sbom: Path | None = None, now: dt.datetime | None = None,
+               max_age: dt.timedelta | None = None, sc: Scanner | None = None) -> ScanResult:
+    """Scan ``image`` (a local ref/ID from the daemon, or ``repo@sha256:…`` with ``remote``), or serve it from
+    the store when the same image was scanned with the same DB and trivy version (unless ``rescan``)."""
+    started = time.monotonic()
+    sc = sc or scanner(project)
+    db = db_info(sc.cache_dir)
+    if db is None and not sc.db_repository:
+        raise ScannerError(f"no vulnerability DB in {sc.cache_dir}/db and no scanner.db_repository configured: "
+                           f"refusing to scan without one (see `bakery scan-db --help`)")
+    digest = _digest_of(image)
+    if remote:
+        if digest and not _DIGEST.match(digest):
+            raise InputError(f"{image}: not a sha256 digest")
+        image_id = _id_for_digest(project, digest) if digest else None
+    else:
+        local = _inspect_local(image)
+        image_id = local.image_id
+    what = image
+    stored = load_stored(project, image_id) if image_id else None
+    now = now or _now()
+    was_stored = stored is not None
+    if stored is not None and not rescan and db is not None:
+        fresh = max_age is None or now - stored.scanned_at <= max_age
+        if stored.db_updated_at == db.updated_at and stored.trivy_version == sc.version and fresh:
+            stored.cached = True
+            stored.image = image
+            stored.digest = stored.digest or digest
+            stored.seconds = time.monotonic() - started
+            stored.trivy_seconds = 0.0
+            if sbom is not None:
+                write_sbom(project, image, sbom, remote=remote, sc=sc)
+            return stored
+    args, env = _trivy_args(sc, project, image, remote)
+    res = _run_trivy(sc, [*args, "--format", "json", "--scanners", "vuln", image], env, what)
+    data, findings = parse_report(res.stdout, what)
+    meta = data["Metadata"]
+    found_id = str(meta.get("ImageID") or "")
+    if not _DIGEST.match(found_id):
+        raise ScannerError(f"trivy output for {what} carries no image ID; no result")
+    if not remote and image_id and found_id != image_id:
+        raise ScannerError(f"{image} changed while it was scanned ({image_id[:19]} → {found_id[:19]}); scan again")
+    db_after = db_info(sc.cache_dir)
+    if db_after is None:
+        raise ScannerError(f"trivy scanned {what} but left no vulnerability DB in {sc.cache_dir}; no result")
+    if not digest and remote:
+        for d in meta.get("RepoDigests") or []:
+            if "@" in d:
+                digest = d.rsplit("@", 1)[1]
+                break
+    os_info = meta.get("OS") or {}
+    result = ScanResult(
+        image=image, image_id=found_id, digest=digest, trivy_version=sc.version,
+        db_updated_at=db_after.updated_at, scanned_at=now, findings=findings, cached=False,
+        trivy_seconds=res.seconds, os=f"{os_info.get('Family', '')} {os_info.get('Name', '')}".strip(),
+        remote=remote, rescanned=was_stored,
+    )
+    save(project, result)
+    if sbom is not None:
+        write_sbom(project, image, sbom, remote=remote, sc=sc)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def write_sbom(project: Project, image: str, path: Path, *, remote: bool = False, sc: Scanner | None = None) -> Path:
+    """A CycloneDX SBOM of ``image`` written by trivy (needs no vulnerability DB)."""
+    sc = sc or scanner(project)
+    args, env = _trivy_args(sc, project, image, remote)
+    if "--db-repository" in args:  # an SBOM needs no DB
+        i = args.index("--db-repository")
+        del args[i:i + 2]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    res = _run_trivy(sc, [*args, "--format", "cyclonedx", image], env, f"{image} (SBOM)")
+    try:
+        bom = json.loads(res.stdout)
+        if bom.get("bomFormat") != "CycloneDX":
+            raise ValueError("bomFormat is not CycloneDX")
+    except (ValueError, AttributeError) as exc:
+        raise ScannerError(f"trivy SBOM output for {image} is not a CycloneDX document ({exc})") from None
+    path.write_text(res.stdout)
+    return path
+
+
+def evaluate(project: Project, result: ScanResult, *, spec: ImageSpec | None = None,
+             now: dt.date | None = None) -> GateDecision:
+    """Apply the policy (global, overridden per definition, plus .trivyignore files) to a scan result."""
+    from bakery import policy
+
+    return policy.evaluate(project, result, spec=spec, now=now)
+
+
+def gate(project: Project, image: str, *, remote: bool = False, spec: ImageSpec | None = None,
+         rescan: bool = False, max_age: dt.timedelta | None = None, now: dt.datetime | None = None,
+         sbom: Path | None = None) -> tuple[ScanResult, GateDecision]:
+    """Scan (or serve from the store; re-scan when older than ``max_age``) and evaluate the policy."""
+    result = scan_image(project, image, remote=remote, rescan=rescan, max_age=max_age, now=now, sbom=sbom)
+    today = (now or _now()).date()
+    return result, evaluate(project, result, spec=spec, now=today)
+
+
+__all__ = ["BakeryError", "DbInfo", "Finding", "ScanResult", "Scanner", "db_info", "evaluate", "gate",
+           "load_stored", "parse_report", "save", "scan_image", "scanner", "write_sbom"]
