@@ -97,12 +97,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """A YAML loader that refuses duplicate keys instead of silently keeping the last one."""
 
     problems: list[str]
+    raw_keys: dict[Any, str]  # non-string keys (3.10 read as a float) -> the text as written
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str) and isinstance(key_node, yaml.ScalarNode):
+            loader.raw_keys[key] = key_node.value
         if key in seen:
             loader.problems.append(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
                                    f"(first at line {seen[key] + 1})")
@@ -114,20 +117,21 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _load(path: Path, display: str) -> tuple[Any, list[str]]:
+def _load(path: Path, display: str) -> tuple[Any, list[str], dict[Any, str]]:
     text = path.read_text(encoding="utf-8")
     loader = _UniqueKeyLoader(text)
     loader.problems = []
+    loader.raw_keys = {}
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(top level)"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        return None, [f"{display}: {where}: invalid YAML: {problem}"]
+        return None, [f"{display}: {where}: invalid YAML: {problem}"], {}
     finally:
         loader.dispose()
-    return data, [f"{display}: {p}" for p in loader.problems]
+    return data, [f"{display}: {p}" for p in loader.problems], loader.raw_keys
 
 
 @dataclass
@@ -269,9 +273,14 @@ def mirrored(project: Project, reference: str) -> str:
 def check_value(value: Any) -> str | None:
     """Why a template variable value is refused, or None when it is a plain, safe value."""
     if isinstance(value, bool) or value is None or isinstance(value, (int, float, dict)):
-        kind = "null" if value is None else ("a mapping" if isinstance(value, dict) else
-                                             f"{'bool' if isinstance(value, bool) else type(value).__name__} "
-                                             f"{str(value).lower() if isinstance(value, bool) else value!r}")
+        if value is None:
+            kind = "null"
+        elif isinstance(value, dict):
+            kind = "a mapping"
+        elif isinstance(value, bool):
+            kind = f"boolean {str(value).lower()}"
+        else:
+            kind = f"{type(value).__name__} {value!r}"
         return f"must be a string (or a list of strings), got {kind}; quote it in YAML"
     items = value if isinstance(value, list) else [value]
     for item in items:
@@ -296,7 +305,7 @@ def load_fleet(project: Project) -> Fleet:
     files = sorted(p for p in ddir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
     for path in files:
         display = project.rel(path)
-        data, dup = _load(path, display)
+        data, dup, raw_keys = _load(path, display)
         problems += dup
         if data is None and not dup:
             problems.append(f"{display}: (top level): file is empty")
@@ -311,8 +320,11 @@ def load_fleet(project: Project) -> Fleet:
         if isinstance(versions, dict):
             for k in list(versions):
                 if not isinstance(k, str):
-                    problems.append(f"{display}: versions.{k}: version keys must be strings; quote it ('{k}')")
-                    versions[str(k)] = versions.pop(k)
+                    raw = raw_keys.get(k, str(k))
+                    read = f"; YAML reads {raw} as the number {k!r}" if raw != str(k) else ""
+                    problems.append(f"{display}: versions.{raw}: version keys must be strings{read}; "
+                                    f"quote it: \"{raw}\"")
+                    versions[raw] = versions.pop(k)
         try:
             parsed.append((display, DefinitionFile.model_validate(data)))
         except pydantic.ValidationError as err:
