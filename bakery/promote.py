@@ -312,17 +312,33 @@ def gate_approval(project: Project, to_env: str, approved_by: str | None) -> Gat
 
 
 def gate_scan(project: Project, pub: Published, to_env: str, now: dt.datetime) -> tuple[GateResult, dict | None]:
-    """The scan gate on the digest in the source registry; a scan older than ``max_scan_age`` is redone."""
+    """The scan gate on the digest in the source registry; a stored scan older than ``max_scan_age`` (or made
+    with another DB) is redone, by digest, from the source registry."""
     gates = project.config.env(to_env).gates
     if not gates.scan:
         return GateResult("scan", True, "scan gate disabled"), None
     from bakery import scan as scan_mod
 
-    image = pub.pinned
-    result, decision = scan_mod.gate(project, image, remote=True, max_age=gates.max_scan_age_delta, now=now)
+    spec = None
+    try:  # the definition's own policy override, when the definitions are here
+        from bakery.definitions import load_fleet
+
+        spec = load_fleet(project).specs.get(pub.key)
+    except Exception:  # noqa: BLE001 - no definitions: the global policy applies
+        spec = None
+    result, decision = scan_mod.gate(project, pub.pinned, remote=True, spec=spec,
+                                     max_age=gates.max_scan_age_delta, now=now)
     summary = scan_summary(result)
-    reason = decision.summary() if hasattr(decision, "summary") else str(decision)
-    details = {k: summary[k] for k in ("scanned_at", "db_time", "rescanned") if summary.get(k) is not None}
+    if hasattr(decision, "summary"):
+        summary = {**summary, **{k: v for k, v in decision.summary().items()
+                                 if k in ("passed", "failing", "failing_ids", "ignored", "unfixed", "severity")}}
+    reason = decision.reason() if hasattr(decision, "reason") else ("passed" if decision.passed else "failed")
+    age = now - result.scanned_at if getattr(result, "scanned_at", None) else None
+    how = "re-scanned (stale)" if getattr(result, "rescanned", False) else (
+        "stored scan" if getattr(result, "cached", False) else "scanned")
+    reason = f"{reason}; {how}" + (f", {_human(age)} old" if age is not None and age.total_seconds() >= 1 else "") \
+        + f", max {gates.max_scan_age}"
+    details = {k: summary[k] for k in ("scanned_at", "db_time", "rescanned", "cached") if summary.get(k) is not None}
     details["max_scan_age"] = gates.max_scan_age
     return GateResult("scan", bool(decision.passed), reason, details), summary
 
