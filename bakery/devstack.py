@@ -484,6 +484,8 @@ def up(project: Project, *, progress: Progress | None = None, base: bool = True)
     say = progress or (lambda _m: None)
     members = _members(project)
     docker_mode = shutil.which("docker-registry") is None
+    for member in members:
+        _htpasswd(member)  # every auth variable is set (exit 2) before anything starts
     if docker_mode or base:
         docker_client()  # fail early (exit 3) when the daemon is down
     for member in members:
