@@ -248,7 +248,7 @@ def template_kind(template_dir: Path) -> str | None:
 
 def template_variables(project: Project, template: str) -> set[str]:
     """Variables the templates of a template directory use (undeclared in the templates themselves)."""
-    from jinja2 import meta
+    from jinja2 import TemplateSyntaxError, meta
 
     from bakery.render import environment
 
@@ -257,7 +257,10 @@ def template_variables(project: Project, template: str) -> set[str]:
     tdir = project.templates_dir / template
     for path in sorted(tdir.glob("*.j2")):
         source = path.read_text(encoding="utf-8")
-        names |= meta.find_undeclared_variables(env.parse(source))
+        try:
+            names |= meta.find_undeclared_variables(env.parse(source))
+        except TemplateSyntaxError as exc:
+            raise InputError(f"{project.rel(path)}: line {exc.lineno}: template syntax error: {exc.message}") from None
     return names
 
 
