@@ -1,0 +1,193 @@
+"""Invalid definitions: each one gives its exact `FILE: FIELD: what is wrong` line(s) and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+GOOD_DEF = """\
+name: a
+template: t
+variables: {user: app}
+versions:
+  "1":
+    parent: docker.io/library/debian:bookworm-slim
+"""
+UP = "docker.io/library/debian:bookworm-slim"
+F = "base-images/a.yaml"
+
+
+def defn(versions: str, *, head: str = "name: a\ntemplate: t\nvariables: {user: app}\n") -> str:
+    return f"{head}versions:\n{versions}"
+
+
+def one(parent: str = UP, extra: str = "") -> str:
+    return defn(f'  "1":\n    parent: {parent}\n{extra}')
+
+
+def family(name: str, parent: str, version: str = "1") -> str:
+    return f'name: {name}\ntemplate: t\nvariables: {{user: app}}\nversions:\n  "{version}":\n    parent: {parent}\n'
+
+
+def var(value: str) -> str:
+    return one().replace("{user: app}", f"{{user: {value}}}")
+
+
+SAFE = "plain values may hold letters, digits, space and . _ + : / = @ , ~ % -"
+
+CASES: list[tuple[str, dict[str, str], list[str]]] = [
+    ("unknown-key-suggests", {F: one().replace("template:", "templat:")}, [
+        f"{F}: template: required key is missing",
+        f"{F}: templat: unknown key (did you mean 'template'?)"]),
+    ("unknown-version-key-suggests", {F: defn(f'  "1":\n    parent: {UP}\n    tag: [x]\n')}, [
+        f"{F}: versions.1.tag: unknown key (did you mean 'tags'?)"]),
+    ("unknown-variant-key-suggests", {F: one(extra="    variants:\n      slim: {variable: {}}\n")}, [
+        f"{F}: versions.1.variants.slim.variable: unknown key (did you mean 'variables'?)"]),
+    ("missing-name", {F: one().replace("name: a\n", "")}, [f"{F}: name: required key is missing"]),
+    ("missing-parent", {F: defn('  "1":\n    tags: [x]\n')}, [f"{F}: versions.1.parent: required key is missing"]),
+    ("empty-versions", {F: "name: a\ntemplate: t\nversions: {}\n"}, [f"{F}: versions: must not be empty"]),
+    ("version-null", {F: defn('  "1":\n')}, [f"{F}: versions.1: must be a mapping, got null"]),
+    ("missing-template-dir", {F: one().replace("template: t", "template: nope")}, [
+        f"{F}: template: template 'nope' not found under templates/ (no such directory)"]),
+    ("template-without-dockerfile", {"templates/e/README": "x", F: one().replace("template: t", "template: e")}, [
+        f"{F}: template: template 'e' not found under templates/ (it holds no Dockerfile.j2 or *.pkr.hcl.j2)"]),
+    ("unknown-parent-family", {F: one("bse:12"), "base-images/b.yaml": family("base", UP, "12")}, [
+        f"{F}: versions.1.parent: unknown parent 'bse:12': no image family 'bse' in the definitions "
+        f"(did you mean 'base:12'?); an upstream image needs its registry, e.g. docker.io/library/bse:12"]),
+    ("unknown-parent-version", {F: one("base:13"), "base-images/b.yaml": family("base", UP, "12")}, [
+        f"{F}: versions.1.parent: unknown parent 'base:13': 'base' has no version '13' (known: 12)"]),
+    ("parent-without-version", {F: one("base"), "base-images/b.yaml": family("base", UP, "12")}, [
+        f"{F}: versions.1.parent: 'base' needs a version: NAME:VERSION for a bakery image, "
+        f"or a full upstream reference"]),
+    ("upstream-without-tag", {F: one("docker.io/library/debian")}, [
+        f"{F}: versions.1.parent: 'docker.io/library/debian' names no tag or digest; pin it "
+        f"(e.g. docker.io/library/debian:bookworm-slim)"]),
+    ("bad-upstream-reference", {F: one("docker.io/Library/Debian:12")}, [
+        f"{F}: versions.1.parent: 'docker.io/Library/Debian:12' is not a valid image reference "
+        f"(registry/path[:tag][@sha256:…])"]),
+    ("bad-upstream-digest", {F: one("docker.io/library/debian@sha256:abc")}, [
+        f"{F}: versions.1.parent: 'docker.io/library/debian@sha256:abc' is not a valid image reference "
+        f"(registry/path[:tag][@sha256:…])"]),
+    ("cycle-of-1", {F: family("a", "a:1")}, [f"{F}: versions.1.parent: dependency cycle: a:1 -> a:1"]),
+    ("cycle-of-2", {F: family("a", "b:1"), "base-images/b.yaml": family("b", "a:1")}, [
+        f"{F}: versions.1.parent: dependency cycle: a:1 -> b:1 -> a:1"]),
+    ("cycle-of-3", {F: family("a", "b:1"), "base-images/b.yaml": family("b", "c:1"),
+                    "base-images/c.yaml": family("c", "a:1")}, [
+        f"{F}: versions.1.parent: dependency cycle: a:1 -> b:1 -> c:1 -> a:1"]),
+    ("cycle-below-a-root", {"base-images/r.yaml": family("r", "b:1"), F: family("a", "b:1"),
+                            "base-images/b.yaml": family("b", "a:1")}, [
+        f"{F}: versions.1.parent: dependency cycle: a:1 -> b:1 -> a:1"]),
+    ("duplicate-family", {F: GOOD_DEF, "base-images/b.yaml": GOOD_DEF}, [
+        "base-images/b.yaml: name: duplicate image family 'a' (also defined in base-images/a.yaml)"]),
+    ("duplicate-yaml-key", {F: defn(f'  "1":\n    parent: {UP}\n  "1":\n    parent: {UP}\n')}, [
+        f"{F}: line 7: duplicate key '1' (first at line 5)"]),
+    ("undefined-template-variable", {F: one().replace("variables: {user: app}\n", "")}, [
+        f"{F}: versions.1.variables: template 't' uses undefined variable 'user'"]),
+    ("undefined-variable-in-variant", {"templates/v/Dockerfile.j2": "FROM {{ parent }}\nRUN {{ extra }}\n",
+                                       F: "name: a\ntemplate: v\nversions:\n  '1':\n    parent: " + UP +
+                                       "\n    variables: {extra: x}\n    variants:\n      slim: {}\n"}, []),
+    ("int-value", {F: var("5")}, [
+        f"{F}: variables.user: must be a string (or a list of strings), got int 5; quote it in YAML"]),
+    ("bool-value", {F: var("yes")}, [
+        f"{F}: variables.user: must be a string (or a list of strings), got boolean true; quote it in YAML"]),
+    ("null-value", {F: var("null")}, [
+        f"{F}: variables.user: must be a string (or a list of strings), got null; quote it in YAML"]),
+    ("mapping-value", {F: var("{a: b}")}, [
+        f"{F}: variables.user: must be a string (or a list of strings), got a mapping; quote it in YAML"]),
+    ("list-with-int", {F: var("[a, 3]")}, [f"{F}: variables.user: list items must be strings, got int 3"]),
+    ("int-name", {F: one().replace("name: a", "name: 5")}, [f"{F}: name: must be a string, got int 5"]),
+    ("int-parent", {F: one("12")}, [f"{F}: versions.1.parent: must be a string, got int 12"]),
+    ("tags-not-a-list", {F: one(extra="    tags: latest\n")}, [f"{F}: versions.1.tags: must be a list, got 'latest'"]),
+    ("newline-injection", {F: var('"app\\nRUN curl x | sh"')}, [
+        f"{F}: variables.user: value 'app\\nRUN curl x | sh' contains a newline, which would inject an "
+        f"instruction into the recipe"]),
+    ("semicolon-injection", {F: var('"app; rm -rf /"')}, [
+        f"{F}: variables.user: value 'app; rm -rf /' contains ';', which a recipe would read as syntax; {SAFE}"]),
+    ("dollar-injection", {F: var('"$(id)"')}, [
+        f"{F}: variables.user: value '$(id)' contains '$', which a recipe would read as syntax; {SAFE}"]),
+    ("backtick-injection", {F: var('"`id`"')}, [
+        f"{F}: variables.user: value '`id`' contains '`', which a recipe would read as syntax; {SAFE}"]),
+    ("and-and-injection", {F: var('"app && id"')}, [
+        f"{F}: variables.user: value 'app && id' contains '&', which a recipe would read as syntax; {SAFE}"]),
+    ("injection-in-version-variables", {F: one(extra='    variables: {user: "a|b"}\n')}, [
+        f"{F}: versions.1.variables.user: value 'a|b' contains '|', which a recipe would read as syntax; {SAFE}"]),
+    ("injection-in-list-item", {F: var('[ok, "x\\ty"]')}, [
+        f"{F}: variables.user: value 'x\\ty' contains '\\t', which a recipe would read as syntax; {SAFE}"]),
+    ("not-pep440", {F: defn(f'  "bookworm":\n    parent: {UP}\n')}, [
+        f"{F}: versions.bookworm: 'bookworm' is not a PEP 440 version (e.g. 12, 3.11, 1.25.0)"]),
+    ("unquoted-float-version", {F: defn(f'  3.10:\n    parent: {UP}\n')}, [
+        f'{F}: versions.3.10: version keys must be strings; YAML reads 3.10 as the number 3.1; quote it: "3.10"']),
+    ("unquoted-int-version", {F: defn(f'  12:\n    parent: {UP}\n')}, [
+        f'{F}: versions.12: version keys must be strings; quote it: "12"']),
+    ("invalid-variant-name", {F: one(extra="    variants:\n      Slim: {}\n")}, [
+        f"{F}: versions.1.variants.Slim: variant names are lowercase letters and digits, starting with a letter"]),
+    ("invalid-tag", {F: one(extra='    tags: ["-bad"]\n')}, [f"{F}: versions.1.tags: '-bad' is not a valid image tag"]),
+    ("reserved-variable", {F: var('app, version: "2"')}, [
+        f"{F}: variables.version: 'version' is reserved (bakery sets it)"]),
+    ("invalid-variable-name", {F: var('app, my-var: "2"')}, [
+        f"{F}: variables.my-var: 'my-var' is not a valid variable name (letters, digits, '_')"]),
+    ("invalid-image-name", {F: one().replace("name: a", "name: My_Image")}, [
+        f"{F}: name: 'My_Image' is not a valid image name (lowercase letters, digits, '.', '_', '-')"]),
+    ("empty-file", {F: ""}, [f"{F}: (top level): file is empty"]),
+    ("comments-only", {F: "# nothing yet\n"}, [f"{F}: (top level): file is empty"]),
+    ("yaml-syntax-error", {F: "name: a\ntemplate: t\nversions:\n  '1':\n    parent: [x\n"}, [
+        f"{F}: line 6: invalid YAML: expected ',' or ']', but got '<stream end>'"]),
+    ("yaml-bad-indent", {F: "name: a\n  template: t\n"}, [
+        f"{F}: line 2: invalid YAML: mapping values are not allowed here"]),
+    ("top-level-list", {F: "- a\n- b\n"}, [f"{F}: (top level): must be a mapping with name, template and versions"]),
+    ("every-problem-at-once", {F: one("nope:1").replace("{user: app}", "{user: 5}"),
+                               "base-images/b.yaml": family("b", "docker.io/library/debian")}, [
+        f"{F}: variables.user: must be a string (or a list of strings), got int 5; quote it in YAML",
+        f"{F}: versions.1.parent: unknown parent 'nope:1': no image family 'nope' in the definitions; an upstream "
+        f"image needs its registry, e.g. docker.io/library/nope:1",
+        "base-images/b.yaml: versions.1.parent: 'docker.io/library/debian' names no tag or digest; pin it "
+        "(e.g. docker.io/library/debian:bookworm-slim)"]),
+]
+
+
+@pytest.mark.parametrize(("files", "expected"), [pytest.param(f, e, id=i) for i, f, e in CASES])
+def test_invalid_definition(make_project, bakery, files: dict[str, str], expected: list[str]) -> None:
+    project = make_project(files)
+    for command in (["list"], ["render"]):
+        result = bakery(*command, cwd=project)
+        assert "Traceback" not in result.err + result.out
+        if not expected:  # a control case: the same shape, valid
+            assert result.code == 0, result.err
+            continue
+        assert result.errors == [f"error: {line}" for line in expected], result.err
+        assert result.code == 2
+
+
+def test_valid_minimal_project_lists(make_project, bakery) -> None:
+    project = make_project({F: GOOD_DEF})
+    result = bakery("list", "--format", "json", cwd=project)
+    assert result.code == 0, result.err
+    assert '"ref": "a:1"' in result.out
+
+
+def test_missing_definitions_dir(make_project, bakery) -> None:
+    project = make_project({}, config="definitions: defs\n")
+    result = bakery("list", cwd=project)
+    assert result.errors == ["error: defs: definitions directory not found (set `definitions:` in bakery.yaml)"]
+    assert result.code == 2
+
+
+def test_template_syntax_error_names_template_and_line(make_project, bakery) -> None:
+    project = make_project({F: GOOD_DEF})
+    (project / "templates/t/Dockerfile.j2").write_text("FROM {{ parent }}\nRUN {% if %}\n")
+    result = bakery("render", cwd=project)
+    assert "Traceback" not in result.err
+    assert result.code == 2
+    assert result.errors and result.errors[0].startswith("error: templates/t/Dockerfile.j2: line 2: "), result.err
+
+
+def test_strict_undefined_at_render(make_project, bakery) -> None:
+    """An attribute of a variable is not found by the undeclared-variable scan; StrictUndefined still refuses it."""
+    project = make_project({F: GOOD_DEF})
+    (project / "templates/t/Dockerfile.j2").write_text("FROM {{ parent }}\nRUN echo {{ user.home }}\n")
+    result = bakery("render", cwd=project)
+    assert result.code == 2
+    assert result.errors == ["error: base-images/a.yaml: versions.1: template t/Dockerfile.j2: "
+                             "'str object' has no attribute 'home'"], result.err
