@@ -42,7 +42,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, quiet: bool) -
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = Context(config_path=config_path, debug=debug, quiet=quiet or not sys.stderr.isatty())
+    ctx.obj = Context(config_path=config_path, debug=debug, quiet=quiet)
 
 
 def _register() -> None:

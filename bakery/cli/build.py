@@ -61,7 +61,7 @@ def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jo
     options = BuildOptions(jobs=jobs or project.config.build.jobs,
                            push=project.config.build.push if push is None else push,
                            scan=scan, rescan=rescan, no_cache=no_cache)
-    with Progress(enabled=not ctx.quiet or fmt == "table") as progress:
+    with Progress(enabled=not ctx.quiet) as progress:
         results = build(project, fleet, specs, options, progress)
     ok = all(r.ok for r in results)
     if fmt == "json":

@@ -1,0 +1,157 @@
+"""`bakery build` against the real engine and the stack's registries: what a user would check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from bakery.model import LABEL_FINGERPRINT, OCI
+
+EXAMPLE = ["base", "python", "python-web", "nginx"]
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.index.v1+json"])
+
+
+def bakery(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bakery", *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+def registry_digest(host: str, repo: str, tag: str) -> str | None:
+    """Docker-Content-Digest as the registry reports it (what `curl -sI` would show)."""
+    resp = requests.head(f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}, timeout=10)
+    return resp.headers.get("Docker-Content-Digest") if resp.status_code == 200 else None
+
+
+def write_tiny_fleet(root: Path, images: dict[str, tuple[str, str]]) -> None:
+    """images: name -> (parent, marker); the marker "fail" makes the build fail. Each builds in about a second."""
+    tdir = root / "templates" / "tiny"
+    tdir.mkdir(parents=True, exist_ok=True)
+    (tdir / "Dockerfile.j2").write_text(
+        "ARG BASE_IMAGE={{ parent }}\nFROM ${BASE_IMAGE}\n"
+        "{% if marker == 'fail' %}\nRUN echo about to fail && exit 7\n{% else %}\n"
+        "RUN echo {{ marker }} > /etc/marker\n{% endif %}\n")
+    for name, (parent, marker) in images.items():
+        (root / "base-images" / f"{name}.yaml").write_text(
+            f"name: {name}\ntemplate: tiny\nversions:\n  '1.0':\n    parent: {parent}\n"
+            f"    variables:\n      marker: {marker}\n")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "fleet"],
+                   cwd=root, check=True)
+
+
+def test_example_fleet_builds_pushes_and_the_registry_agrees(make_project, stack):
+    root = make_project()
+    proc = bakery("build", *EXAMPLE, "--no-scan", "--format", "json", "-j", "2", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["ok"] is True
+    results = {r["ref"]: r for r in out["results"]}
+    assert set(results) == {"base:12", "python:3.11", "python:3.11-full", "python-web:1.0", "nginx:1.22"}
+    client = stack.client("dev")
+    for ref, r in results.items():
+        assert r["status"] == "pushed"
+        host, _, repo = r["repository"].partition("/")
+        assert host == stack.registry("dev")
+        # The digest bakery reported is the one the registry serves, under the build tag and every alias.
+        assert registry_digest(host, repo, r["build_tag"]) == r["digest"], ref
+        for tag in r["tags"]:
+            assert registry_digest(host, repo, tag) == r["digest"], (ref, tag)
+        labels = client.labels(repo, r["digest"])
+        assert labels[LABEL_FINGERPRINT] == r["fingerprint"]
+        assert labels[OCI + "version"] == ref.split(":", 1)[1]
+        assert len(labels[OCI + "revision"]) == 40
+        assert labels[OCI + "created"].endswith("Z")
+    # Children are pinned to exactly the parent digest that was just pushed.
+    base = results["base:12"]
+    for child in ("python:3.11", "python:3.11-full", "nginx:1.22"):
+        assert results[child]["parent"] == f"{base['repository']}@{base['digest']}"
+        repo = results[child]["repository"].partition("/")[2]
+        assert client.labels(repo, results[child]["digest"])[OCI + "base.digest"] == base["digest"]
+    assert results["python-web:1.0"]["parent"].endswith("@" + results["python:3.11"]["digest"])
+    assert results["base:12"]["parent"].startswith(stack.registry("mirror") + "/library/debian@sha256:")
+    assert results["base:12"]["build_tag"].startswith("12-") and results["base:12"]["build_tag"].endswith(".1")
+    # The hardened base: non-root user, no apt lists left.
+    image = f"{base['repository']}@{base['digest']}"
+    run = subprocess.run(["docker", "run", "--rm", image, "sh", "-c", "id -u; ls /var/lib/apt/lists | wc -l"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["10001", "0"], run.stderr
+    # A second build of the same image gets the next build tag of the day; the first stays as it was.
+    again = bakery("build", "nginx", "--no-scan", "--format", "json", cwd=root)
+    assert again.returncode == 0, again.stderr[-2000:]
+    second = json.loads(again.stdout)["results"][0]
+    first = results["nginx:1.22"]
+    assert second["build_tag"] == first["build_tag"][:-2] + ".2"
+    host, _, repo = first["repository"].partition("/")
+    assert registry_digest(host, repo, first["build_tag"]) == first["digest"]
+
+
+def test_an_immutable_tag_is_never_overwritten(make_project, stack):
+    root = make_project(fleet=None, config={"tags": {"build": "{version}-{yyyymmdd}"}})
+    write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "one")})
+    first = bakery("build", "app", "--no-scan", "--format", "json", cwd=root)
+    assert first.returncode == 0, first.stderr
+    r1 = json.loads(first.stdout)["results"][0]
+    # Change the image: same day, same build tag, different digest → refused, registry unchanged.
+    write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "two")})
+    second = bakery("build", "app", "--no-scan", "--format", "json", cwd=root)
+    assert second.returncode == 1
+    r2 = json.loads(second.stdout)["results"][0]
+    assert r2["status"] == "refused"
+    assert "immutable" in r2["error"] and r1["build_tag"] in r2["error"]
+    host, _, repo = r1["repository"].partition("/")
+    assert registry_digest(host, repo, r1["build_tag"]) == r1["digest"]
+    assert "refusing to overwrite" in second.stderr
+
+
+def test_a_failed_build_stops_only_its_descendants(make_project, stack):
+    root = make_project(fleet=None)
+    upstream = "docker.io/library/debian:bookworm-slim"
+    write_tiny_fleet(root, {
+        "root": (upstream, "root"),
+        "broken": ("root:1.0", "fail"),
+        "orphan": ("broken:1.0", "never"),
+        "sibling": ("root:1.0", "sibling"),
+    })
+    proc = bakery("build", "--all", "--no-scan", "--format", "json", cwd=root)
+    assert proc.returncode == 1
+    status = {r["ref"]: r for r in json.loads(proc.stdout)["results"]}
+    assert status["root:1.0"]["status"] == "pushed"
+    assert status["sibling:1.0"]["status"] == "pushed"
+    assert status["broken:1.0"]["status"] == "failed"
+    assert "exit" in status["broken:1.0"]["error"] or "returned a non-zero code" in status["broken:1.0"]["error"]
+    assert status["orphan:1.0"]["status"] == "skipped"
+    assert "broken:1.0" in status["orphan:1.0"]["error"]
+    # The log of the failed build is shown to the user.
+    assert "about to fail" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Nothing was pushed for the failed image or its child.
+    client = stack.client("dev")
+    ns = status["root:1.0"]["repository"].split("/")[1]
+    assert client.list_tags(f"{ns}/broken") == []
+    assert client.list_tags(f"{ns}/orphan") == []
+
+
+def test_build_without_daemon_is_an_environment_error(make_project, monkeypatch):
+    root = make_project(fleet=None)
+    write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "x")})
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    proc = bakery("build", "app", "--no-scan", cwd=root)
+    assert proc.returncode == 3
+    assert "Docker daemon" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nope"], "unknown image 'nope'"),
+    ([], "name the images to build"),
+])
+def test_build_bad_input_exits_2(make_project, args, message):
+    root = make_project()
+    proc = bakery("build", *args, "--no-scan", cwd=root)
+    assert proc.returncode == 2
+    assert message in proc.stderr
