@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bakery.errors import EnvironmentFailure, InputError, StepFailed
+from bakery.errors import EnvironmentFailure, GateFailed, InputError, StepFailed
 
 if TYPE_CHECKING:
     from bakery.config import Environment, Project
@@ -328,17 +328,63 @@ def previous_ami(project: Project, key: ImageKey | str, env: str) -> AmiRecord |
 
 # ---------------------------------------------------------------------------------------------- publish
 
-def publish_ami(project: Project, key: ImageKey, ami_id: str, region: str, fingerprint: str, build_tag: str,
-                source_ami: str, *, ami_ids: dict[str, str] | None = None, scan: dict[str, Any] | None = None,
-                env: str | None = None) -> AmiRecord:
-    """Record a freshly built AMI for the first environment: ``bakery:*`` tags on every copy Packer made
-    (AMI and snapshots), launch permission for the environment's account, a ``publish`` ledger event."""
+def next_build_tag(project: Project, spec: ImageSpec, fingerprint: str = "", today: dt.date | None = None) -> str:
+    """The next build tag of the configured scheme for an AMI build, unique against the ledger and the
+    AMIs already tagged in the build region (a build whose publish failed still holds its name)."""
+    from bakery.ledger import now as ledger_now
+    from bakery.ledger import open_ledger
+    from bakery.tags import next_build_tag as next_tag
+
+    existing = {e.build_tag for e in open_ledger(project).events(image=spec.ref)}
+    region = build_region(project, spec)
+    ec2 = client(project, region)
+    images = _call(f"list AMIs of {spec.ref} in {region}", lambda: ec2.describe_images(Owners=["self"], Filters=[
+        {"Name": "tag:bakery:name", "Values": [spec.key.name]},
+        {"Name": "tag:bakery:version", "Values": [spec.key.tag_version]}]).get("Images", []))
+    existing |= {tags_dict(i.get("Tags")).get("bakery:build-tag", "") for i in images}
+    existing |= {str(i.get("Name", "")).removeprefix(f"{spec.key.name}-") for i in images}
+    return next_tag(project.config.tags.build, name=spec.key.name, version=spec.key.version,
+                    variant=spec.key.variant, today=today or ledger_now().date(), existing=existing,
+                    fingerprint=fingerprint)
+
+
+def siblings(project: Project, env: str, key: ImageKey, build_tag: str) -> dict[str, str]:
+    """region -> AMI of one build in every region of ``env`` (Packer's ``ami_regions`` copies carry its tags)."""
+    _, regions = aws_target(project, env)
+    out: dict[str, str] = {}
+    for region in regions:
+        ec2 = client(project, region)
+        images = _call(f"find {key} {build_tag} in {region}", lambda ec2=ec2: ec2.describe_images(
+            Owners=["self"], Filters=[{"Name": "tag:bakery:name", "Values": [key.name]},
+                                      {"Name": "tag:bakery:build-tag", "Values": [build_tag]}]).get("Images", []))
+        for img in sorted(images, key=lambda i: i["ImageId"]):
+            if TAG_ENV not in tags_dict(img.get("Tags")) or tags_dict(img.get("Tags")).get(TAG_ENV) == env:
+                out.setdefault(region, img["ImageId"])
+    return out
+
+
+def publish_ami(project: Project, key: ImageKey, ami_id: str, region: str, fingerprint: str, build_tag: str = "",
+                source_ami: str = "", *, ami_ids: dict[str, str] | None = None, scan: dict[str, Any] | None = None,
+                env: str | None = None, spec: ImageSpec | None = None) -> AmiRecord:
+    """Record a freshly built AMI for the first environment: ``bakery:*`` tags on every regional copy
+    Packer made (AMI and snapshots), launch permission for the environment's account, a ``publish``
+    ledger event. ``build_tag``/``source_ami`` default to the tags Packer put on the AMI; the other
+    regions' copies are found by their tags when ``ami_ids`` is not given."""
     from bakery.ledger import Event, open_ledger
 
     env = env or project.config.first_env
     account, _ = aws_target(project, env)
-    amis = dict(ami_ids or {})
-    amis.setdefault(region, ami_id)
+    image = _call(f"describe {ami_id} in {region}", lambda: describe(project, region, ami_id))
+    if not image:
+        raise StepFailed(f"{key}: AMI {ami_id} not found in {region}")
+    have = tags_dict(image.get("Tags"))
+    build_tag = build_tag or have.get("bakery:build-tag", "")
+    source_ami = source_ami or have.get(TAG_SOURCE, "")
+    fingerprint = fingerprint or have.get("bakery:fingerprint", "")
+    if not build_tag:
+        raise StepFailed(f"{key}: AMI {ami_id} has no bakery:build-tag tag and no build tag was given")
+    amis = dict(ami_ids or {}) or siblings(project, env, key, build_tag)
+    amis[region] = ami_id
     the_origin = origin(region, ami_id)
     tags = {"bakery:name": key.name, "bakery:version": key.tag_version, "bakery:fingerprint": fingerprint,
             "bakery:build-tag": build_tag, TAG_ENV: env, TAG_ORIGIN: the_origin, TAG_SOURCE: source_ami}
@@ -354,17 +400,51 @@ def publish_ami(project: Project, key: ImageKey, ami_id: str, region: str, finge
     return _record(ev)
 
 
+# ---------------------------------------------------------------------------------------------- gates
+
+def check_gates(project: Project, image: str, to_env: str, source: AmiRecord, *, approved_by: str | None = None,
+                now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """The promotion gates for an AMI, the same as for containers: previous (the build is what the previous
+    environment runs and its AMIs exist), soak and approval (bakery.promote's own gates on the build's
+    origin). The scan gate does not apply: there is no container filesystem for Trivy (said in the result)."""
+    from bakery import ledger as ledger_mod
+    from bakery import promote as pm
+    from bakery.model import Published
+
+    now = now or ledger_mod.now()
+    cfg = project.config
+    from_env = cfg.previous_env(to_env) or to_env
+    results: list[Any] = []
+    if cfg.env(to_env).gates.require_previous:
+        missing = []
+        for region, ami_id in sorted(source.amis.items()):
+            found = _call(f"describe {ami_id} in {region}", lambda r=region, a=ami_id: describe(project, r, a))
+            if not found or found.get("State") != "available":
+                missing.append(f"{ami_id} ({region})")
+        ok = bool(source.amis) and not missing
+        reason = (f"{source.build_tag} is in {from_env}" if ok else
+                  f"the {from_env} AMIs of {source.build_tag} are gone: {', '.join(missing) or 'none recorded'}")
+        results.append(pm.GateResult("previous", ok, reason, {"env": from_env}))
+    events = ledger_mod.open_ledger(project).events(image=image)
+    pub = Published(key=pm._key_of(image), env=from_env, repository="", build_tag=source.build_tag,
+                    digest=source.origin)
+    results.append(pm.gate_soak(project, pub, to_env, events, now))
+    results.append(pm.GateResult("scan", True, "not applicable: an AMI has no container filesystem for Trivy"))
+    results.append(pm.gate_approval(project, to_env, approved_by))
+    return [g.to_json() for g in results]
+
+
 # ---------------------------------------------------------------------------------------------- promote
 
 def promote_ami(project: Project, key: ImageKey | str, to_env: str, *, digest: str | None = None,
-                gates: list[dict[str, Any]] | None = None, scan: dict[str, Any] | None = None,
-                on_progress: Progress | None = None, timeout: float = WAIT_TIMEOUT,
-                poll: float = POLL_SECONDS) -> PromoteOutcome:
+                gates: list[dict[str, Any]] | None = None, approved_by: str | None = None,
+                scan: dict[str, Any] | None = None, on_progress: Progress | None = None,
+                timeout: float = WAIT_TIMEOUT, poll: float = POLL_SECONDS, dry_run: bool = False) -> PromoteOutcome:
     """Copy the previous environment's AMI into ``to_env``'s regions (never a rebuild).
 
-    The gates are the caller's (bakery.promote evaluates them exactly as for containers and passes
-    their results for the ledger). ``digest`` (an origin ``ami:REGION:ID``) picks the build; default:
-    what the previous environment currently runs.
+    ``gates``: results the caller already evaluated; None evaluates :func:`check_gates` here, records a
+    ``gate`` event and raises GateFailed (exit 1) when one fails. ``digest`` (an origin ``ami:REGION:ID``
+    or a build tag) picks the build; default: what the previous environment currently runs.
     """
     from bakery.ledger import Event, open_ledger
 
@@ -374,7 +454,7 @@ def promote_ami(project: Project, key: ImageKey | str, to_env: str, *, digest: s
     if from_env is None:
         raise InputError(f"{to_env} is the first environment: builds are published there, not promoted")
     if digest:
-        candidates = [r for r in history(project, image, from_env) if r.origin == digest]
+        candidates = [r for r in history(project, image, from_env) if digest in (r.origin, r.build_tag)]
         if not candidates:
             raise StepFailed(f"{image}: {digest} was never in {from_env}; promote it there first")
         source = candidates[-1]
@@ -385,6 +465,18 @@ def promote_ami(project: Project, key: ImageKey | str, to_env: str, *, digest: s
     now = current_ami(project, image, to_env)
     if now is not None and now.origin == source.origin:
         return PromoteOutcome(record=now, copied={}, already=True, seconds=time.monotonic() - started)
+    if gates is None:
+        gates = check_gates(project, image, to_env, source, approved_by=approved_by)
+        failed = [g for g in gates if not g.get("passed")]
+        if failed:
+            if not dry_run:
+                open_ledger(project).record(Event(
+                    kind="gate", image=image, digest=source.origin, build_tag=source.build_tag, from_env=from_env,
+                    to_env=to_env, gates=gates, details={"passed": False, "builder": "amazon-ebs"}))
+            raise GateFailed(f"{image}: promotion to {to_env} refused: "
+                             + "; ".join(f"{g['name']}: {g['reason']}" for g in failed))
+    if dry_run:
+        return PromoteOutcome(record=source, copied={}, seconds=time.monotonic() - started)
     account, regions = aws_target(project, to_env)
     src_region = sorted(source.amis)[0] if source.amis else parse_origin(source.origin)[0]
     for r in (project.config.aws.region, *aws_target(project, from_env)[1]):

@@ -103,14 +103,21 @@ class PackerResult:
     image_tag: str = ""  # docker: repository:tag given to it
     ami_ids: dict[str, str] = field(default_factory=dict)  # amazon-ebs: region -> ami-…
     source_ami: str = ""  # amazon-ebs: the source AMI the build started from
+    build_tag: str = ""  # amazon-ebs: the build tag bakery gave the AMI (its name is NAME-BUILDTAG)
     parent_ref: str = ""
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     packer_version: str = ""
     log_tail: list[str] = field(default_factory=list)
 
+    @property
+    def amis(self) -> dict[str, str]:
+        """Alias of ``ami_ids``."""
+        return self.ami_ids
+
     def to_json(self) -> dict[str, Any]:
         return {"template": self.template, "kind": self.kind, "ok": self.ok, "image_id": self.image_id,
+                "build_tag": self.build_tag,
                 "image_tag": self.image_tag, "ami_ids": dict(self.ami_ids), "source_ami": self.source_ami,
                 "parent": self.parent_ref, "errors": list(self.errors), "seconds": round(self.seconds, 3),
                 "packer_version": self.packer_version,
@@ -339,7 +346,7 @@ def _bakery_vars(project: Project, recipe: Recipe, kind: str, *, parent_ref: str
         values.update({
             "bakery_source_ami": source_ami,
             "bakery_ami_name": f"{recipe.spec.key.name}-{build_tag}",
-            "bakery_tags": ami_tags(labels),
+            "bakery_tags": {**ami_tags(labels), "bakery:build-tag": build_tag, "bakery:source-ami": source_ami},
             "bakery_region": regions[0],
             "bakery_ami_regions": regions[1:],
             "bakery_aws_endpoint": project.config.aws.endpoint_url or "",
@@ -387,8 +394,13 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
             from bakery import ami as ami_mod
 
             source_ami = ami_mod.newest_source_ami(project, recipe.spec)
+    if kind == "amazon-ebs" and not labels.get(LABEL_BUILD_TAG):
+        from bakery import ami as ami_mod
+
+        labels = {**labels, LABEL_BUILD_TAG: ami_mod.next_build_tag(project, recipe.spec, labels.get(LABEL_FINGERPRINT, ""))}
     result = PackerResult(template=label, kind=kind, parent_ref=parent_ref, source_ami=source_ami,
-                          packer_version=version, image_tag=image_tag if kind == "docker" else "")
+                          packer_version=version, image_tag=image_tag if kind == "docker" else "",
+                          build_tag=labels.get(LABEL_BUILD_TAG, "") if kind == "amazon-ebs" else "")
     values = _bakery_vars(project, recipe, kind, parent_ref=parent_ref, labels=labels, image_tag=image_tag,
                           source_ami=source_ami)
     declared = declared_variables(recipe.files)
@@ -414,8 +426,7 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
 
         try:
             res = tools.run(project.config.packer.binary,
-                            ["build", "-machine-readable", "-color=false", "-on-error=cleanup", "-force",
-                             *var_args, "."],
+                            ["build", "-machine-readable", "-color=false", "-on-error=cleanup", *var_args, "."],
                             cwd=workdir, timeout=project.config.packer.timeout, env=PACKER_ENV, check=False,
                             on_line=feed)
             code, stderr = res.returncode, res.stderr
