@@ -170,7 +170,7 @@ class Fleet:
         return out
 
     def resolve_ref(self, ref: str) -> list[ImageKey]:
-        """``NAME`` (every version and variant), ``NAME:VERSION`` (the version and its variants) or
+        """``NAME`` (every version and variant), ``NAME:VERSION`` (that version without variant) or
         ``NAME:VERSION-VARIANT``. Unknown → InputError with the closest match."""
         name, _, rest = ref.partition(":")
         if name not in self.families:
