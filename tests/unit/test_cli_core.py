@@ -1,0 +1,117 @@
+"""The core commands: schema, list, config (secrets masked), and --help of every command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import jsonschema
+import pytest
+import yaml
+
+from bakery.cli import cli
+
+CREDS_CONFIG = """\
+environments:
+  dev:
+    registry: 127.0.0.1:5001/bakery
+    credentials: {username_env: TEST_REG_USER, password_env: TEST_REG_PASSWORD}
+"""
+PASSWORD = "s3cret-Pa55word-xyz"
+
+
+def schema(bakery, cwd: Path) -> dict:
+    result = bakery("schema", cwd=cwd)
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def test_schema_validates_example_definitions(example: Path, bakery) -> None:
+    doc = schema(bakery, example)
+    jsonschema.Draft202012Validator.check_schema(doc)
+    validator = jsonschema.Draft202012Validator(doc)
+    files = sorted((example / "base-images").glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+        assert errors == [], path.name
+
+
+@pytest.mark.parametrize(("doc", "fragment"), [
+    ({"name": "a", "templat": "t", "versions": {"1": {"parent": "x:1"}}}, "'templat' was unexpected"),
+    ({"name": "a", "template": "t"}, "'versions' is a required property"),
+    ({"name": "a", "template": "t", "versions": {}}, "should be non-empty"),
+    ({"name": "a", "template": "t", "versions": {"1": {"tags": []}}}, "'parent' is a required property"),
+    ({"name": 5, "template": "t", "versions": {"1": {"parent": "x:1"}}}, "5 is not of type 'string'"),
+])
+def test_schema_rejects_bad_definitions(example: Path, bakery, doc: dict, fragment: str) -> None:
+    validator = jsonschema.Draft202012Validator(schema(bakery, example))
+    messages = [e.message for e in validator.iter_errors(doc)]
+    assert any(fragment in m for m in messages), messages
+
+
+def test_schema_needs_no_project(tmp_path: Path, bakery) -> None:
+    assert schema(bakery, tmp_path)["title"] == "bakery image definition"
+
+
+def test_list_json(example: Path, bakery) -> None:
+    result = bakery("list", "--format", "json", cwd=example)
+    assert result.code == 0, result.err
+    rows = {r["ref"]: r for r in json.loads(result.out)}
+    assert rows["python:3.11-full"] == {
+        "ref": "python:3.11-full", "name": "python", "version": "3.11", "variant": "full", "parent": "base:12",
+        "parent_kind": "bakery", "tags": [], "builder": "docker", "template": "python", "level": 1,
+        "file": "base-images/python.yaml"}
+    assert rows["base:12"]["parent_kind"] == "upstream" and rows["base:12"]["tags"] == ["bookworm"]
+    assert rows["python-web:1.0"]["level"] == 2
+
+
+def test_list_refs_and_table(example: Path, bakery) -> None:
+    result = bakery("list", "python", "--format", "json", cwd=example)
+    assert [r["ref"] for r in json.loads(result.out)] == ["python:3.11", "python:3.11-full"]
+    table = bakery("list", cwd=example)
+    assert table.code == 0
+    assert table.out.split()[:6] == ["IMAGE", "PARENT", "LEVEL", "BUILDER", "TAGS", "FILE"]
+    assert "python-web:1.0" in table.out
+
+
+def test_config_masks_password_from_env(make_project, bakery) -> None:
+    project = make_project({}, config=CREDS_CONFIG)
+    env = {"TEST_REG_USER": "alice", "TEST_REG_PASSWORD": PASSWORD}
+    result = bakery("config", "--format", "json", cwd=project, env=env)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    dev = data["environments"]["dev"]
+    assert dev["credentials"]["resolved"] == {"username": "alice", "password": "********"}
+    assert dev["credentials"]["password_env"] == "TEST_REG_PASSWORD"
+    yaml_out = bakery("config", cwd=project, env=env)
+    for text in (result.out, result.err, yaml_out.out, yaml_out.err):
+        assert PASSWORD not in text
+    assert "********" in yaml_out.out
+
+
+def test_config_masks_password_in_errors(make_project, bakery) -> None:
+    """A secret that ends up in an error message (here: as a bad value) is masked too."""
+    project = make_project({}, config=CREDS_CONFIG)
+    env = {"TEST_REG_USER": "alice", "TEST_REG_PASSWORD": PASSWORD}
+    result = bakery("render", PASSWORD, cwd=project, env=env)
+    assert result.code == 2
+    assert PASSWORD not in result.err and "********" in result.err
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name, command in sorted(group.commands.items()):
+        out.append((*prefix, name))
+        if isinstance(command, click.Group):
+            out += _commands(command, (*prefix, name))
+    return out
+
+
+@pytest.mark.parametrize("path", [(), *_commands(cli)], ids=lambda p: " ".join(p) or "bakery")
+def test_help_of_every_command(tmp_path: Path, bakery, path: tuple[str, ...]) -> None:
+    result = bakery(*path, "--help", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert result.out.startswith("Usage: bakery")
+    assert "Traceback" not in result.err
