@@ -1,0 +1,311 @@
+"""`bakery nightly`: plan → build in DAG order → scan → publish to dev → optionally promote → a report.
+
+One image failing stops only its descendants; the report (Markdown, appended to ``$GITHUB_STEP_SUMMARY``
+when set, and JSON under ``<state_dir>/nightly/``) lists what was rebuilt, why, the vulnerability counts
+before and after, and what failed. A lock keeps two runs on the same configuration from overlapping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bakery.config import Project
+from bakery.definitions import Fleet
+from bakery.model import ImageSpec
+from bakery.plan import Plan, make_plan
+
+SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
+
+
+def changed_specs(project: Project, fleet: Fleet, refs: Sequence[str] = ()) -> list[ImageSpec]:
+    """The images `bakery plan` says must be rebuilt (among REFs and their descendants), parents first."""
+    plan = make_plan(project, fleet, refs)
+    return [i.spec for i in plan.rebuild]
+
+
+@dataclass
+class Outcome:
+    """One image in the nightly report."""
+
+    ref: str
+    reason: str  # the plan's first reason, "up to date" or "error"
+    why: str
+    status: str  # rebuilt | failed | refused | skipped | planned | up to date | error
+    build_tag: str = ""
+    digest: str = ""
+    before: dict[str, int] | None = None
+    after: dict[str, int] | None = None
+    error: str = ""
+    promotions: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("failed", "refused", "skipped", "error") or any(not p.get("ok") for p in self.promotions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "reason": self.reason, "why": self.why, "status": self.status,
+                "build_tag": self.build_tag or None, "digest": self.digest or None, "vulns_before": self.before,
+                "vulns_after": self.after, "error": self.error or None, "promotions": self.promotions,
+                "seconds": round(self.seconds, 3), "failed": self.failed}
+
+
+@dataclass
+class NightlyReport:
+    started: dt.datetime
+    seconds: float
+    dry_run: bool
+    outcomes: list[Outcome]  # every image in scope; rebuilt ones first
+    plan_seconds: float = 0.0
+    promote_to: str | None = None
+    notes: list[str] = field(default_factory=list)
+    aborted: str = ""  # an environment failure stopped the run
+
+    @property
+    def rebuilt(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "rebuilt"]
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.failed]
+
+    @property
+    def planned(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.reason not in ("up to date", "error")]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.planned and not self.failures
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.aborted
+
+    def headline(self) -> str:
+        if self.aborted:
+            return f"nightly aborted: {self.aborted}"
+        if self.nothing_to_do:
+            return (f"nothing to do: all {len(self.outcomes)} images are up to date "
+                    f"(checked in {self.seconds:.2f}s)")
+        if self.dry_run:
+            return f"dry run: {len(self.planned)} of {len(self.outcomes)} images would be rebuilt"
+        return (f"{len(self.rebuilt)} rebuilt, {len(self.failures)} failed, "
+                f"{len(self.outcomes) - len(self.planned)} up to date ({self.seconds:.1f}s)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"started": self.started.strftime("%Y-%m-%dT%H:%M:%SZ"), "seconds": round(self.seconds, 3),
+                "plan_seconds": round(self.plan_seconds, 3), "dry_run": self.dry_run, "promote_to": self.promote_to,
+                "ok": self.ok, "nothing_to_do": self.nothing_to_do, "summary": self.headline(),
+                "rebuilt": [o.ref for o in self.rebuilt], "failed": [o.ref for o in self.failures],
+                "images": [o.to_json() for o in self.outcomes], "notes": list(self.notes),
+                "aborted": self.aborted or None}
+
+    def to_markdown(self) -> str:
+        lines = [f"## bakery nightly — {self.started.strftime('%Y-%m-%d %H:%M UTC')}", "", f"**{self.headline()}**", ""]
+        shown = [o for o in self.outcomes if o.reason != "up to date" or o.failed]
+        if shown:
+            lines += ["| image | reason | result | build tag | vulns before | vulns after | note |",
+                      "|---|---|---|---|---|---|---|"]
+            for o in shown:
+                note = o.error or o.why
+                if o.promotions:
+                    note += "; " + ", ".join(f"{p.get('to')}: {p.get('action')}" for p in o.promotions)
+                lines.append(f"| `{o.ref}` | {o.reason} | {_status_icon(o)} {o.status} | {o.build_tag or '-'} | "
+                             f"{_counts(o.before)} | {_counts(o.after)} | {_md(note)} |")
+            lines.append("")
+        if self.failures:
+            lines += ["### Failed", ""] + [f"- `{o.ref}`: {_md(o.error or o.status)}" for o in self.failures] + [""]
+        up = [o.ref for o in self.outcomes if o.reason == "up to date" and not o.failed]
+        if up and shown:
+            lines += [f"Up to date ({len(up)}): " + ", ".join(f"`{r}`" for r in up), ""]
+        lines += [f"- {_md(n)}" for n in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _md(text: str) -> str:
+    return (text or "").replace("|", "\\|").replace("\n", " ")[:300]
+
+
+def _status_icon(o: Outcome) -> str:
+    return "❌" if o.failed else ("✅" if o.status == "rebuilt" else "•")
+
+
+def _counts(c: dict[str, int] | None) -> str:
+    if c is None:
+        return "-"
+    parts = [f"{s[0]}:{c[s]}" for s in SEVERITIES if c.get(s)]
+    return " ".join(parts) or "0"
+
+
+def _outcomes(plan: Plan, results: dict[str, dict[str, Any]], promotions: dict[str, list[dict[str, Any]]],
+              dry_run: bool) -> list[Outcome]:
+    out: list[Outcome] = []
+    order = [i for i in plan.rebuild] + [i for i in plan.items.values() if not i.rebuild]
+    for item in order:
+        ref = str(item.key)
+        o = Outcome(ref=ref, reason=item.reason, why=item.describe(), status="up to date", before=item.vulns)
+        if item.current is not None:
+            o.build_tag, o.digest = item.current.build_tag, item.current.digest
+        if item.error:
+            o.status, o.error = "error", item.error
+        elif item.rebuild:
+            r = results.get(ref)
+            if dry_run:
+                o.status = "planned"
+            elif r is None:
+                o.status, o.error = "skipped", "not built"
+            else:
+                status = r.get("status")
+                o.status = "rebuilt" if status in ("pushed", "built", "cached") else status or "failed"
+                o.build_tag, o.digest = r.get("build_tag") or o.build_tag, r.get("digest") or o.digest
+                scan = r.get("scan") or {}
+                o.after = dict(scan["counts"]) if scan.get("counts") else None
+                o.error = r.get("error") or ""
+                o.seconds = float(r.get("seconds") or 0)
+            o.promotions = promotions.get(ref, [])
+        out.append(o)
+    return out
+
+
+def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequence[str] = (), dry_run: bool = False,
+        jobs: int | None = None, promote_to: str | None = None, wait: bool = False, progress: Any = None,
+        say: Callable[[str], None] | None = None) -> NightlyReport:
+    """The whole nightly run under the lock. Environment failures (registry, daemon) end in an aborted report
+    (written) and are raised again."""
+    from bakery.errors import EnvironmentFailure
+    from bakery.lock import nightly_lock
+
+    say = say or (lambda _m: None)
+    if promote_to is not None:
+        project.config.env(promote_to)
+        if promote_to == project.config.first_env:
+            promote_to = None  # builds are published there already
+    started_at = dt.datetime.now(dt.timezone.utc)
+    started = time.monotonic()
+    with nightly_lock(project.state_dir, wait=wait) as lock:
+        if lock.waited > 0.5:
+            say(f"waited {lock.waited:.0f}s for another nightly run to finish")
+        plan = make_plan(project, fleet, refs, force=force, jobs=max(8, jobs or 0))
+        say(f"plan: {len(plan.rebuild)} of {len(plan.items)} images to rebuild ({plan.seconds:.2f}s)")
+        results: dict[str, dict[str, Any]] = {}
+        promotions: dict[str, list[dict[str, Any]]] = {}
+        aborted = ""
+        if plan.rebuild and not dry_run:
+            from bakery.build import BuildOptions, build
+
+            options = BuildOptions(jobs=jobs or project.config.build.jobs, push=True, scan=True)
+            try:
+                for r in build(project, fleet, [i.spec for i in plan.rebuild], options, progress):
+                    results[str(r.key)] = r.to_json()
+                if promote_to is not None:
+                    promotions = _promote(project, [results[str(i.key)] for i in plan.rebuild
+                                                    if results.get(str(i.key), {}).get("status") == "pushed"],
+                                          promote_to, say)
+            except EnvironmentFailure as exc:
+                aborted = str(exc)
+        report = NightlyReport(started=started_at, seconds=0.0, dry_run=dry_run,
+                               outcomes=_outcomes(plan, results, promotions, dry_run), plan_seconds=plan.seconds,
+                               promote_to=promote_to, aborted=aborted)
+        report.notes += plan.notes
+        report.seconds = time.monotonic() - started
+        write_report(project, report)
+    if aborted:
+        raise EnvironmentFailure(aborted)
+    return report
+
+
+def _promote(project: Project, pushed: list[dict[str, Any]], promote_to: str,
+             say: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
+    """Promote each freshly pushed digest through every environment up to ``promote_to``, gates applied."""
+    from bakery.errors import BakeryError, EnvironmentFailure
+    from bakery.promote import promote
+
+    order = project.config.env_order
+    targets = order[1:order.index(promote_to) + 1]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in pushed:
+        ref = r["ref"]
+        for env in targets:
+            try:
+                p = promote(project, f"{r['name']}@{r['digest']}", env)
+                entry = {"to": env, "action": p.action, "ok": p.ok, "message": p.message or None}
+            except EnvironmentFailure:
+                raise
+            except BakeryError as exc:
+                entry = {"to": env, "action": "failed", "ok": False, "message": str(exc)}
+            out.setdefault(ref, []).append(entry)
+            say(f"promote {ref} → {env}: {entry['action']}")
+            if not entry["ok"]:
+                break
+    return out
+
+
+def report_dir(project: Project) -> Path:
+    return project.state_dir / "nightly"
+
+
+def write_report(project: Project, report: NightlyReport) -> tuple[Path, Path]:
+    """Write the JSON and Markdown reports (``last.json``/``last.md`` and a timestamped copy); append the
+    Markdown to ``$GITHUB_STEP_SUMMARY`` when it is set."""
+    d = report_dir(project)
+    d.mkdir(parents=True, exist_ok=True)
+    stamp = report.started.strftime("%Y%m%dT%H%M%SZ")
+    data = json.dumps(report.to_json(), indent=2)
+    md = report.to_markdown()
+    from bakery import secrets
+
+    data, md = secrets.mask(data), secrets.mask(md)
+    for name in (f"report-{stamp}", "last"):
+        (d / f"{name}.json").write_text(data)
+        (d / f"{name}.md").write_text(md)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(md + "\n")
+    return d / "last.json", d / "last.md"
+
+
+def summarize(project: Project, plan_json: Path, result_files: Sequence[Path]) -> NightlyReport:
+    """A report from a plan (``bakery plan --format json``) and ``bakery build --format json`` outputs: what the
+    nightly workflow's summary job runs after the matrix builds."""
+    from bakery.errors import InputError
+    from bakery.model import ImageKey
+    from bakery.plan import Current, PlanItem, Reason
+
+    try:
+        pdata = json.loads(Path(plan_json).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{plan_json}: not a plan JSON file ({exc})") from None
+    items = {}
+    for img in pdata.get("images", []):
+        key = ImageKey(img["name"], img["version"], img.get("variant"))
+        spec = None  # the report needs no spec
+        item = PlanItem(key=key, spec=spec, reasons=[Reason(r["kind"], r["detail"]) for r in img.get("reasons", [])],  # type: ignore[arg-type]
+                        vulns=img.get("vulns"), error=img.get("error") or "", notes=list(img.get("notes") or []))
+        pub = img.get("published")
+        if pub:
+            item.current = Current(repository=pub["repository"], build_tag=pub["build_tag"], digest=pub["digest"],
+                                   image_id="", labels={})
+        items[key] = item
+    order = {ref: i for i, ref in enumerate(pdata.get("rebuild", []))}
+    levels = [[k for k in sorted(items, key=lambda k: order[str(k)]) if str(k) in order]] if order else []
+    plan = Plan(items=items, levels=levels, seconds=float(pdata.get("seconds") or 0))
+    results: dict[str, dict[str, Any]] = {}
+    for f in result_files:
+        try:
+            data = json.loads(Path(f).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{f}: not a `bakery build --format json` output ({exc})") from None
+        for r in data.get("results", []):
+            results[r["ref"]] = r
+    report = NightlyReport(started=dt.datetime.now(dt.timezone.utc), seconds=plan.seconds, dry_run=False,
+                           outcomes=_outcomes(plan, results, {}, False), plan_seconds=plan.seconds)
+    write_report(project, report)
+    return report

@@ -1,0 +1,446 @@
+"""`bakery plan`: which images must be rebuilt, and why — from the registries and the scan store only.
+
+For every image (the ones named, plus their descendants) the newest build in the first environment is read
+(tags, manifest, config blob: three requests, every image in parallel, one HTTP session per registry and
+thread) and compared with what a build would do now:
+
+1. ``definition`` — the recipe (template, variables, build context) gives a different fingerprint than the
+   published image's ``dev.bakery.fingerprint`` (or the image was never published);
+2. ``upstream``   — the upstream parent tag now resolves to a different digest than the image's
+   ``org.opencontainers.image.base.digest`` (for AMIs: a newer source AMI);
+3. ``patches``    — the published image has findings with a fixed version (scan store, re-scanned by digest
+   when the stored result is older than the DB), and it was built before the DB knew of the fix;
+4. ``parent``     — a bakery parent is rebuilt (transitively) or was republished since;
+5. ``forced``     — named with ``--force``;
+otherwise up to date. The images to rebuild form a DAG in levels (parents first).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from bakery import render
+from bakery.config import Project
+from bakery.definitions import Fleet
+from bakery.errors import BakeryError, EnvironmentFailure
+from bakery.model import LABEL_FINGERPRINT, OCI, ImageKey, ImageSpec
+from bakery.registry import RegistryClient
+
+log = logging.getLogger("bakery.plan")
+
+REASONS = ("definition", "upstream", "patches", "parent", "forced")
+UP_TO_DATE = "up to date"
+LABEL_BASE_DIGEST = OCI + "base.digest"
+LABEL_CREATED = OCI + "created"
+
+
+@dataclass(frozen=True)
+class Reason:
+    kind: str  # one of REASONS
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "detail": self.detail}
+
+
+@dataclass
+class Current:
+    """The newest published build of one image, as the registry describes it."""
+
+    repository: str  # host[:port]/namespace/name
+    build_tag: str
+    digest: str
+    image_id: str  # config digest
+    labels: dict[str, str]
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+@dataclass
+class PlanItem:
+    key: ImageKey
+    spec: ImageSpec
+    reasons: list[Reason] = field(default_factory=list)
+    current: Current | None = None
+    fingerprint: str = ""  # what a build would produce now (with the parent the image was built on)
+    upstream_digest: str = ""  # the upstream parent's digest now
+    vulns: dict[str, int] | None = None  # counts on the published image (None: not checked)
+    fixable: list[str] = field(default_factory=list)  # "CVE in package (fixed in V)" on the published image
+    notes: list[str] = field(default_factory=list)
+    error: str = ""  # the image could not be checked
+    level: int | None = None  # level in the rebuild DAG
+
+    @property
+    def rebuild(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def reason(self) -> str:
+        return self.reasons[0].kind if self.reasons else ("error" if self.error else UP_TO_DATE)
+
+    def describe(self) -> str:
+        if self.error:
+            return self.error
+        if not self.reasons:
+            return "; ".join(self.notes) or "published image matches the definition, upstream and parents"
+        return "; ".join(f"{r.kind}: {r.detail}" for r in self.reasons)
+
+    def to_json(self) -> dict[str, Any]:
+        cur = self.current
+        return {
+            "ref": str(self.key), "name": self.key.name, "version": self.key.version, "variant": self.key.variant,
+            "rebuild": self.rebuild, "reason": self.reason, "reasons": [r.to_json() for r in self.reasons],
+            "level": self.level, "fingerprint": self.fingerprint or None,
+            "published": None if cur is None else {
+                "repository": cur.repository, "build_tag": cur.build_tag, "digest": cur.digest,
+                "fingerprint": cur.labels.get(LABEL_FINGERPRINT), "base_digest": cur.labels.get(LABEL_BASE_DIGEST),
+                "created": cur.labels.get(LABEL_CREATED)},
+            "upstream_digest": self.upstream_digest or None, "vulns": self.vulns, "fixable": list(self.fixable),
+            "notes": list(self.notes), "error": self.error or None,
+        }
+
+
+@dataclass
+class Plan:
+    items: dict[ImageKey, PlanItem]
+    levels: list[list[ImageKey]]  # the images to rebuild, parents first
+    seconds: float = 0.0
+    requests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rebuild(self) -> list[PlanItem]:
+        return [self.items[k] for level in self.levels for k in level]
+
+    @property
+    def errors(self) -> list[PlanItem]:
+        return [i for i in self.items.values() if i.error]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rebuild": [str(i.key) for i in self.rebuild],
+            "levels": [[str(k) for k in level] for level in self.levels],
+            "images": [i.to_json() for i in self.items.values()],
+            "errors": [str(i.key) for i in self.errors],
+            "seconds": round(self.seconds, 3), "requests": self.requests, "notes": list(self.notes),
+        }
+
+    def github_matrix(self, max_levels: int | None = None) -> dict[str, Any]:
+        """``{"count": N, "levels": [{"include": [...]}, ...]}``: one GitHub Actions matrix per level.
+
+        With ``max_levels``, levels beyond it are folded into the last one: each entry there builds its
+        image and the planned images below it (``refs``), in order, on one runner.
+        """
+        levels = [list(level) for level in self.levels]
+        folded: dict[ImageKey, list[ImageKey]] = {}
+        if max_levels and len(levels) > max_levels:
+            last = levels[max_levels - 1]
+            deeper = {k for level in levels[max_levels:] for k in level}
+            for k in last:
+                folded[k] = [d for level in levels[max_levels:] for d in level
+                             if d in deeper and k in _ancestors(self, d)]
+            levels = levels[:max_levels]
+        out = []
+        for level in levels:
+            include = []
+            for k in level:
+                item = self.items[k]
+                refs = [str(k), *[str(d) for d in folded.get(k, [])]]
+                include.append({"image": str(k), "refs": " ".join(refs), "reason": item.reason,
+                                "why": item.describe()[:200],
+                                "slug": str(k).replace(":", "-").replace(".", "_")})
+            out.append({"include": include})
+        return {"count": len(out), "levels": out, "rebuild": [str(i.key) for i in self.rebuild]}
+
+
+def _ancestors(plan: Plan, key: ImageKey) -> list[ImageKey]:
+    out = []
+    spec = plan.items[key].spec
+    while spec.parent.kind == "bakery" and spec.parent.key in plan.items:
+        out.append(spec.parent.key)
+        spec = plan.items[spec.parent.key].spec
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ registry
+class _Clients:
+    """One RegistryClient (one HTTP session) per registry host and worker thread; counts requests."""
+
+    def __init__(self, factory: Callable[[], RegistryClient]):
+        self._factory = factory
+        self._local = threading.local()
+        self.lock = threading.Lock()
+
+    def get(self) -> RegistryClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._factory()
+            self._local.client = client
+        return client
+
+
+def _newest(project: Project, clients: _Clients, key: ImageKey) -> Current | None:
+    """The newest build tag of ``key`` in the first environment, with its digest and labels."""
+    from bakery.publish import build_tags, env_repository
+
+    host, repo = env_repository(project, project.config.first_env, key.name)
+    client = clients.get()
+    tags = build_tags(project, key, client.list_tags(repo))
+    if not tags:
+        return None
+    tag = tags[-1]
+    top = client.get_manifest(repo, tag)
+    manifest = client.resolve_image_manifest(repo, top.digest) if top.is_index else top
+    config = manifest.json().get("config") or {}
+    image_id = str(config.get("digest") or "")
+    labels: dict[str, str] = {}
+    if image_id:
+        import json
+
+        blob = json.loads(client.get_blob(repo, image_id))
+        labels = dict((blob.get("config") or {}).get("Labels") or {})
+    return Current(repository=f"{host}/{repo}", build_tag=tag, digest=top.digest, image_id=image_id, labels=labels)
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12] if digest else "(none)"
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+def scope(fleet: Fleet, refs: Sequence[str]) -> list[ImageKey]:
+    """The images a plan decides on: the named ones (all by default) and their descendants."""
+    keys = [s.key for s in fleet.select(refs)]
+    if refs:
+        for k in list(keys):
+            keys += [d for d in fleet.descendants(k) if d not in keys]
+    return [s.key for s in fleet.ordered(keys)]
+
+
+def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Iterable[str] = (),
+              check_patches: bool = True, jobs: int = 8, now: dt.datetime | None = None) -> Plan:
+    """Decide, for each image in scope, whether it must be rebuilt and why."""
+    started = time.monotonic()
+    keys = scope(fleet, refs)
+    forced: set[ImageKey] = set()
+    for ref in force:
+        forced.update(fleet.resolve_ref(ref))
+    items = {k: PlanItem(key=k, spec=fleet.specs[k]) for k in keys}
+    context = set(keys)
+    for k in keys:  # parents outside the scope: read their published digest too
+        context.update(fleet.ancestors(k))
+    recipes: dict[ImageKey, Any] = {}
+    for k in keys:
+        try:
+            recipes[k] = render.render(project, fleet.specs[k])
+        except BakeryError as exc:
+            items[k].error = f"cannot render: {exc}"
+
+    first = project.config.first_env
+    clients = _Clients(lambda: RegistryClient.for_env(project, first, timeout=15, retries=2, backoff=0.2))
+    upstream_refs = sorted({fleet.specs[k].parent.reference for k in keys
+                            if fleet.specs[k].parent.kind == "upstream" and not _is_ami(fleet.specs[k])})
+
+    def fetch_current(k: ImageKey) -> tuple[ImageKey, Current | None, str]:
+        try:
+            return k, _newest(project, clients, k), ""
+        except EnvironmentFailure:
+            raise
+        except BakeryError as exc:
+            return k, None, f"cannot read the published image: {exc}"
+
+    def fetch_upstream(ref: str) -> tuple[str, str, str]:
+        from bakery.build import resolve_upstream
+
+        try:
+            return ref, resolve_upstream(project, ref)[1], ""
+        except EnvironmentFailure:
+            raise
+        except BakeryError as exc:
+            return ref, "", str(exc)
+
+    currents: dict[ImageKey, Current | None] = {}
+    upstream: dict[str, tuple[str, str]] = {}
+    registry_keys = [k for k in sorted(context, key=fleet.sort_key) if not _is_ami(fleet.specs[k])]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        up_futs = [pool.submit(fetch_upstream, r) for r in upstream_refs]
+        cur_futs = [pool.submit(fetch_current, k) for k in registry_keys]
+        for fut in up_futs:
+            ref, digest, err = fut.result()
+            upstream[ref] = (digest, err)
+        for fut in cur_futs:
+            k, cur, err = fut.result()
+            currents[k] = cur
+            if err and k in items:
+                items[k].error = err
+    requests = 3 * len(registry_keys) + len(upstream_refs)
+
+    # The published images' scans, for the `patches` reason.
+    notes: list[str] = []
+    if check_patches:
+        notes += _check_patches(project, items, currents, now=now)
+
+    rebuild: set[ImageKey] = set()
+    for level in fleet.levels(keys):
+        for spec in level:
+            item = items[spec.key]
+            if item.error:
+                continue
+            if _is_ami(spec):
+                _decide_ami(project, item, recipes.get(spec.key))
+            else:
+                _decide(project, fleet, item, recipes[spec.key], currents, upstream, rebuild)
+            if spec.key in forced:
+                item.reasons.append(Reason("forced", "named with --force"))
+            item.reasons.sort(key=lambda r: REASONS.index(r.kind))
+            if item.reasons:
+                rebuild.add(spec.key)
+    levels = [[s.key for s in level] for level in fleet.levels(rebuild)] if rebuild else []
+    for i, level in enumerate(levels):
+        for k in level:
+            items[k].level = i
+    plan = Plan(items=items, levels=levels, requests=requests, notes=notes)
+    plan.seconds = time.monotonic() - started
+    return plan
+
+
+def _is_ami(spec: ImageSpec) -> bool:
+    return spec.builder == "packer" and (spec.packer or {}).get("kind") == "amazon-ebs"
+
+
+def _decide(project: Project, fleet: Fleet, item: PlanItem, recipe: Any, currents: dict[ImageKey, Current | None],
+            upstream: dict[str, tuple[str, str]], rebuild: set[ImageKey]) -> None:
+    spec = item.spec
+    cur = currents.get(item.key)
+    item.current = cur
+    pkey = fleet.parent_key(spec)
+    parent_now = ""
+    if spec.parent.kind == "upstream":
+        parent_now, err = upstream.get(spec.parent.reference, ("", "not resolved"))
+        item.upstream_digest = parent_now
+        if err:
+            item.error = f"upstream parent: {err}"
+            return
+    elif pkey is not None:
+        pcur = currents.get(pkey)
+        parent_now = pcur.digest if pcur else ""
+    if pkey is not None and pkey in rebuild:
+        item.reasons.append(Reason("parent", f"parent {pkey} is rebuilt"))
+    if cur is None:
+        item.fingerprint = render.fingerprint(recipe, parent_now) if parent_now else ""
+        item.reasons.append(Reason("definition", "never published"))
+        return
+    built_on = cur.labels.get(LABEL_BASE_DIGEST, "")
+    published_fp = cur.labels.get(LABEL_FINGERPRINT, "")
+    item.fingerprint = render.fingerprint(recipe, parent_now or built_on)
+    if not published_fp or render.fingerprint(recipe, built_on) != published_fp:
+        why = "no fingerprint label on the published image" if not published_fp else \
+            f"recipe changed since {cur.build_tag} (template, variables or build context)"
+        item.reasons.append(Reason("definition", why))
+    if spec.parent.kind == "upstream":
+        if parent_now and parent_now != built_on:
+            item.reasons.append(Reason("upstream", f"{spec.parent.reference} moved {_short(built_on)} → "
+                                                   f"{_short(parent_now)}"))
+    elif pkey is not None and pkey not in rebuild:
+        if not parent_now:
+            item.notes.append(f"parent {pkey} is not published")
+        elif parent_now != built_on:
+            item.reasons.append(Reason("parent", f"parent {pkey} was republished since {cur.build_tag} "
+                                                 f"({_short(built_on)} → {_short(parent_now)})"))
+    if item.fixable:
+        shown = ", ".join(item.fixable[:3]) + (f" (+{len(item.fixable) - 3} more)" if len(item.fixable) > 3 else "")
+        item.reasons.append(Reason("patches", f"{len(item.fixable)} fixable finding(s) in {cur.build_tag}: {shown}"))
+
+
+def _decide_ami(project: Project, item: PlanItem, recipe: Any) -> None:
+    """AMIs live in EC2, not in a registry: the ledger says what was built from which source AMI."""
+    from bakery import ami
+
+    try:
+        drift = ami.source_drift(project, item.spec)
+        rec = ami.current_ami(project, item.key, project.config.first_env)
+    except BakeryError as exc:
+        item.error = f"cannot check the AMI: {exc}"
+        return
+    item.upstream_digest = drift.newest
+    if rec is None:
+        item.reasons.append(Reason("definition", "never published"))
+        return
+    if recipe is not None and rec.fingerprint:
+        from bakery.build import resolve_upstream
+
+        try:
+            parent_digest = resolve_upstream(project, item.spec.parent.reference)[1]
+        except BakeryError:
+            parent_digest = ""
+        if parent_digest and render.fingerprint(recipe, parent_digest) != rec.fingerprint:
+            item.reasons.append(Reason("definition", "recipe changed since the published AMI"))
+    if drift.changed:
+        item.reasons.append(Reason("upstream", drift.reason()))
+
+
+def _check_patches(project: Project, items: dict[ImageKey, PlanItem], currents: dict[ImageKey, Current | None],
+                   *, now: dt.datetime | None) -> list[str]:
+    """Fill ``vulns`` and ``fixable`` from the scan store; re-scan by digest when the result is older than the DB."""
+    from bakery import scan
+
+    published = [(k, currents.get(k)) for k in items if currents.get(k) is not None and not items[k].error]
+    if not published:
+        return []
+    try:
+        sc = scan.scanner(project)
+        db = scan.db_info(sc.cache_dir)
+    except BakeryError as exc:
+        return [f"patches not checked: {exc}"]
+    if db is None:
+        return [f"patches not checked: no vulnerability DB in {sc.cache_dir} (see `bakery scan-db`)"]
+
+    def one(k: ImageKey, cur: Current) -> tuple[ImageKey, Any, str]:
+        stored = scan.load_stored(project, cur.image_id) if cur.image_id else None
+        if stored is not None and stored.db_updated_at == db.updated_at and stored.trivy_version == sc.version:
+            return k, stored, ""
+        try:
+            return k, scan.scan_image(project, cur.pinned, remote=True, sc=sc, now=now), ""
+        except BakeryError as exc:
+            return k, None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # trivy serialises on its cache lock anyway
+        results = list(pool.map(lambda kc: one(*kc), published))
+    for k, result, err in results:
+        item = items[k]
+        cur = currents[k]
+        assert cur is not None
+        if result is None:
+            item.notes.append(f"patches not checked: {err}")
+            continue
+        item.vulns = dict(result.counts)
+        decision = scan.evaluate(project, result, spec=item.spec)
+        ignored = {(f.id, f.package) for f, _ in decision.ignored}
+        fixable = [f for f in result.findings if f.fixable and (f.id, f.package) not in ignored]
+        if not fixable:
+            continue
+        created = _parse_time(cur.labels.get(LABEL_CREATED))
+        if created is not None and created >= db.updated_at:
+            item.notes.append(f"{len(fixable)} fixable finding(s), but {cur.build_tag} was built after the DB "
+                              f"knew of the fixes: a rebuild would not pick them up")
+            continue
+        item.fixable = sorted({f"{f.id} in {f.package} {f.installed} (fixed in {f.fixed})" for f in fixable})
+    return []
