@@ -183,6 +183,8 @@ class DevStack(_Strict):
     auth: dict[str, Credentials] = Field(default_factory=dict)
     base_image: str = "library/debian:bookworm-slim"
     suite: str = "bookworm"
+    runtime: Literal["auto", "process", "docker"] = "auto"  # auto: the docker-registry binary, else docker
+    registry_image: str = "registry:2"  # for runtime docker
 
     @field_validator("auth", mode="before")
     @classmethod

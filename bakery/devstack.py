@@ -62,6 +62,7 @@ class RegistryState:
     running: bool
     pid: int | None
     mode: str | None  # "process", "docker" or None when never started
+    container: str | None  # docker mode: the container id (short)
     auth: bool
     repositories: int | None  # None when it could not be listed (down, or no credentials)
     data_dir: str
@@ -364,21 +365,21 @@ def _container_running(container_id: str | None) -> bool:
     return c.status == "running"
 
 
-def _start_docker(member: _Member, progress: Progress) -> dict[str, Any]:
+def _start_docker(member: _Member, progress: Progress, image: str = REGISTRY_IMAGE) -> dict[str, Any]:
     client = docker_client()
     import docker.errors
 
     try:
-        client.images.get(REGISTRY_IMAGE)
+        client.images.get(image)
     except docker.errors.ImageNotFound:
-        progress(f"pulling {REGISTRY_IMAGE} (docker-registry binary not found)")
+        progress(f"pulling {image} (registry runtime: docker)")
         try:
-            client.images.pull(REGISTRY_IMAGE)
+            client.images.pull(image)
         except docker.errors.APIError as exc:
             raise EnvironmentFailure(
                 f"cannot start the {member.name} registry: the docker-registry binary is not on PATH and the "
-                f"{REGISTRY_IMAGE} image cannot be pulled ({exc.explanation or exc}); install the "
-                f"docker-registry package (scripts/setup-host.sh)") from None
+                f"{image} image cannot be pulled ({exc.explanation or exc}); install the "
+                f"docker-registry package (scripts/setup-host.sh) or set dev_stack.registry_image") from None
     name = f"bakery-dev-{member.name}-{member.port}"
     with contextlib.suppress(docker.errors.NotFound):
         client.containers.get(name).remove(force=True)
@@ -388,7 +389,7 @@ def _start_docker(member: _Member, progress: Progress) -> dict[str, Any]:
     if (member.directory / "htpasswd").exists():
         volumes[str((member.directory / "htpasswd").resolve())] = {"bind": "/etc/docker/registry/htpasswd",
                                                                     "mode": "ro"}
-    container = client.containers.run(REGISTRY_IMAGE, detach=True, name=name, volumes=volumes,
+    container = client.containers.run(image, detach=True, name=name, volumes=volumes,
                                       ports={"5000/tcp": ("127.0.0.1", member.port)},
                                       labels={"dev.bakery.stack": str(member.directory.resolve())})
     return {"mode": "docker", "container": container.id, "pid": None}
@@ -422,17 +423,26 @@ def _wait_ready(member: _Member, state: dict[str, Any], timeout: float = 15) -> 
         if child is not None and child.poll() is not None:
             break  # exited (its log says why)
         time.sleep(0.1)
-    last = ""
-    with contextlib.suppress(OSError):
-        with open(member.directory / "registry.log", "rb") as fh:
-            fh.seek(int(state.get("log_offset") or 0))
-            lines = fh.read().decode(errors="replace").strip().splitlines()
-        serious = [line for line in lines if "level=fatal" in line or "level=error" in line or "panic" in line]
-        last = (serious or lines or [""])[-1][:300]
-    if state.get("pid"):
-        _stop_pid(state["pid"])
+    lines: list[str] = []
+    where = f"log: {member.directory / 'registry.log'}"
+    if state.get("mode") == "docker":
+        where = f"container {str(state.get('container'))[:12]}"
+        with contextlib.suppress(Exception):
+            c = docker_client().containers.get(state["container"])
+            lines = c.logs(tail=20).decode(errors="replace").strip().splitlines()
+            c.remove(force=True)
+    else:
+        with contextlib.suppress(OSError):
+            with open(member.directory / "registry.log", "rb") as fh:
+                fh.seek(int(state.get("log_offset") or 0))
+                lines = fh.read().decode(errors="replace").strip().splitlines()
+        if state.get("pid"):
+            _stop_pid(state["pid"])
+    _clear_state(member)
+    serious = [line for line in lines if "level=fatal" in line or "level=error" in line or "panic" in line]
+    last = (serious or lines or [""])[-1][:300]
     raise EnvironmentFailure(f"{member.name} registry on {member.address} did not start"
-                             f"{': ' + last if last else ''} (log: {member.directory / 'registry.log'})")
+                             f"{': ' + last if last else ''} ({where})")
 
 
 def _port_in_use(member: _Member) -> None:
@@ -441,7 +451,7 @@ def _port_in_use(member: _Member) -> None:
                              f"{owner or 'another process'}; stop it or change dev_stack.ports.{member.name}")
 
 
-def _ensure_running(member: _Member, docker_mode: bool, progress: Progress) -> bool:
+def _ensure_running(member: _Member, docker_mode: bool, progress: Progress, image: str = REGISTRY_IMAGE) -> bool:
     """Start one registry unless it already runs with the same configuration. True if (re)started."""
     state = _read_state(member)
     fingerprint = _prepare(member, docker_mode=docker_mode)
@@ -457,7 +467,7 @@ def _ensure_running(member: _Member, docker_mode: bool, progress: Progress) -> b
         _clear_state(member)
     if _port_open(member.port):
         _port_in_use(member)
-    new = _start_docker(member, progress) if docker_mode else _start_process(member)
+    new = _start_docker(member, progress, image) if docker_mode else _start_process(member)
     new.update({"name": member.name, "port": member.port, "fingerprint": fingerprint,
                 "auth": member.credentials is not None, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                 time.gmtime())})
@@ -483,13 +493,14 @@ def up(project: Project, *, progress: Progress | None = None, base: bool = True)
     """Start every registry that is not running, then make sure the mirror holds the base image."""
     say = progress or (lambda _m: None)
     members = _members(project)
-    docker_mode = shutil.which("docker-registry") is None
+    runtime = project.config.dev_stack.runtime
+    docker_mode = runtime == "docker" or (runtime == "auto" and shutil.which("docker-registry") is None)
     for member in members:
         _htpasswd(member)  # every auth variable is set (exit 2) before anything starts
     if docker_mode or base:
         docker_client()  # fail early (exit 3) when the daemon is down
     for member in members:
-        if _ensure_running(member, docker_mode, say):
+        if _ensure_running(member, docker_mode, say, project.config.dev_stack.registry_image):
             say(f"{member.name}: registry started on {member.address}")
         else:
             say(f"{member.name}: already running on {member.address}")
@@ -533,7 +544,9 @@ def status(project: Project) -> StackStatus:
                     base_ref = _pinned_base(project, _client(member.address, creds))
         out.append(RegistryState(name=member.name, port=member.port, address=member.address, running=running,
                                  pid=(state or {}).get("pid") if running else None,
-                                 mode=(state or {}).get("mode"), auth=member.credentials is not None,
+                                 mode=(state or {}).get("mode"),
+                                 container=((state or {}).get("container") or "")[:12] or None if running else None,
+                                 auth=member.credentials is not None,
                                  repositories=repos, data_dir=project.rel(member.directory)))
     return StackStatus(registries=out, base_image=base_ref)
 
@@ -636,10 +649,11 @@ def rootfs_tarball(suite: str, *, progress: Progress | None = None) -> Path:
     return target
 
 
-def _local_base(client, suite: str, progress: Progress) -> str:
+def local_base_image(client, suite: str, progress: Progress | None = None) -> str:
     """The pristine imported rootfs as a local image ``bakery-dev/debootstrap:SUITE`` (imported once)."""
     import docker.errors
 
+    progress = progress or (lambda _m: None)
     name = f"{LOCAL_BASE_REPO}:{suite}"
     try:
         client.images.get(name)
@@ -675,7 +689,7 @@ def ensure_base(project: Project, *, progress: Progress | None = None) -> str:
         return pinned
     repo, tag = _split_image(project.config.dev_stack.base_image)
     client = docker_client()
-    local = _local_base(client, project.config.dev_stack.suite, say)
+    local = local_base_image(client, project.config.dev_stack.suite, say)
     target = f"{mirror.host}/{repo}"
     client.images.get(local).tag(target, tag)
     say(f"pushing {target}:{tag}")
@@ -693,7 +707,7 @@ def push_new_base(project: Project, *, marker: str, progress: Progress | None = 
     mirror = _mirror_client(project)
     repo, tag = _split_image(project.config.dev_stack.base_image)
     client = docker_client()
-    local = _local_base(client, project.config.dev_stack.suite, say)
+    local = local_base_image(client, project.config.dev_stack.suite, say)
     target = f"{mirror.host}/{repo}"
     with tempfile.TemporaryDirectory(prefix="bakery-newbase-") as ctx:
         Path(ctx, "marker").write_text(marker + "\n")

@@ -18,9 +18,9 @@ def _show(st, fmt: str) -> None:
     if fmt == "json":
         emit_json(st.as_dict())
         return
-    rows = [[r.name, r.address, "up" if r.running else "down", r.pid or "", r.mode or "",
+    rows = [[r.name, r.address, "up" if r.running else "down", r.pid or r.container or "", r.mode or "",
              "basic" if r.auth else "", "" if r.repositories is None else r.repositories] for r in st.registries]
-    table(["REGISTRY", "ADDRESS", "STATE", "PID", "MODE", "AUTH", "REPOSITORIES"], rows)
+    table(["REGISTRY", "ADDRESS", "STATE", "PID/CONTAINER", "MODE", "AUTH", "REPOSITORIES"], rows)
     echo(f"base image: {st.base_image or '(not in the mirror; run `bakery dev up`)'}")
 
 

@@ -10,6 +10,7 @@ unique namespace per test.
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import secrets as pysecrets
 import shutil
@@ -41,7 +42,7 @@ _KEEP_ENV = {"BAKERY_CACHE_DIR", "BAKERY_TEST_PORT_BASE", "BAKERY_SKIP_INTEGRATI
 @dataclass
 class Stack:
     root: Path  # the bakery project directory that runs the stack
-    ports: dict[str, int]  # mirror/dev/staging/prod -> 5100..5103
+    ports: dict[str, int]  # mirror/dev/staging/prod -> 5100..5103 ($BAKERY_TEST_PORT_BASE moves them)
     user: str
     password: str  # basic auth of staging and prod
     base_image: str  # 127.0.0.1:5100/library/debian:bookworm-slim
@@ -70,16 +71,22 @@ def _docker_answers() -> bool:
         return False
 
 
+def _creds() -> dict[str, str]:
+    """A fresh mapping each time (a shared dict would be written as a YAML anchor)."""
+    return {"username_env": USER_ENV, "password_env": PASSWORD_ENV}
+
+
 def _stack_config() -> dict[str, Any]:
-    creds = {"username_env": USER_ENV, "password_env": PASSWORD_ENV}
+    creds = _creds()
     return {
         "environments": {
             "dev": {"registry": f"127.0.0.1:{PORTS['dev']}/bakery"},
             "staging": {"registry": f"127.0.0.1:{PORTS['staging']}/bakery", "credentials": creds},
-            "prod": {"registry": f"127.0.0.1:{PORTS['prod']}/bakery", "credentials": creds},
+            "prod": {"registry": f"127.0.0.1:{PORTS['prod']}/bakery", "credentials": _creds()},
         },
         "mirrors": {"docker.io": f"127.0.0.1:{PORTS['mirror']}"},
-        "dev_stack": {"ports": dict(PORTS), "auth": {"staging": creds, "prod": creds}, "base_image": BASE_IMAGE},
+        "dev_stack": {"ports": dict(PORTS), "auth": {"staging": _creds(), "prod": _creds()},
+                      "base_image": BASE_IMAGE},
     }
 
 
@@ -94,6 +101,13 @@ def stack() -> Iterator[Stack]:
     root = Path(os.environ.get("BAKERY_TEST_STACK_DIR")
                 or Path(tempfile.gettempdir()) / f"bakery-test-stack-{os.getuid()}-{_BASE}")
     root.mkdir(parents=True, exist_ok=True)
+    lock = open(root / "session.lock", "w")  # noqa: SIM115 - held for the whole session
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"[stack] another test session uses ports {PORTS['mirror']}-{PORTS['prod']}; waiting for it "
+              f"(set BAKERY_TEST_PORT_BASE to run side by side)", file=sys.stderr)
+        fcntl.flock(lock, fcntl.LOCK_EX)
     (root / "bakery.yaml").write_text(yaml.safe_dump(_stack_config(), sort_keys=False))
     user, password = "bakery-ci", pysecrets.token_hex(12)
     saved = {k: os.environ.get(k) for k in (USER_ENV, PASSWORD_ENV)}
@@ -107,6 +121,7 @@ def stack() -> Iterator[Stack]:
                     base_image=f"127.0.0.1:{PORTS['mirror']}/{BASE_IMAGE}", base_ref=base_ref, project=project)
     finally:
         devstack.down(project, purge=True)
+        lock.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -156,15 +171,15 @@ def make_project(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             (path / "base-images").mkdir()
             (path / "templates").mkdir()
         namespace = f"t{uuid.uuid4().hex[:10]}"
-        creds = {"username_env": USER_ENV, "password_env": PASSWORD_ENV}
+        creds = _creds()
         data: dict[str, Any] = {
             "environments": {
                 "dev": {"registry": f"{stack.registry('dev')}/{namespace}"},
                 "staging": {"registry": f"{stack.registry('staging')}/{namespace}", "credentials": creds},
-                "prod": {"registry": f"{stack.registry('prod')}/{namespace}", "credentials": creds},
+                "prod": {"registry": f"{stack.registry('prod')}/{namespace}", "credentials": _creds()},
             },
             "mirrors": {"docker.io": stack.registry("mirror")},
-            "dev_stack": {"ports": dict(stack.ports), "auth": {"staging": creds, "prod": creds}},
+            "dev_stack": {"ports": dict(stack.ports), "auth": {"staging": _creds(), "prod": _creds()}},
         }
         if config:
             data = deep_merge(data, config)

@@ -157,3 +157,49 @@ def test_own_stack_up_new_base_down(stack, tmp_path):
     assert "nothing was running" in bakery(tmp_path, "dev", "down").stderr
     # the shared stack was not touched
     assert requests.get(f"http://{stack.registry('mirror')}/v2/", timeout=5).status_code == 200
+
+
+def test_docker_runtime_runs_registries_as_containers(stack, tmp_path):
+    """runtime: docker — the code path used without the docker-registry binary (registry:2 cannot be pulled
+    here, so a stand-in image is built from the local Debian base and Debian's docker-registry binary)."""
+    import shutil
+
+    import docker
+
+    from bakery import devstack
+
+    client = docker.from_env()
+    base = devstack.local_base_image(client, "bookworm")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    shutil.copy2(shutil.which("docker-registry"), ctx / "docker-registry")
+    (ctx / "Dockerfile").write_text(f'FROM {base}\nCOPY docker-registry /usr/bin/docker-registry\n'
+                                    'ENTRYPOINT ["/usr/bin/docker-registry", "serve"]\n'
+                                    'CMD ["/etc/docker/registry/config.yml"]\n')
+    image = "bakery-test/registry:local"
+    for item in client.api.build(path=str(ctx), tag=image, rm=True, forcerm=True, pull=False, decode=True):
+        assert "error" not in item, item
+    mirror_port, dev_port = _free_ports(2)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    config = {"environments": {"dev": {"registry": f"127.0.0.1:{dev_port}/x"}},
+              "dev_stack": {"ports": {"mirror": mirror_port, "dev": dev_port}, "runtime": "docker",
+                            "registry_image": image, "auth": {"dev": "BAKERY_TEST_USER:BAKERY_TEST_PASSWORD"}}}
+    (proj / "bakery.yaml").write_text(yaml.safe_dump(config))
+    try:
+        result = bakery(proj, "dev", "up", "--no-base", "--format", "json")
+        assert result.returncode == 0, result.stderr
+        st = json.loads(result.stdout)
+        assert [(r["mode"], r["running"]) for r in st["registries"]] == [("docker", True), ("docker", True)]
+        containers = {r["container"] for r in st["registries"]}
+        assert requests.get(f"http://127.0.0.1:{mirror_port}/v2/", timeout=5).status_code == 200
+        assert requests.get(f"http://127.0.0.1:{dev_port}/v2/", timeout=5).status_code == 401
+        dev = RegistryClient(f"127.0.0.1:{dev_port}", insecure=True, credentials=(stack.user, stack.password))
+        dev.ping()
+        again = json.loads(bakery(proj, "dev", "up", "--no-base", "--format", "json").stdout)
+        assert {r["container"] for r in again["registries"]} == containers
+    finally:
+        down = bakery(proj, "dev", "down")
+    assert down.returncode == 0 and "stopped: mirror, dev" in down.stderr
+    assert client.containers.list(all=True, filters={"label": f"dev.bakery.stack={(proj / '.bakery/dev/dev').resolve()}"}) == []
+    client.images.remove(image, force=True)
