@@ -175,25 +175,47 @@ def scanner(project: Project) -> Scanner:
         path = tools.resolve(binary, hint=hint)
     except ToolMissing as exc:
         raise ScannerError(f"scanner unavailable: {exc}") from None
-    st = os.stat(path)
-    key = (path, st.st_mtime_ns, st.st_size)
-    version = _VERSION_CACHE.get(key)
-    if version is None:
-        try:
-            res = tools.run(path, ["--version"], timeout=60, check=False)
-        except (ToolTimeout, ToolMissing) as exc:
-            raise ScannerError(f"scanner unavailable: {exc}") from None
-        m = re.search(r"Version:\s*v?(\d+\.\d+\.\d+\S*)", res.stdout)
-        if res.returncode != 0 or not m:
-            line = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.returncode}"]
-            raise ScannerError(f"{path} does not look like trivy (`--version` said: {line[0][:200]})")
-        version = m.group(1)
-        _VERSION_CACHE[key] = version
+    version = _trivy_version(project, path)
     if _version_tuple(version) < _version_tuple(cfg.min_version):
         raise ScannerError(f"trivy {version} at {path} is older than the minimum {cfg.min_version} "
                            f"(scanner.min_version)")
     return Scanner(path=path, version=version, cache_dir=project.path(cfg.cache_dir),
                    db_repository=cfg.db_repository, timeout=cfg.timeout)
+
+
+def _trivy_version(project: Project, path: str) -> str:
+    """``trivy --version`` (about 0.2 s), remembered per binary (path, size, mtime) in memory and in the state
+    dir, so that a repeat scan does not pay for it."""
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    version = _VERSION_CACHE.get(key)
+    if version:
+        return version
+    memo = store_dir(project) / "trivy-version.json"
+    try:
+        saved = json.loads(memo.read_text())
+        if [saved["path"], saved["mtime_ns"], saved["size"]] == list(key) and saved["version"]:
+            _VERSION_CACHE[key] = str(saved["version"])
+            return _VERSION_CACHE[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        res = tools.run(path, ["--version"], timeout=60, check=False)
+    except (ToolTimeout, ToolMissing) as exc:
+        raise ScannerError(f"scanner unavailable: {exc}") from None
+    m = re.search(r"Version:\s*v?(\d+\.\d+\.\d+\S*)", res.stdout)
+    if res.returncode != 0 or not m:
+        line = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.returncode}"]
+        raise ScannerError(f"{path} does not look like trivy (`--version` said: {line[0][:200]})")
+    version = m.group(1)
+    _VERSION_CACHE[key] = version
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(json.dumps({"path": path, "mtime_ns": st.st_mtime_ns, "size": st.st_size,
+                                    "version": version}))
+    except OSError:
+        pass
+    return version
 
 
 def db_info(cache_dir: Path) -> DbInfo | None:
@@ -368,26 +390,67 @@ def _id_for_digest(project: Project, digest: str) -> str | None:
 class _LocalImage:
     image_id: str
     repo_digests: tuple[str, ...]
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+def _docker_get(path: str, timeout: float = 30) -> tuple[int, Any]:
+    """GET on the Docker Engine API over its unix socket (the SDK costs ~0.3 s to import; this is one call)."""
+    import http.client
+    import socket
+
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+    class _Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(host[len("unix://"):])
+
+    conn = _Conn("localhost", timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    return resp.status, (json.loads(body) if body else None)
 
 
 def _inspect_local(image: str) -> _LocalImage:
-    try:
-        import docker
-        import docker.errors
-    except ImportError as exc:  # pragma: no cover - docker is a dependency
-        raise EnvironmentFailure(f"docker SDK not importable: {exc}") from None
-    try:
-        client = docker.APIClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
-                                  version="auto", timeout=30)
-        info = client.inspect_image(image)
-    except docker.errors.ImageNotFound:
-        raise InputError(f"image {image!r} not found in the docker daemon (build or pull it first, or use "
-                         f"--remote for a registry image)") from None
-    except docker.errors.DockerException as exc:
-        from bakery.errors import DaemonUnavailable
+    from urllib.parse import quote
 
+    from bakery.errors import DaemonUnavailable
+
+    if not os.environ.get("DOCKER_HOST", "unix://").startswith("unix://"):
+        return _inspect_sdk(image)
+    try:
+        status, info = _docker_get(f"/images/{quote(image, safe='/:@')}/json")
+    except (OSError, ValueError) as exc:
+        raise DaemonUnavailable(f"docker daemon unavailable: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if status == 404:
+        raise InputError(f"image {image!r} not found in the docker daemon (build or pull it first, or use "
+                         f"--remote for a registry image)")
+    if status != 200 or not isinstance(info, dict) or "Id" not in info:
+        raise DaemonUnavailable(f"docker daemon answered {status} inspecting {image!r}")
+    return _LocalImage(image_id=info["Id"], repo_digests=tuple(info.get("RepoDigests") or ()),
+                       labels=dict((info.get("Config") or {}).get("Labels") or {}))
+
+
+def _inspect_sdk(image: str) -> _LocalImage:
+    """tcp:// and friends (TLS, ssh): through the Docker SDK."""
+    import docker
+    import docker.errors
+
+    from bakery.errors import DaemonUnavailable
+
+    try:
+        info = docker.from_env(timeout=30).api.inspect_image(image)
+    except docker.errors.ImageNotFound:
+        raise InputError(f"image {image!r} not found in the docker daemon") from None
+    except docker.errors.DockerException as exc:
         raise DaemonUnavailable(f"docker daemon unavailable: {str(exc).splitlines()[0][:200]}") from None
-    return _LocalImage(image_id=info["Id"], repo_digests=tuple(info.get("RepoDigests") or ()))
+    return _LocalImage(image_id=info["Id"], repo_digests=tuple(info.get("RepoDigests") or ()),
+                       labels=dict((info.get("Config") or {}).get("Labels") or {}))
 
 
 def _digest_of(image: str) -> str:

@@ -28,18 +28,16 @@ def _local_exists(target: str) -> bool:
 def _spec_for_labels(project, image: str):
     """The definition an image was baked from (its bakery labels), for per-definition policy; None if unknown."""
     try:
-        import docker
-
         from bakery.definitions import load_fleet
         from bakery.model import LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey
+        from bakery.scan import _inspect_local
 
-        labels = (docker.APIClient(version="auto", timeout=10).inspect_image(image).get("Config") or {}).get(
-            "Labels") or {}
+        labels = _inspect_local(image).labels
         if LABEL_NAME not in labels or not project.definitions_dir.is_dir():
             return None
         key = ImageKey(labels[LABEL_NAME], labels.get(LABEL_VERSION, ""), labels.get(LABEL_VARIANT) or None)
         return load_fleet(project).specs.get(key)
-    except Exception:
+    except Exception:  # an image not from this fleet, or a fleet that does not load: the global policy
         return None
 
 
