@@ -182,7 +182,8 @@ def _clear_state(member: _Member) -> None:
         f.unlink(missing_ok=True)
 
 
-def _pid_is_registry(pid: int | None) -> bool:
+def _pid_is_registry(pid: int | None, config: str | None = None) -> bool:
+    """True when ``pid`` is a live registry process (serving ``config`` when given): never kill a stranger."""
     if not pid:
         return False
     try:
@@ -191,6 +192,8 @@ def _pid_is_registry(pid: int | None) -> bool:
     except OSError:
         return False
     if "\nState:\tZ" in status:
+        return False
+    if config is not None and config.encode() not in cmdline:
         return False
     return b"registry" in os.path.basename(cmdline[0]) and b"serve" in cmdline
 
@@ -205,7 +208,9 @@ def _answers_v2(port: int) -> bool:
     import requests
 
     try:
-        resp = requests.get(f"http://127.0.0.1:{port}/v2/", timeout=2)
+        with requests.Session() as session:
+            session.trust_env = False  # loopback: never through a proxy
+            resp = session.get(f"http://127.0.0.1:{port}/v2/", timeout=2)
     except requests.RequestException:
         return False
     return resp.status_code in (200, 401)
@@ -244,7 +249,7 @@ def _running(member: _Member, state: dict[str, Any] | None) -> bool:
         return False
     if state.get("mode") == "docker":
         return _container_running(state.get("container")) and _answers_v2(member.port)
-    return _pid_is_registry(state.get("pid")) and _answers_v2(member.port)
+    return _pid_is_registry(state.get("pid"), state.get("config")) and _answers_v2(member.port)
 
 
 def _stop_pid(pid: int, timeout: float = 10) -> None:
@@ -403,15 +408,16 @@ def _start_process(member: _Member) -> dict[str, Any]:
     binary = tools.resolve("docker-registry", hint=" (install the docker-registry package)")
     log_path = member.directory / "registry.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
+    config = str((member.directory / "config.yml").resolve())
     logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     try:
-        proc = subprocess.Popen([binary, "serve", str((member.directory / "config.yml").resolve())],
+        proc = subprocess.Popen([binary, "serve", config],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, cwd=str(member.directory))
     finally:
         logf.close()
     _children[proc.pid] = proc
-    return {"mode": "process", "pid": proc.pid, "container": None, "log_offset": offset}
+    return {"mode": "process", "pid": proc.pid, "container": None, "log_offset": offset, "config": config}
 
 
 def _wait_ready(member: _Member, state: dict[str, Any], timeout: float = 15) -> None:
@@ -481,7 +487,7 @@ def _stop(member: _Member, state: dict[str, Any]) -> None:
     if state.get("mode") == "docker":
         with contextlib.suppress(Exception):
             docker_client().containers.get(state["container"]).remove(force=True)
-    elif _pid_is_registry(state.get("pid")):
+    elif _pid_is_registry(state.get("pid"), state.get("config")):
         _stop_pid(int(state["pid"]))
         deadline = time.monotonic() + 10
         while _port_open(member.port) and time.monotonic() < deadline:  # the socket closes a moment later

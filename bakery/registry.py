@@ -315,6 +315,8 @@ class RegistryClient:
         self.backoff = backoff
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "bakery"
+        if self.host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]") or self.host.startswith("127."):
+            self.session.trust_env = False  # loopback registries never go through a proxy
         self._auth = _Auth()
 
     def __repr__(self) -> str:
