@@ -133,37 +133,54 @@ def scan_db() -> None:
 @click.option("--advisories", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               metavar="FILE", help="Advisory YAML (see tests/fixtures/advisories.yaml).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Trivy cache dir to write db/ into (default: scanner.cache_dir).")
+              help="Trivy cache dir to write db/ into (default: scanner.cache_dir; with --push and no --cache-dir "
+                   "the DB is only pushed, so that trivy fetches it from the registry).")
 @click.option("--push", "push", metavar="HOST[:PORT]/REPO:TAG",
-              help="Also push the DB as the OCI artifact `trivy --db-repository` pulls.")
+              help="Push the DB as the OCI artifact `trivy --db-repository` pulls.")
 @click.option("--insecure/--tls", default=None, help="Plain HTTP for --push (default: on loopback hosts).")
 @pass_ctx
 def scan_db_build(ctx: Context, advisories: Path, cache_dir: Path | None, push: str | None,
                   insecure: bool | None) -> None:
-    """Write CACHE/db/trivy.db + metadata.json from FILE, and optionally push it to a registry."""
-    import json
+    """Write a trivy DB (db/trivy.db + metadata.json) from the advisory FILE, and/or push it to a registry.
+
+    \b
+    A helper for air-gapped setups, the demo and the tests: trivy cannot download its DB here.
+      bakery scan-db build --advisories tests/fixtures/advisories.yaml
+      bakery scan-db build --advisories FILE --push 127.0.0.1:5000/trivy-db:2
+      then scanner.db_repository: 127.0.0.1:5000/trivy-db:2 (or BAKERY_DB_REPOSITORY)
+    """
+    import tempfile
 
     from bakery.errors import InputError
     from bakery.scan import db_info
     from bakery.trivydb import build_db, push_db
 
-    project = ctx.project
-    target = cache_dir or project.path(project.config.scanner.cache_dir)
-    db_dir = build_db(advisories, target)
-    info = db_info(target)
-    assert info is not None
-    echo(f"vulnerability DB written to {db_dir} (UpdatedAt {info.updated_at.isoformat()})")
+    target_ref = None
     if push:
         host, _, rest = push.partition("/")
-        repo, _, tag = rest.rpartition(":") if ":" in rest else (rest, "", "2")
-        if not host or not repo or not tag:
+        repo, sep, tag = rest.rpartition(":")
+        if not sep:
+            repo, tag = rest, "2"
+        if not host or not repo or not tag or "/" in tag:
             raise InputError(f"--push: expected HOST[:PORT]/REPO:TAG, got {push!r}")
-        h = host.split(":")[0]
-        plain = insecure if insecure is not None else (h in ("localhost", "::1") or h.startswith("127."))
-        digest = push_db(target, host, repository=repo, tag=tag, insecure=plain)
-        echo(f"pushed to {host}/{repo}:{tag} ({digest}); use scanner.db_repository: {host}/{repo}:{tag}")
-    if ctx.debug:
-        echo(json.dumps({"db": str(db_dir)}))
+        target_ref = (host, repo, tag)
+    project = ctx.project
+    with tempfile.TemporaryDirectory(prefix="bakery-trivydb-") as tmp:
+        if cache_dir is None and target_ref is None:
+            cache_dir = project.path(project.config.scanner.cache_dir)
+        target = cache_dir or Path(tmp)
+        db_dir = build_db(advisories, target)
+        info = db_info(target)
+        assert info is not None
+        if cache_dir is not None:
+            echo(f"vulnerability DB written to {db_dir} (UpdatedAt {info.updated_at.isoformat()})")
+        if target_ref is not None:
+            host, repo, tag = target_ref
+            h = host.split(":")[0]
+            plain = insecure if insecure is not None else (h in ("localhost", "::1") or h.startswith("127."))
+            digest = push_db(target, host, repository=repo, tag=tag, insecure=plain)
+            echo(f"pushed to {host}/{repo}:{tag} ({digest}, UpdatedAt {info.updated_at.isoformat()}); "
+                 f"use scanner.db_repository: {host}/{repo}:{tag}")
 
 
 commands = [scan_cmd, scan_db]

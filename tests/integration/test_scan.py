@@ -148,8 +148,7 @@ def test_same_digest_is_served_from_the_store_until_rescan_or_new_db(scan_projec
 def test_pushed_image_by_digest_with_db_from_registry(scan_project, base_image, stack):
     db_ref = f"{stack.registry('mirror')}/trivy-db-{uuid.uuid4().hex[:8]}:2"
     maker = scan_project(build=False)
-    push = bakery("scan-db", "build", "--advisories", str(ADVISORIES), "--cache-dir", str(maker / "dbsrc"),
-                  "--push", db_ref, cwd=maker)
+    push = bakery("scan-db", "build", "--advisories", str(ADVISORIES), "--push", db_ref, cwd=maker)
     assert push.returncode == 0, push.stderr
     assert f"pushed to {db_ref}" in push.stdout
 
