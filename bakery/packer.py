@@ -146,6 +146,7 @@ def parse_machine_readable(lines: list[str] | str) -> MachineOutput:
     out = MachineOutput()
     pending: dict[tuple[str, str], dict[str, Any]] = {}
     order: list[tuple[str, str]] = []
+    ui_errors: list[str] = []
     for raw in lines:
         parsed = parse_line(raw)
         if parsed is None:
@@ -159,10 +160,10 @@ def parse_machine_readable(lines: list[str] | str) -> MachineOutput:
                     out.container_ids.append(m.group(1))
             if data[0] == "error" and not target:
                 msg = _first_error_line(text)
-                if msg and not msg.startswith("==>") and not msg.startswith("-->") and msg not in out.errors:
-                    out.errors.append(msg)
+                if msg and not msg.startswith(("==>", "-->")) and msg not in ui_errors:
+                    ui_errors.append(msg)
         elif kind == "error" and data:
-            msg = " ".join(data).strip()
+            msg = " ".join(" ".join(data).split())  # one line
             text = f"{target}: {msg}" if target else msg
             if text not in out.errors:
                 out.errors.append(text)
@@ -182,7 +183,10 @@ def parse_machine_readable(lines: list[str] | str) -> MachineOutput:
         entry = pending[key]
         out.artifacts.append(Artifact(target=key[0], builder_id=entry.get("builder-id", ""), id=entry.get("id", ""),
                                       string=entry.get("string", ""), files=tuple(entry["files"])))
-    # A build error is reported twice (ui line "Build 'x' errored …" and the error line): keep distinct ones.
+    # A build error comes twice (ui "Build 'x' errored after …: msg" and "TARGET,error,msg"): the targeted
+    # lines are the precise ones; UI errors only when there are none (template errors have no target).
+    if not out.errors:
+        out.errors = ui_errors
     return out
 
 
@@ -384,9 +388,6 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
     kind = builder_kind(recipe)
     label = template_label(recipe)
     version = packer_version(project)
-    if kind == "docker" and not ({"bakery_changes", "bakery_labels"} & declared_variables(recipe.files)):
-        raise InputError(f"{label}: a docker Packer template must declare variable \"bakery_changes\" (and use it "
-                         f"in the source's changes) so the image carries bakery's labels")
     if kind == "amazon-ebs" and not source_ami:
         if parent_ref.startswith("ami-"):
             source_ami = parent_ref
@@ -415,6 +416,9 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
             (workdir / "bakery.vars.json").write_text(json.dumps(values, indent=2, sort_keys=True))
             var_args.append("-var-file=bakery.vars.json")
         validate(project, recipe, workdir, var_args)
+        if kind == "docker" and not ({"bakery_changes", "bakery_labels"} & declared):
+            raise InputError(f"{label}: a docker Packer template must declare variable \"bakery_changes\" (and use "
+                             f"it in the source's changes) so the image carries bakery's labels")
 
         def feed(line: str) -> None:
             lines.append(line)
