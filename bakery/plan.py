@@ -155,7 +155,9 @@ class Plan:
             for k in level:
                 item = self.items[k]
                 refs = [str(k), *[str(d) for d in folded.get(k, [])]]
-                include.append({"image": str(k), "refs": " ".join(refs), "reason": item.reason,
+                pkey = item.spec.parent.key if item.spec is not None and item.spec.parent.kind == "bakery" else None
+                parent = str(pkey) if pkey is not None and pkey in self.items and self.items[pkey].rebuild else ""
+                include.append({"image": str(k), "refs": " ".join(refs), "parent": parent, "reason": item.reason,
                                 "why": item.describe()[:200],
                                 "slug": str(k).replace(":", "-").replace(".", "_")})
             out.append({"include": include})

@@ -1,0 +1,531 @@
+"""`bakery init DIR`: scaffold a new bakery repository that `bakery build` can build at once.
+
+It writes bakery.yaml (three environments on the local dev stack's ports by default, a docker.io mirror),
+one definition (base-images/hello.yaml), its template (templates/hello/Dockerfile.j2), .gitignore, a README
+and the GitHub workflows (ci, nightly, promote). Existing files are never overwritten.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from bakery.errors import InputError
+
+_REGISTRY = re.compile(r"^(?P<host>[a-z0-9.-]+)(?::(?P<port>\d+))?(?:/(?P<ns>[a-z0-9._/-]+))?$")
+
+HELLO_YAML = """\
+# One image family: `bakery list` shows it, `bakery build hello:1` bakes it.
+name: hello
+description: A first bakery image on Debian 12
+template: hello
+variables:
+  greeting: hello from bakery
+versions:
+  "1":
+    parent: docker.io/library/debian:bookworm-slim
+    tags: [latest]
+"""
+
+HELLO_DOCKERFILE = """\
+# templates/hello/Dockerfile.j2 — rendered by bakery; {{ parent }} is pinned by digest at build time.
+ARG BASE_IMAGE={{ parent }}
+FROM ${BASE_IMAGE}
+RUN echo "{{ greeting }} ({{ name }}:{{ image }})" > /etc/motd
+CMD ["cat", "/etc/motd"]
+"""
+
+README = """\
+# Base images baked by bakery
+
+    bakery dev up            # local registries (dev, staging, prod) and a docker.io mirror
+    bakery build --all       # render, build, scan, push to dev
+    bakery plan              # what must be rebuilt, and why
+    bakery nightly           # plan, rebuild, scan, publish, report
+    bakery promote hello:1 --to staging
+
+Definitions live in base-images/, templates in templates/. The workflows in .github/workflows/ run the
+same commands in GitHub Actions (registry credentials come from the REGISTRY_USERNAME and REGISTRY_PASSWORD
+secrets; the `prod` GitHub environment should require a reviewer).
+"""
+
+CI_YML = r'''# Pull requests: validate the definitions, render deterministically, then plan and build what the change
+# touches against a local stack on the runner (nothing is pushed to the team's registries).
+name: ci
+
+on:
+  pull_request:
+  push:
+    branches: [main]
+
+permissions: {}
+
+concurrency:
+  group: ci-${{ github.ref }}
+  cancel-in-progress: true
+
+jobs:
+  check:
+    runs-on: ubuntu-24.04
+    permissions:
+      contents: read
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
+        with:
+          python-version: "3.11"
+      - name: Install bakery
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: python -m pip install "$BAKERY_PACKAGE"
+      - name: Lint the workflows
+        run: |
+          python -m pip install check-jsonschema zizmor
+          check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+          zizmor --offline .github/workflows
+      - name: Validate definitions and render twice (recipes must be deterministic)
+        run: |
+          bakery list
+          bakery render --out "$RUNNER_TEMP/recipes"
+          bakery render --check "$RUNNER_TEMP/recipes"
+
+  changed:
+    needs: [check]
+    runs-on: ubuntu-24.04
+    timeout-minutes: 60
+    permissions:
+      contents: read
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
+        with:
+          python-version: "3.11"
+      - name: Install bakery
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: python -m pip install "$BAKERY_PACKAGE"
+      - name: Start the local stack
+        run: sudo apt-get install -y docker-registry debootstrap && sudo "$(command -v bakery)" dev up
+      - name: Plan
+        run: sudo "$(command -v bakery)" plan --no-patches
+      - name: Build what changed (not pushed; set scanner.db_repository in bakery.yaml to scan here too)
+        run: sudo "$(command -v bakery)" build --changed --no-push --no-scan
+'''
+
+NIGHTLY_YML = r'''# Nightly rebuilds: plan → one matrix of build jobs per DAG level (each job bakes, scans and publishes its
+# images to the first environment) → a summary (Markdown in the run's summary, JSON as an artifact).
+# The registries are those in bakery.yaml; their credentials come from the repository secrets named there
+# (credentials.username_env / password_env), never from this file.
+name: nightly
+
+on:
+  schedule:
+    - cron: "17 3 * * *"
+  workflow_dispatch:
+    inputs:
+      force:
+        description: "Images to rebuild anyway (space-separated NAME[:VERSION])"
+        required: false
+        default: ""
+        type: string
+
+permissions: {}
+
+# The same role as bakery's run lock: never two nightly runs at once.
+concurrency:
+  group: nightly
+  cancel-in-progress: false
+
+env:
+  REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
+  REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
+
+jobs:
+  plan:
+    runs-on: ubuntu-24.04
+    permissions:
+      contents: read
+    outputs:
+      count: ${{ steps.plan.outputs.count }}
+      level0: ${{ steps.plan.outputs.level0 }}
+      level1: ${{ steps.plan.outputs.level1 }}
+      level2: ${{ steps.plan.outputs.level2 }}
+      level3: ${{ steps.plan.outputs.level3 }}
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
+        with:
+          python-version: "3.11"
+      - name: Install bakery
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: python -m pip install "$BAKERY_PACKAGE"
+      - name: Plan
+        id: plan
+        env:
+          FORCE: ${{ inputs.force }}
+        run: |
+          force=()
+          for ref in $FORCE; do force+=(--force "$ref"); done
+          mkdir -p nightly
+          bakery plan "${force[@]}" --format json > nightly/plan.json
+          bakery plan "${force[@]}" --format github-matrix --max-levels 4 > matrix.json
+          python3 - <<'PY' >> "$GITHUB_OUTPUT"
+          import json
+          m = json.load(open("matrix.json"))
+          print(f"count={m['count']}")
+          for i in range(4):
+              level = m["levels"][i] if i < len(m["levels"]) else {"include": []}
+              print(f"level{i}={json.dumps(level, separators=(',', ':'))}")
+          PY
+      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
+        with:
+          name: nightly-plan
+          path: nightly/plan.json
+
+  level0:
+    name: build level 0 (${{ matrix.image }})
+    needs: [plan]
+    if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > 0 }}
+    runs-on: ubuntu-24.04
+    timeout-minutes: 120
+    permissions:
+      contents: read
+    strategy:
+      fail-fast: false
+      matrix: ${{ fromJSON(needs.plan.outputs.level0) }}
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
+        with:
+          python-version: "3.11"
+      - name: Install bakery
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: python -m pip install "$BAKERY_PACKAGE"
+      - name: Build, scan and publish to dev
+        env:
+          REFS: ${{ matrix.refs }}
+          PARENT: ${{ matrix.parent }}
+          SLUG: ${{ matrix.slug }}
+        run: |
+          mkdir -p nightly
+          # A parent that failed to rebuild in the level above holds its subtree back.
+          if [ -n "$PARENT" ] && ! bakery plan "$PARENT" --no-patches --format json \
+              | jq -e --arg p "$PARENT" '.images[] | select(.ref == $p) | .rebuild == false' > /dev/null; then
+            echo "::error::parent $PARENT was not rebuilt; skipping $REFS"
+            exit 1
+          fi
+          # shellcheck disable=SC2086 # REFS is a space-separated list of image references
+          bakery build $REFS --format json > "nightly/result-$SLUG.json"
+      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
+        if: ${{ !cancelled() }}
+        with:
+          name: nightly-result-${{ matrix.slug }}
+          path: nightly/
+          if-no-files-found: ignore
+
+  level1:
+    name: build level 1 (${{ matrix.image }})
+    needs: [plan, level0]
+    if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > 1 }}
+    runs-on: ubuntu-24.04
+    timeout-minutes: 120
+    permissions:
+      contents: read
+    strategy:
+      fail-fast: false
+      matrix: ${{ fromJSON(needs.plan.outputs.level1) }}
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
+        with:
+          python-version: "3.11"
+      - name: Install bakery
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: python -m pip install "$BAKERY_PACKAGE"
+      - name: Build, scan and publish to dev
+        env:
+          REFS: ${{ matrix.refs }}
+          PARENT: ${{ matrix.parent }}
+          SLUG: ${{ matrix.slug }}
+        run: |
+          mkdir -p nightly
+          # A parent that failed to rebuild in the level above holds its subtree back.
+          if [ -n "$PARENT" ] && ! bakery plan "$PARENT" --no-patches --format json \
+              | jq -e --arg p "$PARENT" '.images[] | select(.ref == $p) | .rebuild == false' > /dev/null; then
+            echo "::error::parent $PARENT was not rebuilt; skipping $REFS"
+            exit 1
+          fi
+          # shellcheck disable=SC2086 # REFS is a space-separated list of image references
+          bakery build $REFS --format json > "nightly/result-$SLUG.json"
+      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
+        if: ${{ !cancelled() }}
+        with:
+          name: nightly-result-${{ matrix.slug }}
+          path: nightly/
+          if-no-files-found: ignore
+
+  level2:
+    name: build level 2 (${{ matrix.image }})
+    needs: [plan, level1]
+    if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > 2 }}
+    runs-on: ubuntu-24.04
+    timeout-minutes: 120
+    permissions:
+      contents: read
+    strategy:
+      fail-fast: false
+      matrix: ${{ fromJSON(needs.plan.outputs.level2) }}
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
+        with:
+          python-version: "3.11"
+      - name: Install bakery
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: python -m pip install "$BAKERY_PACKAGE"
+      - name: Build, scan and publish to dev
+        env:
+          REFS: ${{ matrix.refs }}
+          PARENT: ${{ matrix.parent }}
+          SLUG: ${{ matrix.slug }}
+        run: |
+          mkdir -p nightly
+          # A parent that failed to rebuild in the level above holds its subtree back.
+          if [ -n "$PARENT" ] && ! bakery plan "$PARENT" --no-patches --format json \
+              | jq -e --arg p "$PARENT" '.images[] | select(.ref == $p) | .rebuild == false' > /dev/null; then
+            echo "::error::parent $PARENT was not rebuilt; skipping $REFS"
+            exit 1
+          fi
+          # shellcheck disable=SC2086 # REFS is a space-separated list of image references
+          bakery build $REFS --format json > "nightly/result-$SLUG.json"
+      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
+        if: ${{ !cancelled() }}
+        with:
+          name: nightly-result-${{ matrix.slug }}
+          path: nightly/
+          if-no-files-found: ignore
+
+  level3:
+    name: build level 3 (${{ matrix.image }})
+    needs: [plan, level2]
+    if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > 3 }}
+    runs-on: ubuntu-24.04
+    timeout-minutes: 120
+    permissions:
+      contents: read
+    strategy:
+      fail-fast: false
+      matrix: ${{ fromJSON(needs.plan.outputs.level3) }}
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
+        with:
+          python-version: "3.11"
+      - name: Install bakery
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: python -m pip install "$BAKERY_PACKAGE"
+      - name: Build, scan and publish to dev
+        env:
+          REFS: ${{ matrix.refs }}
+          PARENT: ${{ matrix.parent }}
+          SLUG: ${{ matrix.slug }}
+        run: |
+          mkdir -p nightly
+          # A parent that failed to rebuild in the level above holds its subtree back.
+          if [ -n "$PARENT" ] && ! bakery plan "$PARENT" --no-patches --format json \
+              | jq -e --arg p "$PARENT" '.images[] | select(.ref == $p) | .rebuild == false' > /dev/null; then
+            echo "::error::parent $PARENT was not rebuilt; skipping $REFS"
+            exit 1
+          fi
+          # shellcheck disable=SC2086 # REFS is a space-separated list of image references
+          bakery build $REFS --format json > "nightly/result-$SLUG.json"
+      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
+        if: ${{ !cancelled() }}
+        with:
+          name: nightly-result-${{ matrix.slug }}
+          path: nightly/
+          if-no-files-found: ignore
+
+  summary:
+    needs: [plan, level0, level1, level2, level3]
+    if: ${{ !cancelled() }}
+    runs-on: ubuntu-24.04
+    permissions:
+      contents: read
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
+        with:
+          python-version: "3.11"
+      - name: Install bakery
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: python -m pip install "$BAKERY_PACKAGE"
+      - uses: actions/download-artifact@d3f86a106a0bac45b974a628896c90dbdf5c8093 # v4.3.0
+        with:
+          pattern: nightly-*
+          path: nightly
+          merge-multiple: true
+      - name: Report (rebuilt, why, vulnerabilities before and after, failures)
+        run: bakery nightly --summarize nightly --format markdown
+      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
+        if: ${{ !cancelled() }}
+        with:
+          name: nightly-report
+          path: .bakery/nightly/last.*
+'''
+
+PROMOTE_YML = r'''# Promote one image (the same digest) into staging or prod through bakery's gates. The job runs in the GitHub
+# environment of the target, so the environment's protection rules apply: configure "prod" with required
+# reviewers and the promotion waits for an approval before anything is copied.
+name: promote
+
+on:
+  workflow_dispatch:
+    inputs:
+      image:
+        description: "What to promote: NAME:VERSION (newest build), NAME:BUILD_TAG or NAME@sha256:…"
+        required: true
+        type: string
+      environment:
+        description: "Target environment"
+        required: true
+        type: choice
+        options: [staging, prod]
+
+permissions: {}
+
+concurrency:
+  group: promote-${{ inputs.environment }}
+  cancel-in-progress: false
+
+jobs:
+  promote:
+    runs-on: ubuntu-24.04
+    environment: ${{ inputs.environment }}
+    permissions:
+      contents: read
+    steps:
+      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
+        with:
+          persist-credentials: false
+      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
+        with:
+          python-version: "3.11"
+      - name: Install bakery
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: python -m pip install "$BAKERY_PACKAGE"
+      - name: Gates (dry run)
+        env:
+          IMAGE: ${{ inputs.image }}
+          TARGET: ${{ inputs.environment }}
+          REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
+          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
+        run: bakery promote "$IMAGE" --to "$TARGET" --dry-run
+      - name: Promote
+        env:
+          IMAGE: ${{ inputs.image }}
+          TARGET: ${{ inputs.environment }}
+          APPROVER: ${{ github.triggering_actor }}
+          REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
+          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
+        run: |
+          bakery promote "$IMAGE" --to "$TARGET" --approved-by "$APPROVER" --format json | tee promotion.json
+          {
+            echo "### Promoted \`$IMAGE\` to $TARGET"
+            echo '```json'
+            cat promotion.json
+            echo '```'
+          } >> "$GITHUB_STEP_SUMMARY"
+'''
+
+
+WORKFLOWS = {"ci.yml": CI_YML, "nightly.yml": NIGHTLY_YML, "promote.yml": PROMOTE_YML}
+
+
+def _env_registries(dev_registry: str) -> dict[str, str]:
+    m = _REGISTRY.match(dev_registry)
+    if not m:
+        raise InputError(f"--dev-registry: {dev_registry!r} is not HOST[:PORT][/NAMESPACE]")
+    host, port, ns = m.group("host"), m.group("port"), m.group("ns") or "bakery"
+    if port:
+        p = int(port)
+        return {"dev": f"{host}:{p}/{ns}", "staging": f"{host}:{p + 1}/{ns}", "prod": f"{host}:{p + 2}/{ns}"}
+    return {"dev": f"{host}/{ns}", "staging": f"{host}/{ns}-staging", "prod": f"{host}/{ns}-prod"}
+
+
+def config(dev_registry: str, mirror: str) -> dict:
+    regs = _env_registries(dev_registry)
+    creds = {"username_env": "REGISTRY_USERNAME", "password_env": "REGISTRY_PASSWORD"}
+    data: dict = {
+        "environments": {
+            "dev": {"registry": regs["dev"], "gates": {"require_previous": False}},
+            "staging": {"registry": regs["staging"], "credentials": dict(creds), "aliases": ["{version}", "staging"]},
+            "prod": {"registry": regs["prod"], "credentials": dict(creds), "aliases": ["{version}", "prod"],
+                     "gates": {"soak": "1h"}},
+        },
+        "mirrors": {"docker.io": mirror},
+        "tags": {"build": "{version}-{yyyymmdd}.{n}"},
+        "policy": {"severity": "HIGH", "fixable_only": True},
+    }
+    ports = {}
+    for name, ref in (("mirror", mirror), *((k, v) for k, v in regs.items())):
+        m = _REGISTRY.match(ref)
+        if m and m.group("port") and (m.group("host") in ("localhost", "127.0.0.1")):
+            ports[name] = int(m.group("port"))
+    if len(ports) == 4:
+        data["dev_stack"] = {"ports": ports}
+    return data
+
+
+def scaffold(directory: Path, *, dev_registry: str = "127.0.0.1:5001/bakery", mirror: str = "127.0.0.1:5000",
+             force: bool = False) -> list[Path]:
+    """Write the files of a new bakery repository; return the paths written (relative to DIRECTORY)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{directory}: exists and is not a directory")
+    if directory.is_dir() and any(directory.iterdir()) and not force:
+        raise InputError(f"{directory}: directory is not empty (use --force to add the missing files)")
+    header = ("# bakery configuration (`bakery config` prints the effective values; BAKERY_* environment\n"
+              "# variables override them). Environments are in promotion order: builds go to the first.\n")
+    files = {
+        "bakery.yaml": header + yaml.safe_dump(config(dev_registry, mirror), sort_keys=False),
+        "base-images/hello.yaml": HELLO_YAML,
+        "templates/hello/Dockerfile.j2": HELLO_DOCKERFILE,
+        ".gitignore": ".bakery/\n",
+        "README.md": README,
+        **{f".github/workflows/{name}": text for name, text in WORKFLOWS.items()},
+    }
+    written = []
+    for rel, text in files.items():
+        path = directory / rel
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(Path(rel))
+    return written
