@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bakery import ledger as ledger_mod
 from bakery.config import load_project
@@ -257,8 +258,20 @@ def test_soak_and_stale_scan_gates_follow_the_clock(make_project, stack):
     trivydb.build_db(REPO / "tests" / "fixtures" / "advisories.yaml", root / ".bakery" / "trivy")
     img = publish(root, stack, build_tag="3.11-20260302.1", when=T0 - dt.timedelta(days=1))
 
+    # The scan gate is real: the fixture DB has fixable HIGH/CRITICAL findings in the Debian base.
     code, out = promote_json("python:3.11", "--to", "staging", now=T0)
-    assert code == 0, out
+    assert code == 1 and out["action"] == "refused"
+    scan = next(g for g in out["gates"] if g["name"] == "scan")
+    assert not scan["passed"] and "CVE-2099-1001" in scan["reason"]
+    assert stack.client("staging").list_tags(f"{namespace(root)}/python") == []
+    # Accept them (recorded reasons) and go on.
+    data = yaml.safe_load((root / "bakery.yaml").read_text())
+    data["policy"] = {"ignore": [{"id": cve, "reason": "test: accepted"} for cve in scan["details"].get(
+        "failing_ids", ["CVE-2099-1001", "CVE-2099-1004", "CVE-2099-1005"])]}
+    (root / "bakery.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    code, out = promote_json("python:3.11", "--to", "staging", now=T0)
+    assert code == 0, json.dumps(out["gates"])
     scan = next(g for g in out["gates"] if g["name"] == "scan")
     assert scan["passed"] and out["scan"]["scanned_at"] == iso(T0) and out["scan"]["db_time"]
 
