@@ -178,3 +178,67 @@ def test_bad_templates_fail_with_one_line_naming_the_template(case, packer_proje
     assert re.search(pattern, proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert packer_containers() <= before  # no leftover container, also after the failing provisioner
+
+
+def _push_tiny(stack, target: str, marker: str, tags: list[str]) -> str:
+    """A small real image FROM the stack's base pushed under TAGS; returns the manifest digest."""
+    import io
+    import tarfile
+
+    import docker
+
+    client = docker.from_env(timeout=300)
+    data = f"FROM {stack.base_ref}\nRUN echo {marker} > /marker\n".encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    image_id = None
+    for item in client.api.build(fileobj=buf, custom_context=True, rm=True, forcerm=True, pull=False, decode=True):
+        assert "error" not in item, item
+        image_id = (item.get("aux") or {}).get("ID") or image_id
+    digest = ""
+    for tag in tags:
+        client.api.tag(image_id, target, tag)
+        for item in client.api.push(target, tag, stream=True, decode=True):
+            assert "error" not in item, item
+            digest = (item.get("aux") or {}).get("Digest") or digest
+    client.api.remove_image(image_id, force=True)
+    return digest
+
+
+def test_gc_deletes_old_container_build_tags_but_never_used_or_shared_ones(packer_project, stack):
+    from bakery.gc import gc
+    from bakery.ledger import Event, open_ledger
+
+    root = packer_project()
+    project = load_project(root / "bakery.yaml", cwd=root)
+    dev = project.config.env("dev")
+    target, repo = dev.image("tiny"), dev.repository("tiny")
+    led = open_ledger(project)
+    digests = {}
+    for n, extra in ((1, []), (2, []), (3, ["legacy"]), (4, ["1.0"])):
+        digests[n] = _push_tiny(stack, target, f"build-{n}", [f"1.0-{n}", *extra])
+        led.record(Event(kind="publish", image="tiny:1.0", digest=digests[n], build_tag=f"1.0-{n}", from_env=None,
+                         to_env="dev"))
+    # build 1 is what staging runs (promoted from dev)
+    led.record(Event(kind="promote", image="tiny:1.0", digest=digests[1], build_tag="1.0-1", from_env="dev",
+                     to_env="staging"))
+    client = stack.client("dev")
+
+    dry = gc(project, "dev", 1, dry_run=True)
+    assert [i.ref for i in dry.deleted] == ["1.0-2"]
+    assert client.head_manifest(repo, "1.0-2") == digests[2]
+    report = gc(project, "dev", 1)
+    why = {i.ref: i.reason for i in report.kept}
+    assert [i.ref for i in report.deleted] == ["1.0-2"]
+    assert why["1.0-1"] == "current in staging"
+    assert why["1.0-3"].startswith("its digest is also tagged legacy")
+    assert why["1.0-4"] == "current in dev"
+    remaining = set(client.list_tags(repo))
+    assert remaining == {"1.0-1", "1.0-3", "legacy", "1.0-4", "1.0"}
+    assert client.head_manifest(repo, digests[2]) is None  # the manifest itself is gone
+    proc = bakery("gc", "--env", "dev", "--keep", "1", cwd=root)
+    assert proc.returncode == 0 and "deleted 0 items" in proc.stderr
