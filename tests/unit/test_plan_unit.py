@@ -1,0 +1,195 @@
+"""Plan decisions, the GitHub matrix, the run lock and the nightly report — pure, no daemon, no registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bakery import render
+from bakery.config import load_project
+from bakery.definitions import load_fleet
+from bakery.lock import LockHeld, RunLock
+from bakery.model import LABEL_FINGERPRINT, ImageKey
+from bakery.nightly import NightlyReport, Outcome
+from bakery.plan import LABEL_BASE_DIGEST, REASONS, Current, Plan, PlanItem, _decide
+
+FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleets" / "tree"
+UP1 = "sha256:" + "1" * 64
+UP2 = "sha256:" + "2" * 64
+UPSTREAM = "docker.io/library/debian:bookworm-slim"
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    shutil.copytree(FLEET / "base-images", tmp_path / "base-images")
+    shutil.copytree(FLEET / "templates", tmp_path / "templates")
+    (tmp_path / "bakery.yaml").write_text("environments: {dev: {registry: '127.0.0.1:9/t'}}\n")
+    project = load_project(tmp_path / "bakery.yaml", cwd=tmp_path, environ={})
+    return project, load_fleet(project)
+
+
+def _published(project, fleet) -> dict[ImageKey, Current]:
+    """Every image published, built exactly from the current recipes on upstream UP1."""
+    out: dict[ImageKey, Current] = {}
+    for level in fleet.levels():
+        for spec in level:
+            pkey = fleet.parent_key(spec)
+            base = UP1 if pkey is None else out[pkey].digest
+            fp = render.fingerprint(render.render(project, spec), base)
+            out[spec.key] = Current(repository=f"r/{spec.key.name}", build_tag="1-20260101.1",
+                                    digest="sha256:" + fp[7:], image_id="", labels={LABEL_FINGERPRINT: fp,
+                                                                                     LABEL_BASE_DIGEST: base})
+    return out
+
+
+def _plan(project, fleet, currents, upstream=UP1, forced=()) -> dict[str, PlanItem]:
+    items = {k: PlanItem(key=k, spec=fleet.specs[k]) for k in fleet.specs}
+    rebuild: set[ImageKey] = set()
+    for level in fleet.levels():
+        for spec in level:
+            item = items[spec.key]
+            _decide(project, fleet, item, render.render(project, spec), currents, {UPSTREAM: (upstream, "")}, rebuild)
+            if str(spec.key) in forced:
+                from bakery.plan import Reason
+                item.reasons.append(Reason("forced", "--force"))
+            item.reasons.sort(key=lambda r: REASONS.index(r.kind))
+            if item.reasons:
+                rebuild.add(spec.key)
+    return {str(k): v for k, v in items.items()}
+
+
+def test_nothing_changed_nothing_rebuilt(fleet) -> None:
+    project, fl = fleet
+    items = _plan(project, fl, _published(project, fl))
+    assert {r: i.reason for r, i in items.items()} == {r: "up to date" for r in items}
+
+
+def test_never_published_is_definition(fleet) -> None:
+    project, fl = fleet
+    items = _plan(project, fl, {})
+    assert items["root:1"].reasons[0].kind == "definition"
+    assert "never published" in items["root:1"].reasons[0].detail
+    assert [r.kind for r in items["leaf-a:1"].reasons] == ["definition", "parent"]
+
+
+def test_leaf_variable_change_rebuilds_only_that_leaf(fleet) -> None:
+    project, fl = fleet
+    currents = _published(project, fl)
+    path = project.definitions_dir / "leaf-b.yaml"
+    path.write_text(path.read_text().replace('marker: "m1"', 'marker: "m2"'))
+    fl2 = load_fleet(project)
+    items = _plan(project, fl2, currents)
+    assert [r for r, i in items.items() if i.rebuild] == ["leaf-b:1"]
+    assert items["leaf-b:1"].reason == "definition"
+
+
+def test_upstream_move_rebuilds_the_whole_tree(fleet) -> None:
+    project, fl = fleet
+    items = _plan(project, fl, _published(project, fl), upstream=UP2)
+    assert items["root:1"].reason == "upstream"
+    assert "111111111111 → 222222222222" in items["root:1"].reasons[0].detail
+    assert all(items[r].reason == "parent" for r in ("left:1", "right:1", "leaf-a:1", "leaf-b:1"))
+
+
+def test_republished_parent_rebuilds_its_children(fleet) -> None:
+    project, fl = fleet
+    currents = _published(project, fl)
+    currents[ImageKey("right", "1")].digest = "sha256:" + "9" * 64  # right was rebuilt by hand since
+    items = _plan(project, fl, currents)
+    assert [r for r, i in items.items() if i.rebuild] == ["leaf-b:1"]
+    assert "republished" in items["leaf-b:1"].reasons[0].detail
+
+
+def _matrix_plan(project, fl) -> Plan:
+    items = _plan(project, fl, {})
+    by_key = {i.key: i for i in items.values()}
+    levels = [[s.key for s in level] for level in fl.levels()]
+    for n, level in enumerate(levels):
+        for k in level:
+            by_key[k].level = n
+    return Plan(items=by_key, levels=levels)
+
+
+def test_github_matrix_one_include_list_per_level(fleet) -> None:
+    project, fl = fleet
+    m = _matrix_plan(project, fl).github_matrix()
+    assert m["count"] == 3
+    assert [[e["image"] for e in level["include"]] for level in m["levels"]] == [
+        ["root:1"], ["left:1", "right:1"], ["leaf-a:1", "leaf-b:1"]]
+    left = m["levels"][1]["include"][0]
+    assert left["parent"] == "root:1" and left["slug"] == "left-1" and left["reason"] == "definition"
+
+
+def test_github_matrix_folds_deep_levels_into_subtrees(fleet) -> None:
+    project, fl = fleet
+    m = _matrix_plan(project, fl).github_matrix(max_levels=2)
+    assert m["count"] == 2
+    assert {e["image"]: e["refs"] for e in m["levels"][1]["include"]} == {"left:1": "left:1 leaf-a:1",
+                                                                          "right:1": "right:1 leaf-b:1"}
+
+
+def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) -> None:
+    first = RunLock(tmp_path / "nightly.lock")
+    first.acquire()
+    try:
+        with pytest.raises(LockHeld) as err:
+            RunLock(tmp_path / "nightly.lock").acquire()
+        msg = str(err.value)
+        assert f"nightly already running (pid {os.getpid()} by " in msg and "--wait" in msg
+        assert err.value.exit_code == 1
+    finally:
+        first.release()
+    with RunLock(tmp_path / "nightly.lock"):
+        pass
+
+
+def test_lock_is_released_when_the_holder_dies(tmp_path: Path) -> None:
+    code = ("import sys, time; from bakery.lock import RunLock; l = RunLock(sys.argv[1]); l.acquire(); "
+            "print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "nightly.lock")], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        with pytest.raises(LockHeld, match=f"pid {proc.pid}"):
+            RunLock(tmp_path / "nightly.lock").acquire()
+        waiting = RunLock(tmp_path / "nightly.lock", wait=True, timeout=0.3)
+        with pytest.raises(LockHeld, match="still running"):
+            waiting.acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    started = time.monotonic()
+    with RunLock(tmp_path / "nightly.lock", wait=True, timeout=10):
+        assert time.monotonic() - started < 5
+
+
+def test_report_lists_rebuilt_reasons_counts_and_failures() -> None:
+    report = NightlyReport(
+        started=dt.datetime(2026, 11, 27, 3, 17, tzinfo=dt.timezone.utc), seconds=42.0, dry_run=False,
+        outcomes=[
+            Outcome(ref="left:1", reason="patches", why="patches: 1 fixable finding(s)", status="rebuilt",
+                    build_tag="1-20261127.1", before={"MEDIUM": 1}, after={"MEDIUM": 0}),
+            Outcome(ref="right:1", reason="definition", why="definition: recipe changed", status="failed",
+                    error="right:1: build failed: exit 1"),
+            Outcome(ref="root:1", reason="up to date", why="", status="up to date"),
+        ])
+    md = report.to_markdown()
+    assert "1 rebuilt, 1 failed, 1 up to date" in md
+    assert "| `left:1` | patches | ✅ rebuilt | 1-20261127.1 | M:1 | 0 |" in md
+    assert "### Failed" in md and "right:1: build failed" in md
+    data = report.to_json()
+    assert data["ok"] is False and data["rebuilt"] == ["left:1"] and data["failed"] == ["right:1"]
+
+
+def test_report_nothing_to_do() -> None:
+    report = NightlyReport(started=dt.datetime.now(dt.timezone.utc), seconds=0.4, dry_run=False,
+                           outcomes=[Outcome(ref="root:1", reason="up to date", why="", status="up to date")])
+    assert report.ok and report.nothing_to_do
+    assert report.headline().startswith("nothing to do: all 1 images are up to date")
