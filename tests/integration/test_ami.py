@@ -239,3 +239,31 @@ def test_cli_gc_and_amis_json(project_dir: Path) -> None:
     bad = subprocess.run([str(VENV_BIN / "bakery"), "gc", "--env", "nope", "--keep", "1"], capture_output=True,
                          text=True, env=env, cwd=project_dir, timeout=60)
     assert bad.returncode == 2 and "unknown environment 'nope'" in bad.stderr
+
+
+def test_bakery_build_bakes_and_publishes_an_ami(make_project, moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bakery build` on an amazon-ebs definition: Packer against moto, then the AMI is published to dev."""
+    urllib.request.urlopen(urllib.request.Request(moto_url + "/moto-api/reset", method="POST"), timeout=10).close()
+    root = make_project(fleet=None, config={
+        "environments": {"dev": {"aws": {"account": DEV_ACCOUNT, "regions": ["us-east-1", "eu-west-1"]}}},
+        "aws": {"endpoint_url": moto_url, "region": "us-east-1"}})
+    shutil.copytree(REPO / "templates" / "packer-ami", root / "templates" / "packer-ami")
+    definition = yaml.safe_load((REPO / "base-images" / "ami-debian.yaml").read_text())
+    definition["packer"]["source_ami_filter"] = {"owners": ["137112412989"], "filters": {"name": SOURCE_NAME}}
+    (root / "base-images" / "ami-debian.yaml").write_text(yaml.safe_dump(definition))
+    for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(k, v)
+    proc = subprocess.run([str(VENV_BIN / "bakery"), "build", "ami-debian:12", "--format", "json"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (r,) = json.loads(proc.stdout)["results"]
+    assert r["digest"].startswith("ami:us-east-1:ami-") or r["digest"].startswith("ami:eu-west-1:ami-")
+    project = load_project(cwd=root)
+    rec = ami.current_ami(project, "ami-debian:12", "dev")
+    assert rec is not None and rec.origin == r["digest"]
+    assert set(rec.amis) == {"us-east-1", "eu-west-1"}  # Packer's ami_regions copy, found by its tags
+    assert rec.source_ami == "ami-760aaa0f"
+    for region, ami_id in rec.amis.items():
+        tags = _tags(project, region, ami_id)
+        assert tags["bakery:env"] == "dev" and tags["bakery:build-tag"] == rec.build_tag
+        assert tags["bakery:fingerprint"] == r["fingerprint"]
