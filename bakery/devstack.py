@@ -694,13 +694,78 @@ def ensure_base(project: Project, *, progress: Progress | None = None) -> str:
     if pinned:
         return pinned
     repo, tag = _split_image(project.config.dev_stack.base_image)
-    client = docker_client()
-    local = local_base_image(client, project.config.dev_stack.suite, say)
+    suite = project.config.dev_stack.suite
     target = f"{mirror.host}/{repo}"
+    cached = _load_base_blobs(suite)
+    if cached is not None:  # the same bytes as every earlier stack: same digest, no docker push
+        manifest, media_type, blobs = cached
+        say(f"uploading the cached base to {target}:{tag}")
+        for digest, path in blobs:
+            mirror.push_blob_file(repo, digest, path)
+        digest = mirror.put_manifest(repo, tag, manifest, media_type)
+        return f"{target}@{digest}"
+    client = docker_client()
+    local = local_base_image(client, suite, say)
     client.images.get(local).tag(target, tag)
     say(f"pushing {target}:{tag}")
     digest = _push(client, target, tag)
+    with contextlib.suppress(Exception):  # a cache, best effort
+        _save_base_blobs(suite, mirror, repo, digest)
     return f"{target}@{digest}"
+
+
+def _base_blobs_dir(suite: str) -> Path:
+    return cache_dir() / f"base-{suite}-minbase-{os.uname().machine}"
+
+
+def _tarball_stamp(suite: str) -> str | None:
+    tarball = cache_dir() / f"debootstrap-{suite}-minbase-{os.uname().machine}.tar"
+    with contextlib.suppress(OSError):
+        st = tarball.stat()
+        return f"{st.st_size}:{int(st.st_mtime)}"
+    return None
+
+
+def _load_base_blobs(suite: str) -> tuple[bytes, str, list[tuple[str, Path]]] | None:
+    """The base image as pushed once (manifest + blobs), if cached for the current tarball."""
+    from bakery.registry import Manifest, sha256_digest
+
+    d = _base_blobs_dir(suite)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        body = (d / "manifest.json").read_bytes()
+    except (OSError, ValueError):
+        return None
+    if meta.get("tarball") != _tarball_stamp(suite) or sha256_digest(body) != meta.get("digest"):
+        return None
+    blobs = [(b.digest, d / "blobs" / b.digest.replace(":", "-"))
+             for b in Manifest(body, meta["media_type"], meta["digest"]).blobs()]
+    if not all(p.is_file() and p.stat().st_size == b.size for (_, p), b in
+               zip(blobs, Manifest(body, meta["media_type"], meta["digest"]).blobs())):
+        return None
+    return body, meta["media_type"], blobs
+
+
+def _save_base_blobs(suite: str, mirror, repo: str, digest: str) -> None:
+    """Keep the pushed base (manifest and blobs, exactly as in the registry) next to the tarball."""
+    stamp = _tarball_stamp(suite)
+    if stamp is None:
+        return
+    manifest = mirror.get_manifest(repo, digest)
+    final = _base_blobs_dir(suite)
+    work = Path(tempfile.mkdtemp(prefix="base-", dir=cache_dir()))
+    try:
+        (work / "blobs").mkdir()
+        for blob in manifest.blobs():
+            mirror.download_blob(repo, blob.digest, work / "blobs" / blob.digest.replace(":", "-"))
+        (work / "manifest.json").write_bytes(manifest.body)
+        (work / "meta.json").write_text(json.dumps({"digest": digest, "media_type": manifest.media_type,
+                                                    "tarball": stamp}))
+        with _locked(cache_dir() / ".debootstrap.lock"):
+            shutil.rmtree(final, ignore_errors=True)
+            work.rename(final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def push_new_base(project: Project, *, marker: str, progress: Progress | None = None) -> str:

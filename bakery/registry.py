@@ -265,23 +265,26 @@ class _SizedStream:
     def __init__(self, chunks: Iterator[bytes], size: int, on_bytes: Callable[[int], None]):
         self._chunks = chunks
         self._size = size
-        self._buf = b""
+        self._buf = memoryview(b"")
+        self._pos = 0
         self._on_bytes = on_bytes
 
     def __len__(self) -> int:
         return self._size
 
     def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buf) < n:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                break
-            self._buf += chunk
-        if n < 0:
-            out, self._buf = self._buf, b""
+        """Up to ``n`` bytes (a short read at chunk boundaries, b"" at the end); all the rest for n < 0."""
+        if n is None or n < 0:
+            out = bytes(self._buf[self._pos:]) + b"".join(self._chunks)
+            self._buf, self._pos = memoryview(b""), 0
         else:
-            out, self._buf = self._buf[:n], self._buf[n:]
+            while self._pos >= len(self._buf):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    return b""
+                self._buf, self._pos = memoryview(chunk), 0
+            out = bytes(self._buf[self._pos:self._pos + n])
+            self._pos += len(out)
         self._on_bytes(len(out))
         return out
 
@@ -595,6 +598,50 @@ class RegistryClient:
             return sent[0]
 
         return self._retry(f"copy blob {digest[:19]} to {repo}", attempt)
+
+    def download_blob(self, repo: str, digest: str, path: str | os.PathLike[str]) -> int:
+        """Stream a blob into a file, verified against its digest; returns its size."""
+        def attempt() -> int:
+            resp = self._send("GET", f"/v2/{repo}/blobs/{digest}", op="GET blob", repo=repo,
+                              scope=_scope(repo, "pull"), ok=(200,), stream=True)
+            assert resp is not None
+            h, size = hashlib.sha256(), 0
+            try:
+                with open(path, "wb") as fh:
+                    for chunk in resp.iter_content(_CHUNK):
+                        h.update(chunk)
+                        size += len(chunk)
+                        fh.write(chunk)
+            finally:
+                resp.close()
+            if digest.startswith("sha256:") and "sha256:" + h.hexdigest() != digest:
+                raise RegistryError(f"{self.host}: blob {repo}@{digest} does not match its digest")
+            return size
+
+        return self._retry(f"GET blob {repo}@{digest[:19]}", attempt)
+
+    def push_blob_file(self, repo: str, digest: str, path: str | os.PathLike[str]) -> bool:
+        """Upload a blob from a file (monolithic PUT) unless the registry has it; True if uploaded."""
+        if self.blob_exists(repo, digest):
+            return False
+
+        def attempt() -> bool:
+            start = self._send("POST", f"/v2/{repo}/blobs/uploads/", op="start upload", repo=repo,
+                               scope=_scope(repo, "pull,push"), ok=(202,))
+            assert start is not None
+            start.close()
+            location = start.headers.get("Location")
+            if not location:
+                raise RegistryError(f"{self.host}: upload for {repo} returned no Location")
+            with open(path, "rb") as fh:
+                put = self._send("PUT", _with_query(urljoin(self.base + "/", location), digest=digest),
+                                 op="upload blob", repo=repo, scope=_scope(repo, "pull,push"), ok=(201, 204),
+                                 data=fh, headers={"Content-Type": "application/octet-stream"})
+            assert put is not None
+            put.close()
+            return True
+
+        return self._retry(f"upload blob {digest[:19]} to {repo}", attempt)
 
     def list_tags(self, repo: str) -> list[str]:
         """All tags of ``repo`` ([] when the repository does not exist), following Link pagination."""

@@ -133,6 +133,7 @@ def test_own_stack_up_new_base_down(stack, tmp_path):
         mirror = RegistryClient(f"127.0.0.1:{mirror_port}", insecure=True)
         first = mirror.head_manifest("library/debian", "bookworm-slim")
         assert first and st["base_image"] == f"127.0.0.1:{mirror_port}/library/debian@{first}"
+        assert first == stack.base_ref.split("@", 1)[1]  # the cached base: the same digest in every stack
         assert mirror.labels("library/debian", first) == {}
         requests.get(f"http://127.0.0.1:{dev_port}/v2/", timeout=5).raise_for_status()
 
