@@ -77,6 +77,45 @@ class PromoteOutcome:
     copied: dict[str, str]  # region -> new ami id
     already: bool = False  # the environment already ran this build: nothing done
     seconds: float = 0.0
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "ami", **self.record.to_json(), "copied": dict(self.copied), "already": self.already,
+                "dry_run": self.dry_run, "gates": list(self.gates), "seconds": round(self.seconds, 3)}
+
+
+def ami_key(project: Project, ref: str) -> ImageKey | None:
+    """The image key when ``ref`` (NAME:VERSION[-VARIANT]) names an AMI image (amazon-ebs definition or AMI
+    records in the ledger), else None: lets `bakery promote/rollback/status` dispatch here."""
+    from bakery.ledger import open_ledger
+    from bakery.model import ImageKey
+
+    name, sep, version = ref.partition(":")
+    if not sep or not version or "@" in ref:
+        return None
+    try:
+        from bakery.definitions import load_fleet
+
+        for key, spec in load_fleet(project).specs.items():
+            if key.name == name and key.tag_version == version:
+                return key if is_ami_spec(spec) else None
+    except Exception:  # noqa: BLE001 - definitions are optional here; the ledger decides then
+        pass
+    events = open_ledger(project).events(image=ref)
+    if any(is_ami_digest(e.digest) for e in events):
+        return ImageKey(name, version)
+    return None
+
+
+def text_progress(echo: Callable[[str], None]) -> Progress:
+    """A progress callback printing one line per region and state change (``eu-west-1 ami-1: available``)."""
+    started = time.monotonic()
+
+    def show(region: str, ami_id: str, state: str) -> None:
+        echo(f"  {region} {ami_id}: {state} ({time.monotonic() - started:.0f}s)")
+
+    return show
 
 
 def origin(region: str, ami_id: str) -> str:
@@ -476,7 +515,8 @@ def promote_ami(project: Project, key: ImageKey | str, to_env: str, *, digest: s
             raise GateFailed(f"{image}: promotion to {to_env} refused: "
                              + "; ".join(f"{g['name']}: {g['reason']}" for g in failed))
     if dry_run:
-        return PromoteOutcome(record=source, copied={}, seconds=time.monotonic() - started)
+        return PromoteOutcome(record=source, copied={}, seconds=time.monotonic() - started, gates=gates,
+                              dry_run=True)
     account, regions = aws_target(project, to_env)
     src_region = sorted(source.amis)[0] if source.amis else parse_origin(source.origin)[0]
     for r in (project.config.aws.region, *aws_target(project, from_env)[1]):
@@ -513,7 +553,7 @@ def promote_ami(project: Project, key: ImageKey | str, to_env: str, *, digest: s
     ev = Event(kind="promote", image=image, digest=source.origin, build_tag=source.build_tag, from_env=from_env,
                to_env=to_env, gates=list(gates or []), scan=scan, details=details)
     open_ledger(project).record(ev)
-    return PromoteOutcome(record=_record(ev), copied=copied, seconds=time.monotonic() - started)
+    return PromoteOutcome(record=_record(ev), copied=copied, seconds=time.monotonic() - started, gates=gates)
 
 
 def key_name(image: str) -> str:

@@ -147,6 +147,12 @@ def test_build_publish_promote_rollback_gc(project_dir: Path) -> None:
     assert (pub.kind, pub.to_env, pub.digest) == ("publish", "dev", f"ami:us-east-1:{dev_ami}")
     assert pub.details["source_ami"] == "ami-760aaa0f" and pub.details["amis"] == {"us-east-1": dev_ami}
 
+    assert ami.ami_key(project, "ami-test:1") == KEY  # `bakery promote` dispatches AMIs by this
+    dry = ami.promote_ami(project, KEY, "staging", dry_run=True)
+    assert dry.dry_run and not dry.copied and {g["name"] for g in dry.gates} == {"previous", "soak", "scan",
+                                                                                  "approval"}
+    assert all(g["passed"] for g in dry.gates) and ami.current_ami(project, KEY, "staging") is None
+
     # promote build 1 to staging: two regions, another account
     states: list[tuple[str, str, str]] = []
     outcome = ami.promote_ami(project, KEY, "staging", on_progress=lambda *a: states.append(a), poll=0.2)
