@@ -148,3 +148,158 @@ def test_stopped_registry_is_unavailable_after_retries(stack):
     assert err.value.exit_code == 3
     assert host in str(err.value) and "HEAD manifest team/app" in str(err.value)
     assert "3 attempts" in str(err.value)
+
+
+# --- the Bearer token flow (Docker Hub / ECR style) against a registry with `auth.token` ------------------------
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class _TokenServer:
+    """A tiny token server: basic credentials in, an ES256 JWT with the requested access out."""
+
+    def __init__(self, directory: Path, user: str, password: str, service: str, issuer: str):
+        import datetime as dt
+        import http.server
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bakery-test-token")])
+        now = dt.datetime.now(dt.timezone.utc)
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+        self.cert_pem = directory / "token-cert.pem"
+        self.cert_pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.requests: list[tuple[str | None, list[str]]] = []  # (basic user or None, scopes)
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                import base64
+                from urllib.parse import parse_qs, urlsplit
+
+                query = parse_qs(urlsplit(self.path).query)
+                scopes = query.get("scope", [])
+                auth = self.headers.get("Authorization", "")
+                who = None
+                if auth.startswith("Basic "):
+                    who, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+                    if (who, pw) != (user, password):
+                        who = "!bad"
+                server.requests.append((who, scopes))
+                if who in (None, "!bad"):
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": server.jwt(who, scopes, service, issuer)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def jwt(self, subject: str, scopes: list[str], service: str, issuer: str) -> str:
+        import base64
+        import time as _time
+
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        access = []
+        for scope in scopes:
+            for part in scope.split(" "):
+                kind, _, rest = part.partition(":")
+                name, _, actions = rest.rpartition(":")
+                access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(_time.time())
+        header = {"alg": "ES256", "typ": "JWT",  # x5c: the signing certificate, trusted via rootcertbundle
+                  "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()]}
+        claims = {"iss": issuer, "sub": subject, "aud": service, "exp": now + 300, "nbf": now - 10, "iat": now,
+                  "jti": uuid.uuid4().hex, "access": access}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory):
+    """A real Distribution registry with token auth, plus its token server."""
+    import subprocess
+    import time as _time
+
+    import yaml
+
+    d = tmp_path_factory.mktemp("token-registry")
+    tokens = _TokenServer(d, "robot", "t0ken-pass", "bakery-test", "bakery-test-issuer")
+    port = _free_port()
+    config = {"version": 0.1, "log": {"level": "warn"},
+              "storage": {"filesystem": {"rootdirectory": str(d / "data")}, "delete": {"enabled": True}},
+              "http": {"addr": f"127.0.0.1:{port}"},
+              "auth": {"token": {"realm": f"http://127.0.0.1:{tokens.port}/token", "service": "bakery-test",
+                                 "issuer": "bakery-test-issuer", "rootcertbundle": str(tokens.cert_pem)}}}
+    (d / "config.yml").write_text(yaml.safe_dump(config))
+    log = open(d / "registry.log", "wb")
+    proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 401:
+                    break
+            except requests.ConnectionError:
+                _time.sleep(0.05)
+        yield f"127.0.0.1:{port}", tokens
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+        tokens.close()
+
+
+def test_bearer_token_flow_copy_and_read(stack, pushed, token_registry):
+    host, tokens = token_registry
+    repo, digest = pushed
+    client = RegistryClient(host, insecure=True, credentials=("robot", "t0ken-pass"))
+    stats = client.copy_image(stack.client("dev"), repo, digest, "team/app")
+    assert stats.blobs_copied == 3 and stats.manifests_copied == 1
+    m = client.get_manifest("team/app", digest)
+    assert client.put_manifest("team/app", "1.0", m.body, m.media_type) == digest
+    assert client.list_tags("team/app") == ["1.0"]
+    assert client.labels("team/app", "1.0")["dev.bakery.test"] == "yes"
+    client.ping()
+    # every token request carried the basic credentials, one per scope (cached, not one per request)
+    assert all(who == "robot" for who, _ in tokens.requests)
+    scopes = [tuple(s) for _, s in tokens.requests]
+    assert ("repository:team/app:pull,push",) in scopes and ("repository:team/app:pull",) in scopes
+    assert len(scopes) == len(set(scopes)) <= 4
+
+
+def test_bearer_token_refused_is_an_auth_error(token_registry):
+    host, tokens = token_registry
+    with pytest.raises(RegistryAuthError) as err:
+        RegistryClient(host, insecure=True, credentials=("robot", "wrong")).head_manifest("team/app", "1.0")
+    assert str(err.value) == f"{host}: authentication failed for team/app (401)" and err.value.exit_code == 3
+    with pytest.raises(RegistryAuthError):
+        RegistryClient(host, insecure=True).list_tags("team/app")  # anonymous: the token server says no
