@@ -409,6 +409,7 @@ class RegistryClient:
         Returns None for 404 when ``missing_ok``; raises _Transient for retryable outcomes.
         """
         url = self._url(path)
+        fetched = False  # a fresh token was fetched during this call (a cached one may have expired)
         for _ in range(3):  # initial + at most one challenge round per scheme
             hdrs = dict(headers or {})
             hdrs.update(self._auth_header(scope))
@@ -419,9 +420,11 @@ class RegistryClient:
                 scheme, challenge = parse_www_authenticate(resp.headers.get("WWW-Authenticate", ""))
                 already = "Authorization" in hdrs
                 resp.close()
-                if scheme == "bearer" and not (already and self._auth.scheme == "bearer"):
+                if scheme == "bearer" and not fetched:
                     self._auth.scheme, self._auth.challenge = "bearer", challenge
+                    self._auth.tokens.pop(scope, None)
                     self._auth.tokens[scope] = self._fetch_token(challenge, scope, op, repo)
+                    fetched = True
                     continue
                 if scheme == "basic" and self.credentials and not already:
                     self._auth.scheme = "basic"

@@ -294,6 +294,11 @@ def test_bearer_token_flow_copy_and_read(stack, pushed, token_registry):
     scopes = [tuple(s) for _, s in tokens.requests]
     assert ("repository:team/app:pull,push",) in scopes and ("repository:team/app:pull",) in scopes
     assert len(scopes) == len(set(scopes)) <= 4
+    # a cached token that the registry no longer accepts (expired) is replaced once, transparently
+    client._auth.tokens["repository:team/app:pull"] = "expired.token.value"
+    before = len(tokens.requests)
+    assert client.head_manifest("team/app", "1.0") == digest
+    assert len(tokens.requests) == before + 1
 
 
 def test_bearer_token_refused_is_an_auth_error(token_registry):
