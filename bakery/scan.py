@@ -371,10 +371,15 @@ def save(project: Project, result: ScanResult) -> Path:
     tmp.write_text(json.dumps({"schema": STORE_SCHEMA, "result": data}, indent=1))
     tmp.replace(path)
     if result.digest:
-        index = store_dir(project) / "by-digest"
-        index.mkdir(exist_ok=True)
-        (index / result.digest.replace(":", "-")).write_text(result.image_id)
+        _index_digest(project, result.digest, result.image_id)
     return path
+
+
+def _index_digest(project: Project, digest: str, image_id: str) -> None:
+    """Remember manifest digest → image ID (a pushed image's digest is only known after the push)."""
+    index = store_dir(project) / "by-digest"
+    index.mkdir(parents=True, exist_ok=True)
+    (index / digest.replace(":", "-")).write_text(image_id)
 
 
 def _id_for_digest(project: Project, digest: str) -> str | None:
@@ -453,6 +458,35 @@ def _inspect_sdk(image: str) -> _LocalImage:
                        labels=dict((info.get("Config") or {}).get("Labels") or {}))
 
 
+def _remote_image_id(project: Project, image: str) -> str | None:
+    """The config digest of ``host/repo@sha256:…`` from its registry (one or two manifest GETs), so that a pushed
+    image scanned before under its local ID is served from the store. None when it cannot be read: then trivy
+    scans it and reports any access problem itself."""
+    host = _registry_host(image)
+    if host == "docker.io" or "@" not in image:
+        return None
+    repo, digest = image.split("/", 1)[1].rsplit("@", 1)
+    try:
+        from bakery.registry import RegistryClient
+
+        env = _env_for_host(project, host)
+        creds = env.credentials.resolve() if env is not None else None
+        insecure = env.insecure if env is not None else _is_loopback(host)
+        client = RegistryClient(host, insecure=insecure, credentials=creds, timeout=10, retries=1)
+        manifest = client.get_manifest(repo, digest)
+        if manifest.is_index:
+            children = manifest.children()
+            pick = next((c for c in children if (c.platform or {}).get("os") == "linux"
+                         and (c.platform or {}).get("architecture") == "amd64"), children[0] if children else None)
+            if pick is None:
+                return None
+            manifest = client.get_manifest(repo, pick.digest)
+        config = (manifest.json().get("config") or {}).get("digest", "")
+        return config if _DIGEST.match(config) else None
+    except Exception:  # noqa: BLE001 - only an optimisation: trivy is the judge of reachability
+        return None
+
+
 def _digest_of(image: str) -> str:
     return image.rsplit("@", 1)[1] if "@" in image else ""
 
@@ -474,7 +508,7 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
     if remote:
         if digest and not _DIGEST.match(digest):
             raise InputError(f"{image}: not a sha256 digest")
-        image_id = _id_for_digest(project, digest) if digest else None
+        image_id = (_id_for_digest(project, digest) or _remote_image_id(project, image)) if digest else None
     else:
         local = _inspect_local(image)
         image_id = local.image_id
@@ -487,7 +521,10 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
         if stored.db_updated_at == db.updated_at and stored.trivy_version == sc.version and fresh:
             stored.cached = True
             stored.image = image
-            stored.digest = stored.digest or digest
+            stored.remote = remote
+            if digest and digest != stored.digest:
+                stored.digest = digest
+                _index_digest(project, digest, stored.image_id)
             stored.seconds = time.monotonic() - started
             stored.trivy_seconds = 0.0
             if sbom is not None:

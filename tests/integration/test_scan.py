@@ -290,3 +290,58 @@ def test_fail_closed_trivy_too_old(scan_project, base_image, tmp_path):
     old.chmod(0o755)
     proc = bakery("scan", base_image["image_id"], cwd=root, env={"BAKERY_TRIVY": str(old)})
     _assert_failed_closed(proc, root, "older than the minimum 0.50.0")
+
+
+# ---------------------------------------------------------------------------------------------- build + REF
+def _tiny_fleet(root: Path, policy: dict | None = None) -> None:
+    """One image on the stack's Debian base; its definition may carry a policy override."""
+    tdir = root / "templates" / "tiny"
+    tdir.mkdir(parents=True, exist_ok=True)
+    (tdir / "Dockerfile.j2").write_text("ARG BASE_IMAGE={{ parent }}\nFROM ${BASE_IMAGE}\n"
+                                        "RUN echo {{ marker }} > /etc/marker\n")
+    definition = {"name": "app", "template": "tiny",
+                  "versions": {"1.0": {"parent": "docker.io/library/debian:bookworm-slim",
+                                       "variables": {"marker": uuid.uuid4().hex}}}}
+    if policy:
+        definition["policy"] = policy
+    (root / "base-images" / "app.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "fleet"],
+                   cwd=root, check=True)
+
+
+def test_build_does_not_push_an_image_that_fails_the_gate(scan_project, stack):
+    root = scan_project()
+    _tiny_fleet(root)
+    proc = bakery("build", "app", "--format", "json", cwd=root)
+    assert proc.returncode == 1, proc.stderr
+    [r] = json.loads(proc.stdout)["results"]
+    assert r["status"] != "pushed" and not r["digest"]
+    assert "CVE-2099-1001" in r["error"] and "not pushed" in r["error"]
+    assert r["scan"]["passed"] is False and r["scan"]["failing_ids"] == ["CVE-2099-1001", "CVE-2099-1005"]
+    namespace = yaml.safe_load((root / "bakery.yaml").read_text())["environments"]["dev"]["registry"].split("/")[1]
+    assert stack.client("dev").list_tags(f"{namespace}/app") == []
+
+
+def test_definition_policy_applies_to_build_and_to_scan_by_ref(scan_project):
+    root = scan_project()
+    # the definition accepts both failing findings for itself (the global policy stays as it is)
+    _tiny_fleet(root, policy={"ignore": [
+        {"id": "CVE-2099-1001", "reason": "app never inflates untrusted data", "until": "2999-01-01"},
+        {"id": "CVE-2099-1005", "reason": "app ships no xz input", "until": "2999-01-01", "image": "app:*"}]})
+    proc = bakery("build", "app", "--format", "json", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    [r] = json.loads(proc.stdout)["results"]
+    assert r["status"] == "pushed" and r["scan"]["passed"] is True and r["scan"]["ignored"] == 3
+
+    # `bakery scan NAME:VERSION`: the latest build in dev, by digest, from the registry, with that policy
+    scanned = bakery("scan", "app:1.0", "--format", "json", cwd=root)
+    assert scanned.returncode == 0, scanned.stderr
+    report = json.loads(scanned.stdout)
+    assert report["scan"]["remote"] is True and report["scan"]["digest"] == r["digest"]
+    assert report["scan"]["image_id"] == r["image_id"]
+    assert report["scan"]["cached"] is True  # the build's own scan of that image ID, same DB
+    assert sorted(i["id"] for i in report["gate"]["ignored"]) == ["CVE-2099-1001", "CVE-2099-1004", "CVE-2099-1005"]
+    # the same image given by reference gets only the global policy: it fails
+    plain = bakery("scan", f"{r['repository']}@{r['digest']}", "--format", "json", cwd=root)
+    assert plain.returncode == 1
