@@ -345,3 +345,23 @@ def test_definition_policy_applies_to_build_and_to_scan_by_ref(scan_project):
     # the same image given by reference gets only the global policy: it fails
     plain = bakery("scan", f"{r['repository']}@{r['digest']}", "--format", "json", cwd=root)
     assert plain.returncode == 1
+
+
+def test_remote_scan_on_an_authenticated_registry_keeps_the_password_out(scan_project, base_image, stack):
+    """staging needs basic auth: trivy gets it through TRIVY_USERNAME/TRIVY_PASSWORD, never on argv or in output."""
+    root = scan_project()
+    namespace = yaml.safe_load((root / "bakery.yaml").read_text())["environments"]["staging"]["registry"]
+    target = f"{namespace}/debian"
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                    "--dest-creds", f"{stack.user}:{stack.password}", f"docker://{base_image['pinned']}",
+                    f"docker://{target}:12"], check=True, capture_output=True, timeout=120)
+    pinned = f"{target}@{base_image['pinned'].split('@')[1]}"
+    proc = bakery("--debug", "scan", pinned, "--format", "json", "--rescan", cwd=root)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    _check_fixture_verdict(json.loads(proc.stdout), base_image["image_id"])
+    assert stack.password not in proc.stdout + proc.stderr
+
+    # without the credentials the scan cannot run: fail closed (the stored result is not a way around --rescan)
+    proc = bakery("scan", pinned, "--rescan", cwd=root, env={"BAKERY_TEST_PASSWORD": ""})
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: trivy failed scanning")
