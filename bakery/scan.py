@@ -133,6 +133,7 @@ class DbInfo:
     updated_at: dt.datetime
     version: int
     path: Path
+    next_update: dt.datetime | None = None
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -228,6 +229,7 @@ def db_info(cache_dir: Path) -> DbInfo | None:
         data = json.loads(meta.read_text())
         updated = _parse_time(str(data["UpdatedAt"]))
         version = int(data["Version"])
+        next_update = _parse_time(str(data["NextUpdate"])) if data.get("NextUpdate") else None
     except FileNotFoundError:
         raise ScannerError(f"vulnerability DB in {db.parent} has no metadata.json: rebuild or re-download it") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -235,7 +237,7 @@ def db_info(cache_dir: Path) -> DbInfo | None:
                            f"re-download it") from None
     if not db.is_file() or db.stat().st_size < 4096:
         raise ScannerError(f"vulnerability DB {db} is missing or truncated: rebuild or re-download it")
-    return DbInfo(updated_at=updated, version=version, path=db)
+    return DbInfo(updated_at=updated, version=version, path=db, next_update=next_update)
 
 
 def _env_for_host(project: Project, host: str):
@@ -263,6 +265,8 @@ def _trivy_args(sc: Scanner, project: Project, image: str, remote: bool) -> tupl
         args += ["--db-repository", sc.db_repository]
         if _is_loopback(_registry_host(sc.db_repository + ":x")):
             env["TRIVY_INSECURE"] = "true"
+    else:  # no repository configured: the DB in the cache dir is used as it is, never fetched from elsewhere
+        args.append("--skip-db-update")
     if remote:
         host = _registry_host(image)
         e = _env_for_host(project, host)
@@ -367,7 +371,9 @@ def save(project: Project, result: ScanResult) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = result.to_json()
     data["cached"] = False
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    import threading
+
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps({"schema": STORE_SCHEMA, "result": data}, indent=1))
     tmp.replace(path)
     if result.digest:
@@ -518,7 +524,9 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
     was_stored = stored is not None
     if stored is not None and not rescan and db is not None:
         fresh = max_age is None or now - stored.scanned_at <= max_age
-        if stored.db_updated_at == db.updated_at and stored.trivy_version == sc.version and fresh:
+        # a DB due for an update from the repository may change with this scan: then scan
+        due = bool(sc.db_repository) and db.next_update is not None and db.next_update <= now
+        if stored.db_updated_at == db.updated_at and stored.trivy_version == sc.version and fresh and not due:
             stored.cached = True
             stored.image = image
             stored.remote = remote
