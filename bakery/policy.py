@@ -203,6 +203,8 @@ def parse_trivyignore_yaml(path: Path, display: str = ".trivyignore.yaml") -> li
 def effective_policy(project: Project, spec: ImageSpec | None = None) -> EffectivePolicy:
     """The global policy, overridden by the definition's ``policy`` (its ignore entries add to the global ones),
     plus the repository's .trivyignore files."""
+    import pydantic
+
     from bakery.config import IgnoreEntry
 
     pol = project.config.policy
@@ -215,15 +217,16 @@ def effective_policy(project: Project, spec: ImageSpec | None = None) -> Effecti
         if override.get("severity") is not None:
             sev = str(override["severity"]).upper()
             if sev not in SEVERITY_ORDER:
-                raise InputError(f"{where}.severity: {override['severity']!r} is not one of {', '.join(SEVERITY_ORDER)}")
+                raise InputError(f"{where}.severity: {override['severity']!r} is not one of "
+                                 f"{', '.join(SEVERITY_ORDER)}")
             severity = sev
         if override.get("fixable_only") is not None:
             fixable_only = bool(override["fixable_only"])
         for i, raw in enumerate(override.get("ignore") or []):
             try:
                 entry = IgnoreEntry.model_validate(raw)
-            except Exception as exc:  # pydantic.ValidationError: one line naming the field
-                first = getattr(exc, "errors", lambda: [{"loc": (), "msg": str(exc)}])()[0]
+            except pydantic.ValidationError as err:  # one line naming the field
+                first = err.errors()[0]
                 loc = ".".join(str(x) for x in first.get("loc", ()))
                 raise InputError(f"{where}.ignore[{i}]{'.' + loc if loc else ''}: {first.get('msg')}") from None
             rules.append(_rule(entry, spec.source_file))

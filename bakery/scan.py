@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bakery import tools
-from bakery.errors import (BakeryError, EnvironmentFailure, InputError, ScannerError, ToolFailed, ToolMissing,
+from bakery.errors import (BakeryError, InputError, ScannerError, ToolFailed, ToolMissing,
                            ToolTimeout)
 
 if TYPE_CHECKING:
@@ -508,8 +508,8 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
     db = db_info(sc.cache_dir)
     if db is None and not sc.db_repository:
         raise ScannerError(f"no vulnerability DB in {sc.cache_dir}/db and no scanner.db_repository configured: "
-                           f"refusing to scan without one (set scanner.db_repository to the registry that serves it, or build one: "
-                           f"`bakery scan-db build --help`)")
+                           f"refusing to scan without one (set scanner.db_repository to the registry that serves "
+                           f"it, or build one: `bakery scan-db build --help`)")
     digest = _digest_of(image)
     if remote:
         if digest and not _DIGEST.match(digest):
