@@ -59,11 +59,15 @@ def run(
     on_line: Callable[[str], None] | None = None,
     hint: str = "",
     input_text: str | None = None,
+    process_group: bool = False,
 ) -> ToolResult:
     """Run a tool and return its output.
 
     ``on_line`` streams stdout line by line (for progress); stderr is captured either way.
     ``check`` raises :class:`ToolFailed` (with ``failure_exit_code``) on a non-zero exit.
+    ``process_group`` (with ``on_line``): run the tool in its own process group and, on timeout or
+    interruption, send the whole group SIGTERM (then SIGKILL after a grace period) so that tools with
+    helper processes (Packer's plugins) stop and clean up instead of holding the output pipe open.
     """
     import time
 
@@ -82,7 +86,7 @@ def run(
                                   cwd=cwd, input=input_text, errors="replace")
             stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
         else:
-            stdout, stderr, code = _run_streaming(argv, timeout, full_env, cwd, on_line)
+            stdout, stderr, code = _run_streaming(argv, timeout, full_env, cwd, on_line, process_group)
     except subprocess.TimeoutExpired as exc:
         raise ToolTimeout(f"{name} timed out after {timeout:g}s: {display(argv)}") from exc
     except FileNotFoundError as exc:
@@ -103,12 +107,36 @@ def _last_line(text: str) -> str:
     return ""
 
 
-def _run_streaming(argv, timeout, env, cwd, on_line):
+GROUP_GRACE_SECONDS = 30.0
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = GROUP_GRACE_SECONDS) -> None:
+    """SIGTERM the process group, SIGKILL it when still alive after ``grace`` seconds."""
+    import signal
+    import time
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.2)
+
+
+def _run_streaming(argv, timeout, env, cwd, on_line, process_group=False):
     import threading
     import time
 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=cwd, errors="replace")
+                            cwd=cwd, errors="replace", start_new_session=process_group)
+    if process_group:
+        return _stream_group(proc, argv, timeout, on_line)
     err_chunks: list[str] = []
     out_chunks: list[str] = []
 
@@ -132,5 +160,45 @@ def _run_streaming(argv, timeout, env, cwd, on_line):
         timer.cancel()
     t.join(timeout=5)
     if time.monotonic() >= deadline and proc.returncode and proc.returncode < 0:
+        raise subprocess.TimeoutExpired(argv, timeout)
+    return "".join(out_chunks), "".join(err_chunks), proc.returncode
+
+
+def _stream_group(proc: subprocess.Popen, argv, timeout, on_line):
+    """Like the plain streaming loop, but a timeout or an interruption stops the whole process group."""
+    import threading
+
+    err_chunks: list[str] = []
+    out_chunks: list[str] = []
+    timed_out = threading.Event()
+
+    def pump_err():
+        assert proc.stderr is not None
+        for chunk in proc.stderr:
+            err_chunks.append(chunk)
+
+    def expire():
+        timed_out.set()
+        _stop_group(proc)
+
+    t = threading.Thread(target=pump_err, daemon=True)
+    t.start()
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out_chunks.append(line)
+            on_line(line.rstrip("\n"))
+        proc.wait()
+    except BaseException:
+        timer.cancel()
+        _stop_group(proc)
+        raise
+    finally:
+        timer.cancel()
+    t.join(timeout=5)
+    if timed_out.is_set():
         raise subprocess.TimeoutExpired(argv, timeout)
     return "".join(out_chunks), "".join(err_chunks), proc.returncode
