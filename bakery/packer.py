@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bakery import tools
-from bakery.errors import (EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INPUT, BakeryError, EnvironmentFailure,
-                           InputError, StepFailed, ToolFailed)
+from bakery.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EnvironmentFailure, InputError, StepFailed, ToolFailed
 from bakery.model import (LABEL_BUILD_TAG, LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION,
                           Recipe)
 
@@ -398,7 +397,8 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
     if kind == "amazon-ebs" and not labels.get(LABEL_BUILD_TAG):
         from bakery import ami as ami_mod
 
-        labels = {**labels, LABEL_BUILD_TAG: ami_mod.next_build_tag(project, recipe.spec, labels.get(LABEL_FINGERPRINT, ""))}
+        tag = ami_mod.next_build_tag(project, recipe.spec, labels.get(LABEL_FINGERPRINT, ""))
+        labels = {**labels, LABEL_BUILD_TAG: tag}
     result = PackerResult(template=label, kind=kind, parent_ref=parent_ref, source_ami=source_ami,
                           packer_version=version, image_tag=image_tag if kind == "docker" else "",
                           build_tag=labels.get(LABEL_BUILD_TAG, "") if kind == "amazon-ebs" else "")
@@ -419,6 +419,8 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
         if kind == "docker" and not ({"bakery_changes", "bakery_labels"} & declared):
             raise InputError(f"{label}: a docker Packer template must declare variable \"bakery_changes\" (and use "
                              f"it in the source's changes) so the image carries bakery's labels")
+        if kind == "docker" and parent_ref:
+            _ensure_local(parent_ref)
 
         def feed(line: str) -> None:
             lines.append(line)
@@ -432,11 +434,10 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
             res = tools.run(project.config.packer.binary,
                             ["build", "-machine-readable", "-color=false", "-on-error=cleanup", *var_args, "."],
                             cwd=workdir, timeout=project.config.packer.timeout, env=PACKER_ENV, check=False,
-                            on_line=feed)
+                            on_line=feed, process_group=True)
             code, stderr = res.returncode, res.stderr
-        except BakeryError:
-            parsed_out = parse_machine_readable(lines)
-            _remove_containers(parsed_out.container_ids)
+        except BaseException:  # a timeout, Ctrl-C: Packer may not have cleaned up its container
+            _remove_containers(parse_machine_readable(lines).container_ids)
             raise
         parsed_out = parse_machine_readable(lines)
         result.artifacts = parsed_out.artifacts
@@ -484,6 +485,20 @@ def _docker_client():
         raise EnvironmentFailure(f"docker daemon unreachable: {exc}") from None
 
 
+def _ensure_local(reference: str) -> None:
+    """The docker builder runs with ``pull = false``: make sure the parent is in the daemon (pull by digest)."""
+    client = _docker_client()
+    try:
+        client.images.get(reference)
+        return
+    except Exception:  # noqa: BLE001 - ImageNotFound: pull it below
+        pass
+    try:
+        client.images.pull(reference)
+    except Exception as exc:  # noqa: BLE001 - docker raises APIError/NotFound with the registry's message
+        raise StepFailed(f"cannot pull the parent {reference} for Packer: {str(exc).splitlines()[0][:200]}") from None
+
+
 def _remove_containers(ids: list[str]) -> None:
     """Remove containers a failed or killed Packer build left behind (Packer normally cleans up)."""
     if not ids:
@@ -518,4 +533,4 @@ def _finish_docker(result: PackerResult, labels: dict[str, str], image_tag: str)
 
 __all__ = ["Artifact", "MachineOutput", "PackerFailed", "PackerResult", "ami_ids", "ami_tags", "build",
            "builder_kind", "check_version", "declared_variables", "label_changes", "packer_version",
-           "parse_machine_readable", "split_image_tag", "EXIT_FAILED"]
+           "parse_machine_readable", "split_image_tag"]

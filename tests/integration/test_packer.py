@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,30 @@ def test_gc_deletes_old_container_build_tags_but_never_used_or_shared_ones(packe
     assert client.head_manifest(repo, digests[2]) is None  # the manifest itself is gone
     proc = bakery("gc", "--env", "dev", "--keep", "1", cwd=root)
     assert proc.returncode == 0 and "deleted 0 items" in proc.stderr
+
+
+def test_a_packer_build_past_its_timeout_is_stopped_with_its_container(packer_project, stack):
+    """packer.timeout: the whole Packer process group is stopped (exit 3) and its build container removed."""
+    import docker
+
+    from bakery.errors import ToolTimeout
+
+    root = packer_project({"packer": {"timeout": 8}})
+    tdir = root / "templates" / "slow"
+    tdir.mkdir()
+    (tdir / "slow.pkr.hcl.j2").write_text(GOOD_TAIL.replace('"docker" "bad"', '"docker" "slow"')
+                                          .replace("source.docker.bad", "source.docker.slow")
+                                          .replace('"echo about to fail", "exit 7"', '"sleep 300"'))
+    (root / "base-images" / "slow.yaml").write_text(yaml.safe_dump({
+        "name": "slow", "template": "slow", "versions": {"1": {"parent": "docker.io/library/debian:bookworm-slim"}}}))
+    _commit(root)
+    docker.from_env(timeout=120).images.pull(stack.base_ref)
+    project = load_project(root / "bakery.yaml", cwd=root)
+    recipe = render.render(project, load_fleet(project).specs[ImageKey("slow", "1")])
+    before = packer_containers()
+    started = time.monotonic()
+    with pytest.raises(ToolTimeout) as info:
+        packer.build(project, recipe, parent_ref=stack.base_ref, labels={}, image_tag="")
+    assert info.value.exit_code == 3 and "timed out after 8s" in str(info.value)
+    assert time.monotonic() - started < 60  # not held up by Packer's plugins or the sleeping provisioner
+    assert packer_containers() <= before
