@@ -63,13 +63,32 @@ def context(project: Project, spec: ImageSpec) -> dict[str, object]:
     }
 
 
-def render(project: Project, spec: ImageSpec) -> Recipe:
+class _TemplateFiles:
+    """Per render run: each template directory's *.j2 names and context file bytes, read once."""
+
+    def __init__(self) -> None:
+        self._j2: dict[Path, list[Path]] = {}
+        self._bytes: dict[Path, bytes] = {}
+
+    def j2(self, tdir: Path) -> list[Path]:
+        if tdir not in self._j2:
+            self._j2[tdir] = sorted(tdir.glob("*.j2"))
+        return self._j2[tdir]
+
+    def read(self, path: Path) -> bytes:
+        if path not in self._bytes:
+            self._bytes[path] = path.read_bytes()
+        return self._bytes[path]
+
+
+def render(project: Project, spec: ImageSpec, files_cache: _TemplateFiles | None = None) -> Recipe:
     """Render one image's recipe in memory."""
+    cache = files_cache or _TemplateFiles()
     env = environment(project)
     tdir = project.templates_dir / spec.template
     ctx = context(project, spec)
     files: dict[str, bytes] = {}
-    for path in sorted(tdir.glob("*.j2")):
+    for path in cache.j2(tdir):
         out_name = path.name[:-3]
         rel = f"{spec.template}/{path.name}"
         try:
@@ -81,7 +100,7 @@ def render(project: Project, spec: ImageSpec) -> Recipe:
                              f"{exc.message}") from None
         files[out_name] = text.encode()
     for rel in spec.context_files:
-        files[rel] = (tdir / rel).read_bytes()
+        files[rel] = cache.read(tdir / rel)
     return Recipe(spec=spec, directory=output_dir(project.rendered_dir, spec), files=files,
                   recipe_digest=digest_files(files))
 
@@ -106,13 +125,32 @@ def output_dir(root: Path, spec: ImageSpec) -> Path:
 
 
 def write(recipe: Recipe, directory: Path | None = None) -> Path:
-    """Write a recipe's files, replacing whatever the directory held (so it is exactly the recipe)."""
+    """Make a directory hold exactly the recipe's files: stale files, empty directories and symlinks go,
+    files whose bytes already match are left alone (re-rendering an unchanged fleet writes nothing)."""
     target = directory or recipe.directory
-    if target.exists():
-        shutil.rmtree(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    if target.is_dir():
+        for dirpath, dirnames, filenames in os.walk(target, topdown=False):
+            here = Path(dirpath)
+            for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
+                path = here / name
+                if path.is_symlink() or path.relative_to(target).as_posix() not in recipe.files:
+                    path.unlink()
+            for name in dirnames:
+                path = here / name
+                if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                    path.rmdir()
+    made: set[Path] = set()
     for rel, data in recipe.files.items():
         path = target / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in made:  # one mkdir per directory, not per file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            continue
         path.write_bytes(data)
     return target
 
@@ -120,8 +158,9 @@ def write(recipe: Recipe, directory: Path | None = None) -> Path:
 def render_all(project: Project, specs: Iterable[ImageSpec], out: Path | None = None) -> list[Recipe]:
     root = out or project.rendered_dir
     recipes = []
+    cache = _TemplateFiles()
     for spec in specs:
-        recipe = render(project, spec)
+        recipe = render(project, spec, cache)
         write(recipe, output_dir(root, spec))
         recipes.append(recipe)
     return recipes
@@ -130,8 +169,9 @@ def render_all(project: Project, specs: Iterable[ImageSpec], out: Path | None = 
 def check(project: Project, specs: Iterable[ImageSpec], directory: Path) -> list[str]:
     """Unified diff lines between DIRECTORY and what would be rendered; empty when they agree."""
     diff: list[str] = []
+    cache = _TemplateFiles()
     for spec in specs:
-        recipe = render(project, spec)
+        recipe = render(project, spec, cache)
         base = output_dir(directory, spec)
         on_disk: dict[str, bytes] = {}
         if base.is_dir():
