@@ -133,9 +133,9 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
     ("empty-file", {F: ""}, [f"{F}: (top level): file is empty"]),
     ("comments-only", {F: "# nothing yet\n"}, [f"{F}: (top level): file is empty"]),
     ("yaml-syntax-error", {F: "name: a\ntemplate: t\nversions:\n  '1':\n    parent: [x\n"}, [
-        f"{F}: line 6: invalid YAML: expected ',' or ']', but got '<stream end>'"]),
+        f"{F}: line 6: invalid YAML: did not find expected ',' or ']'"]),
     ("yaml-bad-indent", {F: "name: a\n  template: t\n"}, [
-        f"{F}: line 2: invalid YAML: mapping values are not allowed here"]),
+        f"{F}: line 2: invalid YAML: mapping values are not allowed in this context"]),
     ("top-level-list", {F: "- a\n- b\n"}, [f"{F}: (top level): must be a mapping with name, template and versions"]),
     ("every-problem-at-once", {F: one("nope:1").replace("{user: app}", "{user: 5}"),
                                "base-images/b.yaml": family("b", "docker.io/library/debian")}, [

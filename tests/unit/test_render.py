@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -163,3 +164,30 @@ def test_unknown_ref_on_cli_exits_2(example: Path, bakery) -> None:
     result = bakery("render", "pyton", cwd=example)
     assert result.code == 2
     assert result.errors == ["error: unknown image 'pyton' (did you mean 'python'?); `bakery list` shows the fleet"]
+
+
+def test_render_does_not_write_through_symlinks(example: Path, tmp_path: Path, bakery) -> None:
+    bakery("render", "--out", "r", "base", cwd=example)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n")
+    dockerfile = example / "r/base/12/Dockerfile"
+    expected = dockerfile.read_bytes()
+    dockerfile.unlink()
+    dockerfile.symlink_to(outside)
+    (example / "r/base/12/link-dir").symlink_to(tmp_path, target_is_directory=True)
+    (example / "r/base/12/files/empty").mkdir()
+    assert bakery("render", "--out", "r", "base", cwd=example).code == 0
+    assert outside.read_text() == "keep me\n"
+    assert not dockerfile.is_symlink() and dockerfile.read_bytes() == expected
+    assert sorted(tree(example / "r").keys()) == ["base/12/Dockerfile", "base/12/files/hardening.sh"]
+    assert not (example / "r/base/12/link-dir").exists() and not (example / "r/base/12/files/empty").exists()
+    assert bakery("render", "--check", "r", "base", cwd=example).code == 0
+
+
+def test_rerender_leaves_unchanged_files_alone(example: Path, bakery) -> None:
+    bakery("render", "--out", "r", "base", cwd=example)
+    dockerfile = example / "r/base/12/Dockerfile"
+    before = dockerfile.stat().st_mtime_ns
+    os.utime(dockerfile, ns=(before - 10**9, before - 10**9))
+    bakery("render", "--out", "r", "base", cwd=example)
+    assert dockerfile.stat().st_mtime_ns == before - 10**9
