@@ -130,7 +130,8 @@ def write(recipe: Recipe, directory: Path | None = None) -> Path:
     target = directory or recipe.directory
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         target.unlink()
-    if target.is_dir():
+    existed = target.is_dir()
+    if existed:
         for dirpath, dirnames, filenames in os.walk(target, topdown=False):
             here = Path(dirpath)
             for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
@@ -147,7 +148,9 @@ def write(recipe: Recipe, directory: Path | None = None) -> Path:
         if path.parent not in made:  # one mkdir per directory, not per file
             path.parent.mkdir(parents=True, exist_ok=True)
             made.add(path.parent)
-        if path.is_dir():
+        if not existed:  # a new directory: nothing to compare with
+            pass
+        elif path.is_dir():
             shutil.rmtree(path)
         elif path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
             continue
