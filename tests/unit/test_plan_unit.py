@@ -193,3 +193,32 @@ def test_report_nothing_to_do() -> None:
                            outcomes=[Outcome(ref="root:1", reason="up to date", why="", status="up to date")])
     assert report.ok and report.nothing_to_do
     assert report.headline().startswith("nothing to do: all 1 images are up to date")
+
+
+def test_summarize_the_workflow_artifacts(fleet, tmp_path: Path, monkeypatch) -> None:
+    """What the nightly workflow's summary job runs: plan.json + `bakery build --format json` outputs → report."""
+    import json
+
+    from bakery.nightly import summarize
+
+    project, fl = fleet
+    items = _plan(project, fl, {})
+    by_key = {i.key: i for i in items.values()}
+    levels = [[s.key for s in level] for level in fl.levels()]
+    for n, level in enumerate(levels):
+        for k in level:
+            by_key[k].level = n
+    (tmp_path / "plan.json").write_text(json.dumps(Plan(items=by_key, levels=levels).to_json()))
+    pushed = {"ref": "root:1", "status": "pushed", "build_tag": "1-20261127.1", "digest": "sha256:" + "a" * 64,
+              "scan": {"counts": {"CRITICAL": 0, "HIGH": 0, "MEDIUM": 2, "LOW": 0, "UNKNOWN": 0}}, "seconds": 3}
+    failed = {"ref": "left:1", "status": "failed", "error": "left:1: build failed: exit 1"}
+    (tmp_path / "result-a.json").write_text(json.dumps({"results": [pushed], "ok": True}))
+    (tmp_path / "result-b.json").write_text(json.dumps({"results": [failed], "ok": False}))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    report = summarize(project, tmp_path / "plan.json", [tmp_path / "result-a.json", tmp_path / "result-b.json"])
+    status = {o.ref: o.status for o in report.outcomes}
+    assert status == {"root:1": "rebuilt", "left:1": "failed", "right:1": "skipped", "leaf-a:1": "skipped",
+                      "leaf-b:1": "skipped"}
+    assert not report.ok
+    assert "| `root:1` | definition | ✅ rebuilt | 1-20261127.1 | - | M:2 |" in (tmp_path / "summary.md").read_text()
+    assert (project.state_dir / "nightly" / "last.json").is_file()
