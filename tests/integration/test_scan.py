@@ -365,3 +365,26 @@ def test_remote_scan_on_an_authenticated_registry_keeps_the_password_out(scan_pr
     proc = bakery("scan", pinned, "--rescan", cwd=root, env={"BAKERY_TEST_PASSWORD": ""})
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: trivy failed scanning")
+
+
+def test_gate_api_rescans_a_result_older_than_max_age(scan_project, base_image):
+    """What promote uses: scan.gate(..., max_age=...) serves a recent result and re-scans an old one."""
+    from bakery import scan
+    from bakery.config import load_project
+
+    root = scan_project()
+    project = load_project(root / "bakery.yaml", cwd=root)
+    t0 = dt.datetime(2026, 11, 26, 8, tzinfo=dt.timezone.utc)
+    first, decision = scan.gate(project, base_image["image_id"], now=t0)
+    assert not first.cached and not decision.passed
+    json.dumps(decision.summary())  # plain data for the ledger
+    assert decision.summary()["db_time"] == DB_UPDATED and decision.summary()["failing_ids"] == [
+        "CVE-2099-1001", "CVE-2099-1005"]
+
+    recent, _ = scan.gate(project, base_image["image_id"], max_age=dt.timedelta(hours=24),
+                          now=t0 + dt.timedelta(hours=23))
+    assert recent.cached and recent.scanned_at == t0
+    old, _ = scan.gate(project, base_image["image_id"], max_age=dt.timedelta(hours=24),
+                       now=t0 + dt.timedelta(hours=25))
+    assert not old.cached and old.rescanned and old.scanned_at == t0 + dt.timedelta(hours=25)
+    assert old.trivy_seconds > 0
