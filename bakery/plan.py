@@ -18,7 +18,7 @@ otherwise up to date. The images to rebuild form a DAG in levels (parents first)
 from __future__ import annotations
 
 import datetime as dt
-import logging
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,8 +32,6 @@ from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure
 from bakery.model import LABEL_FINGERPRINT, OCI, ImageKey, ImageSpec
 from bakery.registry import RegistryClient
-
-log = logging.getLogger("bakery.plan")
 
 REASONS = ("definition", "upstream", "patches", "parent", "forced")
 UP_TO_DATE = "up to date"
@@ -175,12 +173,11 @@ def _ancestors(plan: Plan, key: ImageKey) -> list[ImageKey]:
 
 # ------------------------------------------------------------------------------------------------ registry
 class _Clients:
-    """One RegistryClient (one HTTP session) per registry host and worker thread; counts requests."""
+    """One RegistryClient (one HTTP session, kept alive) per worker thread for the first environment's registry."""
 
     def __init__(self, factory: Callable[[], RegistryClient]):
         self._factory = factory
         self._local = threading.local()
-        self.lock = threading.Lock()
 
     def get(self) -> RegistryClient:
         client = getattr(self._local, "client", None)
@@ -206,8 +203,6 @@ def _newest(project: Project, clients: _Clients, key: ImageKey) -> Current | Non
     image_id = str(config.get("digest") or "")
     labels: dict[str, str] = {}
     if image_id:
-        import json
-
         blob = json.loads(client.get_blob(repo, image_id))
         labels = dict((blob.get("config") or {}).get("Labels") or {})
     return Current(repository=f"{host}/{repo}", build_tag=tag, digest=top.digest, image_id=image_id, labels=labels)
