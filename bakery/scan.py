@@ -441,6 +441,8 @@ def _inspect_local(image: str) -> _LocalImage:
     if status == 404:
         raise InputError(f"image {image!r} not found in the docker daemon (build or pull it first, or use "
                          f"--remote for a registry image)")
+    if status == 400:
+        raise InputError(f"{image!r} is not a valid image reference (the docker daemon refused it)")
     if status != 200 or not isinstance(info, dict) or "Id" not in info:
         raise DaemonUnavailable(f"docker daemon answered {status} inspecting {image!r}")
     return _LocalImage(image_id=info["Id"], repo_digests=tuple(info.get("RepoDigests") or ()),
@@ -511,9 +513,9 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
                            f"refusing to scan without one (set scanner.db_repository to the registry that serves "
                            f"it, or build one: `bakery scan-db build --help`)")
     digest = _digest_of(image)
+    if digest and not _DIGEST.match(digest):
+        raise InputError(f"{image}: {digest!r} is not a digest (sha256: and 64 hex digits)")
     if remote:
-        if digest and not _DIGEST.match(digest):
-            raise InputError(f"{image}: not a sha256 digest")
         image_id = (_id_for_digest(project, digest) or _remote_image_id(project, image)) if digest else None
     else:
         local = _inspect_local(image)

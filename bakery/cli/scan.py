@@ -56,6 +56,9 @@ def resolve_target(project, target: str, env: str | None, remote: bool | None):
     from bakery.errors import InputError
     from bakery.publish import latest
 
+    if not project.definitions_dir.is_dir():
+        raise InputError(f"{target!r} is not an image in the docker daemon, and there are no definitions "
+                         f"({project.rel(project.definitions_dir)}/) to read it as NAME:VERSION")
     fleet = load_fleet(project)
     keys = fleet.resolve_ref(target)
     if len(keys) != 1:
@@ -102,7 +105,7 @@ def scan_cmd(ctx: Context, target: str, fmt: str, output: Path | None, sbom: Pat
 
     project = ctx.project
     sc = scanner(project)  # fails closed (exit 3) before anything else when trivy is missing or too old
-    if not ctx.quiet or fmt == "table":
+    if not ctx.quiet:
         click.echo(f"scanner: {sc.describe()}", err=True)
     image, is_remote, spec = resolve_target(project, target, env, remote)
     result, decision = gate(project, image, remote=is_remote, spec=spec, rescan=rescan, sbom=sbom)

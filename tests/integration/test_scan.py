@@ -388,3 +388,15 @@ def test_gate_api_rescans_a_result_older_than_max_age(scan_project, base_image):
                        now=t0 + dt.timedelta(hours=25))
     assert not old.cached and old.rescanned and old.scanned_at == t0 + dt.timedelta(hours=25)
     assert old.trivy_seconds > 0
+
+
+@pytest.mark.parametrize("target,needle", [
+    ("x@sha256:abc", "is not a digest"),
+    ("127.0.0.1:5999/nowhere/app:1", "not found in the docker daemon"),
+    ("nosuch:1.0", "is not an image in the docker daemon, and there are no definitions"),
+])
+def test_bad_targets_are_input_errors(scan_project, target, needle):
+    root = scan_project()
+    proc = bakery("scan", target, cwd=root)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error:") and needle in proc.stderr
