@@ -60,7 +60,10 @@ def resolve_target(project, target: str, env: str | None, remote: bool | None):
         raise InputError(f"{target!r} is not an image in the docker daemon, and there are no definitions "
                          f"({project.rel(project.definitions_dir)}/) to read it as NAME:VERSION")
     fleet = load_fleet(project)
-    keys = fleet.resolve_ref(target)
+    try:
+        keys = fleet.resolve_ref(target)
+    except InputError as err:
+        raise InputError(f"{target!r} is not an image in the docker daemon, nor a definition: {err}") from None
     if len(keys) != 1:
         raise InputError(f"{target!r} names {len(keys)} images ({', '.join(map(str, keys))}); give NAME:VERSION"
                          f"[-VARIANT]")
