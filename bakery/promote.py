@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bakery import ledger as ledger_mod
-from bakery.errors import ImmutableTagError, InputError, RegistryError, StepFailed
+from bakery.errors import ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
 from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, OCI, ImageKey,
                           Published)
 
@@ -495,10 +495,17 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     # Copy by digest, then the tags.
     if hasattr(dst, "ensure_repository"):
         dst.ensure_repository(dst_repo, aliases=tags[1:])  # type: ignore[attr-defined]
-    stats = dst.copy_image(src, src_repo, pub.digest, dst_repo)
+    tagged = False
+    try:
+        stats = dst.copy_image(src, src_repo, pub.digest, dst_repo)
+        manifest = src.get_manifest(src_repo, pub.digest)  # byte-identical by definition of the digest
+        tagged = True
+        write_tags(dst, dst_repo, manifest, pub.build_tag, tags[1:], target=result.target)
+    except RegistryUnavailable as exc:
+        state = ("some tags may be missing" if tagged else "no tag was written in the target")
+        raise RegistryUnavailable(f"promotion of {result.image} {pub.build_tag} to {to_env} interrupted ({state}); "
+                                  f"run the same command again to complete it: {exc}") from None
     result.copy = stats.as_dict()
-    manifest = src.get_manifest(src_repo, pub.digest)  # byte-identical by definition of the digest
-    write_tags(dst, dst_repo, manifest, pub.build_tag, tags[1:], target=result.target)
 
     want_git = target_env.git_tag if git_tag is None else git_tag
     if want_git:

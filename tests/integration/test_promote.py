@@ -370,6 +370,28 @@ def test_wrong_credentials_fail_cleanly_without_leaking(make_project, stack):
     assert_no_password(stack, root)
 
 
+def test_credentials_from_the_docker_config(make_project, stack, tmp_path):
+    import base64
+
+    config = json.loads(json.dumps(GATED))
+    config["environments"]["staging"]["credentials"] = {"username_env": None, "password_env": None}
+    root = make_project(fleet=None, config=config)
+    img = publish(root, stack, build_tag="3.11-20260302.1")
+    docker_config = tmp_path / "docker-config"
+    docker_config.mkdir()
+    token = base64.b64encode(f"{stack.user}:{stack.password}".encode()).decode()
+    (docker_config / "config.json").write_text(json.dumps({"auths": {stack.registry("staging"): {"auth": token}}}))
+    env = {"DOCKER_CONFIG": str(docker_config), "BAKERY_TEST_USER": "", "BAKERY_TEST_PASSWORD": ""}
+    code, out = promote_json("python:3.11", "--to", "staging", env=env)
+    assert code == 0, out
+    assert stack.client("staging").head_manifest(f"{namespace(root)}/python", "staging") == img.digest
+    # Without any credentials the registry says 401: an environment problem, exit 3, one line.
+    proc = bakery("promote", "python:3.11-20260302.1", "--to", "staging",
+                  env={"DOCKER_CONFIG": str(tmp_path / "none"), "BAKERY_TEST_USER": "", "BAKERY_TEST_PASSWORD": ""})
+    assert proc.returncode == 3 and "authentication failed" in proc.stderr
+    assert_no_password(stack, root)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Interruption: a dedicated authenticated target registry that the test kills mid-copy.
 
@@ -443,6 +465,7 @@ def test_interrupted_promotion_leaves_no_tag_and_a_rerun_completes(make_project,
         out, err = proc.communicate(timeout=120)
         OUTPUTS.extend([out, err])
         assert proc.returncode == 3, err
+        assert "interrupted (no tag was written in the target)" in err and "run the same command again" in err
         assert "registry unavailable" in err and "Traceback" not in err
 
         target.start()
