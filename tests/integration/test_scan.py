@@ -393,7 +393,7 @@ def test_gate_api_rescans_a_result_older_than_max_age(scan_project, base_image):
 @pytest.mark.parametrize("target,needle", [
     ("x@sha256:abc", "is not a digest"),
     ("127.0.0.1:5999/nowhere/app:1", "not found in the docker daemon"),
-    ("nosuch:1.0", "is not an image in the docker daemon, nor a definition: unknown image 'nosuch'"),
+    ("nosuch:1.0", "is not an image in the docker daemon, nor a definition: unknown image 'nosuch:1.0'"),
 ])
 def test_bad_targets_are_input_errors(scan_project, target, needle):
     root = scan_project()
