@@ -13,6 +13,7 @@ from bakery.scan import SEVERITY_ORDER, Finding, ScanResult, _iso
 
 FORMATS = ("table", "json", "sarif", "markdown")
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+BELOW_SHOWN = 25  # findings under the threshold listed in the table (all are in JSON and SARIF)
 _SECURITY_SEVERITY = {"CRITICAL": "9.5", "HIGH": "8.0", "MEDIUM": "5.5", "LOW": "2.0", "UNKNOWN": "0.0"}
 
 
@@ -70,8 +71,12 @@ def table(result: ScanResult, decision: GateDecision, *, width: int | None = Non
              for f, r in decision.ignored])
     section("No fix available (reported, not failing)", ["ID", "SEVERITY", "PACKAGE", "INSTALLED"],
             [[f.id, f.severity, f.package, f.installed] for f in decision.unfixed])
+    below = decision.below[:BELOW_SHOWN]
     section(f"Below {decision.severity}", ["ID", "SEVERITY", "PACKAGE", "INSTALLED", "FIXED"],
-            [[f.id, f.severity, f.package, f.installed, f.fixed or "-"] for f in decision.below])
+            [[f.id, f.severity, f.package, f.installed, f.fixed or "-"] for f in below])
+    if len(decision.below) > len(below):
+        console.print(f"... and {len(decision.below) - len(below)} more below {decision.severity} "
+                      f"(--format json lists every finding)")
     section("Stale ignore entries (match no finding)", ["ID", "SOURCE", "REASON"],
             [[r.id, r.source, r.reason] for r in decision.stale])
     for note in decision.notes:

@@ -116,3 +116,13 @@ def test_unreadable_trivy_output_fails_closed(stdout, needle):
     with pytest.raises(ScannerError) as err:
         parse_report(stdout, "img")
     assert needle in str(err.value) and err.value.exit_code == 3
+
+
+def test_table_shortens_the_list_below_the_threshold():
+    r, _ = sample()
+    many = [Finding(f"CVE-L{i}", "libx", "1", "2", "LOW") for i in range(40)]
+    r.findings = r.findings + many
+    d = decide(r, EffectivePolicy("HIGH", True, ()), today=TODAY)
+    text = reports.table(r, d, width=160)
+    assert "... and 16 more below HIGH" in text  # 41 LOW findings, 25 shown
+    assert len(json.loads(reports.render("json", r, d))["gate"]["below_threshold"]) == 41
