@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, ImmutableTagError, RegistryError, RegistryUnavailable
-from bakery.registry import ACCEPT, MANIFEST_TYPES, CopyStats, Manifest, media_type_of
+from bakery.registry import MANIFEST_TYPES, CopyStats, Manifest, media_type_of
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -272,5 +272,3 @@ class _EcrError(RegistryError):
         super().__init__(message, status)
         self.code = code
 
-
-__all__ = ["EcrRegistry", "ACCEPT"]

@@ -28,7 +28,7 @@ from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERS
                           Published)
 
 if TYPE_CHECKING:
-    from bakery.config import Environment, Project
+    from bakery.config import Project
     from bakery.registry import CopyStats, Manifest
 
 LABEL_REVISION = OCI + "revision"
@@ -508,11 +508,19 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     result.copy = stats.as_dict()
 
     want_git = target_env.git_tag if git_tag is None else git_tag
+    git_error: StepFailed | None = None
     if want_git:
-        result.git_tag = create_git_tag(project, to_env, pub, dst, dst_repo)
+        try:
+            result.git_tag = create_git_tag(project, to_env, pub, src, src_repo)
+        except StepFailed as exc:  # the images moved: record that first, then report the git problem
+            git_error = exc
+            result.message = f"git tag not created: {exc}"
     result.action = "promoted"
     result.seconds = time.monotonic() - started
     result.event_id = _record(led, "promote", result, now)
+    if git_error is not None:
+        raise StepFailed(f"{result.image} {pub.build_tag} promoted to {to_env} (recorded), but the git tag was "
+                         f"not created: {git_error}")
     return result
 
 
@@ -534,7 +542,7 @@ def _record(led: ledger_mod.Ledger, kind: str, p: Promotion, now: dt.datetime, p
     details: dict[str, Any] = {"source": p.source, "target": p.target, "tags": p.tags}
     if passed is not None:
         details["passed"] = passed
-    if kind == "gate" and p.message:
+    if p.message:
         details["message"] = p.message
     if p.copy is not None:
         details["copy"] = p.copy
@@ -559,7 +567,7 @@ def create_git_tag(project: Project, env: str, pub: Published, reg: Registry, re
 
     labels = _safe_labels(reg, repo, pub.digest)
     revision = labels.get(LABEL_REVISION)
-    if not revision:
+    if not revision or revision == "unknown":
         raise StepFailed(f"{pub.key}: image has no {LABEL_REVISION} label: cannot create the git tag "
                          f"(the images and their tags were promoted)")
     tag = f"{env}/{pub.key.name}/{pub.build_tag}"
@@ -573,8 +581,13 @@ def create_git_tag(project: Project, env: str, pub: Published, reg: Registry, re
             return tag
         raise StepFailed(f"git tag {tag} exists at another revision ({have[:12]}); not moved")
     message = f"{pub.key} {pub.build_tag} promoted to {env}\n\ndigest: {pub.digest}\nactor: {ledger_mod.actor()}\n"
-    tools.run("git", ["-c", "user.name=bakery", "-c", "user.email=bakery@localhost", "tag", "-a", "-m", message,
-                      tag, revision], cwd=root, timeout=30)
+    known = tools.run("git", ["cat-file", "-e", f"{revision}^{{commit}}"], cwd=root, timeout=30, check=False)
+    if known.returncode != 0:
+        raise StepFailed(f"revision {revision[:12]} (from the image label) is not in the repository at {root}")
+    ident: list[str] = []
+    if tools.run("git", ["config", "user.email"], cwd=root, timeout=30, check=False).returncode != 0:
+        ident = ["-c", f"user.name={ledger_mod.actor()}", "-c", "user.email=bakery@localhost"]  # CI runners
+    tools.run("git", [*ident, "tag", "-a", "-m", message, tag, revision], cwd=root, timeout=30)
     return tag
 
 
