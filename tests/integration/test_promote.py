@@ -391,6 +391,90 @@ def test_credentials_from_the_docker_config(make_project, stack, tmp_path):
     assert_no_password(stack, root)
 
 
+class FlakyProxy:
+    """An HTTP proxy in front of a registry that answers 503, then 429, then drops the connection, for the first
+    blob uploads and manifest writes it sees; everything else is passed through."""
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+
+        import requests
+
+        self.upstream = upstream
+        self.faults = ["503", "429", "reset", "503"]
+        self.seen: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _do(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                fault = None
+                if self.command in ("PUT", "POST") and "/blobs/uploads/" in self.path or (
+                        self.command == "PUT" and "/manifests/" in self.path):
+                    fault = proxy.faults.pop(0) if proxy.faults else None
+                proxy.seen.append(f"{self.command} {fault or 'ok'}")
+                if fault == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if fault:
+                    self.send_response(int(fault))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length",)}
+                resp = requests.request(self.command, proxy.upstream + self.path, headers=headers, data=body,
+                                        allow_redirects=False, timeout=60)
+                data = resp.content
+                self.send_response(resp.status_code)
+                for k, v in resp.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_PATCH = do_DELETE = _do
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_transient_registry_errors_are_retried(make_project, stack):
+    proxy = FlakyProxy(f"http://{stack.registry('staging')}")
+    try:
+        config = json.loads(json.dumps(GATED))
+        config["environments"]["staging"]["registry"] = f"127.0.0.1:{proxy.port}/flaky"
+        root = make_project(fleet=None, config=config)
+        img = publish(root, stack, build_tag="3.11-20260302.1")
+        code, out = promote_json("python:3.11", "--to", "staging")
+        assert code == 0, out
+        assert not proxy.faults  # every fault was served and survived
+        assert len([x for x in proxy.seen if not x.endswith(" ok")]) == 4
+        assert stack.client("staging").head_manifest("flaky/python", "staging") == img.digest
+        # A permanent error is not retried: an unknown build tag is one 404, exit 1.
+        before = len(proxy.seen)
+        proc = bakery("promote", "python:3.11-20990101.1", "--to", "prod", "--approved-by", "alice")
+        assert proc.returncode == 1 and "build tag not found in staging" in proc.stderr, proc.stderr
+        assert len(proxy.seen) - before <= 4  # a HEAD (401 challenge + 404) and the tag list: no retries
+    finally:
+        proxy.close()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Interruption: a dedicated authenticated target registry that the test kills mid-copy.
 
