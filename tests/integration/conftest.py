@@ -121,12 +121,38 @@ def stack() -> Iterator[Stack]:
                     base_image=f"127.0.0.1:{PORTS['mirror']}/{BASE_IMAGE}", base_ref=base_ref, project=project)
     finally:
         devstack.down(project, purge=True)
+        _untag_stack_images(PORTS.values())
         lock.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _untag_stack_images(ports) -> None:
+    """Remove the local tags the session left pointing at the stack's registries (untag only, no force)."""
+    prefixes = tuple(f"127.0.0.1:{p}/" for p in ports)
+    try:
+        import docker
+
+        client = docker.from_env(timeout=60)
+        for image in client.images.list():
+            for tag in image.tags:
+                if tag.startswith(prefixes):
+                    try:
+                        client.images.remove(tag)
+                    except Exception:  # noqa: BLE001 - in use by a container, or already gone
+                        pass
+        for image in client.images.list():  # now untagged, known only by digests in the stack's registries
+            digests = image.attrs.get("RepoDigests") or []
+            if not image.tags and digests and all(d.startswith(prefixes) for d in digests):
+                try:
+                    client.images.remove(image.id)
+                except Exception:  # noqa: BLE001 - a parent of another image, or in use
+                    pass
+    except Exception:  # noqa: BLE001 - cleanup is best effort
+        pass
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

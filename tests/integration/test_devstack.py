@@ -148,6 +148,13 @@ def test_own_stack_up_new_base_down(stack, tmp_path):
         assert devstack.ensure_base(project) == moved  # ensure_base keeps what the mirror has
     finally:
         down = bakery(tmp_path, "dev", "down")
+        import docker
+
+        client = docker.from_env()
+        for image in client.images.list(name=f"127.0.0.1:{mirror_port}/library/debian"):
+            for tag in image.tags:
+                if tag.startswith(f"127.0.0.1:{mirror_port}/"):
+                    client.images.remove(tag)  # untag only: never force-remove a shared image
     assert down.returncode == 0, down.stderr
     assert "stopped: mirror, dev" in down.stderr
     for port in (mirror_port, dev_port):
@@ -203,4 +210,4 @@ def test_docker_runtime_runs_registries_as_containers(stack, tmp_path):
         down = bakery(proj, "dev", "down")
     assert down.returncode == 0 and "stopped: mirror, dev" in down.stderr
     assert client.containers.list(all=True, filters={"label": f"dev.bakery.stack={(proj / '.bakery/dev/dev').resolve()}"}) == []
-    client.images.remove(image, force=True)
+    client.images.remove(image)
