@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bakery import ledger as ledger_mod
-from bakery.errors import ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
+from bakery.errors import EnvironmentFailure, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
 from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, OCI, ImageKey,
                           Published)
 
@@ -748,6 +748,7 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
     images.sort()
     rows: list[StatusRow] = []
     clients: dict[str, Registry] = {}
+    down: dict[str, str] = {}
     for image in images:
         key = _key_of(image)
         name, tag_version = key.name, key.tag_version
@@ -757,16 +758,26 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
             repo = environment.repository(name)
             aliases = alias_tags(project, e, key, now.date())
             live = None
-            for pointer in aliases or []:
-                live = reg.head_manifest(repo, pointer)
-                if live:
-                    break
             mine = [x for x in events if x.image == image and x.to_env == e]
             ledger_now = ledger_mod.current(mine, image, e)
-            if live is None and not aliases:
-                tags = reg.list_tags(repo)
-                bt = newest_build_tag(cfg.tags.build, tags, name=name, tag_version=tag_version)
-                live = reg.head_manifest(repo, bt) if bt else None
+            try:
+                if e in down:
+                    raise EnvironmentFailure(down[e])
+                for pointer in aliases or []:
+                    live = reg.head_manifest(repo, pointer)
+                    if live:
+                        break
+                if live is None and not aliases:
+                    tags = reg.list_tags(repo)
+                    bt = newest_build_tag(cfg.tags.build, tags, name=name, tag_version=tag_version)
+                    live = reg.head_manifest(repo, bt) if bt else None
+            except EnvironmentFailure as exc:  # one registry down: say so, keep the ledger's view of it
+                down[e] = str(exc)
+                rows.append(StatusRow(image=image, env=e, build_tag=ledger_now.build_tag if ledger_now else "",
+                                      digest=None, age="-", since=None, vulnerabilities=None, gate="-",
+                                      ledger_digest=ledger_now.digest if ledger_now else None,
+                                      note=f"registry unreachable: {exc}"))
+                continue
             note = ""
             if ledger_now and live and ledger_now.digest != live:
                 note = f"ledger says {ledger_now.digest[7:19]}, registry has {live[7:19]} (registry wins)"

@@ -7,7 +7,7 @@ import sys
 import click
 
 from bakery.cli._common import Context, echo, emit_json, format_option, pass_ctx, table
-from bakery.errors import EXIT_FAILED
+from bakery.errors import EXIT_ENVIRONMENT, EXIT_FAILED
 
 
 def _short(digest: str | None) -> str:
@@ -152,12 +152,16 @@ def status_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> None
     """What runs where: per image and environment, the build tag, digest, age, vulnerabilities and gate state.
 
     Read from the registries and the ledger; when they disagree the registry wins (and the row says so).
+    An unreachable registry is shown with the ledger's view and makes the exit status 3.
     """
     from bakery.promote import status
 
     rows = status(ctx.project, ref, env)
+    unreachable = any((r.note or "").startswith("registry unreachable") for r in rows)
     if fmt == "json":
         emit_json({"images": [r.to_json() for r in rows]})
+        if unreachable:
+            sys.exit(EXIT_ENVIRONMENT)
         return
     out = []
     for r in rows:
@@ -166,6 +170,9 @@ def status_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> None
             vulns = " ".join(f"{k[0]}:{v}" for k, v in r.vulnerabilities.items() if v) or "none"
         out.append([r.image, r.env, r.build_tag or "-", _short(r.digest), r.age, vulns, r.gate, r.note])
     table(["IMAGE", "ENV", "BUILD TAG", "DIGEST", "AGE", "VULNS", "GATE", "NOTE"], out)
+    if unreachable:
+        echo("error: a registry is unreachable; its rows show the ledger's view only", err=True)
+        sys.exit(EXIT_ENVIRONMENT)
 
 
 commands = [promote_cmd, rollback_cmd, history_cmd, status_cmd]

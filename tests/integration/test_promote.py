@@ -295,6 +295,20 @@ def test_soak_and_stale_scan_gates_follow_the_clock(make_project, stack):
     assert_no_password(stack, root)
 
 
+def test_status_with_a_registry_down_shows_the_ledger_and_exits_3(make_project, stack):
+    config = json.loads(json.dumps(GATED))
+    config["environments"]["prod"]["registry"] = f"127.0.0.1:{_free_port()}/gone"
+    root = make_project(fleet=None, config=config)
+    img = publish(root, stack, build_tag="3.11-20260302.1")
+    assert promote_json("python:3.11", "--to", "staging")[0] == 0
+    proc = bakery("status", "--format", "json")
+    assert proc.returncode == 3, proc.stderr
+    rows = {r["env"]: r for r in json.loads(proc.stdout)["images"]}
+    assert rows["staging"]["digest"] == img.digest and rows["staging"]["build_tag"] == img.build_tag
+    assert rows["staging"]["gate"] == "passed" and rows["staging"]["age"] != "-"
+    assert rows["prod"]["digest"] is None and rows["prod"]["note"].startswith("registry unreachable")
+
+
 def test_a_different_digest_never_moves_an_immutable_tag(make_project, stack):
     root = make_project(fleet=None, config=GATED)
     first = publish(root, stack, build_tag="3.11-20260302.1", marker="first")
