@@ -33,7 +33,7 @@ venv: $(VENV)/.installed
 # serves it from the local stack's mirror registry, the air-gapped way (--db-repository).
 DEMO_DB := 127.0.0.1:5000/trivy-db:2
 demo-db: venv
-	@$(BIN)/bakery scan-db build --advisories tests/fixtures/advisories.yaml --push $(DEMO_DB)
+	@$(BIN)/bakery scan-db build --advisories tests/fixtures/advisories-demo.yaml --push $(DEMO_DB)
 
 demo: host venv
 	$(BIN)/bakery dev up
