@@ -432,8 +432,12 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     cfg.env(from_env)
     if from_env == to_env:
         raise InputError(f"--from and --to are both {to_env}")
+    clock_given = now is not None
     now = now or ledger_mod.now()
     led = ledger or ledger_mod.open_ledger(project)
+
+    def stamp() -> dt.datetime:  # the time of an event: the injected clock, else when it happens
+        return now if clock_given else ledger_mod.now()
 
     src = registry_for(project, from_env)
     dst = registry_for(project, to_env)
@@ -455,12 +459,14 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         result.action = "would-refuse" if dry_run else "refused"
         result.message = result.gates[0].reason
         if not dry_run:
-            result.event_id = _record(led, "gate", result, now)
+            result.event_id = _record(led, "gate", result, stamp())
         result.seconds = time.monotonic() - started
         return result
     if existing == pub.digest and all(dst.head_manifest(dst_repo, t) == pub.digest for t in tags[1:]):
         result.action = "up-to-date"
         result.message = f"{result.target}:{pub.build_tag} already holds {pub.digest[:19]}…; nothing to do"
+        if (target_env.git_tag if git_tag is None else git_tag) and not dry_run:
+            result.git_tag = create_git_tag(project, to_env, pub, src, src_repo)  # idempotent
         result.seconds = time.monotonic() - started
         return result
 
@@ -484,7 +490,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         result.action = "would-promote" if passed else "would-refuse"
         result.seconds = time.monotonic() - started
         return result
-    result.event_id = _record(led, "gate", result, now, passed=passed)
+    result.event_id = _record(led, "gate", result, stamp(), passed=passed)
     if not passed:
         result.action = "refused"
         failed = [g.name for g in results if not g.passed]
@@ -517,7 +523,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
             result.message = f"git tag not created: {exc}"
     result.action = "promoted"
     result.seconds = time.monotonic() - started
-    result.event_id = _record(led, "promote", result, now)
+    result.event_id = _record(led, "promote", result, stamp())
     if git_error is not None:
         raise StepFailed(f"{result.image} {pub.build_tag} promoted to {to_env} (recorded), but the git tag was "
                          f"not created: {git_error}")
