@@ -165,8 +165,10 @@ def resolve(project: Project, ref: str, env: str, *, registry: Registry | None =
     """Find REF in ``env``'s registry: NAME:VERSION → newest build tag of that version (by the scheme);
     NAME:BUILD_TAG → that tag; IMAGE@DIGEST → that digest and its build tag (label, else a tag search)."""
     environment = project.config.env(env)
-    r = parse_ref(ref)
     reg = registry or registry_for(project, env)
+    if ":" not in ref and "@" not in ref and "/" not in ref:
+        ref = _name_for_bare_build_tag(project, ref, env, reg)
+    r = parse_ref(ref)
     repo = environment.repository(r.name)
     scheme = project.config.tags.build
     where = f"{environment.registry}/{r.name}"
@@ -206,6 +208,30 @@ def resolve(project: Project, ref: str, env: str, *, registry: Registry | None =
     labels = _safe_labels(reg, repo, digest)
     return Published(key=_key_from(labels, r.name, r.tag), env=env, repository=environment.image(r.name),
                      build_tag=build_tag, digest=digest)
+
+
+def _name_for_bare_build_tag(project: Project, tag: str, env: str, reg: Registry) -> str:
+    """A bare BUILD_TAG: the fleet's images whose version it names, the one that has it in ``env``."""
+    scheme = project.config.tags.build
+    m = build_tag_pattern(scheme).match(tag)
+    if not m or not m.groupdict().get("version"):
+        raise InputError(f"{tag}: name a version, a build tag or a digest (e.g. NAME:VERSION)")
+    version = m.group("version")
+    try:
+        from bakery.definitions import load_fleet
+
+        fleet = load_fleet(project)
+    except Exception as exc:  # noqa: BLE001 - no definitions here
+        raise InputError(f"{tag}: a bare build tag needs the definitions to find its image; use NAME:{tag}"
+                         f" ({exc})") from None
+    names = sorted({k.name for k in fleet.specs if k.tag_version == version})
+    environment = project.config.env(env)
+    found = [n for n in names if reg.head_manifest(environment.repository(n), tag) is not None]
+    if len(found) == 1:
+        return f"{found[0]}:{tag}"
+    if not found:
+        raise StepFailed(f"{tag}: no image of the fleet has this build tag in {env}")
+    raise InputError(f"{tag}: ambiguous build tag ({', '.join(found)} have it in {env}); use NAME:{tag}")
 
 
 def _safe_labels(reg: Registry, repo: str, digest: str) -> dict[str, str]:

@@ -241,6 +241,15 @@ def test_dry_run_changes_nothing(make_project, stack):
     assert kinds == ["publish"]
 
 
+def test_a_bare_build_tag_is_found_through_the_definitions(make_project, stack):
+    root = make_project(config=GATED)  # the example fleet: only python has version 3.11
+    img = publish(root, stack, build_tag="3.11-20260302.1")
+    code, out = promote_json("3.11-20260302.1", "--to", "staging", "--dry-run")
+    assert code == 0 and out["image"] == "python:3.11" and out["digest"] == img.digest
+    proc = bakery("promote", "3.11-20990101.1", "--to", "staging")
+    assert proc.returncode == 1 and "no image of the fleet has this build tag in dev" in proc.stderr
+
+
 def test_soak_and_stale_scan_gates_follow_the_clock(make_project, stack):
     config = {
         "scanner": {"trivy": TRIVY},
