@@ -32,8 +32,8 @@ def promote_cmd(ctx: Context, ref: str, to_env: str, from_env: str | None, dry_r
                 approved_by: str | None, git_tag: bool | None, fmt: str) -> None:
     """Copy an image's exact digest to the next environment, behind its gates.
 
-    REF is NAME:VERSION (the newest build of that version in the source), NAME:BUILD_TAG, or
-    NAME@sha256:…. Manifests and blobs are copied registry to registry by digest (no rebuild, no
+    REF is NAME:VERSION (the newest build of that version in the source), NAME:BUILD_TAG (or just
+    BUILD_TAG when one image of the fleet has it), or NAME@sha256:…. Manifests and blobs are copied registry to registry by digest (no rebuild, no
     Docker daemon); the build tag and the environment's aliases are written only once everything is
     there. A failed gate exits 1 with nothing copied; promoting what the target already holds is a
     no-op.
