@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bakery import ledger as ledger_mod
 from bakery.errors import EnvironmentFailure, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
-from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, OCI, ImageKey,
+from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey,
                           Published)
 
 if TYPE_CHECKING:
     from bakery.config import Project
     from bakery.registry import CopyStats, Manifest
 
-LABEL_REVISION = OCI + "revision"
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -492,7 +491,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         result.action = "up-to-date"
         result.message = f"{result.target}:{pub.build_tag} already holds {pub.digest[:19]}…; nothing to do"
         if (target_env.git_tag if git_tag is None else git_tag) and not dry_run:
-            result.git_tag = create_git_tag(project, to_env, pub, src, src_repo)  # idempotent
+            result.git_tag = _git_tag(project, to_env, pub, src, src_repo)  # idempotent
         result.seconds = time.monotonic() - started
         return result
 
@@ -543,7 +542,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     git_error: StepFailed | None = None
     if want_git:
         try:
-            result.git_tag = create_git_tag(project, to_env, pub, src, src_repo)
+            result.git_tag = _git_tag(project, to_env, pub, src, src_repo)
         except StepFailed as exc:  # the images moved: record that first, then report the git problem
             git_error = exc
             result.message = f"git tag not created: {exc}"
@@ -570,6 +569,12 @@ def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, ali
             dst.put_manifest(repo, alias, manifest.body, manifest.media_type)
 
 
+def _git_tag(project: Project, env: str, pub: Published, reg: Registry, repo: str) -> str:
+    from bakery.gitrefs import tag_promotion
+
+    return tag_promotion(project, env, pub, _safe_labels(reg, repo, pub.digest))
+
+
 def _record(led: ledger_mod.Ledger, kind: str, p: Promotion, now: dt.datetime, passed: bool | None = None) -> str:
     details: dict[str, Any] = {"source": p.source, "target": p.target, "tags": p.tags}
     if passed is not None:
@@ -587,40 +592,6 @@ def _record(led: ledger_mod.Ledger, kind: str, p: Promotion, now: dt.datetime, p
                           details=details)
     led.record(ev)
     return ev.id
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Git tags
-
-
-def create_git_tag(project: Project, env: str, pub: Published, reg: Registry, repo: str) -> str | None:
-    """Annotated tag ENV/NAME/BUILD_TAG at the image's ``org.opencontainers.image.revision`` commit."""
-    from bakery import tools
-
-    labels = _safe_labels(reg, repo, pub.digest)
-    revision = labels.get(LABEL_REVISION)
-    if not revision or revision == "unknown":
-        raise StepFailed(f"{pub.key}: image has no {LABEL_REVISION} label: cannot create the git tag "
-                         f"(the images and their tags were promoted)")
-    tag = f"{env}/{pub.key.name}/{pub.build_tag}"
-    root = str(project.root)
-    existing = tools.run("git", ["rev-parse", "-q", "--verify", f"refs/tags/{tag}^{{commit}}"], cwd=root,
-                         timeout=30, check=False)
-    if existing.returncode == 0:
-        have = existing.stdout.strip()
-        want = tools.run("git", ["rev-parse", f"{revision}^{{commit}}"], cwd=root, timeout=30, check=False)
-        if want.returncode == 0 and want.stdout.strip() == have:
-            return tag
-        raise StepFailed(f"git tag {tag} exists at another revision ({have[:12]}); not moved")
-    message = f"{pub.key} {pub.build_tag} promoted to {env}\n\ndigest: {pub.digest}\nactor: {ledger_mod.actor()}\n"
-    known = tools.run("git", ["cat-file", "-e", f"{revision}^{{commit}}"], cwd=root, timeout=30, check=False)
-    if known.returncode != 0:
-        raise StepFailed(f"revision {revision[:12]} (from the image label) is not in the repository at {root}")
-    ident: list[str] = []
-    if tools.run("git", ["config", "user.email"], cwd=root, timeout=30, check=False).returncode != 0:
-        ident = ["-c", f"user.name={ledger_mod.actor()}", "-c", "user.email=bakery@localhost"]  # CI runners
-    tools.run("git", [*ident, "tag", "-a", "-m", message, tag, revision], cwd=root, timeout=30)
-    return tag
 
 
 # ------------------------------------------------------------------------------------------------------------

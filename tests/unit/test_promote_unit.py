@@ -126,3 +126,44 @@ def test_promotion_json_and_ok():
     assert data["ok"] is False and data["from"] == "staging" and data["gates"][0]["passed"] is False
     p.action = "up-to-date"
     assert p.ok
+
+
+def _git_repo(path: Path) -> list[str]:
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid",
+                               "-c", "init.defaultBranch=main", *args], cwd=path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    revs = []
+    for i in range(2):
+        (path / "f").write_text(str(i))
+        git("add", "f")
+        git("commit", "-qm", f"c{i}")
+        revs.append(git("rev-parse", "HEAD"))
+    return revs
+
+
+def test_git_tag_at_the_image_revision_never_moves(tmp_path, monkeypatch):
+    import subprocess
+
+    from bakery.errors import StepFailed
+    from bakery.gitrefs import LABEL_REVISION, tag_promotion
+
+    monkeypatch.setenv("GITHUB_ACTOR", "octocat")
+    first, second = _git_repo(tmp_path)
+    project = _project(tmp_path)
+    pub = _pub("prod")
+    assert tag_promotion(project, "prod", pub, {LABEL_REVISION: first}) == "prod/python/3.11-20260301.2"
+    show = subprocess.run(["git", "cat-file", "-p", "prod/python/3.11-20260301.2"], cwd=tmp_path,
+                          capture_output=True, text=True).stdout
+    assert f"object {first}" in show and "type commit" in show and D1 in show and "actor: octocat" in show
+    assert tag_promotion(project, "prod", pub, {LABEL_REVISION: first}) == "prod/python/3.11-20260301.2"
+    with pytest.raises(StepFailed, match="exists at another revision"):
+        tag_promotion(project, "prod", pub, {LABEL_REVISION: second})
+    with pytest.raises(StepFailed, match="no org.opencontainers.image.revision label"):
+        tag_promotion(project, "staging", pub, {})
+    with pytest.raises(StepFailed, match="not in the repository"):
+        tag_promotion(project, "staging", pub, {LABEL_REVISION: "f" * 40})
