@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bakery import render
@@ -178,6 +179,12 @@ class _Clients:
     def __init__(self, factory: Callable[[], RegistryClient]):
         self._factory = factory
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def count(self, n: int) -> None:
+        with self._lock:
+            self.requests += n
 
     def get(self) -> RegistryClient:
         client = getattr(self._local, "client", None)
@@ -194,18 +201,48 @@ def _newest(project: Project, clients: _Clients, key: ImageKey) -> Current | Non
     host, repo = env_repository(project, project.config.first_env, key.name)
     client = clients.get()
     tags = build_tags(project, key, client.list_tags(repo))
+    clients.count(1)
     if not tags:
         return None
     tag = tags[-1]
     top = client.get_manifest(repo, tag)
     manifest = client.resolve_image_manifest(repo, top.digest) if top.is_index else top
+    clients.count(1 if manifest is top else 3)
     config = manifest.json().get("config") or {}
     image_id = str(config.get("digest") or "")
     labels: dict[str, str] = {}
     if image_id:
-        blob = json.loads(client.get_blob(repo, image_id))
-        labels = dict((blob.get("config") or {}).get("Labels") or {})
+        labels = _cached_labels(project, image_id)
+        if labels is None:
+            blob = json.loads(client.get_blob(repo, image_id))
+            clients.count(1)
+            labels = dict((blob.get("config") or {}).get("Labels") or {})
+            _cache_labels(project, image_id, labels)
     return Current(repository=f"{host}/{repo}", build_tag=tag, digest=top.digest, image_id=image_id, labels=labels)
+
+
+def _labels_path(project: Project, image_id: str) -> Path:
+    return project.state_dir / "labels" / f"{image_id.replace(':', '-')}.json"
+
+
+def _cached_labels(project: Project, image_id: str) -> dict[str, str] | None:
+    """Labels of a config blob read before: the blob is content-addressed, so they never change."""
+    try:
+        data = json.loads(_labels_path(project, image_id).read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _cache_labels(project: Project, image_id: str, labels: dict[str, str]) -> None:
+    path = _labels_path(project, image_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(labels, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass  # a cache only
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -288,7 +325,7 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
             currents[k] = cur
             if err and k in items:
                 items[k].error = err
-    requests = 3 * len(registry_keys) + len(upstream_refs)
+    requests = clients.requests + len(upstream_refs)
 
     # The published images' scans, for the `patches` reason.
     notes: list[str] = []
