@@ -11,6 +11,11 @@ rest on images of the level above; templates write a marker file, no apt), build
   every night costs), and the ratio;
 * the same no-op after growing the fleet to 200 definitions.
 
+Measured on the 2-core machine (2026-11-27, idle): 50 definitions no-op 0.80 s in all (plan 0.28 s, 101
+requests) against 68 s for `bakery build --all` with a warm cache (85x); 200 definitions no-op 0.95 s (plan
+0.53 s, 401 requests). Under heavy load from other jobs (load 7): 1.31 s / 156 s, and 200 → 2.7 s before the
+label cache (3 requests per image).
+
 Usage: .venv/bin/python bench/nightly.py [--sizes 50,200] [--port 5510] [--repeat 3] [--jobs 2]
 """
 
