@@ -138,6 +138,12 @@ def main() -> None:
     finally:
         if not args.keep:
             devstack.down(project, purge=True)
+            prefixes = tuple(f"127.0.0.1:{port}/" for port in range(p, p + 4))
+            tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                                  text=True).stdout.split()
+            mine = [t for t in tags if t.startswith(prefixes) and not t.endswith(":<none>")]
+            if mine:  # untag what the bench made (layers shared with other images stay)
+                subprocess.run(["docker", "rmi", *mine], capture_output=True)
             shutil.rmtree(work, ignore_errors=True)
 
 
