@@ -254,7 +254,7 @@ def test_bakery_build_bakes_and_publishes_an_ami(make_project, moto_url: str, mo
         "environments": {"dev": {"aws": {"account": DEV_ACCOUNT, "regions": ["us-east-1", "eu-west-1"]}}},
         "aws": {"endpoint_url": moto_url, "region": "us-east-1"}})
     shutil.copytree(REPO / "templates" / "packer-ami", root / "templates" / "packer-ami")
-    definition = yaml.safe_load((REPO / "base-images" / "ami-debian.yaml").read_text())
+    definition = yaml.safe_load((REPO / "examples" / "aws" / "base-images" / "ami-debian.yaml").read_text())
     definition["packer"]["source_ami_filter"] = {"owners": ["137112412989"], "filters": {"name": SOURCE_NAME}}
     (root / "base-images" / "ami-debian.yaml").write_text(yaml.safe_dump(definition))
     for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
@@ -273,3 +273,22 @@ def test_bakery_build_bakes_and_publishes_an_ami(make_project, moto_url: str, mo
         tags = _tags(project, region, ami_id)
         assert tags["bakery:env"] == "dev" and tags["bakery:build-tag"] == rec.build_tag
         assert tags["bakery:fingerprint"] == r["fingerprint"]
+    # The CLI hands AMI images to the AMI promotion: copy to staging's regions, status, rollback.
+    bakery = str(VENV_BIN / "bakery")
+    promoted = subprocess.run([bakery, "promote", "ami-debian:12", "--to", "staging", "--format", "json"],
+                              cwd=root, capture_output=True, text=True, timeout=300)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    out = json.loads(promoted.stdout)
+    assert out["kind"] == "ami" and out["origin"] == r["digest"] and out["env"] == "staging"
+    assert out["amis"] and all(a.startswith("ami-") for a in out["amis"].values())
+    status = subprocess.run([bakery, "status", "ami-debian:12", "--format", "json"], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    envs = {row["env"]: row["origin"] for row in json.loads(status.stdout)["images"]}
+    assert envs == {"dev": r["digest"], "staging": r["digest"]}
+    again = subprocess.run([bakery, "promote", "ami-debian:12", "--to", "staging", "--format", "json"],
+                           cwd=root, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and json.loads(again.stdout)["already"] is True
+    nothing_before = subprocess.run([bakery, "rollback", "ami-debian:12", "--env", "staging"], cwd=root,
+                                    capture_output=True, text=True, timeout=120)
+    assert nothing_before.returncode == 1 and "no earlier AMI" in nothing_before.stderr
