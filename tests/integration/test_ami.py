@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,34 +36,13 @@ SOURCE_NAME = "amzn-ami-hvm-2017.09.1.*-x86_64-gp2"  # moto's built-in EBS AMI a
 KEY = ImageKey("ami-test", "1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
+@pytest.fixture
+def moto_url(moto_endpoint: str) -> str:
     if shutil.which("packer") is None:
         pytest.skip("packer is not installed (apt-get install -y packer)")
-    port = _free_port()
-    server = shutil.which("moto_server") or str(VENV_BIN / "moto_server")
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto_server did not start")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return moto_endpoint
 
 
 @pytest.fixture
