@@ -118,7 +118,9 @@ jobs:
         run: sudo "$(command -v bakery)" build --changed --no-push --no-scan
 '''
 
-NIGHTLY_YML = r'''# Nightly rebuilds: plan → one matrix of build jobs per DAG level (each job bakes, scans and publishes its
+# The nightly workflow: one build job per DAG level (GitHub Actions has no loops), generated from one
+# template so that every level runs exactly the same steps.
+_NIGHTLY_HEAD = r'''# Nightly rebuilds: plan → one matrix of build jobs per DAG level (each job bakes, scans and publishes its
 # images to the first environment) → a summary (Markdown in the run's summary, JSON as an artifact).
 # The registries are those in bakery.yaml; their credentials come from the repository secrets named there
 # (credentials.username_env / password_env), never from this file.
@@ -191,17 +193,19 @@ jobs:
           name: nightly-plan
           path: nightly/plan.json
 
-  level0:
-    name: build level 0 (${{ matrix.image }})
-    needs: [plan]
-    if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > 0 }}
+'''
+
+_NIGHTLY_LEVEL = r'''  level@N@:
+    name: build level @N@ (${{ matrix.image }})
+    needs: [plan@NEEDS@]
+    if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > @N@ }}
     runs-on: ubuntu-24.04
     timeout-minutes: 120
     permissions:
       contents: read
     strategy:
       fail-fast: false
-      matrix: ${{ fromJSON(needs.plan.outputs.level0) }}
+      matrix: ${{ fromJSON(needs.plan.outputs.level@N@) }}
     steps:
       - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
         with:
@@ -235,139 +239,9 @@ jobs:
           path: nightly/
           if-no-files-found: ignore
 
-  level1:
-    name: build level 1 (${{ matrix.image }})
-    needs: [plan, level0]
-    if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > 1 }}
-    runs-on: ubuntu-24.04
-    timeout-minutes: 120
-    permissions:
-      contents: read
-    strategy:
-      fail-fast: false
-      matrix: ${{ fromJSON(needs.plan.outputs.level1) }}
-    steps:
-      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
-        with:
-          persist-credentials: false
-      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
-        with:
-          python-version: "3.11"
-      - name: Install bakery
-        env:
-          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
-        run: python -m pip install "$BAKERY_PACKAGE"
-      - name: Build, scan and publish to dev
-        env:
-          REFS: ${{ matrix.refs }}
-          PARENT: ${{ matrix.parent }}
-          SLUG: ${{ matrix.slug }}
-        run: |
-          mkdir -p nightly
-          # A parent that failed to rebuild in the level above holds its subtree back.
-          if [ -n "$PARENT" ] && ! bakery plan "$PARENT" --no-patches --format json \
-              | jq -e --arg p "$PARENT" '.images[] | select(.ref == $p) | .rebuild == false' > /dev/null; then
-            echo "::error::parent $PARENT was not rebuilt; skipping $REFS"
-            exit 1
-          fi
-          # shellcheck disable=SC2086 # REFS is a space-separated list of image references
-          bakery build $REFS --format json > "nightly/result-$SLUG.json"
-      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
-        if: ${{ !cancelled() }}
-        with:
-          name: nightly-result-${{ matrix.slug }}
-          path: nightly/
-          if-no-files-found: ignore
+'''
 
-  level2:
-    name: build level 2 (${{ matrix.image }})
-    needs: [plan, level1]
-    if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > 2 }}
-    runs-on: ubuntu-24.04
-    timeout-minutes: 120
-    permissions:
-      contents: read
-    strategy:
-      fail-fast: false
-      matrix: ${{ fromJSON(needs.plan.outputs.level2) }}
-    steps:
-      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
-        with:
-          persist-credentials: false
-      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
-        with:
-          python-version: "3.11"
-      - name: Install bakery
-        env:
-          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
-        run: python -m pip install "$BAKERY_PACKAGE"
-      - name: Build, scan and publish to dev
-        env:
-          REFS: ${{ matrix.refs }}
-          PARENT: ${{ matrix.parent }}
-          SLUG: ${{ matrix.slug }}
-        run: |
-          mkdir -p nightly
-          # A parent that failed to rebuild in the level above holds its subtree back.
-          if [ -n "$PARENT" ] && ! bakery plan "$PARENT" --no-patches --format json \
-              | jq -e --arg p "$PARENT" '.images[] | select(.ref == $p) | .rebuild == false' > /dev/null; then
-            echo "::error::parent $PARENT was not rebuilt; skipping $REFS"
-            exit 1
-          fi
-          # shellcheck disable=SC2086 # REFS is a space-separated list of image references
-          bakery build $REFS --format json > "nightly/result-$SLUG.json"
-      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
-        if: ${{ !cancelled() }}
-        with:
-          name: nightly-result-${{ matrix.slug }}
-          path: nightly/
-          if-no-files-found: ignore
-
-  level3:
-    name: build level 3 (${{ matrix.image }})
-    needs: [plan, level2]
-    if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > 3 }}
-    runs-on: ubuntu-24.04
-    timeout-minutes: 120
-    permissions:
-      contents: read
-    strategy:
-      fail-fast: false
-      matrix: ${{ fromJSON(needs.plan.outputs.level3) }}
-    steps:
-      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
-        with:
-          persist-credentials: false
-      - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
-        with:
-          python-version: "3.11"
-      - name: Install bakery
-        env:
-          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
-        run: python -m pip install "$BAKERY_PACKAGE"
-      - name: Build, scan and publish to dev
-        env:
-          REFS: ${{ matrix.refs }}
-          PARENT: ${{ matrix.parent }}
-          SLUG: ${{ matrix.slug }}
-        run: |
-          mkdir -p nightly
-          # A parent that failed to rebuild in the level above holds its subtree back.
-          if [ -n "$PARENT" ] && ! bakery plan "$PARENT" --no-patches --format json \
-              | jq -e --arg p "$PARENT" '.images[] | select(.ref == $p) | .rebuild == false' > /dev/null; then
-            echo "::error::parent $PARENT was not rebuilt; skipping $REFS"
-            exit 1
-          fi
-          # shellcheck disable=SC2086 # REFS is a space-separated list of image references
-          bakery build $REFS --format json > "nightly/result-$SLUG.json"
-      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
-        if: ${{ !cancelled() }}
-        with:
-          name: nightly-result-${{ matrix.slug }}
-          path: nightly/
-          if-no-files-found: ignore
-
-  summary:
+_NIGHTLY_TAIL = r'''  summary:
     needs: [plan, level0, level1, level2, level3]
     if: ${{ !cancelled() }}
     runs-on: ubuntu-24.04
@@ -397,6 +271,14 @@ jobs:
           name: nightly-report
           path: .bakery/nightly/last.*
 '''
+NIGHTLY_LEVELS = 4
+
+
+def _level_job(n: int) -> str:
+    return _NIGHTLY_LEVEL.replace("@NEEDS@", f", level{n - 1}" if n else "").replace("@N@", str(n))
+
+
+NIGHTLY_YML = _NIGHTLY_HEAD + "".join(_level_job(n) for n in range(NIGHTLY_LEVELS)) + _NIGHTLY_TAIL
 
 PROMOTE_YML = r'''# Promote one image (the same digest) into staging or prod through bakery's gates. The job runs in the GitHub
 # environment of the target, so the environment's protection rules apply: configure "prod" with required
