@@ -552,6 +552,17 @@ class RegistryClient:
                 log.debug("cancel upload failed: %s", _short(exc))
         return False
 
+    def _start_upload(self, repo: str, digest: str) -> str:
+        """Open a blob upload session in ``repo``; returns the URL to PUT the whole blob to."""
+        start = self._send("POST", f"/v2/{repo}/blobs/uploads/", op="start upload", repo=repo,
+                           scope=_scope(repo, "pull,push"), ok=(202,))
+        assert start is not None
+        start.close()
+        location = start.headers.get("Location")
+        if not location:
+            raise RegistryError(f"{self.host}: upload for {repo} returned no Location")
+        return _with_query(urljoin(self.base + "/", location), digest=digest)
+
     def copy_blob(self, src: RegistryClient, src_repo: str, digest: str, repo: str,
                   size: int | None = None) -> int:
         """Stream one blob from ``src`` into ``repo`` here (GET → monolithic PUT). Returns bytes sent."""
@@ -559,14 +570,7 @@ class RegistryClient:
 
         def attempt() -> int:
             sent[0] = 0
-            start = self._send("POST", f"/v2/{repo}/blobs/uploads/", op="start upload", repo=repo,
-                               scope=_scope(repo, "pull,push"), ok=(202,))
-            assert start is not None
-            start.close()
-            location = start.headers.get("Location")
-            if not location:
-                raise RegistryError(f"{self.host}: upload for {repo} returned no Location")
-            upload_url = _with_query(urljoin(self.base + "/", location), digest=digest)
+            upload_url = self._start_upload(repo, digest)
             src_resp = src._send("GET", f"/v2/{src_repo}/blobs/{digest}", op="GET blob", repo=src_repo,
                                  scope=_scope(src_repo, "pull"), ok=(200,), stream=True)
             assert src_resp is not None
@@ -629,15 +633,9 @@ class RegistryClient:
             return False
 
         def attempt() -> bool:
-            start = self._send("POST", f"/v2/{repo}/blobs/uploads/", op="start upload", repo=repo,
-                               scope=_scope(repo, "pull,push"), ok=(202,))
-            assert start is not None
-            start.close()
-            location = start.headers.get("Location")
-            if not location:
-                raise RegistryError(f"{self.host}: upload for {repo} returned no Location")
+            upload_url = self._start_upload(repo, digest)
             with open(path, "rb") as fh:
-                put = self._send("PUT", _with_query(urljoin(self.base + "/", location), digest=digest),
+                put = self._send("PUT", upload_url,
                                  op="upload blob", repo=repo, scope=_scope(repo, "pull,push"), ok=(201, 204),
                                  data=fh, headers={"Content-Type": "application/octet-stream"})
             assert put is not None
