@@ -130,43 +130,18 @@ def _stop_group(proc: subprocess.Popen, grace: float = GROUP_GRACE_SECONDS) -> N
 
 
 def _run_streaming(argv, timeout, env, cwd, on_line, process_group=False):
+    """Stream stdout to ``on_line`` while collecting stderr. On timeout or interruption stop the tool: its
+    whole process group with ``process_group`` (SIGTERM, then SIGKILL), else the process itself."""
     import threading
-    import time
 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=cwd, errors="replace", start_new_session=process_group)
-    if process_group:
-        return _stream_group(proc, argv, timeout, on_line)
-    err_chunks: list[str] = []
-    out_chunks: list[str] = []
 
-    def pump_err():
-        assert proc.stderr is not None
-        for chunk in proc.stderr:
-            err_chunks.append(chunk)
-
-    t = threading.Thread(target=pump_err, daemon=True)
-    t.start()
-    deadline = time.monotonic() + timeout
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out_chunks.append(line)
-            on_line(line.rstrip("\n"))
-        proc.wait()
-    finally:
-        timer.cancel()
-    t.join(timeout=5)
-    if time.monotonic() >= deadline and proc.returncode and proc.returncode < 0:
-        raise subprocess.TimeoutExpired(argv, timeout)
-    return "".join(out_chunks), "".join(err_chunks), proc.returncode
-
-
-def _stream_group(proc: subprocess.Popen, argv, timeout, on_line):
-    """Like the plain streaming loop, but a timeout or an interruption stops the whole process group."""
-    import threading
+    def stop() -> None:
+        if process_group:
+            _stop_group(proc)
+        else:
+            proc.kill()
 
     err_chunks: list[str] = []
     out_chunks: list[str] = []
@@ -179,7 +154,7 @@ def _stream_group(proc: subprocess.Popen, argv, timeout, on_line):
 
     def expire():
         timed_out.set()
-        _stop_group(proc)
+        stop()
 
     t = threading.Thread(target=pump_err, daemon=True)
     t.start()
@@ -194,7 +169,7 @@ def _stream_group(proc: subprocess.Popen, argv, timeout, on_line):
         proc.wait()
     except BaseException:
         timer.cancel()
-        _stop_group(proc)
+        stop()
         raise
     finally:
         timer.cancel()
