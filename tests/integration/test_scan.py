@@ -239,8 +239,9 @@ def _assert_failed_closed(proc: subprocess.CompletedProcess[str], root: Path, ne
 def test_fail_closed_trivy_absent_from_path(scan_project, base_image, tmp_path):
     root = scan_project()
     (root / "bakery.yaml").write_text((root / "bakery.yaml").read_text().replace(TRIVY, "trivy"))
-    env = {"PATH": f"{Path(BAKERY).parent}:/usr/bin:/bin"}
-    assert shutil.which("trivy", path=env["PATH"]) is None
+    # bakery runs by absolute path; its venv's bin (where `make venv` links trivy) stays off PATH
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+    assert shutil.which("trivy", path=env["PATH"]) is None, "trivy is installed system-wide here"
     proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root, env=env)
     _assert_failed_closed(proc, root, "trivy: not found on PATH")
 
