@@ -20,6 +20,7 @@ Every problem is reported as ``FILE: FIELD: what is wrong`` (all of them at once
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -250,22 +251,62 @@ def template_kind(template_dir: Path) -> str | None:
     return None
 
 
+_VARS_CACHE_FORMAT = "bakery-template-vars-1"
+
+
 def template_variables(project: Project, template: str) -> set[str]:
-    """Variables the templates of a template directory use (undeclared in the templates themselves)."""
+    """Variables the templates of a template directory use (undeclared in the templates themselves).
+
+    Parsing needs jinja (its import and lexer cost ~0.1 s, most of a short command's run), so the answer is
+    kept per template source digest in ``.bakery/cache/template-vars.json``; an unreadable or unwritable cache
+    only means parsing again. Syntax errors are never cached.
+    """
+    import hashlib
+    import json
+
+    tdir = project.templates_dir / template
+    sources = [(path, path.read_text(encoding="utf-8")) for path in sorted(tdir.glob("*.j2"))]
+    cache_file = project.state_dir / "cache" / "template-vars.json"
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict) or cache.get("format") != _VARS_CACHE_FORMAT:
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    entries = cache.get("entries") if isinstance(cache.get("entries"), dict) else {}
+    names: set[str] = set()
+    misses = False
+    for path, source in sources:
+        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        known = entries.get(digest)
+        if isinstance(known, list) and all(isinstance(n, str) for n in known):
+            names |= set(known)
+            continue
+        found = _parse_variables(project, path, source)
+        entries[digest] = sorted(found)
+        names |= found
+        misses = True
+    if misses:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"format": _VARS_CACHE_FORMAT, "entries": entries}, sort_keys=True),
+                           encoding="utf-8")
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    return names
+
+
+def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
     from jinja2 import TemplateSyntaxError, meta
 
     from bakery.render import environment
 
-    env = environment(project)
-    names: set[str] = set()
-    tdir = project.templates_dir / template
-    for path in sorted(tdir.glob("*.j2")):
-        source = path.read_text(encoding="utf-8")
-        try:
-            names |= meta.find_undeclared_variables(env.parse(source))
-        except TemplateSyntaxError as exc:
-            raise InputError(f"{project.rel(path)}: line {exc.lineno}: template syntax error: {exc.message}") from None
-    return names
+    try:
+        return set(meta.find_undeclared_variables(environment(project).parse(source)))
+    except TemplateSyntaxError as exc:
+        raise InputError(f"{project.rel(path)}: line {exc.lineno}: template syntax error: {exc.message}") from None
 
 
 def mirrored(project: Project, reference: str) -> str:

@@ -187,3 +187,22 @@ def test_strict_undefined_at_render(make_project, bakery) -> None:
     assert result.code == 2
     assert result.errors == ["error: base-images/a.yaml: versions.1: template t/Dockerfile.j2: "
                              "'str object' has no attribute 'home'"], result.err
+
+
+def test_template_variable_cache_follows_the_template(make_project, bakery) -> None:
+    """The undeclared-variable scan is cached by template content: an edit is seen, a broken cache is ignored."""
+    project = make_project({F: GOOD_DEF})
+    assert bakery("list", cwd=project).code == 0
+    cache = project / ".bakery/cache/template-vars.json"
+    assert "user" in cache.read_text()
+
+    (project / "templates/t/Dockerfile.j2").write_text("FROM {{ parent }}\nRUN echo {{ user }} {{ shell }}\n")
+    result = bakery("list", cwd=project)
+    assert result.errors == [f"error: {F}: versions.1.variables: template 't' uses undefined variable 'shell'"]
+    assert result.code == 2
+
+    cache.write_text("{not json")
+    assert bakery("list", cwd=project).errors == result.errors
+    (project / "templates/t/Dockerfile.j2").write_text("FROM {{ parent }}\nRUN {% if %}\n")
+    assert bakery("list", cwd=project).code == 2  # a syntax error is never served from the cache
+    assert bakery("list", cwd=project).code == 2
