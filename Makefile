@@ -13,6 +13,7 @@ help:
 	@echo "make demo         set up, start the local stack, build + scan + push the example fleet"
 	@echo "make test         set up, then run the whole test suite (unit + integration)"
 	@echo "make unit         unit tests only (no daemon needed)"
+	@echo "make lint         ruff on the code, check-jsonschema and zizmor on the workflows"
 	@echo "make bench        run the benchmarks in bench/ (they print ratios against the naive way)"
 	@echo "make clean        stop the local stack and remove .bakery/ and .venv/"
 
@@ -41,13 +42,18 @@ demo: host venv
 	BAKERY_DB_REPOSITORY=$(DEMO_DB) $(BIN)/bakery build --all
 	$(BIN)/bakery status
 
+lint: venv
+	$(BIN)/ruff check --quiet bakery tests bench
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/zizmor --offline --no-progress .github/workflows
+
 unit: venv
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
 integration: host venv
 	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
 
-test: host venv
+test: host venv lint
 	$(BIN)/pytest -q tests $(PYTEST_ARGS)
 
 bench: host venv

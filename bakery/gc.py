@@ -226,7 +226,7 @@ def _gc_tags(project: Project, env: str, keep: int, dry_run: bool, env_events: l
                     doomed[tag] = item
                 report.items.append(item)
         # A digest can go only when every tag pointing to it goes too.
-        for tag, item in sorted(doomed.items()):
+        for _tag, item in sorted(doomed.items()):
             sharing = sorted(t for t, d in digests.items() if d == item.identity and t not in doomed)
             if sharing:
                 item.action = "keep"
