@@ -13,14 +13,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = "ARG BASE_IMAGE={{ parent }}\nFROM ${BASE_IMAGE}\nRUN echo {{ user }}\n"
-GOOD_DEF = """\
-name: a
-template: t
-variables: {user: app}
-versions:
-  "1":
-    parent: docker.io/library/debian:bookworm-slim
-"""
 
 
 @dataclass

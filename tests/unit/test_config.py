@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-GOOD_DEF = """\
-name: a
-template: t
-variables: {user: app}
-versions:
-  "1":
-    parent: docker.io/library/debian:bookworm-slim
-"""
+GOOD_DEF = (Path(__file__).resolve().parents[1] / "fixtures" / "minimal-definition.yaml").read_text()
 C = "bakery.yaml"
 ENV_DEV = "environments:\n  dev: {registry: '127.0.0.1:5001/b'%s}\n"
 
