@@ -163,13 +163,7 @@ def _gc_amis(project: Project, env: str, keep: int, dry_run: bool, order: dict[s
             item = GcItem(kind="ami", image=image, ref=img["ImageId"], where=region,
                           build_tag=tags.get("bakery:build-tag", ""), action="keep", reason="", identity=ident,
                           snapshots=snaps)
-            if ident in guarded:
-                item.reason = guarded[ident]
-            elif ident in newest:
-                item.reason = f"among the {keep} newest"
-            else:
-                item.action = "delete"
-                item.reason = f"older than the {keep} newest"
+            _decide(item, guarded.get(ident), ident in newest, keep)
             report.items.append(item)
             if item.action == "delete" and not dry_run:
                 _deregister(project, region, img["ImageId"], snaps)
@@ -184,6 +178,18 @@ def _deregister(project: Project, region: str, ami_id: str, snapshots: list[str]
 
 
 # ---------------------------------------------------------------------------------------------- container tags
+
+
+def _decide(item: GcItem, guarded_by: str | None, among_newest: bool, keep: int) -> None:
+    """Keep what an environment uses (or was promoted from) and the ``keep`` newest; delete the rest."""
+    if guarded_by:
+        item.reason = guarded_by
+    elif among_newest:
+        item.reason = f"among the {keep} newest"
+    else:
+        item.action = "delete"
+        item.reason = f"older than the {keep} newest"
+
 
 def _gc_tags(project: Project, env: str, keep: int, dry_run: bool, env_events: list[Event],
              tag_images: dict[str, list[str]], guard: dict[str, dict[str, str]], report: GcReport) -> None:
@@ -216,13 +222,8 @@ def _gc_tags(project: Project, env: str, keep: int, dry_run: bool, env_events: l
                 digest = digests.get(tag) or recorded
                 item = GcItem(kind="tag", image=image, ref=tag, where=repo, build_tag=tag, action="keep",
                               reason="", identity=digest or "")
-                if digest in guarded:
-                    item.reason = guarded[digest]
-                elif tag in keep_tags:
-                    item.reason = f"among the {keep} newest"
-                else:
-                    item.action = "delete"
-                    item.reason = f"older than the {keep} newest"
+                _decide(item, guarded.get(digest) if digest else None, tag in keep_tags, keep)
+                if item.action == "delete":
                     doomed[tag] = item
                 report.items.append(item)
         # A digest can go only when every tag pointing to it goes too.
