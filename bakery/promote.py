@@ -267,6 +267,21 @@ def alias_tags(project: Project, env_name: str, key: ImageKey, today: dt.date) -
     return out
 
 
+def identifying_aliases(project: Project, env_name: str, key: ImageKey, today: dt.date) -> list[str]:
+    """The aliases that name this version only: a template without ``{version}`` (``staging``, ``{variant}``)
+    renders the same for every version in the repository, so it cannot tell which one a version runs."""
+    from bakery.tags import render_alias, template_fields
+
+    out: list[str] = []
+    for template in project.config.env(env_name).aliases:
+        if "version" not in template_fields(template):
+            continue
+        tag = render_alias(template, name=key.name, version=key.version, variant=key.variant, today=today)
+        if tag and tag not in out:
+            out.append(tag)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Gates
 
@@ -719,6 +734,22 @@ class StatusRow:
                 "note": self.note or None}
 
 
+def unknown_image_message(ref: str) -> str:
+    return f"{ref}: unknown image: not in the fleet and no event in the ledger (`bakery list` shows the fleet)"
+
+
+def known_to_fleet(project: Project, ref: str) -> bool:
+    """Whether REF names an image of the fleet (False too when there are no definitions here)."""
+    from bakery.definitions import load_fleet
+    from bakery.errors import BakeryError
+
+    try:
+        load_fleet(project).select([ref.split("@", 1)[0]])
+    except BakeryError:
+        return False
+    return True
+
+
 def status(project: Project, ref: str | None = None, env: str | None = None, *, now: dt.datetime | None = None,
            ledger: ledger_mod.Ledger | None = None) -> list[StatusRow]:
     """Per image and environment: what the registry says is live, with the ledger's story next to it."""
@@ -749,6 +780,8 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
     except Exception:  # noqa: BLE001 - no definitions here: the ledger is enough
         pass
     images.sort()
+    if ref and not images:
+        raise InputError(unknown_image_message(ref))
     rows: list[StatusRow] = []
     clients: dict[str, Registry] = {}
     down: dict[str, str] = {}
@@ -759,7 +792,7 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
             reg = clients.get(e) or clients.setdefault(e, registry_for(project, e))
             environment = cfg.env(e)
             repo = environment.repository(name)
-            aliases = alias_tags(project, e, key, now.date())
+            aliases = identifying_aliases(project, e, key, now.date())
             live = None
             mine = [x for x in events if x.image == image and x.to_env == e]
             ledger_now = ledger_mod.current(mine, image, e)

@@ -24,6 +24,11 @@ def validate_scheme(scheme: str) -> None:
         raise ValueError(f"tag scheme {scheme!r} has no fields: every build would get the same tag")
 
 
+def template_fields(template: str) -> set[str]:
+    """The fields a tag template uses (``{version}-{yyyymmdd}`` → {version, yyyymmdd})."""
+    return {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(template) if f}
+
+
 def is_valid_tag(tag: str) -> bool:
     return bool(_TAG_RE.match(tag))
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from bakery.cli._common import Context, echo, emit_json, format_option, pass_ctx, table
-from bakery.errors import EXIT_ENVIRONMENT, EXIT_FAILED
+from bakery.errors import EXIT_ENVIRONMENT, EXIT_FAILED, InputError
 
 
 def _short(digest: str | None) -> str:
@@ -142,6 +142,11 @@ def history_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> Non
     if ref and "@" in ref:
         digest = ref.split("@", 1)[1]
         events = [e for e in events if e.digest == digest]
+    if ref and not events:
+        from bakery.promote import known_to_fleet, unknown_image_message
+
+        if not open_ledger(project).events(image=image) and not known_to_fleet(project, ref):
+            raise InputError(unknown_image_message(ref))
     if fmt == "json":
         emit_json({"events": [e.to_json() for e in events]})
         return

@@ -381,6 +381,24 @@ def test_rollback_points_aliases_back_and_deletes_nothing(make_project, stack):
     assert_no_password(stack, root)
 
 
+def test_status_tells_versions_apart_when_they_share_an_environment_alias(make_project, stack):
+    """`staging` is one tag for every version of python; status must not credit 3.12 with what 3.11 runs."""
+    root = make_project(fleet=None, config=GATED)
+    old = publish(root, stack, build_tag="3.11-20260302.1", marker="old")
+    publish(root, stack, build_tag="3.12-20260302.1", version="3.12", marker="new")
+    assert promote_json("python:3.11", "--to", "staging")[0] == 0
+    assert stack.client("staging").head_manifest(f"{namespace(root)}/python", "staging") == old.digest
+
+    proc = bakery("status", "python", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["image"], r["env"]): r["digest"] for r in json.loads(proc.stdout)["images"]}
+    assert rows[("python:3.11", "staging")] == old.digest
+    assert ("python:3.12", "staging") not in rows and ("python:3.12", "dev") in rows
+
+    unknown = bakery("status", "pyhton")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: pyhton: unknown image"), unknown.stderr
+
+
 def test_wrong_credentials_fail_cleanly_without_leaking(make_project, stack):
     root = make_project(fleet=None, config=GATED)
     publish(root, stack, build_tag="3.11-20260302.1")

@@ -115,3 +115,13 @@ def test_help_of_every_command(tmp_path: Path, bakery, path: tuple[str, ...]) ->
     assert result.code == 0, result.err
     assert result.out.startswith("Usage: bakery")
     assert "Traceback" not in result.err
+
+
+def test_history_of_an_unknown_image_is_bad_input(example: Path, bakery) -> None:
+    """A typo is not an empty history: neither in the fleet nor in the ledger → one line, exit 2."""
+    result = bakery("history", "pyhton:3.11", cwd=example)
+    assert result.code == 2
+    assert result.errors == ["error: pyhton:3.11: unknown image: not in the fleet and no event in the ledger "
+                             "(`bakery list` shows the fleet)"]
+    known = bakery("history", "python:3.11", "--format", "json", cwd=example)  # in the fleet, never published
+    assert known.code == 0 and json.loads(known.out) == {"events": []}
