@@ -621,93 +621,148 @@ class Rollback:
     digest: str  # the digest the aliases point at now
     build_tag: str
     previous_digest: str | None  # what they pointed at before
-    tags: list[str]
+    tags: list[str]  # the aliases moved (or, when up to date, the ones already there)
     action: str = "rolled-back"  # rolled-back | up-to-date
     event_id: str | None = None
+    left: list[str] = field(default_factory=list)  # shared aliases that point at another version: not moved
 
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image, "env": self.env, "target": self.target, "digest": self.digest,
                 "build_tag": self.build_tag, "previous_digest": self.previous_digest, "tags": self.tags,
-                "action": self.action, "event": self.event_id}
+                "left_alone": self.left, "action": self.action, "event": self.event_id}
+
+
+def rollback_candidates(events: list[ledger_mod.Event], image: str, env: str, current: str | None) -> list[str]:
+    """Digests a plain rollback may go back to, newest first: what was promoted to ``env`` before, minus what
+    is live now and what an earlier rollback left (rolling back twice goes further back, never forth)."""
+    seen: list[str] = []
+    rejected: set[str] = set()
+    for e in events:
+        if e.image != image or e.to_env != env:
+            continue
+        if e.kind in ("promote", "publish"):
+            if e.digest in seen:
+                seen.remove(e.digest)
+            seen.append(e.digest)
+            rejected.discard(e.digest)
+        elif e.kind == "rollback":
+            previous = (e.details or {}).get("previous_digest")
+            if previous and previous != e.digest:
+                rejected.add(previous)
+            rejected.discard(e.digest)
+    return [d for d in reversed(seen) if d != current and d not in rejected]
 
 
 def rollback(project: Project, ref: str, env: str, *, to: str | None = None, now: dt.datetime | None = None,
              ledger: ledger_mod.Ledger | None = None) -> Rollback:
-    """Point ``env``'s alias tags back at the previously promoted digest (or ``to``: a digest or build tag).
-    Nothing is deleted; the rollback is recorded."""
+    """Point ``env``'s alias tags back at the previously promoted digest (or ``to``: a digest or build tag of
+    the same version). Nothing is deleted; the rollback is recorded.
+
+    REF is NAME:VERSION or NAME:BUILD_TAG (its version). An alias shared by every version (``staging``) moves
+    only when it pointed at this version's current build: rolling back python:3.11 leaves a ``staging`` that
+    python:3.12 was promoted to alone.
+    """
     cfg = project.config
     environment = cfg.env(env)
     now = now or ledger_mod.now()
     led = ledger or ledger_mod.open_ledger(project)
-    reg = registry_for(project, env)
     r = parse_ref(ref)
-    repo = environment.repository(r.name)
-    events = led.events(image=r.name)
-
-    # The image key: from the ledger's records for this name/tag, else from the registry.
+    if r.digest or not r.tag:
+        raise InputError(f"{ref}: name the image as NAME:VERSION or NAME:BUILD_TAG (--to takes a digest)")
     scheme = cfg.tags.build
-    if r.tag and r.tag.count(":") == 0 and _version_of_build_tag(scheme, r.tag, r.name) is None:
-        image = f"{r.name}:{r.tag}"
-    else:
-        image = ""
-    mine = [e for e in events if (not image or e.image == image) and e.to_env == env]
-    if not image and mine:
-        image = mine[-1].image
-    if not image:
-        raise InputError(f"{ref}: name the image as NAME:VERSION")
+    image = f"{r.name}:{_version_of_build_tag(scheme, r.tag, r.name) or r.tag}"
+    events = led.events(image=r.name)
+    if not any(e.image == image for e in events) and not known_to_fleet(project, image):
+        raise InputError(unknown_image_message(ref))
     key = _key_of(image)
     aliases = alias_tags(project, env, key, now.date())
     if not aliases:
         raise InputError(f"{env} has no alias tags configured: nothing to roll back")
-    current = reg.head_manifest(repo, aliases[0])
+    own = identifying_aliases(project, env, key, now.date())
+    reg = registry_for(project, env)
+    repo = environment.repository(r.name)
+    where = environment.image(r.name)
+    if own:
+        current = reg.head_manifest(repo, own[0])
+    else:  # only shared aliases: the ledger says what this version runs
+        live = ledger_mod.current(events, image, env)
+        current = live.digest if live else None
 
     if to:
-        if _DIGEST_RE.match(to):
-            digest = to
-            if reg.head_manifest(repo, digest) is None:
-                raise StepFailed(f"{environment.image(r.name)}@{digest}: not in {env}; can only roll back to "
-                                 f"something promoted there")
-            build_tag = next((e.build_tag for e in reversed(events) if e.digest == digest), "") or \
-                (_find_build_tag(reg, repo, digest, scheme, r.name) or "")
-        else:
-            build_tag = to.split(":", 1)[-1]
-            found = reg.head_manifest(repo, build_tag)
-            if found is None:
-                raise StepFailed(f"{environment.image(r.name)}:{build_tag}: not in {env}")
-            digest = found
+        digest, build_tag = _rollback_target(reg, repo, where, env, image, key, to, events, scheme)
     else:
-        promoted = [e for e in mine if e.image == image and e.kind in ("promote", "publish")]
-        seen: list[str] = []
-        for e in promoted:
-            if e.digest in seen:
-                seen.remove(e.digest)
-            seen.append(e.digest)
-        candidates = [d for d in reversed(seen) if d != current]
+        candidates = rollback_candidates(events, image, env, current)
         if not candidates:
             raise StepFailed(f"{image}: no earlier promotion to {env} in the ledger to roll back to "
                              f"(name one with --to DIGEST|BUILD_TAG)")
         digest = candidates[0]
-        build_tag = next(e.build_tag for e in reversed(promoted) if e.digest == digest)
+        build_tag = next(e.build_tag for e in reversed(events) if e.digest == digest and e.image == image)
         if reg.head_manifest(repo, digest) is None:
-            raise StepFailed(f"{environment.image(r.name)}@{digest}: recorded in the ledger but missing from "
-                             f"the registry (the registry is the truth)")
+            raise StepFailed(f"{where}@{digest}: recorded in the ledger but missing from the registry (the "
+                             f"registry is the truth)")
 
-    out = Rollback(image=image, env=env, target=environment.image(r.name), digest=digest, build_tag=build_tag,
-                   previous_digest=current, tags=aliases)
-    if current == digest and all(reg.head_manifest(repo, a) == digest for a in aliases):
+    moving: list[str] = []
+    left: list[str] = []
+    for alias in aliases:
+        at = reg.head_manifest(repo, alias)
+        if at == digest:
+            continue
+        if alias not in own and at is not None and at != current:
+            left.append(alias)  # another version's: promoted there after this one
+        else:
+            moving.append(alias)
+    out = Rollback(image=image, env=env, target=where, digest=digest, build_tag=build_tag,
+                   previous_digest=current, tags=moving, left=left)
+    if current == digest and not moving:
         out.action = "up-to-date"
+        out.tags = [a for a in aliases if a not in left]
         return out
     manifest = reg.get_manifest(repo, digest)
-    for alias in aliases:
-        if reg.head_manifest(repo, alias) != digest:
-            reg.put_manifest(repo, alias, manifest.body, manifest.media_type)
+    for alias in moving:
+        reg.put_manifest(repo, alias, manifest.body, manifest.media_type)
     ev = ledger_mod.Event(kind="rollback", image=image, digest=digest, build_tag=build_tag, from_env=env,
                           to_env=env, time=now,
-                          details={"previous_digest": current, "tags": aliases, "target": out.target,
-                                   "requested": to})
+                          details={"previous_digest": current, "tags": moving, "left_alone": left,
+                                   "target": out.target, "requested": to})
     led.record(ev)
     out.event_id = ev.id
     return out
+
+
+def _rollback_target(reg: Registry, repo: str, where: str, env: str, image: str, key: ImageKey, to: str,
+                     events: list[ledger_mod.Event], scheme: str) -> tuple[str, str]:
+    """``--to``: a digest or build tag that is a build of this very version, present in ``env``."""
+    if to.startswith("sha256:") or "@" in to:
+        digest = to.split("@", 1)[-1]
+        if not _DIGEST_RE.match(digest):
+            raise InputError(f"--to {to}: not a sha256 digest (sha256: and 64 hex digits)")
+        if reg.head_manifest(repo, digest) is None:
+            raise StepFailed(f"{where}@{digest}: not in {env}; can only roll back to something promoted there")
+        recorded = {e.image for e in events if e.digest == digest}
+        if recorded and image not in recorded:
+            raise InputError(f"--to {to}: that digest is {', '.join(sorted(recorded))}, not {image}")
+        build_tag = next((e.build_tag for e in reversed(events) if e.digest == digest and e.image == image), "")
+        if not build_tag:
+            labels = _safe_labels(reg, repo, digest)
+            if labels.get(LABEL_VERSION):
+                other = _key_from(labels, key.name, None)
+                if other.tag_version != key.tag_version:
+                    raise InputError(f"--to {to}: that digest is {other}, not {image}")
+            build_tag = _find_build_tag(reg, repo, digest, scheme, key.name) or ""
+            tag_version = _version_of_build_tag(scheme, build_tag, key.name) if build_tag else None
+            if tag_version is not None and tag_version != key.tag_version:
+                raise InputError(f"--to {to}: that digest is {key.name}:{tag_version}, not {image}")
+        return digest, build_tag
+    build_tag = to.split(":", 1)[-1]
+    tag_version = _version_of_build_tag(scheme, build_tag, key.name)
+    if tag_version is None:
+        raise InputError(f"--to {to}: not a build tag ({scheme}) nor a digest")
+    if tag_version != key.tag_version:
+        raise InputError(f"--to {to}: a build of {key.name}:{tag_version}, not of {image}")
+    found = reg.head_manifest(repo, build_tag)
+    if found is None:
+        raise StepFailed(f"{where}:{build_tag}: not in {env}")
+    return found, build_tag
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -90,6 +90,10 @@ def promote_cmd(ctx: Context, ref: str, to_env: str, from_env: str | None, dry_r
 def rollback_cmd(ctx: Context, ref: str, env: str, to: str | None, fmt: str) -> None:
     """Point ENV's alias tags back at the previously promoted digest (or the one named). Nothing is deleted.
 
+    REF is NAME:VERSION (or one of its build tags); --to must be a build of that same version. Rolling back
+    twice goes further back. An alias shared by all versions (e.g. `staging`) moves only if it pointed at
+    this version's current build.
+
     \b
     Examples:
       bakery rollback python:3.11 --env prod
@@ -113,6 +117,9 @@ def rollback_cmd(ctx: Context, ref: str, env: str, to: str | None, fmt: str) -> 
     else:
         echo(f"{result.image} in {env}: {', '.join(result.tags)} → {result.build_tag} ({_short(result.digest)}), "
              f"was {_short(result.previous_digest)}")
+    if result.left and fmt != "json":
+        echo(f"left alone: {', '.join(result.left)} (shared by every version; it points at another version's "
+             f"build, promoted after this one)", err=True)
 
 
 @click.command("history")

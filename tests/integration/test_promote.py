@@ -399,6 +399,44 @@ def test_status_tells_versions_apart_when_they_share_an_environment_alias(make_p
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: pyhton: unknown image"), unknown.stderr
 
 
+def test_rollback_stays_within_its_version_and_goes_back_not_forth(make_project, stack):
+    root = make_project(fleet=None, config=GATED)
+    repo = f"{namespace(root)}/python"
+    hour = dt.timedelta(hours=1)
+    a1 = publish(root, stack, build_tag="3.11-20260302.1", marker="a1")
+    assert promote_json("python:3.11", "--to", "staging", now=T0)[0] == 0
+    a2 = publish(root, stack, build_tag="3.11-20260302.2", marker="a2", when=T0 + hour)
+    assert promote_json("python:3.11", "--to", "staging", now=T0 + 2 * hour)[0] == 0
+    b1 = publish(root, stack, build_tag="3.12-20260302.1", version="3.12", marker="b1", when=T0 + 2 * hour)
+    assert promote_json("python:3.12", "--to", "staging", now=T0 + 3 * hour)[0] == 0
+    staging = stack.client("staging")
+    assert staging.head_manifest(repo, "staging") == b1.digest
+
+    # --to names a build of this very version, or it is refused before anything moves
+    for to in ("3.12-20260302.1", b1.digest, "sha256:abc", "staging"):
+        proc = bakery("rollback", "python:3.11", "--env", "staging", "--to", to, now=T0 + 4 * hour)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: --to {to}: "), (to, proc.stderr)
+    proc = bakery("rollback", "python:3.1", "--env", "staging", "--to", a1.build_tag, now=T0 + 4 * hour)
+    assert proc.returncode == 2 and "python:3.1: unknown image" in proc.stderr, proc.stderr
+    assert staging.head_manifest(repo, "3.1") is None
+    assert staging.head_manifest(repo, "3.11") == a2.digest
+
+    # a build tag names its version; the shared `staging` now belongs to python:3.12 and stays
+    proc = bakery("rollback", "python:3.11-20260302.2", "--env", "staging", "--format", "json", now=T0 + 4 * hour)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["image"], out["digest"], out["previous_digest"]) == ("python:3.11", a1.digest, a2.digest)
+    assert out["tags"] == ["3.11"] and out["left_alone"] == ["staging"]
+    assert [staging.head_manifest(repo, t) for t in ("3.11", "3.12", "staging")] == [a1.digest, b1.digest,
+                                                                                      b1.digest]
+
+    # rolling back again goes further back, never forth to the build just rolled back from
+    proc = bakery("rollback", "python:3.11", "--env", "staging", now=T0 + 5 * hour)
+    assert proc.returncode == 1 and "no earlier promotion" in proc.stderr, proc.stderr
+    assert staging.head_manifest(repo, "3.11") == a1.digest
+    assert_no_password(stack, root)
+
+
 def test_wrong_credentials_fail_cleanly_without_leaking(make_project, stack):
     root = make_project(fleet=None, config=GATED)
     publish(root, stack, build_tag="3.11-20260302.1")
