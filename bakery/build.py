@@ -140,12 +140,18 @@ class Builder:
         if done is not None and done.ok:
             if done.digest and done.repository:
                 return done.pinned, done.digest, symbolic
-            return done.image_id, done.image_id, symbolic
+            if not self.options.push:
+                return done.image_id, done.image_id, symbolic
         from bakery.publish import latest
 
         published = latest(self.project, pkey)
         if published is not None:
             return published.pinned, published.digest, symbolic
+        if self.options.push:
+            # A published child must name a published parent (base.name/base.digest labels, `plan`): a local
+            # image ID is no registry digest.
+            raise StepFailed(f"parent {pkey} is not published in {self.project.config.first_env}; a pushed image "
+                             f"must be built on a published parent (`bakery build {pkey} --push`, or name both)")
         try:
             image = self.docker.images.get(local_tag(self.project, pkey))
             return image.id, image.id, symbolic

@@ -486,6 +486,9 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     src_repo = cfg.env(from_env).repository(name)
     dst_repo = target_env.repository(name)
     tags = [pub.build_tag, *[a for a in alias_tags(project, to_env, pub.key, now.date()) if a != pub.build_tag]]
+    from bakery.publish import refuse_build_tag_aliases
+
+    refuse_build_tag_aliases(project, name, target_env.image(name), tags[1:])
     result = Promotion(image=str(pub.key), digest=pub.digest, build_tag=pub.build_tag, from_env=from_env,
                        to_env=to_env, source=pub.pinned, target=target_env.image(name), tags=tags,
                        approved_by=approved_by)

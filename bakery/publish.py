@@ -112,6 +112,8 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
                                    variant=spec.key.variant, today=today, existing=existing,
                                    fingerprint=fingerprint)
     target = f"{host}/{repo}"
+    alias_tags = aliases(project, spec, env, today, fingerprint)
+    refuse_build_tag_aliases(project, spec.key.name, target, [t for t in alias_tags if t != build_tag])
     if build_tag in existing:
         held = client.head_manifest(repo, build_tag)
         ours = local_repo_digests(docker_client, image_id, target)
@@ -144,10 +146,22 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
     if not digest:
         raise StepFailed(f"push {target}:{build_tag}: the daemon reported no digest")
     manifest = client.get_manifest(repo, digest)
-    alias_tags = aliases(project, spec, env, today, fingerprint)
     for tag in alias_tags:
         client.put_manifest(repo, tag, manifest.body, manifest.media_type)
     return Published(spec.key, env, target, build_tag, digest, tuple(alias_tags))
+
+
+def refuse_build_tag_aliases(project: Project, name: str, target: str, alias_tags: list[str]) -> None:
+    """An alias (a definition's `tags:` or an environment's `aliases:`) that has the form of a build tag would
+    move an immutable tag: refused before anything is written."""
+    from bakery.promote import build_tag_pattern
+
+    scheme = project.config.tags.build
+    pattern = build_tag_pattern(scheme, name=name)
+    clash = [t for t in alias_tags if pattern.match(t)]
+    if clash:
+        raise ImmutableTagError(f"{target}:{clash[0]}: an alias with the form of a build tag ({scheme}) would move "
+                                f"an immutable tag; refused (registry unchanged) — rename the alias")
 
 
 def local_repo_digests(docker_client: Any, image_id: str, repository: str) -> set[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from bakery.model import LABEL_FINGERPRINT, OCI
 
@@ -106,6 +107,40 @@ def test_an_immutable_tag_is_never_overwritten(make_project, stack):
     host, _, repo = r1["repository"].partition("/")
     assert registry_digest(host, repo, r1["build_tag"]) == r1["digest"]
     assert "refusing to overwrite" in second.stderr
+
+
+def test_an_alias_shaped_like_a_build_tag_never_moves_one(make_project, stack):
+    """dev's second alias renders to the day's first build tag: the second build of the day must not move it."""
+    root = make_project(fleet=None, config={"environments": {"dev": {"aliases": ["{version}",
+                                                                                 "{version}-{yyyymmdd}.1"]}}})
+    write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "one")})
+    first = bakery("build", "app", "--no-scan", "--format", "json", cwd=root)
+    assert first.returncode == 0, first.stderr
+    r1 = json.loads(first.stdout)["results"][0]
+    assert r1["build_tag"].endswith(".1")
+    write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "two")})
+    second = bakery("build", "app", "--no-scan", "--format", "json", cwd=root)
+    assert second.returncode == 1
+    r2 = json.loads(second.stdout)["results"][0]
+    assert r2["status"] == "refused" and "form of a build tag" in r2["error"], r2
+    host, _, repo = r1["repository"].partition("/")
+    assert registry_digest(host, repo, r1["build_tag"]) == r1["digest"]
+    assert registry_digest(host, repo, "1.0") == r1["digest"]  # nothing written: the check comes first
+    assert sorted(stack.client("dev").list_tags(repo)) == sorted([r1["build_tag"], "1.0"])
+
+
+def test_a_pushed_child_needs_a_published_parent(make_project, stack):
+    root = make_project(fleet=None)
+    write_tiny_fleet(root, {"root": ("docker.io/library/debian:bookworm-slim", "root"), "leaf": ("root:1.0", "leaf")})
+    assert bakery("build", "root", "--no-push", "--no-scan", cwd=root).returncode == 0
+    proc = bakery("build", "leaf", "--no-scan", "--format", "json", cwd=root)
+    assert proc.returncode == 1
+    result = json.loads(proc.stdout)["results"][0]
+    assert result["status"] == "failed" and "parent root:1.0 is not published" in result["error"], result
+    ns = yaml.safe_load((root / "bakery.yaml").read_text())["environments"]["dev"]["registry"].split("/")[1]
+    assert stack.client("dev").list_tags(f"{ns}/leaf") == []
+    # On a laptop, without pushing, the local parent is what the child builds on.
+    assert bakery("build", "leaf", "--no-push", "--no-scan", cwd=root).returncode == 0
 
 
 def test_a_failed_build_stops_only_its_descendants(make_project, stack):
