@@ -354,6 +354,16 @@ class Project:
             return str(path)
 
 
+def require_config_file(project: Project, environ: dict[str, str]) -> None:
+    """Commands that change registries or the ledger do not run on the built-in defaults by accident."""
+    if project.config_file is not None:
+        return
+    if any(key.startswith("BAKERY_ENVIRONMENTS") for key in environ):
+        return  # configured through the environment on purpose (e.g. a CI job)
+    raise InputError(f"no {CONFIG_FILE} here or above: run this in a bakery repository, or name one with "
+                     f"--config / $BAKERY_CONFIG (the built-in example registries are not used for changes)")
+
+
 def find_config(start: Path) -> Path | None:
     for d in [start, *start.parents]:
         candidate = d / CONFIG_FILE

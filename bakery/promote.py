@@ -140,6 +140,8 @@ def parse_ref(text: str) -> Ref:
         raise InputError(f"{text}: not an image reference (use NAME:VERSION, NAME:BUILD_TAG or NAME@sha256:…)")
     if not digest and not tag:
         raise InputError(f"{text}: name a version, a build tag or a digest (e.g. {name}:VERSION)")
+    if tag and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", tag):
+        raise InputError(f"{text}: {tag!r} is not a version or tag (letters, digits, '.', '_', '-')")
     return Ref(name=name, tag=tag or None, digest=digest)
 
 
@@ -183,6 +185,9 @@ def resolve(project: Project, ref: str, env: str, *, registry: Registry | None =
             raise StepFailed(f"{where}@{r.digest}: no build tag in {env} points at this digest")
         version = r.tag if r.tag and not build_tag_pattern(scheme, name=r.name).match(r.tag) else None
         key = _key_from(labels, r.name, version or _version_of_build_tag(scheme, build_tag, r.name))
+        wanted = (_version_of_build_tag(scheme, r.tag, r.name) or r.tag) if r.tag else None
+        if wanted and key.tag_version != wanted:
+            raise InputError(f"{ref}: that digest is {key}, not {r.name}:{wanted}")
         return Published(key=key, env=env, repository=environment.image(r.name), build_tag=build_tag,
                          digest=r.digest)
 
@@ -199,6 +204,9 @@ def resolve(project: Project, ref: str, env: str, *, registry: Registry | None =
     if build_tag is None:
         if tag_version is not None:
             raise StepFailed(f"{where}:{r.tag}: build tag not found in {env}")
+        if not known_to_fleet(project, f"{r.name}:{r.tag}") and \
+                not ledger_mod.open_ledger(project).events(image=f"{r.name}:{r.tag}"):
+            raise InputError(unknown_image_message(f"{r.name}:{r.tag}"))
         raise StepFailed(f"{where}: no build of version {r.tag!r} in {env}"
                          + (" (the repository is empty or missing)" if not tags else ""))
     digest = reg.head_manifest(repo, build_tag)
@@ -472,6 +480,10 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     cfg.env(from_env)
     if from_env == to_env:
         raise InputError(f"--from and --to are both {to_env}")
+    order = cfg.env_order
+    if order.index(from_env) > order.index(to_env):
+        raise InputError(f"--from {from_env} --to {to_env}: promotion goes forward ({' → '.join(order)}); to go "
+                         f"back in {to_env}, use `bakery rollback`")
     clock_given = now is not None
     now = now or ledger_mod.now()
     led = ledger or ledger_mod.open_ledger(project)

@@ -29,6 +29,16 @@ class Context:
 
         return load_project(self.config_path)
 
+    @property
+    def repository(self) -> Project:
+        """The project, for commands that change registries or the ledger: a bakery.yaml must be in use."""
+        import os
+
+        from bakery.config import require_config_file
+
+        require_config_file(self.project, dict(os.environ))
+        return self.project
+
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
 

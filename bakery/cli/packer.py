@@ -29,7 +29,7 @@ def gc_command(ctx: Context, env: str, keep: int, dry_run: bool, image: str | No
     """
     from bakery.gc import gc
 
-    report = gc(ctx.project, env, keep, dry_run, image=image)
+    report = gc(ctx.project if dry_run else ctx.repository, env, keep, dry_run, image=image)
     if fmt == "json":
         emit_json(report.to_json())
         return

@@ -47,6 +47,8 @@ def promote_cmd(ctx: Context, ref: str, to_env: str, from_env: str | None, dry_r
     from bakery import ami
     from bakery.promote import promote
 
+    if not dry_run:
+        ctx.repository  # noqa: B018 - refuses to change registries on the built-in defaults
     key = ami.ami_key(ctx.project, ref) if not from_env else None
     if key is not None:  # a machine image (amazon-ebs): copy_image to the target regions, same gates
         outcome = ami.promote_ami(ctx.project, key, to_env, approved_by=approved_by, dry_run=dry_run,
@@ -102,6 +104,7 @@ def rollback_cmd(ctx: Context, ref: str, env: str, to: str | None, fmt: str) -> 
     from bakery import ami
     from bakery.promote import rollback
 
+    ctx.repository  # noqa: B018 - refuses to change registries on the built-in defaults
     key = ami.ami_key(ctx.project, ref)
     if key is not None:
         if to:

@@ -437,6 +437,24 @@ def test_rollback_stays_within_its_version_and_goes_back_not_forth(make_project,
     assert_no_password(stack, root)
 
 
+def test_bad_references_are_input_errors_and_copy_nothing(make_project, stack):
+    root = make_project(fleet=None, config=GATED)
+    img = publish(root, stack, build_tag="3.11-20260302.1")
+    publish(root, stack, build_tag="3.12-20260302.1", version="3.12", marker="other")
+    cases = [
+        (["pyhton:3.11"], "error: pyhton:3.11: unknown image"),
+        (["python:3.13"], "error: python:3.13: unknown image"),
+        (["python:3.11:x"], "'3.11:x' is not a version or tag"),
+        ([f"python:3.12@{img.digest}"], "that digest is python:3.11, not python:3.12"),
+        (["python:3.11", "--from", "prod"], "promotion goes forward"),
+    ]
+    for args, needle in cases:
+        proc = bakery("promote", *args, "--to", "staging")
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and needle in proc.stderr, (args, proc)
+        assert "Traceback" not in proc.stderr
+    assert stack.client("staging").list_tags(f"{namespace(root)}/python") == []
+
+
 def test_wrong_credentials_fail_cleanly_without_leaking(make_project, stack):
     root = make_project(fleet=None, config=GATED)
     publish(root, stack, build_tag="3.11-20260302.1")

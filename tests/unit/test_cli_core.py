@@ -125,3 +125,16 @@ def test_history_of_an_unknown_image_is_bad_input(example: Path, bakery) -> None
                              "(`bakery list` shows the fleet)"]
     known = bakery("history", "python:3.11", "--format", "json", cwd=example)  # in the fleet, never published
     assert known.code == 0 and json.loads(known.out) == {"events": []}
+
+
+@pytest.mark.parametrize("args", [["promote", "python:3.11", "--to", "staging"],
+                                  ["rollback", "python:3.11", "--env", "staging"],
+                                  ["gc", "--env", "dev", "--keep", "1"]])
+def test_changes_need_a_bakery_yaml(tmp_path: Path, bakery, args: list[str]) -> None:
+    """Outside a bakery repository the built-in example registries are never changed by accident."""
+    result = bakery(*args, cwd=tmp_path)
+    assert result.code == 2
+    assert result.errors == ["error: no bakery.yaml here or above: run this in a bakery repository, or name one "
+                             "with --config / $BAKERY_CONFIG (the built-in example registries are not used for "
+                             "changes)"]
+    assert not (tmp_path / ".bakery").exists()
