@@ -218,6 +218,15 @@ def _descriptor(d: dict[str, Any], default_type: str) -> Descriptor:
                       platform=d.get("platform"), urls=tuple(d.get("urls") or ()))
 
 
+def _is_manifest(body: bytes) -> bool:
+    """Every image manifest and index (Docker v2, OCI) is a JSON object with a schemaVersion."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "schemaVersion" in data
+
+
 def media_type_of(body: bytes, header: str | None) -> str:
     """The manifest's media type: the Content-Type header, else the ``mediaType`` field, else by shape."""
     ctype = (header or "").split(";", 1)[0].strip()
@@ -482,6 +491,10 @@ class RegistryClient:
                               scope=_scope(repo, "pull"), ok=(200,), headers={"Accept": ACCEPT})
             assert resp is not None
             body = resp.content
+            if not _is_manifest(body):
+                ctype = resp.headers.get("Content-Type") or "no Content-Type"
+                raise RegistryUnavailable(f"{self.host}: GET manifest {repo}:{reference} answered something that is "
+                                          f"not an image manifest ({ctype}, {len(body)} bytes); is this a registry?")
             return Manifest(body=body, media_type=media_type_of(body, resp.headers.get("Content-Type")),
                             digest=sha256_digest(body))
 

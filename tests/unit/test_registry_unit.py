@@ -137,3 +137,36 @@ def test_scheme_follows_insecure_and_password_is_masked():
     assert RegistryClient("h:5000", insecure=True).base == "http://h:5000"
     assert RegistryClient("h", credentials=("u", "client-secret-1")).base == "https://h"
     assert "client-secret-1" not in secrets.mask("token client-secret-1")
+
+
+def test_a_server_that_is_not_a_registry_is_an_environment_failure():
+    """A web server answering 200 "oops" to everything must not yield a made-up digest (sha256 of "oops")."""
+    import http.server
+    import threading
+
+    class Oops(http.server.BaseHTTPRequestHandler):
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(b"oops\n")))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._answer(b"oops\n")
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._answer(b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Oops)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = RegistryClient(f"127.0.0.1:{server.server_address[1]}", insecure=True, retries=0, backoff=0)
+        with pytest.raises(RegistryUnavailable) as err:
+            client.head_manifest("team/app", "1.0")
+        assert "not an image manifest" in str(err.value) and err.value.exit_code == 3
+    finally:
+        server.shutdown()
