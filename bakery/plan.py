@@ -261,12 +261,21 @@ def _short(digest: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ the plan
 def scope(fleet: Fleet, refs: Sequence[str]) -> list[ImageKey]:
-    """The images a plan decides on: the named ones (all by default) and their descendants."""
-    keys = [s.key for s in fleet.select(refs)]
+    """The images a plan decides on: the named ones (all by default), their descendants and their ancestors
+    (a named image is stale when a parent must be rebuilt; up-to-date ancestors are left out of the plan)."""
+    keys = scope_named(fleet, refs)
     if refs:
         for k in list(keys):
-            keys += [d for d in fleet.descendants(k) if d not in keys]
+            keys += [a for a in fleet.ancestors(k) if a not in keys]
     return [s.key for s in fleet.ordered(keys)]
+
+
+def scope_named(fleet: Fleet, refs: Sequence[str]) -> list[ImageKey]:
+    """The named images and their descendants (what a scoped plan always shows)."""
+    keys = [s.key for s in fleet.select(refs)]
+    for k in list(keys):
+        keys += [d for d in fleet.descendants(k) if d not in keys]
+    return keys
 
 
 def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Iterable[str] = (),
@@ -347,6 +356,9 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
             item.reasons.sort(key=lambda r: REASONS.index(r.kind))
             if item.reasons:
                 rebuild.add(spec.key)
+    if refs:  # ancestors were decided on for their descendants' sake: shown only when they must be rebuilt
+        named = set(scope_named(fleet, refs))
+        items = {k: i for k, i in items.items() if k in named or k in rebuild or i.error}
     levels = [[s.key for s in level] for level in fleet.levels(rebuild)] if rebuild else []
     for i, level in enumerate(levels):
         for k in level:

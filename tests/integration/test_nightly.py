@@ -93,6 +93,11 @@ def test_nightly_rebuilds_exactly_what_changed(tree: Path, stack) -> None:
     assert items["root:1"]["reason"] == "upstream"
     assert new_base.split("@")[1].split(":")[1][:12] in items["root:1"]["reasons"][0]["detail"]
     assert p["levels"] == [["root:1"], ["left:1", "right:1"], ["leaf-a:1", "leaf-b:1"]]
+    # A plan scoped to a leaf sees that its ancestors must be rebuilt first (and leaves the other branch out).
+    scoped = plan("leaf-a:1")
+    assert scoped["levels"] == [["root:1"], ["left:1"], ["leaf-a:1"]]
+    assert {i["ref"]: i["reason"] for i in scoped["images"]} == {
+        "root:1": "upstream", "left:1": "parent", "leaf-a:1": "parent"}
     report, _ = nightly()
     assert set(report["rebuilt"]) == ALL
     assert {i["ref"]: i["reason"] for i in report["images"]} == {
