@@ -67,6 +67,10 @@ def git_info(project: Project) -> tuple[str, str]:
         except (OSError, subprocess.TimeoutExpired):
             return ""
     revision = git("rev-parse", "HEAD") or "unknown"
+    if revision != "unknown":
+        inputs = [str(p) for p in (project.config_file, project.definitions_dir, project.templates_dir) if p]
+        if git("status", "--porcelain", "--", *inputs):
+            revision += "-dirty"  # built from uncommitted definitions: the label must not claim HEAD
     source = git("remote", "get-url", "origin") or str(project.root)
     return revision, source
 

@@ -29,6 +29,9 @@ def tag_promotion(project: Project, env: str, pub: Published, labels: dict[str, 
     revision = labels.get(LABEL_REVISION)
     if not revision or revision == "unknown":
         raise StepFailed(f"{pub.key}: image has no {LABEL_REVISION} label: cannot create the git tag")
+    if revision.endswith("-dirty"):
+        raise StepFailed(f"{pub.key}: built from uncommitted changes ({revision[:12]}…-dirty): no git tag can name "
+                         f"its revision; commit the definitions and rebuild")
     tag = tag_name(env, pub)
     root = str(project.root)
     if _git(root, "rev-parse", "--git-dir").returncode != 0:
