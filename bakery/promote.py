@@ -309,16 +309,21 @@ class GateResult:
 ScanFn = Callable[..., tuple[GateResult, "dict[str, Any] | None"]]
 
 
-def gate_previous(project: Project, pub: Published, to_env: str, *, prev_registry: Registry | None) -> GateResult:
-    """The digest must already be in the environment before ``to_env`` in the configured order."""
+def gate_previous(project: Project, pub: Published, to_env: str, *, prev_registry: Registry | None,
+                  events: list[ledger_mod.Event] | None = None) -> GateResult:
+    """The digest must already be in the environment before ``to_env`` in the configured order, and not have
+    been rolled back there (a build pulled out of staging does not go on to prod)."""
     prev = project.config.previous_env(to_env)
     if prev is None:
         return GateResult("previous", True, f"{to_env} is the first environment")
     reg = prev_registry or registry_for(project, prev)
     repo = project.config.env(prev).repository(pub.key.name)
-    if reg.head_manifest(repo, pub.digest) == pub.digest:
-        return GateResult("previous", True, f"digest is in {prev}", {"env": prev})
-    return GateResult("previous", False, f"digest is not in {prev}: promote to {prev} first", {"env": prev})
+    if reg.head_manifest(repo, pub.digest) != pub.digest:
+        return GateResult("previous", False, f"digest is not in {prev}: promote to {prev} first", {"env": prev})
+    if pub.digest in _arrivals_and_rollbacks(events or [], str(pub.key), prev)[1]:
+        return GateResult("previous", False, f"digest was rolled back in {prev}: promote it to {prev} again "
+                                             f"before it goes on", {"env": prev})
+    return GateResult("previous", True, f"digest is in {prev}", {"env": prev})
 
 
 def gate_soak(project: Project, pub: Published, to_env: str, events: list[ledger_mod.Event],
@@ -531,7 +536,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     gates = target_env.gates
     results: list[GateResult] = []
     if gates.require_previous:
-        results.append(gate_previous(project, pub, to_env, prev_registry=prev_reg))
+        results.append(gate_previous(project, pub, to_env, prev_registry=prev_reg, events=events))
     if gates.scan:
         scan_gate, summary = (scan_fn or gate_scan)(project, pub, to_env, now)
         results.append(scan_gate)
@@ -647,9 +652,8 @@ class Rollback:
                 "left_alone": self.left, "action": self.action, "event": self.event_id}
 
 
-def rollback_candidates(events: list[ledger_mod.Event], image: str, env: str, current: str | None) -> list[str]:
-    """Digests a plain rollback may go back to, newest first: what was promoted to ``env`` before, minus what
-    is live now and what an earlier rollback left (rolling back twice goes further back, never forth)."""
+def _arrivals_and_rollbacks(events: list[ledger_mod.Event], image: str, env: str) -> tuple[list[str], set[str]]:
+    """(digests promoted to ``env``, oldest first; those a rollback moved away from and nobody promoted since)."""
     seen: list[str] = []
     rejected: set[str] = set()
     for e in events:
@@ -665,6 +669,13 @@ def rollback_candidates(events: list[ledger_mod.Event], image: str, env: str, cu
             if previous and previous != e.digest:
                 rejected.add(previous)
             rejected.discard(e.digest)
+    return seen, rejected
+
+
+def rollback_candidates(events: list[ledger_mod.Event], image: str, env: str, current: str | None) -> list[str]:
+    """Digests a plain rollback may go back to, newest first: what was promoted to ``env`` before, minus what
+    is live now and what an earlier rollback left (rolling back twice goes further back, never forth)."""
+    seen, rejected = _arrivals_and_rollbacks(events, image, env)
     return [d for d in reversed(seen) if d != current and d not in rejected]
 
 

@@ -434,6 +434,14 @@ def test_rollback_stays_within_its_version_and_goes_back_not_forth(make_project,
     proc = bakery("rollback", "python:3.11", "--env", "staging", now=T0 + 5 * hour)
     assert proc.returncode == 1 and "no earlier promotion" in proc.stderr, proc.stderr
     assert staging.head_manifest(repo, "3.11") == a1.digest
+
+    # what staging rolled back does not go on to prod; what it runs does
+    code, out = promote_json(f"python:{a2.build_tag}", "--to", "prod", "--approved-by", "alice",
+                             now=T0 + 6 * hour)
+    previous = next(g for g in out["gates"] if g["name"] == "previous")
+    assert code == 1 and not previous["passed"] and "rolled back in staging" in previous["reason"], out
+    assert promote_json(f"python:{a1.build_tag}", "--to", "prod", "--approved-by", "alice",
+                        now=T0 + 6 * hour)[0] == 0
     assert_no_password(stack, root)
 
 
