@@ -125,3 +125,11 @@ def test_history_of_an_unknown_image_is_bad_input(example: Path, bakery) -> None
                              "(`bakery list` shows the fleet)"]
     known = bakery("history", "python:3.11", "--format", "json", cwd=example)  # in the fleet, never published
     assert known.code == 0 and json.loads(known.out) == {"events": []}
+
+
+@pytest.mark.parametrize("args", [("--all", "--changed"), ("--changed", "--all")])
+def test_build_all_and_changed_is_usage_error(example: Path, bakery, args: tuple[str, ...]) -> None:
+    result = bakery("build", *args, cwd=example)
+    assert result.code == 2
+    assert "--all and --changed cannot be combined" in result.err
+    assert "Traceback" not in result.err
