@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -169,26 +169,81 @@ def render_all(project: Project, specs: Iterable[ImageSpec], out: Path | None = 
     return recipes
 
 
-def check(project: Project, specs: Iterable[ImageSpec], directory: Path) -> list[str]:
-    """Unified diff lines between DIRECTORY and what would be rendered; empty when they agree."""
+def check(project: Project, specs: Iterable[ImageSpec], directory: Path, *, whole: bool = False) -> list[str]:
+    """Unified diff lines between DIRECTORY and what would be rendered; empty when they agree.
+
+    Inside each recipe directory, everything `render --out` would remove counts as a difference (an extra
+    file, an empty directory, a symlink). With ``whole`` (the whole fleet was selected), files and
+    directories of DIRECTORY outside every recipe directory count too: a recipe of an image that is gone."""
     diff: list[str] = []
     cache = _TemplateFiles()
+    specs = list(specs)
+
+    def label(path: Path) -> str:
+        return project.rel(path) if path.is_relative_to(project.root) else str(path)
+
     for spec in specs:
         recipe = render(project, spec, cache)
         base = output_dir(directory, spec)
         on_disk: dict[str, bytes] = {}
-        if base.is_dir():
-            for p in sorted(base.rglob("*")):
-                if p.is_file():
-                    on_disk[str(p.relative_to(base))] = p.read_bytes()
+        if base.is_symlink() or (base.exists() and not base.is_dir()):
+            diff.append(f"{label(base)}: not a directory (`render --out` would replace it)\n")
+        elif base.is_dir():
+            for dirpath, dirnames, filenames in os.walk(base):
+                here = Path(dirpath)
+                for name in sorted(dirnames + filenames):
+                    p = here / name
+                    rel = p.relative_to(base).as_posix()
+                    if p.is_symlink():
+                        diff.append(f"{label(p)}: a symlink (`render --out` would remove it)\n")
+                        if name in dirnames:
+                            dirnames.remove(name)
+                    elif name in filenames:
+                        on_disk[rel] = p.read_bytes()
+                    elif not any(p.iterdir()):
+                        diff.append(f"{label(p)}/: an empty directory (`render --out` would remove it)\n")
         for rel in sorted(set(on_disk) | set(recipe.files)):
             want = recipe.files.get(rel)
             have = on_disk.get(rel)
             if want == have:
                 continue
-            label = os.path.join(project.rel(base) if base.is_relative_to(project.root) else str(base), rel)
+            name = os.path.join(label(base), rel)
+            if want is None:
+                diff += _removed(f"{name} (on disk)", have or b"")
+                continue
             a = (have or b"").decode(errors="replace").splitlines(keepends=True)
-            b = (want or b"").decode(errors="replace").splitlines(keepends=True)
-            diff += list(difflib.unified_diff(a, b, fromfile=f"{label} (on disk)" if have is not None else "/dev/null",
-                                              tofile=f"{label} (rendered)" if want is not None else "/dev/null"))
+            b = want.decode(errors="replace").splitlines(keepends=True)
+            diff += list(difflib.unified_diff(a, b, fromfile=f"{name} (on disk)" if have is not None else "/dev/null",
+                                              tofile=f"{name} (rendered)"))
+    if whole and directory.is_dir():
+        diff += _stale(directory, {output_dir(directory, s) for s in specs}, label)
     return diff
+
+
+def _removed(fromfile: str, data: bytes) -> list[str]:
+    """The diff of a file that would be removed (its header even when it is empty)."""
+    lines = data.decode(errors="replace").splitlines(keepends=True)
+    return list(difflib.unified_diff(lines, [], fromfile=fromfile, tofile="/dev/null")) or [
+        f"--- {fromfile}\n", "+++ /dev/null\n"]
+
+
+def _stale(directory: Path, recipe_dirs: set[Path], label: Callable[[Path], str]) -> list[str]:
+    """Files under DIRECTORY outside every recipe directory (a recipe of an image no longer in the fleet)."""
+    ancestors = {parent for d in recipe_dirs for parent in d.parents}
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            if here / name in recipe_dirs:
+                dirnames.remove(name)
+        for name in sorted(filenames + [d for d in dirnames if (here / d).is_symlink()]):
+            p = here / name
+            text = b"" if p.is_symlink() or not p.is_file() else p.read_bytes()
+            out += _removed(f"{label(p)} (on disk)", text)
+        for name in list(dirnames):
+            p = here / name
+            if p.is_symlink():
+                dirnames.remove(name)
+            elif p not in ancestors and not any(p.iterdir()):
+                out.append(f"{label(p)}/: an empty directory that no image renders\n")
+    return out

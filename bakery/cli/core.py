@@ -97,11 +97,11 @@ def render_cmd(ctx: Context, refs: tuple[str, ...], out: Path | None, check_dir:
     fleet = load_fleet(project)
     specs = fleet.select(refs)
     if check_dir is not None:
-        diff = render.check(project, specs, check_dir)
+        diff = render.check(project, specs, check_dir, whole=not refs)
         if diff:
             sys.stdout.writelines(diff)
             echo(f"error: {check_dir}: recipes differ from the definitions ({len(specs)} checked); "
-                 f"run `bakery render --out {check_dir}`", err=True)
+                 f"run `bakery render --out {check_dir}` (and remove what no image renders)", err=True)
             sys.exit(1)
         echo(f"{len(specs)} recipes in {check_dir} match the definitions", err=True)
         return
