@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bakery.config import Project
 from bakery.errors import InputError, ValidationError
 from bakery.model import ImageKey, ImageSpec, Parent
-from bakery.validation import format_errors
+from bakery.validation import format_errors, read_text
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9]*$")
@@ -123,7 +123,10 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def _load(path: Path, display: str) -> tuple[Any, list[str], dict[Any, str]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text(path, display=display)
+    except InputError as exc:
+        return None, [str(exc)], {}
     loader = _UniqueKeyLoader(text)
     loader.problems = []
     loader.raw_keys = {}
@@ -265,7 +268,7 @@ def template_variables(project: Project, template: str) -> set[str]:
     import json
 
     tdir = project.templates_dir / template
-    sources = [(path, path.read_text(encoding="utf-8")) for path in sorted(tdir.glob("*.j2"))]
+    sources = [(path, read_text(path, display=project.rel(path))) for path in sorted(tdir.glob("*.j2"))]
     cache_file = project.state_dir / "cache" / "template-vars.json"
     try:
         cache = json.loads(cache_file.read_text(encoding="utf-8"))

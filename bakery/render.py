@@ -96,13 +96,41 @@ def render(project: Project, spec: ImageSpec, files_cache: _TemplateFiles | None
         except jinja2.UndefinedError as exc:
             raise InputError(f"{spec.source_file}: versions.{spec.key.version}: template {rel}: {exc.message}") from None
         except jinja2.TemplateSyntaxError as exc:
-            raise InputError(f"{project.rel(tdir / path.name)}: line {exc.lineno}: template syntax error: "
-                             f"{exc.message}") from None
+            where = project.rel(Path(exc.filename)) if exc.filename else project.rel(tdir / path.name)
+            raise InputError(f"{where}: line {exc.lineno}: template syntax error: {exc.message}") from None
+        except Exception as exc:  # noqa: BLE001 - anything a template can raise is a problem of that template
+            raise _template_error(project, spec, tdir / path.name, exc) from None
         files[out_name] = text.encode()
     for rel in spec.context_files:
         files[rel] = cache.read(tdir / rel)
     return Recipe(spec=spec, directory=output_dir(project.rendered_dir, spec), files=files,
                   recipe_digest=digest_files(files))
+
+
+def _template_error(project: Project, spec: ImageSpec, path: Path, exc: Exception) -> InputError:
+    """``TEMPLATE: line N: what went wrong (rendering IMAGE)`` for an error raised while rendering a template:
+    the innermost template line of the traceback (Jinja maps its frames to template lines)."""
+    import traceback
+
+    from bakery.validation import decode_problem
+
+    root = project.templates_dir.resolve()
+    where = project.rel(path)
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        frame_path = Path(frame.filename)
+        if frame_path.suffix == ".j2" and frame_path.resolve().is_relative_to(root):
+            where = f"{project.rel(frame_path)}: line {frame.lineno}"
+            break
+    if isinstance(exc, jinja2.TemplateNotFound):
+        what = f"template {exc.name!r} not found under {project.rel(project.templates_dir)}/"
+    elif isinstance(exc, UnicodeDecodeError):
+        problem = decode_problem(exc.object, exc) if isinstance(exc.object, bytes) else "not valid UTF-8"
+        what = problem if where == project.rel(path) else f"the included template: {problem}"
+    elif isinstance(exc, jinja2.TemplateError):
+        what = f"template error: {exc.message or type(exc).__name__}"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    return InputError(f"{where}: {what} (rendering {spec.key})")
 
 
 def digest_files(files: dict[str, bytes]) -> str:

@@ -174,6 +174,43 @@ def test_template_syntax_error_names_template_and_line(make_project, bakery) -> 
     assert result.errors and result.errors[0].startswith("error: templates/t/Dockerfile.j2: line 2: "), result.err
 
 
+@pytest.mark.parametrize(("line", "expected"), [
+    pytest.param('{% include "x.j2" %}', "templates/t/Dockerfile.j2: line 2: template 'x.j2' not found under "
+                 "templates/ (rendering a:1)", id="include-not-found"),
+    pytest.param("RUN echo {{ 1/0 }}", "templates/t/Dockerfile.j2: line 2: ZeroDivisionError: division by zero "
+                 "(rendering a:1)", id="zero-division"),
+    pytest.param('{% include "bad.j2" %}', "templates/t/Dockerfile.j2: line 2: the included template: line 2: "
+                 "not valid UTF-8 (byte 0xff at column 3) (rendering a:1)", id="include-invalid-utf8"),
+])
+def test_template_runtime_errors_are_bad_input(make_project, bakery, line: str, expected: str) -> None:
+    """Whatever a template raises while rendering is a problem of that template: its file and line, exit 2."""
+    project = make_project({F: GOOD_DEF})
+    (project / "templates/bad.j2").write_bytes(b"ok\nRU\xff\n")
+    (project / "templates/t/Dockerfile.j2").write_text("FROM {{ parent }}\n" + line + "\nRUN echo {{ user }}\n")
+    result = bakery("render", cwd=project)
+    assert "Traceback" not in result.err and "internal error" not in result.err
+    assert result.errors == [f"error: {expected}"], result.err
+    assert result.code == 2
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    pytest.param("templates/t/Dockerfile.j2", "templates/t/Dockerfile.j2: line 2: not valid UTF-8 (byte 0xe9 at "
+                 "column 6)", id="template"),
+    pytest.param(F, f"{F}: line 2: not valid UTF-8 (byte 0xe9 at column 6)", id="definition"),
+    pytest.param("bakery.yaml", "bakery.yaml: line 2: not valid UTF-8 (byte 0xe9 at column 6)", id="config"),
+])
+def test_invalid_utf8_is_bad_input(make_project, bakery, path: str, expected: str) -> None:
+    project = make_project({F: GOOD_DEF})
+    file = project / path
+    lines = file.read_bytes().split(b"\n")
+    file.write_bytes(b"\n".join([lines[0], b"# caf\xe9 au lait", *lines[1:]]))
+    for command in ("list", "render"):
+        result = bakery(command, cwd=project)
+        assert "Traceback" not in result.err and "internal error" not in result.err
+        assert result.errors == [f"error: {expected}"], result.err
+        assert result.code == 2
+
+
 def test_strict_undefined_at_render(make_project, bakery) -> None:
     """An attribute of a variable is not found by the undeclared-variable scan; StrictUndefined still refuses it."""
     project = make_project({F: GOOD_DEF})
