@@ -426,6 +426,10 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
             except InvalidVersion:
                 problems.append(f"{display}: {where}: {vstr!r} is not a PEP 440 version (e.g. 12, 3.11, 1.25.0)")
                 continue
+            tag_problem = _version_tag_problem(vstr)
+            if tag_problem:
+                problems.append(f"{display}: {where}: {tag_problem}")
+                continue
             template = vd.template or d.template
             tdir = project.templates_dir / template
             kind = template_kind(tdir) if tdir.is_dir() else None
@@ -449,6 +453,13 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                                     f"and digits, starting with a letter")
                     continue
                 vardef = vardef or VariantDef()
+                if len(f"{vstr}-{vname}") > 128:
+                    problems.append(f"{display}: {where}.variants.{vname}: image tag '{vstr}-{vname}' is longer "
+                                    f"than Docker's 128 characters")
+                    continue
+                for tag in vardef.tags:
+                    if not isinstance(tag, str) or not TAG_RE.match(tag):
+                        problems.append(f"{display}: {where}.variants.{vname}.tags: {tag!r} is not a valid image tag")
                 for field_name, value in vardef.variables.items():
                     problems += _check_var(display, f"{where}.variants.{vname}.variables.{field_name}", field_name,
                                            value)
@@ -478,6 +489,22 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                     context_files=context_cache[template], description=vardef.description or vd.description
                     or d.description, policy=policy or None, packer=packer)
     return specs, problems
+
+
+DOCKER_TAG_CHARS_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _version_tag_problem(version: str) -> str | None:
+    """Why a version cannot be a Docker tag (None when it can): images are tagged NAME:VERSION."""
+    if not DOCKER_TAG_CHARS_RE.match(version):
+        bad = next(c for c in version if not DOCKER_TAG_CHARS_RE.match(c))
+        return (f"{version!r} contains {bad!r}, which a Docker tag cannot hold (letters, digits, '_', '.', '-'; "
+                f"a PEP 440 local version like 1.22+local is not a valid tag)")
+    if not TAG_RE.match(version):
+        if len(version) > 128:
+            return f"{version!r} is longer than Docker's 128 characters for a tag"
+        return f"{version!r} cannot start a Docker tag ({version[0]!r}); start it with a letter, digit or '_'"
+    return None
 
 
 def _context_files(tdir: Path) -> tuple[str, ...]:

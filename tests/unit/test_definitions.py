@@ -118,6 +118,17 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
     ("invalid-variant-name", {F: one(extra="    variants:\n      Slim: {}\n")}, [
         f"{F}: versions.1.variants.Slim: variant names are lowercase letters and digits, starting with a letter"]),
     ("invalid-tag", {F: one(extra='    tags: ["-bad"]\n')}, [f"{F}: versions.1.tags: '-bad' is not a valid image tag"]),
+    ("pep440-local-version", {F: defn(f'  "1.22+local":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1.22+local: '1.22+local' contains '+', which a Docker tag cannot hold (letters, digits, '_', "
+        f"'.', '-'; a PEP 440 local version like 1.22+local is not a valid tag)"]),
+    ("version-longer-than-a-tag", {F: defn(f'  "1.{"0" * 130}":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1.{'0' * 130}: '1.{'0' * 130}' is longer than Docker's 128 characters for a tag"]),
+    ("variant-tag-longer-than-a-tag", {F: defn(f'  "1.{"0" * 120}":\n    parent: {UP}\n    variants:\n'
+                                            f'      longvariantname: {{}}\n')}, [
+        f"{F}: versions.1.{'0' * 120}.variants.longvariantname: image tag '1.{'0' * 120}-longvariantname' is longer "
+        f"than Docker's 128 characters"]),
+    ("invalid-variant-tag", {F: one(extra='    variants:\n      slim: {tags: ["a+b"]}\n')}, [
+        f"{F}: versions.1.variants.slim.tags: 'a+b' is not a valid image tag"]),
     ("reserved-variable", {F: var('app, version: "2"')}, [
         f"{F}: variables.version: 'version' is reserved (bakery sets it)"]),
     ("invalid-variable-name", {F: var('app, my-var: "2"')}, [
