@@ -391,6 +391,7 @@ def load_fleet(project: Project) -> Fleet:
             seen[d.name] = display
     specs, more = _expand(project, parsed)
     problems += more
+    problems += _check_collisions(project, parsed, specs)
     fleet = Fleet(project, {})
     if not problems:
         fleet.specs = specs
@@ -505,6 +506,86 @@ def _version_tag_problem(version: str) -> str | None:
             return f"{version!r} is longer than Docker's 128 characters for a tag"
         return f"{version!r} cannot start a Docker tag ({version[0]!r}); start it with a letter, digit or '_'"
     return None
+
+
+def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]],
+                      specs: dict[ImageKey, ImageSpec]) -> list[str]:
+    """Within a family (one repository), every image needs its own reference and its own tags: two versions that
+    are the same PEP 440 version, a version and a variant giving the same NAME:TAG, a definition tag claimed twice
+    or equal to another image's version alias, and a definition tag shaped like a build tag are refused."""
+    import datetime as dt
+
+    from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
+
+    config = project.config
+    first = config.env(config.first_env)
+    identifying = [t for t in (first.aliases or config.tags.aliases) if "version" in template_fields(t)]
+    scheme = config.tags.build
+    looks_built = build_tag_pattern(scheme)
+    today = dt.date(2000, 1, 1)  # any date: the templates checked here name the version
+    problems: list[str] = []
+    for display, d in parsed:
+        defs = {v: vd for v, vd in d.versions.items()}
+        same: dict[Version, str] = {}
+        for v in defs:
+            try:
+                pv = Version(v)
+            except InvalidVersion:
+                continue
+            if pv in same:
+                problems.append(f"{display}: versions.{v}: {v!r} is the same PEP 440 version as {same[pv]!r} "
+                                f"(versions.{same[pv]}); keep one")
+            else:
+                same[pv] = v
+        family = [s for s in specs.values() if s.source_file == display]
+
+        def where(spec: ImageSpec) -> str:
+            k = spec.key
+            return f"versions.{k.version}" + (f".variants.{k.variant}" if k.variant else "")
+
+        def tags_where(spec: ImageSpec, template: str) -> str:
+            k = spec.key
+            variant = (defs[k.version].variants.get(k.variant) or VariantDef()) if k.variant else None
+            own = variant is not None and template in variant.tags and template not in defs[k.version].tags
+            return f"{where(spec) if own else f'versions.{k.version}'}.tags"
+
+        claims: dict[str, tuple[ImageKey, str]] = {}  # tag -> (image, what the tag is there)
+        for spec in family:
+            k = spec.key
+            if k.tag_version in claims:
+                owner, what = claims[k.tag_version]
+                other = specs[owner]
+                what = f"defined by {where(other)}" if owner.tag_version == k.tag_version else what
+                problems.append(f"{display}: {where(spec)}: image {k} is also {what}; rename one")
+                continue
+            claims[k.tag_version] = (k, f"the version tag of {k} ({where(spec)})")
+            for tag, template in alias_tags(identifying, [], name=k.name, version=k.version, variant=k.variant,
+                                            today=today):
+                claims.setdefault(tag, (k, f"the {template!r} alias of {k} ({where(spec)})"))
+            build_tag = next_build_tag(scheme, name=k.name, version=k.version, variant=k.variant, today=today,
+                                       existing=(), fingerprint="0" * 64)
+            if len(build_tag) > 128:
+                problems.append(f"{display}: {where(spec)}: its build tags (tags.build {scheme!r}) are "
+                                f"{len(build_tag)} characters, longer than Docker's 128 for a tag")
+        for spec in family:
+            k = spec.key
+            for tag, template in alias_tags([], spec.tags, name=k.name, version=k.version, variant=k.variant,
+                                            today=today):
+                field_path = tags_where(spec, template)
+                shown = repr(tag) if tag == template else f"{template!r} (pushed as {tag!r} for {k})"
+                m = looks_built.match(tag)
+                if m:
+                    version = m.groupdict().get("version")
+                    of = f" of {k.name}:{version}" if version and any(
+                        s.key.tag_version == version for s in family) else ""
+                    problems.append(f"{display}: {field_path}: tag {shown} looks like a build tag{of} (tags.build "
+                                    f"{scheme!r}); build tags are immutable and only bakery writes them")
+                    continue
+                owner, what = claims.setdefault(tag, (k, f"a tag of {k} ({field_path})"))
+                if owner != k:
+                    problems.append(f"{display}: {field_path}: tag {shown} is also {what}; two images cannot share "
+                                    f"a tag")
+    return list(dict.fromkeys(problems))
 
 
 def _context_files(tdir: Path) -> tuple[str, ...]:

@@ -123,12 +123,38 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
         f"'.', '-'; a PEP 440 local version like 1.22+local is not a valid tag)"]),
     ("version-longer-than-a-tag", {F: defn(f'  "1.{"0" * 130}":\n    parent: {UP}\n')}, [
         f"{F}: versions.1.{'0' * 130}: '1.{'0' * 130}' is longer than Docker's 128 characters for a tag"]),
-    ("variant-tag-longer-than-a-tag", {F: defn(f'  "1.{"0" * 120}":\n    parent: {UP}\n    variants:\n'
-                                            f'      longvariantname: {{}}\n')}, [
-        f"{F}: versions.1.{'0' * 120}.variants.longvariantname: image tag '1.{'0' * 120}-longvariantname' is longer "
-        f"than Docker's 128 characters"]),
+    ("variant-tag-longer-than-a-tag", {F: defn(f'  "1.{"0" * 100}":\n    parent: {UP}\n    variants:\n'
+                                            f'      {"v" * 30}: {{}}\n')}, [
+        f"{F}: versions.1.{'0' * 100}.variants.{'v' * 30}: image tag '1.{'0' * 100}-{'v' * 30}' is longer than "
+        f"Docker's 128 characters"]),
+    ("build-tag-longer-than-a-tag", {F: defn(f'  "1.{"0" * 118}":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1.{'0' * 118}: its build tags (tags.build '{{version}}-{{yyyymmdd}}.{{n}}') are 131 characters, "
+        f"longer than Docker's 128 for a tag"]),
     ("invalid-variant-tag", {F: one(extra='    variants:\n      slim: {tags: ["a+b"]}\n')}, [
         f"{F}: versions.1.variants.slim.tags: 'a+b' is not a valid image tag"]),
+    ("variant-and-version-same-ref", {F: defn(f'  "1":\n    parent: {UP}\n    variants: {{rc1: {{}}}}\n'
+                                              f'  "1-rc1":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1-rc1: image a:1-rc1 is also defined by versions.1.variants.rc1; rename one"]),
+    ("same-pep440-version", {F: defn(f'  "1.22":\n    parent: {UP}\n  "1.22.0":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1.22.0: '1.22.0' is the same PEP 440 version as '1.22' (versions.1.22); keep one"]),
+    ("same-tag-twice", {F: defn(f'  "1":\n    parent: {UP}\n    tags: [latest]\n'
+                                f'  "2":\n    parent: {UP}\n    tags: [latest]\n')}, [
+        f"{F}: versions.2.tags: tag 'latest' is also a tag of a:1 (versions.1.tags); two images cannot share a tag"]),
+    ("same-tag-twice-through-variants", {F: defn(
+        f'  "1":\n    parent: {UP}\n    variants: {{extras: {{tags: [latest]}}}}\n'
+        f'  "2":\n    parent: {UP}\n    tags: [latest]\n    variants: {{extras: {{}}}}\n')}, [
+        f"{F}: versions.2.tags: tag 'latest' (pushed as 'latest-extras' for a:2-extras) is also a tag of a:1-extras "
+        f"(versions.1.variants.extras.tags); two images cannot share a tag"]),
+    ("tag-is-another-version", {F: defn(f'  "1.23":\n    parent: {UP}\n'
+                                        f'  "1.24":\n    parent: {UP}\n    tags: ["1.23"]\n')}, [
+        f"{F}: versions.1.24.tags: tag '1.23' is also the version tag of a:1.23 (versions.1.23); two images cannot "
+        f"share a tag"]),
+    ("tag-is-a-build-tag", {F: defn(f'  "1.22":\n    parent: {UP}\n'
+                                    f'  "1.24":\n    parent: {UP}\n    tags: ["1.22-20261127.1", "9-20260101.3"]\n')}, [
+        f"{F}: versions.1.24.tags: tag '1.22-20261127.1' looks like a build tag of a:1.22 (tags.build "
+        f"'{{version}}-{{yyyymmdd}}.{{n}}'); build tags are immutable and only bakery writes them",
+        f"{F}: versions.1.24.tags: tag '9-20260101.3' looks like a build tag (tags.build "
+        f"'{{version}}-{{yyyymmdd}}.{{n}}'); build tags are immutable and only bakery writes them"]),
     ("reserved-variable", {F: var('app, version: "2"')}, [
         f"{F}: variables.version: 'version' is reserved (bakery sets it)"]),
     ("invalid-variable-name", {F: var('app, my-var: "2"')}, [
