@@ -257,9 +257,11 @@ class Builder:
                 if "error" in item:
                     error = (item.get("errorDetail") or {}).get("message") or item["error"]
         except Exception as exc:
-            from docker.errors import APIError, BuildError
+            from docker.errors import DockerException
 
-            if isinstance(exc, (APIError, BuildError)):
+            # The SDK's own refusals (an invalid reference format, an API error answer) are DockerExceptions:
+            # the daemon answered. Only a transport failure (requests/socket) means the daemon is gone.
+            if isinstance(exc, DockerException):
                 raise StepFailed(f"{name}: docker build failed: {_short(exc)}") from None
             raise DaemonUnavailable(f"{name}: lost the Docker daemon during the build: {_short(exc)}") from None
         if buffer:

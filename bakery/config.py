@@ -13,11 +13,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from bakery import secrets
 from bakery.errors import InputError, ValidationError
@@ -27,7 +27,27 @@ CONFIG_FILE = "bakery.yaml"
 SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_REGISTRY = re.compile(r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._/-]+)?$")
+_REGISTRY = re.compile(r"^[a-z0-9.-]+(?::(?P<port>\d+))?(/[a-z0-9._/-]+)?$")
+_HOST = re.compile(r"^[a-z0-9.-]+(?::\d+)?$")
+
+
+def registry_problem(value: Any) -> str | None:
+    """Why ``value`` is not a registry reference ``host[:port][/namespace]`` (None when it is one)."""
+    if not isinstance(value, str):
+        return f"must be a string host[:port][/namespace], got {type(value).__name__} {value!r}"
+    m = _REGISTRY.match(value)
+    if not m:
+        return f"not a registry reference host[:port][/namespace]: {value!r}"
+    if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
+        return f"port {m.group('port')} is out of range (1..65535): {value!r}"
+    return None
+
+
+def _registry_ref(value: str) -> str:
+    problem = registry_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value.rstrip("/")
 
 
 def parse_duration(value: str | int | float) -> dt.timedelta:
@@ -101,9 +121,7 @@ class Environment(_Strict):
     @field_validator("registry")
     @classmethod
     def _registry(cls, v: str) -> str:
-        if not _REGISTRY.match(v):
-            raise ValueError(f"not a registry reference host[:port][/namespace]: {v!r}")
-        return v.rstrip("/")
+        return _registry_ref(v)
 
     @property
     def host(self) -> str:
@@ -177,7 +195,7 @@ class Tags(_Strict):
 
 class DevStack(_Strict):
     data_dir: str = ".bakery/dev"
-    ports: dict[str, int] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
+    ports: dict[str, Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
                                                              "prod": 5003})
     # env name -> {username_env, password_env} (or the shorthand "USER_ENV:PASSWORD_ENV"): basic auth (htpasswd)
     auth: dict[str, Credentials] = Field(default_factory=dict)
@@ -233,7 +251,9 @@ class Config(_Strict):
     templates: str = "templates"
     state_dir: str = ".bakery"
     environments: dict[str, Environment] = Field(default_factory=_default_envs)
-    mirrors: dict[str, str] = Field(default_factory=lambda: {"docker.io": "127.0.0.1:5000"})
+    # upstream registry host -> mirror (host[:port][/namespace]); written into recipes, so validated strictly
+    mirrors: dict[str, Annotated[str, AfterValidator(_registry_ref)]] = Field(
+        default_factory=lambda: {"docker.io": "127.0.0.1:5000"})
     tags: Tags = Field(default_factory=Tags)
     scanner: Scanner = Field(default_factory=Scanner)
     policy: Policy = Field(default_factory=Policy)
@@ -251,6 +271,14 @@ class Config(_Strict):
         for name in v:
             if not re.match(r"^[a-z][a-z0-9-]*$", name):
                 raise ValueError(f"environment name {name!r} must be lowercase letters, digits and '-'")
+        return v
+
+    @field_validator("mirrors")
+    @classmethod
+    def _mirror_hosts(cls, v: dict[str, str]) -> dict[str, str]:
+        for host in v:
+            if not _HOST.match(host):
+                raise ValueError(f"mirror key {host!r} must be an upstream registry host[:port] (e.g. docker.io)")
         return v
 
     @property

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bakery.config import Project
 from bakery.errors import InputError, ValidationError
 from bakery.model import ImageKey, ImageSpec, Parent
-from bakery.validation import format_errors
+from bakery.validation import format_errors, read_text
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9]*$")
@@ -123,7 +123,10 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def _load(path: Path, display: str) -> tuple[Any, list[str], dict[Any, str]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text(path, display=display)
+    except InputError as exc:
+        return None, [str(exc)], {}
     loader = _UniqueKeyLoader(text)
     loader.problems = []
     loader.raw_keys = {}
@@ -265,7 +268,7 @@ def template_variables(project: Project, template: str) -> set[str]:
     import json
 
     tdir = project.templates_dir / template
-    sources = [(path, path.read_text(encoding="utf-8")) for path in sorted(tdir.glob("*.j2"))]
+    sources = [(path, read_text(path, display=project.rel(path))) for path in sorted(tdir.glob("*.j2"))]
     cache_file = project.state_dir / "cache" / "template-vars.json"
     try:
         cache = json.loads(cache_file.read_text(encoding="utf-8"))
@@ -388,6 +391,7 @@ def load_fleet(project: Project) -> Fleet:
             seen[d.name] = display
     specs, more = _expand(project, parsed)
     problems += more
+    problems += _check_collisions(project, parsed, specs)
     fleet = Fleet(project, {})
     if not problems:
         fleet.specs = specs
@@ -423,6 +427,10 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
             except InvalidVersion:
                 problems.append(f"{display}: {where}: {vstr!r} is not a PEP 440 version (e.g. 12, 3.11, 1.25.0)")
                 continue
+            tag_problem = _version_tag_problem(vstr)
+            if tag_problem:
+                problems.append(f"{display}: {where}: {tag_problem}")
+                continue
             template = vd.template or d.template
             tdir = project.templates_dir / template
             kind = template_kind(tdir) if tdir.is_dir() else None
@@ -446,6 +454,13 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                                     f"and digits, starting with a letter")
                     continue
                 vardef = vardef or VariantDef()
+                if len(f"{vstr}-{vname}") > 128:
+                    problems.append(f"{display}: {where}.variants.{vname}: image tag '{vstr}-{vname}' is longer "
+                                    f"than Docker's 128 characters")
+                    continue
+                for tag in vardef.tags:
+                    if not isinstance(tag, str) or not TAG_RE.match(tag):
+                        problems.append(f"{display}: {where}.variants.{vname}.tags: {tag!r} is not a valid image tag")
                 for field_name, value in vardef.variables.items():
                     problems += _check_var(display, f"{where}.variants.{vname}.variables.{field_name}", field_name,
                                            value)
@@ -475,6 +490,102 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                     context_files=context_cache[template], description=vardef.description or vd.description
                     or d.description, policy=policy or None, packer=packer)
     return specs, problems
+
+
+DOCKER_TAG_CHARS_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _version_tag_problem(version: str) -> str | None:
+    """Why a version cannot be a Docker tag (None when it can): images are tagged NAME:VERSION."""
+    if not DOCKER_TAG_CHARS_RE.match(version):
+        bad = next(c for c in version if not DOCKER_TAG_CHARS_RE.match(c))
+        return (f"{version!r} contains {bad!r}, which a Docker tag cannot hold (letters, digits, '_', '.', '-'; "
+                f"a PEP 440 local version like 1.22+local is not a valid tag)")
+    if not TAG_RE.match(version):
+        if len(version) > 128:
+            return f"{version!r} is longer than Docker's 128 characters for a tag"
+        return f"{version!r} cannot start a Docker tag ({version[0]!r}); start it with a letter, digit or '_'"
+    return None
+
+
+def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]],
+                      specs: dict[ImageKey, ImageSpec]) -> list[str]:
+    """Within a family (one repository), every image needs its own reference and its own tags: two versions that
+    are the same PEP 440 version, a version and a variant giving the same NAME:TAG, a definition tag claimed twice
+    or equal to another image's version alias, and a definition tag shaped like a build tag are refused."""
+    import datetime as dt
+
+    from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
+
+    config = project.config
+    first = config.env(config.first_env)
+    identifying = [t for t in (first.aliases or config.tags.aliases) if "version" in template_fields(t)]
+    scheme = config.tags.build
+    looks_built = build_tag_pattern(scheme)
+    today = dt.date(2000, 1, 1)  # any date: the templates checked here name the version
+    problems: list[str] = []
+    for display, d in parsed:
+        defs = {v: vd for v, vd in d.versions.items()}
+        same: dict[Version, str] = {}
+        for v in defs:
+            try:
+                pv = Version(v)
+            except InvalidVersion:
+                continue
+            if pv in same:
+                problems.append(f"{display}: versions.{v}: {v!r} is the same PEP 440 version as {same[pv]!r} "
+                                f"(versions.{same[pv]}); keep one")
+            else:
+                same[pv] = v
+        family = [s for s in specs.values() if s.source_file == display]
+
+        def where(spec: ImageSpec) -> str:
+            k = spec.key
+            return f"versions.{k.version}" + (f".variants.{k.variant}" if k.variant else "")
+
+        def tags_where(spec: ImageSpec, template: str) -> str:
+            k = spec.key
+            variant = (defs[k.version].variants.get(k.variant) or VariantDef()) if k.variant else None
+            own = variant is not None and template in variant.tags and template not in defs[k.version].tags
+            return f"{where(spec) if own else f'versions.{k.version}'}.tags"
+
+        claims: dict[str, tuple[ImageKey, str]] = {}  # tag -> (image, what the tag is there)
+        for spec in family:
+            k = spec.key
+            if k.tag_version in claims:
+                owner, what = claims[k.tag_version]
+                other = specs[owner]
+                what = f"defined by {where(other)}" if owner.tag_version == k.tag_version else what
+                problems.append(f"{display}: {where(spec)}: image {k} is also {what}; rename one")
+                continue
+            claims[k.tag_version] = (k, f"the version tag of {k} ({where(spec)})")
+            for tag, template in alias_tags(identifying, [], name=k.name, version=k.version, variant=k.variant,
+                                            today=today):
+                claims.setdefault(tag, (k, f"the {template!r} alias of {k} ({where(spec)})"))
+            build_tag = next_build_tag(scheme, name=k.name, version=k.version, variant=k.variant, today=today,
+                                       existing=(), fingerprint="0" * 64)
+            if len(build_tag) > 128:
+                problems.append(f"{display}: {where(spec)}: its build tags (tags.build {scheme!r}) are "
+                                f"{len(build_tag)} characters, longer than Docker's 128 for a tag")
+        for spec in family:
+            k = spec.key
+            for tag, template in alias_tags([], spec.tags, name=k.name, version=k.version, variant=k.variant,
+                                            today=today):
+                field_path = tags_where(spec, template)
+                shown = repr(tag) if tag == template else f"{template!r} (pushed as {tag!r} for {k})"
+                m = looks_built.match(tag)
+                if m:
+                    version = m.groupdict().get("version")
+                    of = f" of {k.name}:{version}" if version and any(
+                        s.key.tag_version == version for s in family) else ""
+                    problems.append(f"{display}: {field_path}: tag {shown} looks like a build tag{of} (tags.build "
+                                    f"{scheme!r}); build tags are immutable and only bakery writes them")
+                    continue
+                owner, what = claims.setdefault(tag, (k, f"a tag of {k} ({field_path})"))
+                if owner != k:
+                    problems.append(f"{display}: {field_path}: tag {shown} is also {what}; two images cannot share "
+                                    f"a tag")
+    return list(dict.fromkeys(problems))
 
 
 def _context_files(tdir: Path) -> tuple[str, ...]:

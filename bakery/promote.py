@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import string
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bakery import ledger as ledger_mod
 from bakery.errors import EnvironmentFailure, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
+from bakery.tags import build_tag_pattern
 from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey,
                           Published)
 
@@ -68,37 +68,6 @@ def registry_for(project: Project, env_name: str) -> Registry:
 
 # ------------------------------------------------------------------------------------------------------------
 # The build tag scheme, read backwards.
-
-_FIELD_RE = {
-    "yyyymmdd": r"\d{8}", "yyyy": r"\d{4}", "mm": r"\d{2}", "dd": r"\d{2}", "n": r"\d+",
-    "fingerprint": r"[0-9a-f]+", "fp": r"[0-9a-f]+",
-}
-
-
-def build_tag_pattern(scheme: str, *, name: str | None = None, tag_version: str | None = None) -> re.Pattern[str]:
-    """A regex matching the build tags of ``scheme`` (for one version when ``tag_version`` is given)."""
-    out = []
-    seen: set[str] = set()
-    for literal, fld, _spec, _conv in string.Formatter().parse(scheme):
-        out.append(re.escape(literal))
-        if fld is None:
-            continue
-        base = fld.split(".")[0].split("[")[0]
-        if base == "version":
-            rx = re.escape(tag_version) if tag_version is not None else r"[A-Za-z0-9_.-]+?"
-        elif base == "name":
-            rx = re.escape(name) if name is not None else r"[A-Za-z0-9_.-]+?"
-        elif base == "variant":
-            rx = r"[A-Za-z0-9_.-]*?"
-        else:
-            rx = _FIELD_RE.get(base, r"[A-Za-z0-9_.-]+?")
-        if base in seen:
-            out.append(rf"(?P={base})")
-        else:
-            seen.add(base)
-            out.append(f"(?P<{base}>{rx})")
-    return re.compile("^" + "".join(out) + "$")
-
 
 def build_tag_order(match: re.Match[str]) -> tuple[int, ...]:
     """Sort key of a parsed build tag: date, then the day's counter."""

@@ -16,7 +16,7 @@ from bakery.config import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
 from bakery.model import ImageKey, ImageSpec, Published
 from bakery.registry import RegistryClient
-from bakery.tags import next_build_tag, render_alias
+from bakery.tags import image_aliases, next_build_tag
 
 
 def env_repository(project: Project, env: str, name: str) -> tuple[str, str]:
@@ -79,20 +79,8 @@ def latest(project: Project, key: ImageKey, env: str | None = None,
 
 
 def aliases(project: Project, spec: ImageSpec, env: str, today: dt.date, fingerprint: str = "") -> list[str]:
-    """Alias tags written beside the build tag: the environment's (or the global) ones plus the definition's."""
-    e = project.config.env(env)
-    templates = list(e.aliases) if e.aliases else list(project.config.tags.aliases)
-    if env == project.config.first_env:
-        templates += list(spec.tags)
-    out: list[str] = []
-    for t in templates:
-        tag = render_alias(t, name=spec.key.name, version=spec.key.version, variant=spec.key.variant, today=today,
-                           fingerprint=fingerprint)
-        if spec.key.variant and t in spec.tags:
-            tag = f"{tag}-{spec.key.variant}" if not tag.endswith(spec.key.variant) else tag
-        if tag and tag not in out:
-            out.append(tag)
-    return out
+    """Alias tags written beside the build tag (bakery.tags.image_aliases: `list` shows the same)."""
+    return image_aliases(project, spec, env, today, fingerprint)
 
 
 def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: str, *, fingerprint: str,
@@ -121,10 +109,10 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
             return Published(spec.key, env, target, build_tag, held, ())
         raise ImmutableTagError(f"{target}:{build_tag} already holds {held}; refusing to overwrite an immutable "
                                 f"tag with a different image (registry unchanged)")
-    image = docker_client.images.get(image_id)
-    image.tag(target, build_tag)
     digest = ""
     try:
+        image = docker_client.images.get(image_id)
+        image.tag(target, build_tag)
         for item in docker_client.api.push(target, build_tag, stream=True, decode=True):
             if "error" in item:
                 detail = item.get("errorDetail", {}).get("message") or item["error"]
@@ -136,8 +124,12 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
                 on_line(f"{item.get('status')} {item.get('id', '')}".strip())
     except StepFailed:
         raise
-    except Exception as exc:  # requests/docker errors mid-push
-        raise DaemonUnavailable(f"push {target}:{build_tag}: {exc}") from exc
+    except Exception as exc:
+        from docker.errors import DockerException
+
+        if isinstance(exc, DockerException):  # the daemon answered: a refusal (e.g. invalid reference format)
+            raise StepFailed(f"push {target}:{build_tag}: {exc}") from exc
+        raise DaemonUnavailable(f"push {target}:{build_tag}: {exc}") from exc  # the transport failed mid-push
     finally:
         try:
             docker_client.api.remove_image(f"{target}:{build_tag}", noprune=True)
@@ -154,7 +146,7 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
 def refuse_build_tag_aliases(project: Project, name: str, target: str, alias_tags: list[str]) -> None:
     """An alias (a definition's `tags:` or an environment's `aliases:`) that has the form of a build tag would
     move an immutable tag: refused before anything is written."""
-    from bakery.promote import build_tag_pattern
+    from bakery.tags import build_tag_pattern
 
     scheme = project.config.tags.build
     pattern = build_tag_pattern(scheme, name=name)

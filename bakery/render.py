@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -96,13 +96,41 @@ def render(project: Project, spec: ImageSpec, files_cache: _TemplateFiles | None
         except jinja2.UndefinedError as exc:
             raise InputError(f"{spec.source_file}: versions.{spec.key.version}: template {rel}: {exc.message}") from None
         except jinja2.TemplateSyntaxError as exc:
-            raise InputError(f"{project.rel(tdir / path.name)}: line {exc.lineno}: template syntax error: "
-                             f"{exc.message}") from None
+            where = project.rel(Path(exc.filename)) if exc.filename else project.rel(tdir / path.name)
+            raise InputError(f"{where}: line {exc.lineno}: template syntax error: {exc.message}") from None
+        except Exception as exc:  # noqa: BLE001 - anything a template can raise is a problem of that template
+            raise _template_error(project, spec, tdir / path.name, exc) from None
         files[out_name] = text.encode()
     for rel in spec.context_files:
         files[rel] = cache.read(tdir / rel)
     return Recipe(spec=spec, directory=output_dir(project.rendered_dir, spec), files=files,
                   recipe_digest=digest_files(files))
+
+
+def _template_error(project: Project, spec: ImageSpec, path: Path, exc: Exception) -> InputError:
+    """``TEMPLATE: line N: what went wrong (rendering IMAGE)`` for an error raised while rendering a template:
+    the innermost template line of the traceback (Jinja maps its frames to template lines)."""
+    import traceback
+
+    from bakery.validation import decode_problem
+
+    root = project.templates_dir.resolve()
+    where = project.rel(path)
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        frame_path = Path(frame.filename)
+        if frame_path.suffix == ".j2" and frame_path.resolve().is_relative_to(root):
+            where = f"{project.rel(frame_path)}: line {frame.lineno}"
+            break
+    if isinstance(exc, jinja2.TemplateNotFound):
+        what = f"template {exc.name!r} not found under {project.rel(project.templates_dir)}/"
+    elif isinstance(exc, UnicodeDecodeError):
+        problem = decode_problem(exc.object, exc) if isinstance(exc.object, bytes) else "not valid UTF-8"
+        what = problem if where == project.rel(path) else f"the included template: {problem}"
+    elif isinstance(exc, jinja2.TemplateError):
+        what = f"template error: {exc.message or type(exc).__name__}"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    return InputError(f"{where}: {what} (rendering {spec.key})")
 
 
 def digest_files(files: dict[str, bytes]) -> str:
@@ -169,26 +197,81 @@ def render_all(project: Project, specs: Iterable[ImageSpec], out: Path | None = 
     return recipes
 
 
-def check(project: Project, specs: Iterable[ImageSpec], directory: Path) -> list[str]:
-    """Unified diff lines between DIRECTORY and what would be rendered; empty when they agree."""
+def check(project: Project, specs: Iterable[ImageSpec], directory: Path, *, whole: bool = False) -> list[str]:
+    """Unified diff lines between DIRECTORY and what would be rendered; empty when they agree.
+
+    Inside each recipe directory, everything `render --out` would remove counts as a difference (an extra
+    file, an empty directory, a symlink). With ``whole`` (the whole fleet was selected), files and
+    directories of DIRECTORY outside every recipe directory count too: a recipe of an image that is gone."""
     diff: list[str] = []
     cache = _TemplateFiles()
+    specs = list(specs)
+
+    def label(path: Path) -> str:
+        return project.rel(path) if path.is_relative_to(project.root) else str(path)
+
     for spec in specs:
         recipe = render(project, spec, cache)
         base = output_dir(directory, spec)
         on_disk: dict[str, bytes] = {}
-        if base.is_dir():
-            for p in sorted(base.rglob("*")):
-                if p.is_file():
-                    on_disk[str(p.relative_to(base))] = p.read_bytes()
+        if base.is_symlink() or (base.exists() and not base.is_dir()):
+            diff.append(f"{label(base)}: not a directory (`render --out` would replace it)\n")
+        elif base.is_dir():
+            for dirpath, dirnames, filenames in os.walk(base):
+                here = Path(dirpath)
+                for name in sorted(dirnames + filenames):
+                    p = here / name
+                    rel = p.relative_to(base).as_posix()
+                    if p.is_symlink():
+                        diff.append(f"{label(p)}: a symlink (`render --out` would remove it)\n")
+                        if name in dirnames:
+                            dirnames.remove(name)
+                    elif name in filenames:
+                        on_disk[rel] = p.read_bytes()
+                    elif not any(p.iterdir()):
+                        diff.append(f"{label(p)}/: an empty directory (`render --out` would remove it)\n")
         for rel in sorted(set(on_disk) | set(recipe.files)):
             want = recipe.files.get(rel)
             have = on_disk.get(rel)
             if want == have:
                 continue
-            label = os.path.join(project.rel(base) if base.is_relative_to(project.root) else str(base), rel)
+            name = os.path.join(label(base), rel)
+            if want is None:
+                diff += _removed(f"{name} (on disk)", have or b"")
+                continue
             a = (have or b"").decode(errors="replace").splitlines(keepends=True)
-            b = (want or b"").decode(errors="replace").splitlines(keepends=True)
-            diff += list(difflib.unified_diff(a, b, fromfile=f"{label} (on disk)" if have is not None else "/dev/null",
-                                              tofile=f"{label} (rendered)" if want is not None else "/dev/null"))
+            b = want.decode(errors="replace").splitlines(keepends=True)
+            diff += list(difflib.unified_diff(a, b, fromfile=f"{name} (on disk)" if have is not None else "/dev/null",
+                                              tofile=f"{name} (rendered)"))
+    if whole and directory.is_dir():
+        diff += _stale(directory, {output_dir(directory, s) for s in specs}, label)
     return diff
+
+
+def _removed(fromfile: str, data: bytes) -> list[str]:
+    """The diff of a file that would be removed (its header even when it is empty)."""
+    lines = data.decode(errors="replace").splitlines(keepends=True)
+    return list(difflib.unified_diff(lines, [], fromfile=fromfile, tofile="/dev/null")) or [
+        f"--- {fromfile}\n", "+++ /dev/null\n"]
+
+
+def _stale(directory: Path, recipe_dirs: set[Path], label: Callable[[Path], str]) -> list[str]:
+    """Files under DIRECTORY outside every recipe directory (a recipe of an image no longer in the fleet)."""
+    ancestors = {parent for d in recipe_dirs for parent in d.parents}
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            if here / name in recipe_dirs:
+                dirnames.remove(name)
+        for name in sorted(filenames + [d for d in dirnames if (here / d).is_symlink()]):
+            p = here / name
+            text = b"" if p.is_symlink() or not p.is_file() else p.read_bytes()
+            out += _removed(f"{label(p)} (on disk)", text)
+        for name in list(dirnames):
+            p = here / name
+            if p.is_symlink():
+                dirnames.remove(name)
+            elif p not in ancestors and not any(p.iterdir()):
+                out.append(f"{label(p)}/: an empty directory that no image renders\n")
+    return out

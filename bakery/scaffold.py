@@ -350,18 +350,35 @@ WORKFLOWS = {"ci.yml": CI_YML, "nightly.yml": NIGHTLY_YML, "promote.yml": PROMOT
 
 
 def _env_registries(dev_registry: str) -> dict[str, str]:
+    from bakery.config import registry_problem
+
     m = _REGISTRY.match(dev_registry)
     if not m:
         raise InputError(f"--dev-registry: {dev_registry!r} is not HOST[:PORT][/NAMESPACE]")
+    problem = registry_problem(dev_registry)
+    if problem:
+        raise InputError(f"--dev-registry: {problem}")
     host, port, ns = m.group("host"), m.group("port"), m.group("ns") or "bakery"
     if port:
         p = int(port)
+        if p + 2 > 65535:
+            raise InputError(f"--dev-registry: port {p} leaves no room for staging and prod on ports {p + 1} and "
+                             f"{p + 2} (ports end at 65535)")
         return {"dev": f"{host}:{p}/{ns}", "staging": f"{host}:{p + 1}/{ns}", "prod": f"{host}:{p + 2}/{ns}"}
     return {"dev": f"{host}/{ns}", "staging": f"{host}/{ns}-staging", "prod": f"{host}/{ns}-prod"}
 
 
+def _check_mirror(mirror: str) -> None:
+    from bakery.config import registry_problem
+
+    problem = registry_problem(mirror)
+    if problem:
+        raise InputError(f"--mirror: {problem}")
+
+
 def config(dev_registry: str, mirror: str) -> dict:
     regs = _env_registries(dev_registry)
+    _check_mirror(mirror)
     creds = {"username_env": "REGISTRY_USERNAME", "password_env": "REGISTRY_PASSWORD"}
     data: dict = {
         "environments": {
@@ -384,6 +401,20 @@ def config(dev_registry: str, mirror: str) -> dict:
     return data
 
 
+def _validate(data: dict) -> None:
+    """The bakery.yaml about to be written must load: a bad flag is refused before anything is written."""
+    import pydantic
+
+    from bakery.config import Config
+    from bakery.errors import ValidationError
+    from bakery.validation import format_errors
+
+    try:
+        Config.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise ValidationError(format_errors("bakery.yaml (from the flags)", Config, err)) from None
+
+
 def scaffold(directory: Path, *, dev_registry: str = "127.0.0.1:5001/bakery", mirror: str = "127.0.0.1:5000",
              force: bool = False) -> list[Path]:
     """Write the files of a new bakery repository; return the paths written (relative to DIRECTORY)."""
@@ -392,10 +423,12 @@ def scaffold(directory: Path, *, dev_registry: str = "127.0.0.1:5001/bakery", mi
         raise InputError(f"{directory}: exists and is not a directory")
     if directory.is_dir() and any(directory.iterdir()) and not force:
         raise InputError(f"{directory}: directory is not empty (use --force to add the missing files)")
+    data = config(dev_registry, mirror)
+    _validate(data)
     header = ("# bakery configuration (`bakery config` prints the effective values; BAKERY_* environment\n"
               "# variables override them). Environments are in promotion order: builds go to the first.\n")
     files = {
-        "bakery.yaml": header + yaml.safe_dump(config(dev_registry, mirror), sort_keys=False),
+        "bakery.yaml": header + yaml.safe_dump(data, sort_keys=False),
         "base-images/hello.yaml": HELLO_YAML,
         "templates/hello/Dockerfile.j2": HELLO_DOCKERFILE,
         ".gitignore": ".bakery/\n",

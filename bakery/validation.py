@@ -128,6 +128,26 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def decode_problem(data: bytes, exc: UnicodeDecodeError) -> str:
+    """``line N: not valid UTF-8 (byte 0x.. at column C)`` for a file that failed to decode."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return f"line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})"
+
+
+def read_text(path, *, display: str | None = None) -> str:
+    """A UTF-8 text file; invalid UTF-8 is an InputError naming the file and line."""
+    from pathlib import Path
+
+    from bakery.errors import InputError
+
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{display or path}: {decode_problem(data, exc)}") from None
+
+
 def load_yaml(path, *, display: str | None = None) -> Any:
     """Parse a YAML file; a syntax error is an InputError naming the file and line."""
     import yaml
@@ -136,8 +156,7 @@ def load_yaml(path, *, display: str | None = None) -> Any:
 
     name = display or str(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+        return yaml.safe_load(read_text(path, display=name))
     except FileNotFoundError:
         raise InputError(f"{name}: file not found") from None
     except yaml.YAMLError as exc:

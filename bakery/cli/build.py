@@ -44,6 +44,8 @@ def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jo
 
     if refs and all_:
         raise click.UsageError("name images or pass --all, not both")
+    if all_ and changed:
+        raise click.UsageError("--all and --changed cannot be combined (--changed builds only what must be rebuilt)")
     if not refs and not all_ and not changed:
         raise click.UsageError("name the images to build (REF...), or pass --all or --changed")
     project = ctx.project

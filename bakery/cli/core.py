@@ -50,16 +50,22 @@ def schema_cmd() -> None:
 def list_cmd(ctx: Context, refs: tuple[str, ...], fmt: str) -> None:
     """Show image families, versions, variants, parents and tags (validates every definition).
 
+    TAGS are the alias tags `bakery build` pushes beside the immutable build tag in the first environment.
+
     REF is NAME (all its versions) or NAME:VERSION[-VARIANT].
     """
     from bakery.definitions import load_fleet
+    from bakery.ledger import now
+    from bakery.tags import image_aliases
 
     fleet = load_fleet(ctx.project)
     specs = fleet.select(refs)
     depth = {s.key: i for i, level in enumerate(fleet.levels()) for s in level}
+    first_env, today = ctx.project.config.first_env, now().date()
     rows = [{
         "ref": str(s.key), "name": s.key.name, "version": s.key.version, "variant": s.key.variant,
-        "parent": s.parent.reference, "parent_kind": s.parent.kind, "tags": list(s.tags),
+        "parent": s.parent.reference, "parent_kind": s.parent.kind,
+        "tags": image_aliases(ctx.project, s, first_env, today),
         "builder": s.builder, "template": s.template, "level": depth[s.key], "file": s.source_file,
     } for s in specs]
     if fmt == "json":
@@ -97,11 +103,11 @@ def render_cmd(ctx: Context, refs: tuple[str, ...], out: Path | None, check_dir:
     fleet = load_fleet(project)
     specs = fleet.select(refs)
     if check_dir is not None:
-        diff = render.check(project, specs, check_dir)
+        diff = render.check(project, specs, check_dir, whole=not refs)
         if diff:
             sys.stdout.writelines(diff)
             echo(f"error: {check_dir}: recipes differ from the definitions ({len(specs)} checked); "
-                 f"run `bakery render --out {check_dir}`", err=True)
+                 f"run `bakery render --out {check_dir}` (and remove what no image renders)", err=True)
             sys.exit(1)
         echo(f"{len(specs)} recipes in {check_dir} match the definitions", err=True)
         return

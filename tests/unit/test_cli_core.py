@@ -61,9 +61,9 @@ def test_list_json(example: Path, bakery) -> None:
     rows = {r["ref"]: r for r in json.loads(result.out)}
     assert rows["python:3.11-full"] == {
         "ref": "python:3.11-full", "name": "python", "version": "3.11", "variant": "full", "parent": "base:12",
-        "parent_kind": "bakery", "tags": [], "builder": "docker", "template": "python", "level": 1,
+        "parent_kind": "bakery", "tags": ["3.11-full"], "builder": "docker", "template": "python", "level": 1,
         "file": "base-images/python.yaml"}
-    assert rows["base:12"]["parent_kind"] == "upstream" and rows["base:12"]["tags"] == ["bookworm"]
+    assert rows["base:12"]["parent_kind"] == "upstream" and rows["base:12"]["tags"] == ["12", "bookworm"]
     assert rows["python-web:1.0"]["level"] == 2
 
 
@@ -138,3 +138,76 @@ def test_changes_need_a_bakery_yaml(tmp_path: Path, bakery, args: list[str]) -> 
                              "with --config / $BAKERY_CONFIG (the built-in example registries are not used for "
                              "changes)"]
     assert not (tmp_path / ".bakery").exists()
+
+
+@pytest.mark.parametrize("args", [("--all", "--changed"), ("--changed", "--all")])
+def test_build_all_and_changed_is_usage_error(example: Path, bakery, args: tuple[str, ...]) -> None:
+    result = bakery("build", *args, cwd=example)
+    assert result.code == 2
+    assert "--all and --changed cannot be combined" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_list_tags_are_what_build_pushes(make_project, bakery) -> None:
+    """A variant is pushed as VERSION-VARIANT and its version's tags get the -VARIANT suffix: `list` shows
+    exactly the aliases `build` writes (one function for both)."""
+    import datetime as dt
+
+    from bakery.config import load_project
+    from bakery.definitions import load_fleet
+    from bakery.publish import aliases
+
+    definition = ("name: nginx\ntemplate: t\nvariables: {user: app}\nversions:\n"
+                  "  '1.22':\n    parent: docker.io/library/debian:12\n"
+                  "  '1.23':\n    parent: docker.io/library/debian:12\n    tags: [latest]\n"
+                  "    variants:\n      extras: {tags: [full]}\n")
+    project = make_project({"base-images/nginx.yaml": definition})
+    env = {"BAKERY_NOW": "2026-03-02T10:00:00+00:00"}
+    result = bakery("list", "--format", "json", cwd=project, env=env)
+    assert result.code == 0, result.err
+    listed = {r["ref"]: r["tags"] for r in json.loads(result.out)}
+    assert listed == {"nginx:1.22": ["1.22"], "nginx:1.23": ["1.23", "latest"],
+                      "nginx:1.23-extras": ["1.23-extras", "latest-extras", "full-extras"]}
+    p = load_project(cwd=project, environ={})
+    fleet = load_fleet(p)
+    for spec in fleet.specs.values():
+        assert listed[spec.ref] == aliases(p, spec, p.config.first_env, dt.date(2026, 3, 2))
+    table = bakery("list", "nginx:1.23-extras", cwd=project, env=env)
+    assert "1.23-extras, latest-extras, full-extras" in table.out
+
+
+def test_docker_refusing_a_reference_is_a_failed_step_not_a_lost_daemon(example: Path) -> None:
+    """The SDK raises DockerException('invalid reference format') before talking to the daemon: exit 1 on that
+    image, not exit 3 "lost the Docker daemon"; a transport failure still is exit 3."""
+    import requests
+    from docker.errors import DockerException
+
+    from bakery.build import Builder, BuildOptions
+    from bakery.config import load_project
+    from bakery.definitions import load_fleet
+    from bakery.errors import DaemonUnavailable, StepFailed
+    from bakery.render import render
+
+    project = load_project(cwd=example, environ={})
+    fleet = load_fleet(project)
+    spec = fleet.select(["nginx:1.22"])[0]
+    builder = Builder(project, fleet, BuildOptions())
+
+    class Api:
+        def __init__(self, exc: Exception):
+            self.exc = exc
+
+        def build(self, **_kw):
+            raise self.exc
+
+    class Client:
+        def __init__(self, exc: Exception):
+            self.api = Api(exc)
+
+    recipe = render(project, spec)
+    builder._docker = Client(DockerException("invalid tag 'x:1+y': invalid reference format"))
+    with pytest.raises(StepFailed, match=r"^nginx:1.22: docker build failed: .*invalid reference format"):
+        builder._docker_build(spec, recipe, "parent", {}, [])
+    builder._docker = Client(requests.ConnectionError("connection reset"))
+    with pytest.raises(DaemonUnavailable, match="lost the Docker daemon"):
+        builder._docker_build(spec, recipe, "parent", {}, [])

@@ -40,6 +40,20 @@ CONFIG_CASES: list[tuple[str, str, list[str]]] = [
     ("bad-auth-shorthand", "dev_stack: {auth: {dev: ONLYONE}}\n", [
         f"{C}: dev_stack.auth: auth.dev: use {{username_env: VAR, password_env: VAR}} or 'USER_VAR:PASSWORD_VAR', "
         f"not 'ONLYONE'"]),
+    ("mirror-injection", 'mirrors: {docker.io: "127.0.0.1:5800/x\\nRUN touch /pwned #"}\n', [
+        f"{C}: mirrors.docker.io: not a registry reference host[:port][/namespace]: "
+        f"'127.0.0.1:5800/x\\nRUN touch /pwned #'"]),
+    ("mirror-with-space", "mirrors: {docker.io: 'x y'}\n", [
+        f"{C}: mirrors.docker.io: not a registry reference host[:port][/namespace]: 'x y'"]),
+    ("mirror-port-out-of-range", "mirrors: {docker.io: '127.0.0.1:70000'}\n", [
+        f"{C}: mirrors.docker.io: port 70000 is out of range (1..65535): '127.0.0.1:70000'"]),
+    ("mirror-not-a-string", "mirrors: {docker.io: 5000}\n", [f"{C}: mirrors.docker.io: must be a string, got int 5000"]),
+    ("mirror-bad-host", "mirrors: {'docker io': '127.0.0.1:5000'}\n", [
+        f"{C}: mirrors: mirror key 'docker io' must be an upstream registry host[:port] (e.g. docker.io)"]),
+    ("registry-port-out-of-range", "environments:\n  dev: {registry: '127.0.0.1:99999/b'}\n", [
+        f"{C}: environments.dev.registry: port 99999 is out of range (1..65535): '127.0.0.1:99999/b'"]),
+    ("dev-stack-port-out-of-range", "dev_stack: {ports: {mirror: 0}}\n", [
+        f"{C}: dev_stack.ports.mirror: must be >= 1, got int 0"]),
     ("yaml-syntax-error", "build: {jobs: 0\n", [f"{C}: line 2: invalid YAML: expected ',' or '}}', but got '<stream end>'"]),
     ("top-level-list", "- a\n", [f"{C}: (top level): must be a mapping of settings"]),
 ]
@@ -51,6 +65,9 @@ ENV_CASES: list[tuple[str, dict[str, str], list[str]]] = [
     ("bad-registry", {"BAKERY_ENVIRONMENTS__DEV__REGISTRY": "bad reg!"}, [
         "BAKERY_ENVIRONMENTS__DEV__REGISTRY (environment): environments.dev.registry: not a registry reference "
         "host[:port][/namespace]: 'bad reg!'"]),
+    ("bad-mirror", {"BAKERY_MIRRORS": '{docker.io: "127.0.0.1:5000/x\\nRUN id"}'}, [
+        "BAKERY_MIRRORS (environment): mirrors.docker.io: not a registry reference host[:port][/namespace]: "
+        "'127.0.0.1:5000/x\\nRUN id'"]),
     ("unknown-field-suggests", {"BAKERY_SCANNER__TIMOUT": "5"}, [
         "BAKERY_SCANNER__TIMOUT (environment): scanner.timout: unknown key (did you mean 'timeout'?)"]),
     ("bad-severity", {"BAKERY_POLICY__SEVERITY": "huge"}, [
@@ -94,3 +111,27 @@ def test_override_applies(make_project, bakery) -> None:
     assert json.loads(result.out)["build"]["jobs"] == 5
     result = bakery("config", "--format", "json", cwd=project)
     assert json.loads(result.out)["build"]["jobs"] == 3
+
+
+@pytest.mark.parametrize(("flag", "expected"), [
+    pytest.param("--mirror=x y", "--mirror: not a registry reference host[:port][/namespace]: 'x y'", id="mirror"),
+    pytest.param("--mirror=127.0.0.1:5000/x\nRUN id", "--mirror: not a registry reference host[:port][/namespace]: "
+                 "'127.0.0.1:5000/x\\nRUN id'", id="mirror-newline"),
+    pytest.param("--dev-registry=127.0.0.1:99999/bakery", "--dev-registry: port 99999 is out of range (1..65535): "
+                 "'127.0.0.1:99999/bakery'", id="dev-registry-port"),
+    pytest.param("--dev-registry=127.0.0.1:65534/bakery", "--dev-registry: port 65534 leaves no room for staging and "
+                 "prod on ports 65535 and 65536 (ports end at 65535)", id="dev-registry-derived-port"),
+    pytest.param("--dev-registry=Bad Registry", "--dev-registry: 'Bad Registry' is not HOST[:PORT][/NAMESPACE]",
+                 id="dev-registry-syntax"),
+])
+def test_init_refuses_bad_registries(tmp_path: Path, bakery, flag: str, expected: str) -> None:
+    result = bakery("init", "new", flag, cwd=tmp_path)
+    assert "Traceback" not in result.err
+    assert result.errors == [f"error: {expected}"], result.err
+    assert result.code == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_init_with_highest_usable_port_loads(tmp_path: Path, bakery) -> None:
+    assert bakery("init", "new", "--dev-registry=127.0.0.1:65533/bakery", cwd=tmp_path).code == 0
+    assert bakery("list", cwd=tmp_path / "new").code == 0

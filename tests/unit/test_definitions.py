@@ -118,6 +118,43 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
     ("invalid-variant-name", {F: one(extra="    variants:\n      Slim: {}\n")}, [
         f"{F}: versions.1.variants.Slim: variant names are lowercase letters and digits, starting with a letter"]),
     ("invalid-tag", {F: one(extra='    tags: ["-bad"]\n')}, [f"{F}: versions.1.tags: '-bad' is not a valid image tag"]),
+    ("pep440-local-version", {F: defn(f'  "1.22+local":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1.22+local: '1.22+local' contains '+', which a Docker tag cannot hold (letters, digits, '_', "
+        f"'.', '-'; a PEP 440 local version like 1.22+local is not a valid tag)"]),
+    ("version-longer-than-a-tag", {F: defn(f'  "1.{"0" * 130}":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1.{'0' * 130}: '1.{'0' * 130}' is longer than Docker's 128 characters for a tag"]),
+    ("variant-tag-longer-than-a-tag", {F: defn(f'  "1.{"0" * 100}":\n    parent: {UP}\n    variants:\n'
+                                            f'      {"v" * 30}: {{}}\n')}, [
+        f"{F}: versions.1.{'0' * 100}.variants.{'v' * 30}: image tag '1.{'0' * 100}-{'v' * 30}' is longer than "
+        f"Docker's 128 characters"]),
+    ("build-tag-longer-than-a-tag", {F: defn(f'  "1.{"0" * 118}":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1.{'0' * 118}: its build tags (tags.build '{{version}}-{{yyyymmdd}}.{{n}}') are 131 characters, "
+        f"longer than Docker's 128 for a tag"]),
+    ("invalid-variant-tag", {F: one(extra='    variants:\n      slim: {tags: ["a+b"]}\n')}, [
+        f"{F}: versions.1.variants.slim.tags: 'a+b' is not a valid image tag"]),
+    ("variant-and-version-same-ref", {F: defn(f'  "1":\n    parent: {UP}\n    variants: {{rc1: {{}}}}\n'
+                                              f'  "1-rc1":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1-rc1: image a:1-rc1 is also defined by versions.1.variants.rc1; rename one"]),
+    ("same-pep440-version", {F: defn(f'  "1.22":\n    parent: {UP}\n  "1.22.0":\n    parent: {UP}\n')}, [
+        f"{F}: versions.1.22.0: '1.22.0' is the same PEP 440 version as '1.22' (versions.1.22); keep one"]),
+    ("same-tag-twice", {F: defn(f'  "1":\n    parent: {UP}\n    tags: [latest]\n'
+                                f'  "2":\n    parent: {UP}\n    tags: [latest]\n')}, [
+        f"{F}: versions.2.tags: tag 'latest' is also a tag of a:1 (versions.1.tags); two images cannot share a tag"]),
+    ("same-tag-twice-through-variants", {F: defn(
+        f'  "1":\n    parent: {UP}\n    variants: {{extras: {{tags: [latest]}}}}\n'
+        f'  "2":\n    parent: {UP}\n    tags: [latest]\n    variants: {{extras: {{}}}}\n')}, [
+        f"{F}: versions.2.tags: tag 'latest' (pushed as 'latest-extras' for a:2-extras) is also a tag of a:1-extras "
+        f"(versions.1.variants.extras.tags); two images cannot share a tag"]),
+    ("tag-is-another-version", {F: defn(f'  "1.23":\n    parent: {UP}\n'
+                                        f'  "1.24":\n    parent: {UP}\n    tags: ["1.23"]\n')}, [
+        f"{F}: versions.1.24.tags: tag '1.23' is also the version tag of a:1.23 (versions.1.23); two images cannot "
+        f"share a tag"]),
+    ("tag-is-a-build-tag", {F: defn(f'  "1.22":\n    parent: {UP}\n'
+                                    f'  "1.24":\n    parent: {UP}\n    tags: ["1.22-20261127.1", "9-20260101.3"]\n')}, [
+        f"{F}: versions.1.24.tags: tag '1.22-20261127.1' looks like a build tag of a:1.22 (tags.build "
+        f"'{{version}}-{{yyyymmdd}}.{{n}}'); build tags are immutable and only bakery writes them",
+        f"{F}: versions.1.24.tags: tag '9-20260101.3' looks like a build tag (tags.build "
+        f"'{{version}}-{{yyyymmdd}}.{{n}}'); build tags are immutable and only bakery writes them"]),
     ("reserved-variable", {F: var('app, version: "2"')}, [
         f"{F}: variables.version: 'version' is reserved (bakery sets it)"]),
     ("invalid-variable-name", {F: var('app, my-var: "2"')}, [
@@ -172,6 +209,43 @@ def test_template_syntax_error_names_template_and_line(make_project, bakery) -> 
     assert "Traceback" not in result.err
     assert result.code == 2
     assert result.errors and result.errors[0].startswith("error: templates/t/Dockerfile.j2: line 2: "), result.err
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    pytest.param('{% include "x.j2" %}', "templates/t/Dockerfile.j2: line 2: template 'x.j2' not found under "
+                 "templates/ (rendering a:1)", id="include-not-found"),
+    pytest.param("RUN echo {{ 1/0 }}", "templates/t/Dockerfile.j2: line 2: ZeroDivisionError: division by zero "
+                 "(rendering a:1)", id="zero-division"),
+    pytest.param('{% include "bad.j2" %}', "templates/t/Dockerfile.j2: line 2: the included template: line 2: "
+                 "not valid UTF-8 (byte 0xff at column 3) (rendering a:1)", id="include-invalid-utf8"),
+])
+def test_template_runtime_errors_are_bad_input(make_project, bakery, line: str, expected: str) -> None:
+    """Whatever a template raises while rendering is a problem of that template: its file and line, exit 2."""
+    project = make_project({F: GOOD_DEF})
+    (project / "templates/bad.j2").write_bytes(b"ok\nRU\xff\n")
+    (project / "templates/t/Dockerfile.j2").write_text("FROM {{ parent }}\n" + line + "\nRUN echo {{ user }}\n")
+    result = bakery("render", cwd=project)
+    assert "Traceback" not in result.err and "internal error" not in result.err
+    assert result.errors == [f"error: {expected}"], result.err
+    assert result.code == 2
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    pytest.param("templates/t/Dockerfile.j2", "templates/t/Dockerfile.j2: line 2: not valid UTF-8 (byte 0xe9 at "
+                 "column 6)", id="template"),
+    pytest.param(F, f"{F}: line 2: not valid UTF-8 (byte 0xe9 at column 6)", id="definition"),
+    pytest.param("bakery.yaml", "bakery.yaml: line 2: not valid UTF-8 (byte 0xe9 at column 6)", id="config"),
+])
+def test_invalid_utf8_is_bad_input(make_project, bakery, path: str, expected: str) -> None:
+    project = make_project({F: GOOD_DEF})
+    file = project / path
+    lines = file.read_bytes().split(b"\n")
+    file.write_bytes(b"\n".join([lines[0], b"# caf\xe9 au lait", *lines[1:]]))
+    for command in ("list", "render"):
+        result = bakery(command, cwd=project)
+        assert "Traceback" not in result.err and "internal error" not in result.err
+        assert result.errors == [f"error: {expected}"], result.err
+        assert result.code == 2
 
 
 def test_strict_undefined_at_render(make_project, bakery) -> None:

@@ -72,6 +72,32 @@ def test_check_fails_on_extra_and_missing_file(example: Path, bakery) -> None:
     assert "-hand-written\n" in result.out
 
 
+def test_check_reports_what_render_out_would_remove(example: Path, bakery) -> None:
+    """An empty directory, a symlink or an empty file in a recipe directory, and (for the whole fleet) a recipe
+    of an image that is gone: `render --check` fails on each, so it agrees with `render --out`."""
+    assert bakery("render", "--out", "D", cwd=example).code == 0
+    (example / "D/base/12/extra").mkdir()
+    (example / "D/base/12/empty").write_text("")
+    (example / "D/base/12/link").symlink_to(example / "bakery.yaml")
+    (example / "D/old/1.0").mkdir(parents=True)
+    (example / "D/old/1.0/Dockerfile").write_text("FROM scratch\n")
+    result = bakery("render", "--check", "D", cwd=example)
+    assert result.code == 1
+    assert result.out.splitlines() == [
+        "D/base/12/extra/: an empty directory (`render --out` would remove it)",
+        "D/base/12/link: a symlink (`render --out` would remove it)",
+        "--- D/base/12/empty (on disk)", "+++ /dev/null",
+        "--- D/old/1.0/Dockerfile (on disk)", "+++ /dev/null", "@@ -1 +0,0 @@", "-FROM scratch"]
+    assert "error: D: recipes differ from the definitions" in result.err
+    # naming images checks only their directories
+    only_nginx = bakery("render", "--check", "D", "nginx", cwd=example)
+    assert only_nginx.code == 0, only_nginx.out
+    assert bakery("render", "--out", "D", cwd=example).code == 0
+    assert not (example / "D/base/12/extra").exists() and not (example / "D/base/12/link").exists()
+    shutil.rmtree(example / "D/old")
+    assert bakery("render", "--check", "D", cwd=example).code == 0
+
+
 def test_check_fails_on_missing_directory(example: Path, bakery) -> None:
     result = bakery("render", "--check", "nothing-here", "base", cwd=example)
     assert result.code == 1
