@@ -3,6 +3,9 @@
 Fail closed: trivy missing, crashing, timing out, a missing or corrupt DB, or output that does not parse
 raise :class:`ScannerError` (exit 3) — a scan that did not run never reads as "0 vulnerabilities".
 
+An image whose OS the DB has no advisories for (a DB for "debian 12" only, and a Debian 11 or Alpine image)
+is a ScannerError as well: trivy finds nothing there, which says nothing about the image.
+
 Results are kept under ``<state_dir>/scans/`` keyed by the image config digest (the Docker image ID, the
 same in the daemon and in every registry); a repeat scan of the same image with the same DB (its UpdatedAt
 and the sha256 of its trivy.db) and trivy version is served from there unless ``rescan``.
@@ -291,6 +294,47 @@ def same_db(stored: ScanResult, db: DbInfo, db_sha: str, trivy_version: str) -> 
     """A stored result still stands for this DB and trivy: same UpdatedAt, same DB file content, same trivy."""
     return (stored.db_updated_at == db.updated_at and bool(stored.db_sha256) and stored.db_sha256 == db_sha
             and stored.trivy_version == trivy_version)
+
+
+# trivy's bucket for a detected OS, per family (its ospkg detectors): Debian by major version, Alpine by
+# major.minor ("edge" as such), Ubuntu by the full version. Other families name their buckets in ways of their
+# own ("Red Hat", "amazon linux 2", ...): their coverage is not checked.
+_OS_BUCKET = {
+    "debian": lambda v: f"debian {v.split('.')[0]}",
+    "alpine": lambda v: "alpine edge" if "edge" in v else f"alpine {'.'.join(v.split('.')[:2])}",
+    "ubuntu": lambda v: f"ubuntu {v}",
+}
+
+
+def os_bucket(family: str, name: str) -> str | None:
+    """The DB bucket trivy reads for an image's OS (``debian``, ``12.15`` → ``debian 12``); None when unknown."""
+    make = _OS_BUCKET.get(family.strip().lower())
+    return make(name.strip()) if make is not None and name.strip() else None
+
+
+def check_os_coverage(what: str, os_info: dict[str, Any], db: DbInfo) -> None:
+    """ScannerError when the DB has no bucket for the image's OS: trivy would report 0 vulnerabilities for it
+    without having had anything to compare with. Unknown families and unreadable bucket lists are not checked."""
+    from bakery.trivydb import bucket_names
+
+    bucket = os_bucket(str(os_info.get("Family") or ""), str(os_info.get("Name") or ""))
+    if bucket is None:
+        return
+    try:
+        names = bucket_names(db.path)
+    except (OSError, ValueError):
+        return  # trivy read this DB; bakery's minimal reader could not: no verdict rather than a wrong one
+    if bucket in names:
+        return
+    family = bucket.split()[0]
+    oses = sorted(n for n in names if n.split(" ", 1)[0].lower() in _OS_BUCKET and " " in n)
+    same = [n for n in oses if n.split(" ", 1)[0].lower() == family]
+    shown = same or oses
+    covers = ", ".join(shown[:12]) + (f" and {len(shown) - 12} more" if len(shown) > 12 else "") if shown else (
+        "no " + "/".join(_OS_BUCKET) + " release")
+    raise ScannerError(f"cannot assess {what}: the vulnerability DB has no advisories for {bucket} (it covers: "
+                       f"{covers}); no result - use a DB with {bucket} advisories (`bakery scan-db`, "
+                       f"scanner.db_repository)")
 
 
 def _env_for_host(project: Project, host: str):
@@ -611,6 +655,9 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
                 digest = d.rsplit("@", 1)[1]
                 break
     os_info = meta.get("OS") or {}
+    if not isinstance(os_info, dict):
+        raise ScannerError(f"trivy output for {what}: Metadata.OS is not an object; no result")
+    check_os_coverage(what, os_info, db_after)
     result = ScanResult(
         image=image, image_id=found_id, digest=digest, trivy_version=sc.version,
         db_updated_at=db_after.updated_at, db_sha256=db_sha256(project, db_after), scanned_at=now,
@@ -662,6 +709,6 @@ def gate(project: Project, image: str, *, remote: bool = False, spec: ImageSpec 
     return result, evaluate(project, result, spec=spec, now=today)
 
 
-__all__ = ["BakeryError", "DbInfo", "Finding", "ScanResult", "Scanner", "db_info",
-           "db_sha256", "evaluate", "gate", "load_stored", "parse_report", "same_db", "save",
+__all__ = ["BakeryError", "DbInfo", "Finding", "ScanResult", "Scanner", "check_os_coverage", "db_info",
+           "db_sha256", "evaluate", "gate", "load_stored", "os_bucket", "parse_report", "same_db", "save",
            "scan_image", "scanner", "write_sbom"]

@@ -313,6 +313,17 @@ def test_fail_closed_corrupt_db(scan_project, base_image):
     _assert_failed_closed(proc, root, "metadata")
 
 
+def test_fail_closed_db_without_advisories_for_the_image_os(scan_project, base_image, tmp_path):
+    """A DB for debian 11 only and the stack's Debian 12 image: trivy reports nothing, which is no verdict."""
+    root = scan_project(build=False)
+    proc = bakery("scan-db", "build", "--advisories", str(_advisories(tmp_path, "bullseye", os="debian 11")), cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root)
+    _assert_failed_closed(proc, root, "the vulnerability DB has no advisories for debian 12 (it covers: debian 11)")
+    proc = bakery("scan", base_image["image_id"], cwd=root)
+    _assert_failed_closed(proc, root, "no advisories for debian 12")
+
+
 def test_fail_closed_missing_db(scan_project, base_image):
     root = scan_project(build=False)
     proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root)

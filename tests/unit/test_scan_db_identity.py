@@ -1,4 +1,4 @@
-"""Which DB a stored scan result stands for (UpdatedAt *and* the DB file's sha256)."""
+"""Which DB a stored scan result stands for (UpdatedAt *and* the DB file's sha256), and the OS coverage check."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from bakery import scan
+from bakery.errors import ScannerError
 from bakery.trivydb import build_db
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "advisories.yaml"
@@ -66,3 +67,28 @@ def test_a_stored_result_counts_only_for_the_same_db_file(tmp_path):
     assert data["db_sha256"] == sha and scan.ScanResult.from_json(data).db_sha256 == sha
     del data["db_sha256"]
     assert scan.ScanResult.from_json(data).db_sha256 == ""
+
+
+@pytest.mark.parametrize("family,name,bucket", [
+    ("debian", "12.15", "debian 12"), ("debian", "11.11", "debian 11"), ("alpine", "3.19.1", "alpine 3.19"),
+    ("alpine", "3.21_alpha20240807", "alpine 3.21_alpha20240807"), ("ubuntu", "22.04", "ubuntu 22.04"),
+    ("redhat", "9.3", None), ("debian", "", None),
+])
+def test_os_bucket(family, name, bucket):
+    assert scan.os_bucket(family, name) == bucket
+
+
+def test_os_coverage(tmp_path):
+    db = _db(tmp_path, "a")  # debian 12 only
+    scan.check_os_coverage("img", {"Family": "debian", "Name": "12.15"}, db)
+    scan.check_os_coverage("img", {}, db)  # no OS: only language packages, noted by the policy
+    scan.check_os_coverage("img", {"Family": "redhat", "Name": "9.3"}, db)  # bucket naming unknown: not checked
+    for os_info, needle in [
+        ({"Family": "debian", "Name": "11.11"}, "no advisories for debian 11 (it covers: debian 12)"),
+        ({"Family": "alpine", "Name": "3.19.1"}, "no advisories for alpine 3.19 (it covers: debian 12)"),
+    ]:
+        with pytest.raises(ScannerError) as err:
+            scan.check_os_coverage("img", os_info, db)
+        assert needle in str(err.value) and err.value.exit_code == 3
+    db.path.write_bytes(b"\x01" * (3 * 4096))  # unreadable for bakery's reader: no verdict
+    scan.check_os_coverage("img", {"Family": "debian", "Name": "11.11"}, db)
