@@ -458,10 +458,14 @@ def _check_patches(project: Project, items: dict[ImageKey, PlanItem], currents: 
         return [f"patches not checked: {exc}"]
     if db is None:
         return [f"patches not checked: no vulnerability DB in {sc.cache_dir} (see `bakery scan-db`)"]
+    try:
+        db_sha = scan.db_sha256(project, db)
+    except BakeryError as exc:
+        return [f"patches not checked: {exc}"]
 
     def one(k: ImageKey, cur: Current) -> tuple[ImageKey, Any, str]:
         stored = scan.load_stored(project, cur.image_id) if cur.image_id else None
-        if stored is not None and stored.db_updated_at == db.updated_at and stored.trivy_version == sc.version:
+        if stored is not None and scan.same_db(stored, db, db_sha, sc.version):
             return k, stored, ""
         try:
             return k, scan.scan_image(project, cur.pinned, remote=True, sc=sc, now=now), ""

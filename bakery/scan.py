@@ -3,14 +3,18 @@
 Fail closed: trivy missing, crashing, timing out, a missing or corrupt DB, or output that does not parse
 raise :class:`ScannerError` (exit 3) — a scan that did not run never reads as "0 vulnerabilities".
 
+An image whose OS the DB has no advisories for (a DB for "debian 12" only, and a Debian 11 or Alpine image)
+is a ScannerError as well: trivy finds nothing there, which says nothing about the image.
+
 Results are kept under ``<state_dir>/scans/`` keyed by the image config digest (the Docker image ID, the
-same in the daemon and in every registry); a repeat scan of the same image with the same DB UpdatedAt and
-trivy version is served from there unless ``rescan``.
+same in the daemon and in every registry); a repeat scan of the same image with the same DB (its UpdatedAt
+and the sha256 of its trivy.db) and trivy version is served from there unless ``rescan``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -32,6 +36,7 @@ SEVERITY_ORDER = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 STORE_SCHEMA = 1
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _VERSION_CACHE: dict[tuple[str, int, int], str] = {}
+_DB_SHA_CACHE: dict[tuple[str, int, int, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class ScanResult:
     db_updated_at: dt.datetime
     scanned_at: dt.datetime
     findings: list[Finding]
+    db_sha256: str = ""  # "sha256:…" of the trivy.db scanned with; "" in results stored before it was recorded
     cached: bool = False
     seconds: float = 0.0  # bakery's total for this call
     trivy_seconds: float = 0.0  # the trivy subprocess alone (0 when served from the store)
@@ -89,7 +95,7 @@ class ScanResult:
     def summary(self) -> dict[str, Any]:
         return {"image_id": self.image_id, "digest": self.digest or None, "counts": self.counts,
                 "scanned_at": _iso(self.scanned_at), "db_time": _iso(self.db_updated_at),
-                "trivy_version": self.trivy_version, "cached": self.cached, "rescanned": self.rescanned}
+                "db_sha256": self.db_sha256 or None, "trivy_version": self.trivy_version, "cached": self.cached, "rescanned": self.rescanned}
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -104,7 +110,8 @@ class ScanResult:
             image=data["image"], image_id=data["image_id"], digest=data.get("digest", ""),
             trivy_version=data["trivy_version"], db_updated_at=_parse_time(data["db_updated_at"]),
             scanned_at=_parse_time(data["scanned_at"]),
-            findings=[Finding(**f) for f in data["findings"]], cached=bool(data.get("cached")),
+            findings=[Finding(**f) for f in data["findings"]], db_sha256=str(data.get("db_sha256") or ""),
+            cached=bool(data.get("cached")),
             seconds=float(data.get("seconds", 0)), trivy_seconds=float(data.get("trivy_seconds", 0)),
             os=data.get("os", ""), remote=bool(data.get("remote")),
         )
@@ -238,6 +245,96 @@ def db_info(cache_dir: Path) -> DbInfo | None:
     if not db.is_file() or db.stat().st_size < 4096:
         raise ScannerError(f"vulnerability DB {db} is missing or truncated: rebuild or re-download it")
     return DbInfo(updated_at=updated, version=version, path=db, next_update=next_update)
+
+
+def db_sha256(project: Project, db: DbInfo) -> str:
+    """``sha256:…`` of the DB file: which DB a result was computed with (two DBs can share an UpdatedAt).
+
+    Hashed once per file (an upstream DB is about a gigabyte): remembered by path, size, mtime, ctime and inode
+    in memory and in the state dir, so a repeat scan only pays for a stat.
+    """
+    try:
+        st = os.stat(db.path)
+    except OSError as exc:
+        raise ScannerError(f"vulnerability DB {db.path} cannot be read ({exc.strerror}): rebuild or re-download "
+                           f"it") from None
+    key = (str(db.path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    value = _DB_SHA_CACHE.get(key)
+    if value:
+        return value
+    memo = store_dir(project) / "db-sha256.json"
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["key"] == list(key) and _DIGEST.match(saved["sha256"]):
+            _DB_SHA_CACHE[key] = str(saved["sha256"])
+            return _DB_SHA_CACHE[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    h = hashlib.sha256()
+    try:
+        with open(db.path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError as exc:
+        raise ScannerError(f"vulnerability DB {db.path} cannot be read ({exc.strerror}): rebuild or re-download "
+                           f"it") from None
+    value = "sha256:" + h.hexdigest()
+    _DB_SHA_CACHE[key] = value
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": list(key), "sha256": value}))
+        tmp.replace(memo)
+    except OSError:
+        pass
+    return value
+
+
+def same_db(stored: ScanResult, db: DbInfo, db_sha: str, trivy_version: str) -> bool:
+    """A stored result still stands for this DB and trivy: same UpdatedAt, same DB file content, same trivy."""
+    return (stored.db_updated_at == db.updated_at and bool(stored.db_sha256) and stored.db_sha256 == db_sha
+            and stored.trivy_version == trivy_version)
+
+
+# trivy's bucket for a detected OS, per family (its ospkg detectors): Debian by major version, Alpine by
+# major.minor ("edge" as such), Ubuntu by the full version. Other families name their buckets in ways of their
+# own ("Red Hat", "amazon linux 2", ...): their coverage is not checked.
+_OS_BUCKET = {
+    "debian": lambda v: f"debian {v.split('.')[0]}",
+    "alpine": lambda v: "alpine edge" if "edge" in v else f"alpine {'.'.join(v.split('.')[:2])}",
+    "ubuntu": lambda v: f"ubuntu {v}",
+}
+
+
+def os_bucket(family: str, name: str) -> str | None:
+    """The DB bucket trivy reads for an image's OS (``debian``, ``12.15`` → ``debian 12``); None when unknown."""
+    make = _OS_BUCKET.get(family.strip().lower())
+    return make(name.strip()) if make is not None and name.strip() else None
+
+
+def check_os_coverage(what: str, os_info: dict[str, Any], db: DbInfo) -> None:
+    """ScannerError when the DB has no bucket for the image's OS: trivy would report 0 vulnerabilities for it
+    without having had anything to compare with. Unknown families and unreadable bucket lists are not checked."""
+    from bakery.trivydb import bucket_names
+
+    bucket = os_bucket(str(os_info.get("Family") or ""), str(os_info.get("Name") or ""))
+    if bucket is None:
+        return
+    try:
+        names = bucket_names(db.path)
+    except (OSError, ValueError):
+        return  # trivy read this DB; bakery's minimal reader could not: no verdict rather than a wrong one
+    if bucket in names:
+        return
+    family = bucket.split()[0]
+    oses = sorted(n for n in names if n.split(" ", 1)[0].lower() in _OS_BUCKET and " " in n)
+    same = [n for n in oses if n.split(" ", 1)[0].lower() == family]
+    shown = same or oses
+    covers = ", ".join(shown[:12]) + (f" and {len(shown) - 12} more" if len(shown) > 12 else "") if shown else (
+        "no " + "/".join(_OS_BUCKET) + " release")
+    raise ScannerError(f"cannot assess {what}: the vulnerability DB has no advisories for {bucket} (it covers: "
+                       f"{covers}); no result - use a DB with {bucket} advisories (`bakery scan-db`, "
+                       f"scanner.db_repository)")
 
 
 def _env_for_host(project: Project, host: str):
@@ -528,7 +625,7 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
         fresh = max_age is None or now - stored.scanned_at <= max_age
         # a DB due for an update from the repository may change with this scan: then scan
         due = bool(sc.db_repository) and db.next_update is not None and db.next_update <= now
-        if stored.db_updated_at == db.updated_at and stored.trivy_version == sc.version and fresh and not due:
+        if fresh and not due and same_db(stored, db, db_sha256(project, db), sc.version):
             stored.cached = True
             stored.image = image
             stored.remote = remote
@@ -558,9 +655,13 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
                 digest = d.rsplit("@", 1)[1]
                 break
     os_info = meta.get("OS") or {}
+    if not isinstance(os_info, dict):
+        raise ScannerError(f"trivy output for {what}: Metadata.OS is not an object; no result")
+    check_os_coverage(what, os_info, db_after)
     result = ScanResult(
         image=image, image_id=found_id, digest=digest, trivy_version=sc.version,
-        db_updated_at=db_after.updated_at, scanned_at=now, findings=findings, cached=False,
+        db_updated_at=db_after.updated_at, db_sha256=db_sha256(project, db_after), scanned_at=now,
+        findings=findings, cached=False,
         trivy_seconds=res.seconds, os=f"{os_info.get('Family', '')} {os_info.get('Name', '')}".strip(),
         remote=remote, rescanned=was_stored,
     )
@@ -608,5 +709,6 @@ def gate(project: Project, image: str, *, remote: bool = False, spec: ImageSpec 
     return result, evaluate(project, result, spec=spec, now=today)
 
 
-__all__ = ["BakeryError", "DbInfo", "Finding", "ScanResult", "Scanner", "db_info", "evaluate", "gate",
-           "load_stored", "parse_report", "save", "scan_image", "scanner", "write_sbom"]
+__all__ = ["BakeryError", "DbInfo", "Finding", "ScanResult", "Scanner", "check_os_coverage", "db_info",
+           "db_sha256", "evaluate", "gate", "load_stored", "os_bucket", "parse_report", "same_db", "save",
+           "scan_image", "scanner", "write_sbom"]

@@ -150,6 +150,58 @@ def write_bolt(tree: Tree, path: Path) -> None:
     tmp.replace(path)
 
 
+def bucket_names(path: Path) -> list[str]:
+    """The names of the top-level buckets of a BoltDB file ("debian 12", "vulnerability", ...).
+
+    Reads only the meta pages and the root bucket's own pages (a few reads, whatever the file's size), so that
+    an upstream trivy DB of a gigabyte costs the same as a fixture. ValueError when the file is not BoltDB.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(PAGE)
+        if len(head) < 16 + 64:
+            raise ValueError(f"{path}: too short for a BoltDB file")
+        psize = struct.unpack_from("<I", head, 16 + 8)[0]
+        if psize < 1024 or psize & (psize - 1):
+            raise ValueError(f"{path}: implausible BoltDB page size {psize}")
+        metas = []
+        for pgid in (0, 1):
+            fh.seek(pgid * psize)
+            page = fh.read(16 + 64)
+            if len(page) < 16 + 64:
+                continue
+            body = page[16:16 + 56]
+            magic, version, _, _, root, _, _, _, txid = struct.unpack("<IIIIQQQQQ", body)
+            if magic == 0xED0CDAED and version == 2 and struct.unpack_from("<Q", page, 16 + 56)[0] == _fnv64a(body):
+                metas.append((txid, root))
+        if not metas:
+            raise ValueError(f"{path}: no valid BoltDB meta page")
+        names: list[str] = []
+
+        def walk(pgid: int, depth: int) -> None:
+            if depth > 8:
+                raise ValueError(f"{path}: BoltDB root bucket deeper than 8 levels")
+            fh.seek(pgid * psize)
+            header = fh.read(16)
+            if len(header) < 16:
+                raise ValueError(f"{path}: page {pgid} is past the end of the file")
+            _, flags, count, overflow = struct.unpack("<QHHI", header)
+            fh.seek(pgid * psize)
+            buf = fh.read((overflow + 1) * psize)
+            for i in range(count):
+                e = 16 + i * 16
+                if flags == _LEAF:
+                    f, pos, ksize, _ = struct.unpack_from("<IIII", buf, e)
+                    if f & _BUCKET_FLAG:
+                        names.append(buf[e + pos:e + pos + ksize].decode("utf-8", "replace"))
+                elif flags == _BRANCH:
+                    walk(struct.unpack_from("<IIQ", buf, e)[2], depth + 1)
+                else:
+                    raise ValueError(f"{path}: page {pgid} is neither a leaf nor a branch (flags {flags:#x})")
+
+        walk(max(metas)[1], 0)
+    return names
+
+
 # ---------------------------------------------------------------------------------------------- advisories
 @dataclass(frozen=True)
 class Advisory:

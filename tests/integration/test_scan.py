@@ -145,6 +145,53 @@ def test_same_digest_is_served_from_the_store_until_rescan_or_new_db(scan_projec
     assert newer["scan"]["db_updated_at"] == "2026-11-25T00:00:00Z"
 
 
+def _advisories(tmp_path: Path, name: str, **changes) -> Path:
+    """The fixture advisory file with some top-level fields replaced (updated_at stays the fixture's)."""
+    data = yaml.safe_load(ADVISORIES.read_text())
+    data.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_another_db_with_the_same_updated_at_is_not_served_from_the_store(scan_project, base_image, tmp_path):
+    """The store is keyed by the DB's content, not only its UpdatedAt: a DB built from other advisories with the
+    same updated_at (another --db-repository tag, another advisory file) gets a scan of its own."""
+    import hashlib
+
+    root = scan_project()
+    first = json.loads(bakery("scan", base_image["image_id"], "--format", "json", cwd=root).stdout)
+    db_file = root / ".bakery" / "trivy" / "db" / "trivy.db"
+    sha_first = "sha256:" + hashlib.sha256(db_file.read_bytes()).hexdigest()
+    [stored] = _stored(root)
+
+    advisories = yaml.safe_load(ADVISORIES.read_text())["advisories"]
+    other = _advisories(tmp_path, "other", advisories=[
+        {**a, "id": "CVE-2099-2001"} if a["id"] == "CVE-2099-1001" else a for a in advisories])
+    proc = bakery("scan-db", "build", "--advisories", str(other), cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads(bakery("scan", base_image["image_id"], "--format", "json", cwd=root).stdout)
+    assert second["scan"]["db_updated_at"] == first["scan"]["db_updated_at"] == DB_UPDATED
+    ids = {f["id"] for f in second["gate"]["failing"]}
+    assert "CVE-2099-2001" in ids and "CVE-2099-1001" not in ids  # the second DB's findings, not the first's
+    assert second["scan"]["cached"] is False and second["scan"]["rescanned"] is True
+    # which DB each result was computed with: in the JSON report and in the store
+    assert first["scan"]["db_sha256"] == sha_first
+    assert second["scan"]["db_sha256"] == "sha256:" + hashlib.sha256(db_file.read_bytes()).hexdigest() != sha_first
+    assert json.loads(stored.read_text())["result"]["db_sha256"] == second["scan"]["db_sha256"]
+
+    # and with that DB, the repeat is served from the store again
+    third = json.loads(bakery("scan", base_image["image_id"], "--format", "json", cwd=root).stdout)
+    assert third["scan"]["cached"] is True and third["scan"]["db_sha256"] == second["scan"]["db_sha256"]
+
+    # a result stored before the DB's hash was recorded is not served
+    data = json.loads(stored.read_text())
+    del data["result"]["db_sha256"]
+    stored.write_text(json.dumps(data))
+    old = json.loads(bakery("scan", base_image["image_id"], "--format", "json", cwd=root).stdout)
+    assert old["scan"]["cached"] is False and old["scan"]["rescanned"] is True
+
+
 def test_pushed_image_by_digest_with_db_from_registry(scan_project, base_image, stack):
     db_ref = f"{stack.registry('mirror')}/trivy-db-{uuid.uuid4().hex[:8]}:2"
     maker = scan_project(build=False)
@@ -264,6 +311,17 @@ def test_fail_closed_corrupt_db(scan_project, base_image):
     (db.parent / "metadata.json").write_text("{not json")
     proc = bakery("scan", base_image["image_id"], cwd=root)
     _assert_failed_closed(proc, root, "metadata")
+
+
+def test_fail_closed_db_without_advisories_for_the_image_os(scan_project, base_image, tmp_path):
+    """A DB for debian 11 only and the stack's Debian 12 image: trivy reports nothing, which is no verdict."""
+    root = scan_project(build=False)
+    proc = bakery("scan-db", "build", "--advisories", str(_advisories(tmp_path, "bullseye", os="debian 11")), cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root)
+    _assert_failed_closed(proc, root, "the vulnerability DB has no advisories for debian 12 (it covers: debian 11)")
+    proc = bakery("scan", base_image["image_id"], cwd=root)
+    _assert_failed_closed(proc, root, "no advisories for debian 12")
 
 
 def test_fail_closed_missing_db(scan_project, base_image):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bakery.errors import InputError
-from bakery.trivydb import PAGE, _fnv64a, build_db, db_archive, load_advisories, write_bolt
+from bakery.trivydb import PAGE, _fnv64a, bucket_names, build_db, db_archive, load_advisories, write_bolt
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "advisories.yaml"
 
@@ -130,3 +130,22 @@ def test_fixture_covers_the_five_cases():
     adv = {a.id: a for a in load_advisories(FIXTURE).advisories}
     assert adv["CVE-2099-1001"].fixed and adv["CVE-2099-1002"].fixed is None
     assert {a.package for a in adv.values()} >= {"zlib", "gzip", "tar", "bzip2", "xz-utils"}
+
+
+def test_bucket_names_reads_only_the_top_level(tmp_path):
+    db_dir = build_db(FIXTURE, tmp_path)
+    assert bucket_names(db_dir / "trivy.db") == ["data-source", "debian 12", "vulnerability"]
+    # a root bucket spread over branch and leaf pages, next to a big nested bucket, values that are not buckets
+    tree = {f"alpine 3.{i}".encode(): {b"k": b"v"} for i in range(400)}
+    tree[b"vulnerability"] = {f"CVE-{i:06d}".encode(): b"x" * 300 for i in range(5000)}
+    tree[b"plain"] = b"not a bucket"
+    write_bolt(tree, tmp_path / "t.db")
+    names = bucket_names(tmp_path / "t.db")
+    assert names == sorted(k.decode() for k in tree if k != b"plain")
+
+
+def test_bucket_names_refuses_what_is_not_boltdb(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"\x01" * (3 * PAGE))
+    with pytest.raises(ValueError):
+        bucket_names(junk)
