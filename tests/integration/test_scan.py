@@ -459,3 +459,14 @@ def test_bad_targets_are_input_errors(scan_project, target, needle):
     proc = bakery("scan", target, cwd=root)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error:") and needle in proc.stderr
+
+
+def test_a_pushed_digest_that_is_not_there_is_an_input_error(scan_project, base_image):
+    """A typo in repo@sha256:… is bad input (exit 2) found before trivy runs, not a scanner failure (exit 3)."""
+    root = scan_project()
+    repo = base_image["pinned"].split("@")[0]
+    missing = f"{repo}@sha256:{'a' * 64}"
+    proc = bakery("scan", missing, "--format", "json", cwd=root)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {missing}: no such manifest in {repo}"
+    assert proc.stdout.strip() == "" and _stored(root) == []
