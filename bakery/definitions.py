@@ -479,6 +479,16 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                 if missing:
                     problems.append(f"{display}: {vwhere}.variables: template {template!r} uses undefined "
                                     f"variable{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+                if kind is not None:  # a version's or variant's own variable the template never reads: a typo
+                    own = {**vd.variables, **vardef.variables} if vname is not None else dict(vd.variables)
+                    for unused in sorted(set(own) - used - set(RESERVED_VARIABLES)):
+                        at = vwhere if unused in vardef.variables or vname is None else where
+                        close = difflib.get_close_matches(unused, sorted(used), n=1)
+                        hint = f" (did you mean {close[0]!r}?)" if close else ""
+                        problem = (f"{display}: {at}.variables.{unused}: not used by template {template!r}"
+                                   f"{hint}")
+                        if problem not in problems:
+                            problems.append(problem)
                 if parent is None or kind is None:
                     continue
                 key = ImageKey(d.name, vstr, vname)

@@ -82,6 +82,11 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
                                         "\n    variants:\n      slim: {}\n      full: {variables: {extra: x}}\n"}, [
         f"{F}: versions.1.variables: template 'v' uses undefined variable 'extra'",
         f"{F}: versions.1.variants.slim.variables: template 'v' uses undefined variable 'extra'"]),
+    ("typo-in-variant-variable", {F: "name: a\ntemplate: t\nvariables: {user: app}\nversions:\n  '1':\n    parent: "
+                                  + UP + "\n    variants:\n      slim: {variables: {usr: b}}\n"}, [
+        f"{F}: versions.1.variants.slim.variables.usr: not used by template 't' (did you mean 'user'?)"]),
+    ("unused-version-variable", {F: one(extra="    variables: {colour: red}\n")}, [
+        f"{F}: versions.1.variables.colour: not used by template 't'"]),
     ("int-value", {F: var("5")}, [
         f"{F}: variables.user: must be a string (or a list of strings), got int 5; quote it in YAML"]),
     ("bool-value", {F: var("yes")}, [
