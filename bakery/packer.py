@@ -318,7 +318,8 @@ def _one_line_error(recipe: Recipe, text: str, step: str) -> str:
     detail = ""
     idx = lines.index(headline) if headline in lines else -1
     for ln in lines[idx + 1:]:
-        if _ON_LINE_RE.search(ln) or re.match(r"^\d+:", ln) or ln.startswith("See ") or "packer.io/docs" in ln:
+        if _ON_LINE_RE.search(ln) or re.match(r"^\d+:", ln) or ln.startswith("See ") or "packer.io/docs" in ln \
+                or ln == "(source code not available)":  # Packer 1.6's filler when it cannot quote the line
             continue
         detail = ln
         break

@@ -157,6 +157,12 @@ def test_packer_errors_become_one_line_naming_the_template() -> None:
     assert packer._one_line_error(r, unset, "packer validate") == (
         'templates/tpl/debian.pkr.hcl.j2: packer validate: Error: Unset variable "greeting": '
         'A used variable must be set or have a default value; see')
+    # Packer 1.6 cannot quote a rendered file's line: the reason comes after its filler
+    attr = ('Error: Unsupported attribute\n\n  on debian.pkr.hcl line 23:\n  (source code not available)\n\n'
+            'This object does not have an attribute named "nope".\n')
+    assert packer._one_line_error(r, attr, "packer validate") == (
+        'templates/tpl/debian.pkr.hcl.j2: packer validate: Error: Unsupported attribute (line 23): '
+        'This object does not have an attribute named "nope".')
 
 
 def test_origin_round_trip_and_bad_reference() -> None:
