@@ -505,11 +505,22 @@ def up(project: Project, *, progress: Progress | None = None, base: bool = True)
         _htpasswd(member)  # every auth variable is set (exit 2) before anything starts
     if docker_mode or base:
         docker_client()  # fail early (exit 3) when the daemon is down
-    for member in members:
-        if _ensure_running(member, docker_mode, say, project.config.dev_stack.registry_image):
-            say(f"{member.name}: registry started on {member.address}")
-        else:
-            say(f"{member.name}: already running on {member.address}")
+    for member in members:  # a port taken by something else is found before anything starts
+        if not _running(member, _read_state(member)) and _port_open(member.port):
+            _port_in_use(member)
+    started: list[_Member] = []
+    try:
+        for member in members:
+            if _ensure_running(member, docker_mode, say, project.config.dev_stack.registry_image):
+                started.append(member)
+                say(f"{member.name}: registry started on {member.address}")
+            else:
+                say(f"{member.name}: already running on {member.address}")
+    except BaseException:  # all or nothing: what this call started goes again (nothing half up)
+        for member in started:
+            with contextlib.suppress(Exception):
+                _stop(member, _read_state(member) or {})
+        raise
     if base:
         ensure_base(project, progress=say)
     return status(project)

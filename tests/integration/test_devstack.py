@@ -92,6 +92,27 @@ def test_port_taken_by_something_else_is_exit_3(stack, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_taken_port_starts_nothing(tmp_path):
+    """The dev port is taken: up must fail before the mirror (started first) is up, leaving nothing behind."""
+    mirror, dev, staging, prod = _free_ports(4)
+    config = {"environments": {"dev": {"registry": f"127.0.0.1:{dev}/x"},
+                               "staging": {"registry": f"127.0.0.1:{staging}/x"},
+                               "prod": {"registry": f"127.0.0.1:{prod}/x"}},
+              "mirrors": {"docker.io": f"127.0.0.1:{mirror}"},
+              "dev_stack": {"ports": {"mirror": mirror, "dev": dev, "staging": staging, "prod": prod}}}
+    (tmp_path / "bakery.yaml").write_text(yaml.safe_dump(config))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", dev))
+        squatter.listen()
+        result = bakery(tmp_path, "dev", "up", "--no-base")
+        assert result.returncode == 3, result.stderr
+        assert f"port {dev} (the dev registry) is in use by" in result.stderr
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", mirror)) != 0  # the mirror was never started
+    st = json.loads(bakery(tmp_path, "dev", "status", "--format", "json").stdout)
+    assert not any(r["running"] for r in st["registries"]), st
+
+
 def test_missing_auth_variable_is_exit_2(stack, tmp_path):
     ports = _free_ports(2)
     config = {"environments": {"dev": {"registry": f"127.0.0.1:{ports[1]}/x"}},
