@@ -38,21 +38,39 @@ class Outcome:
     reason: str  # the plan's first reason, "up to date" or "error"
     why: str
     status: str  # rebuilt | failed | refused | skipped | planned | up to date | error
-    build_tag: str = ""
+    build_tag: str = ""  # the new build's tag (rebuilt), else the published one (up to date)
     digest: str = ""
     before: dict[str, int] | None = None
     after: dict[str, int] | None = None
     error: str = ""
     promotions: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    previous_tag: str = ""  # the published build tag of an image planned for rebuild (not what was built)
 
     @property
     def failed(self) -> bool:
         return self.status in ("failed", "refused", "skipped", "error") or any(not p.get("ok") for p in self.promotions)
 
+    @property
+    def result(self) -> str:
+        """The status, and why a promotion did not happen (``rebuilt; promote to prod refused: soak (…)``)."""
+        text = self.status
+        for p in self.promotions:
+            if not p.get("ok"):
+                text += f"; promote to {p.get('to')} {p.get('action')}: {p.get('detail') or p.get('message') or '?'}"
+        return text
+
+    @property
+    def tag_shown(self) -> str:
+        """The BUILD TAG column: never the previous build's tag as if it were this run's."""
+        if self.build_tag:
+            return self.build_tag
+        return f"(previous: {self.previous_tag})" if self.previous_tag else "-"
+
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "reason": self.reason, "why": self.why, "status": self.status,
-                "build_tag": self.build_tag or None, "digest": self.digest or None, "vulns_before": self.before,
+                "result": self.result, "build_tag": self.build_tag or None, "digest": self.digest or None,
+                "previous_build_tag": self.previous_tag or None, "vulns_before": self.before,
                 "vulns_after": self.after, "error": self.error or None, "promotions": self.promotions,
                 "seconds": round(self.seconds, 3), "failed": self.failed}
 
@@ -67,6 +85,7 @@ class NightlyReport:
     promote_to: str | None = None
     notes: list[str] = field(default_factory=list)
     aborted: str = ""  # an environment failure stopped the run
+    problems: list[str] = field(default_factory=list)  # inputs that could not be read (--summarize)
 
     @property
     def rebuilt(self) -> list[Outcome]:
@@ -86,12 +105,12 @@ class NightlyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.aborted
+        return not self.failures and not self.aborted and not self.problems
 
     def headline(self) -> str:
         if self.aborted:
             return f"nightly aborted: {self.aborted}"
-        if self.nothing_to_do:
+        if self.nothing_to_do and not self.problems:
             return (f"nothing to do: all {len(self.outcomes)} images are up to date "
                     f"(checked in {self.seconds:.2f}s)")
         if self.dry_run:
@@ -105,7 +124,7 @@ class NightlyReport:
                 "ok": self.ok, "nothing_to_do": self.nothing_to_do, "summary": self.headline(),
                 "rebuilt": [o.ref for o in self.rebuilt], "failed": [o.ref for o in self.failures],
                 "images": [o.to_json() for o in self.outcomes], "notes": list(self.notes),
-                "aborted": self.aborted or None}
+                "problems": list(self.problems), "aborted": self.aborted or None}
 
     def to_markdown(self) -> str:
         lines = [f"## bakery nightly — {self.started.strftime('%Y-%m-%d %H:%M UTC')}", "", f"**{self.headline()}**", ""]
@@ -117,11 +136,12 @@ class NightlyReport:
                 note = o.error or o.why
                 if o.promotions:
                     note += "; " + ", ".join(f"{p.get('to')}: {p.get('action')}" for p in o.promotions)
-                lines.append(f"| `{o.ref}` | {o.reason} | {_status_icon(o)} {o.status} | {o.build_tag or '-'} | "
+                lines.append(f"| `{o.ref}` | {o.reason} | {_status_icon(o)} {_md(o.result)} | {_md(o.tag_shown)} | "
                              f"{_counts(o.before)} | {_counts(o.after)} | {_md(note)} |")
             lines.append("")
-        if self.failures:
-            lines += ["### Failed", ""] + [f"- `{o.ref}`: {_md(o.error or o.status)}" for o in self.failures] + [""]
+        if self.failures or self.problems:
+            lines += ["### Failed", ""] + [f"- `{o.ref}`: {_md(_failure(o))}" for o in self.failures]
+            lines += [f"- {_md(p)}" for p in self.problems] + [""]
         up = [o.ref for o in self.outcomes if o.reason == "up to date" and not o.failed]
         if up and shown:
             lines += [f"Up to date ({len(up)}): " + ", ".join(f"`{r}`" for r in up), ""]
@@ -131,6 +151,13 @@ class NightlyReport:
 
 def _md(text: str) -> str:
     return (text or "").replace("|", "\\|").replace("\n", " ")[:300]
+
+
+def _failure(o: Outcome) -> str:
+    """One line of the Failed section: the error, else the result with any promotion refusal and its reason."""
+    if o.error and o.result != o.status:
+        return f"{o.error}; {o.result.split('; ', 1)[1]}"
+    return o.error or o.result
 
 
 def _status_icon(o: Outcome) -> str:
@@ -151,8 +178,10 @@ def _outcomes(plan: Plan, results: dict[str, dict[str, Any]], promotions: dict[s
     for item in order:
         ref = str(item.key)
         o = Outcome(ref=ref, reason=item.reason, why=item.describe(), status="up to date", before=item.vulns)
-        if item.current is not None:
+        if item.current is not None and not item.rebuild:
             o.build_tag, o.digest = item.current.build_tag, item.current.digest
+        elif item.current is not None:
+            o.previous_tag = item.current.build_tag
         if item.error:
             o.status, o.error = "error", item.error
         elif item.rebuild:
@@ -164,7 +193,8 @@ def _outcomes(plan: Plan, results: dict[str, dict[str, Any]], promotions: dict[s
             else:
                 status = r.get("status")
                 o.status = "rebuilt" if status in ("pushed", "built", "cached") else status or "failed"
-                o.build_tag, o.digest = r.get("build_tag") or o.build_tag, r.get("digest") or o.digest
+                if o.status == "rebuilt":
+                    o.build_tag, o.digest = r.get("build_tag") or "", r.get("digest") or ""
                 scan = r.get("scan") or {}
                 o.after = dict(scan["counts"]) if scan.get("counts") else None
                 o.error = r.get("error") or ""
@@ -192,10 +222,18 @@ def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequ
     with nightly_lock(project.state_dir, wait=wait) as lock:
         if lock.waited > 0.5:
             say(f"waited {lock.waited:.0f}s for another nightly run to finish")
-        plan = make_plan(project, fleet, refs, force=force, jobs=max(8, jobs or 0))
+        try:
+            plan = make_plan(project, fleet, refs, force=force, jobs=max(8, jobs or 0))
+        except EnvironmentFailure as exc:
+            # Nothing was planned, built or promoted: the report says so, and why.
+            report = NightlyReport(started=started_at, seconds=time.monotonic() - started, dry_run=dry_run,
+                                   outcomes=[], promote_to=promote_to, aborted=f"planning failed: {exc}",
+                                   notes=["nothing was planned, built, published or promoted"])
+            write_report(project, report)
+            raise
         say(f"plan: {len(plan.rebuild)} of {len(plan.items)} images to rebuild ({plan.seconds:.2f}s)")
         results: dict[str, dict[str, Any]] = {}
-        promotions: dict[str, list[dict[str, Any]]] = {}
+        promotions: dict[str, list[dict[str, Any]]] = {}  # filled as promotions happen, kept if one aborts
         aborted = ""
         if plan.rebuild and not dry_run:
             from bakery.build import BuildOptions, build
@@ -205,9 +243,9 @@ def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequ
                 for r in build(project, fleet, [i.spec for i in plan.rebuild], options, progress):
                     results[str(r.key)] = r.to_json()
                 if promote_to is not None:
-                    promotions = _promote(project, [results[str(i.key)] for i in plan.rebuild
-                                                    if results.get(str(i.key), {}).get("status") == "pushed"],
-                                          promote_to, say)
+                    _promote(project, [results[str(i.key)] for i in plan.rebuild
+                                       if results.get(str(i.key), {}).get("status") == "pushed"],
+                             promote_to, say, promotions)
             except EnvironmentFailure as exc:
                 aborted = str(exc)
         report = NightlyReport(started=started_at, seconds=0.0, dry_run=dry_run,
@@ -221,22 +259,30 @@ def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequ
     return report
 
 
-def _promote(project: Project, pushed: list[dict[str, Any]], promote_to: str,
-             say: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
-    """Promote each freshly pushed digest through every environment up to ``promote_to``, gates applied."""
+def _promote(project: Project, pushed: list[dict[str, Any]], promote_to: str, say: Callable[[str], None],
+             out: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Promote each freshly pushed digest through every environment up to ``promote_to``, gates applied.
+
+    Each step is recorded in ``out`` as it happens: when an environment failure stops the run midway, it is
+    recorded (``action: aborted``) and raised again, and the promotions already done stay in ``out``."""
     from bakery.errors import BakeryError, EnvironmentFailure
     from bakery.promote import promote
 
     order = project.config.env_order
     targets = order[1:order.index(promote_to) + 1]
-    out: dict[str, list[dict[str, Any]]] = {}
+    out = {} if out is None else out
     for r in pushed:
         ref = r["ref"]
         for env in targets:
             try:
                 p = promote(project, f"{r['name']}@{r['digest']}", env)
                 entry = {"to": env, "action": p.action, "ok": p.ok, "message": p.message or None}
-            except EnvironmentFailure:
+                refused = [f"{g.name} ({g.reason})" for g in p.gates if not g.passed]
+                if not p.ok and refused:
+                    entry["detail"] = ", ".join(refused)
+            except EnvironmentFailure as exc:
+                out.setdefault(ref, []).append({"to": env, "action": "aborted", "ok": False, "message": str(exc)})
+                say(f"promote {ref} → {env}: aborted")
                 raise
             except BakeryError as exc:
                 entry = {"to": env, "action": "failed", "ok": False, "message": str(exc)}
@@ -253,7 +299,8 @@ def report_dir(project: Project) -> Path:
 
 def write_report(project: Project, report: NightlyReport) -> tuple[Path, Path]:
     """Write the JSON and Markdown reports (``last.json``/``last.md`` and a timestamped copy); append the
-    Markdown to ``$GITHUB_STEP_SUMMARY`` when it is set."""
+    Markdown to ``$GITHUB_STEP_SUMMARY`` when it is set. A dry run's report goes to ``dry-run.json``/``dry-run.md``
+    only: it is not the last run, nor a run's summary."""
     d = report_dir(project)
     d.mkdir(parents=True, exist_ok=True)
     stamp = report.started.strftime("%Y%m%dT%H%M%SZ")
@@ -262,6 +309,10 @@ def write_report(project: Project, report: NightlyReport) -> tuple[Path, Path]:
     from bakery import secrets
 
     data, md = secrets.mask(data), secrets.mask(md)
+    if report.dry_run:
+        (d / "dry-run.json").write_text(data)
+        (d / "dry-run.md").write_text(md)
+        return d / "dry-run.json", d / "dry-run.md"
     for name in (f"report-{stamp}", "last"):
         (d / f"{name}.json").write_text(data)
         (d / f"{name}.md").write_text(md)
@@ -277,7 +328,7 @@ def summarize(project: Project, plan_json: Path, result_files: Sequence[Path]) -
     nightly workflow's summary job runs after the matrix builds."""
     from bakery.errors import InputError
     from bakery.model import ImageKey
-    from bakery.plan import Current, PlanItem, Reason
+    from bakery.plan import Current, PlanItem, Reason, matrix_slug
 
     try:
         pdata = json.loads(Path(plan_json).read_text())
@@ -295,17 +346,33 @@ def summarize(project: Project, plan_json: Path, result_files: Sequence[Path]) -
                                    image_id="", labels={})
         items[key] = item
     order = {ref: i for i, ref in enumerate(pdata.get("rebuild", []))}
-    levels = [[k for k in sorted(items, key=lambda k: order[str(k)]) if str(k) in order]] if order else []
+    levels = [sorted((k for k in items if str(k) in order), key=lambda k: order[str(k)])] if order else []
     plan = Plan(items=items, levels=levels, seconds=float(pdata.get("seconds") or 0))
     results: dict[str, dict[str, Any]] = {}
+    unreadable: list[tuple[Path, str]] = []
     for f in result_files:
         try:
             data = json.loads(Path(f).read_text())
         except (OSError, ValueError) as exc:
-            raise InputError(f"{f}: not a `bakery build --format json` output ({exc})") from None
+            # A matrix job that failed (environment error, timeout) before writing its output: its image is
+            # reported as failed with that reason (below), and the rest of the report is still written.
+            unreadable.append((Path(f), str(exc)))
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("results", []), list):
+            raise InputError(f"{f}: not a `bakery build --format json` output")
         for r in data.get("results", []):
             results[r["ref"]] = r
+    why = "result file empty or unreadable: the job failed before writing it"
+    slugs = {matrix_slug(ref): ref for ref in order}
+    problems: list[str] = []
+    for f, exc in unreadable:
+        ref = slugs.get(f.stem.removeprefix("result-"))
+        if ref is None:
+            problems.append(f"{f.name}: {why} ({exc})")
+        elif ref not in results:
+            results[ref] = {"ref": ref, "status": "failed", "error": f"{why} ({f.name})"}
     report = NightlyReport(started=dt.datetime.now(dt.timezone.utc), seconds=plan.seconds, dry_run=False,
-                           outcomes=_outcomes(plan, results, {}, False), plan_seconds=plan.seconds)
+                           outcomes=_outcomes(plan, results, {}, False), plan_seconds=plan.seconds,
+                           problems=problems)
     write_report(project, report)
     return report

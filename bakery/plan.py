@@ -108,6 +108,11 @@ class PlanItem:
         }
 
 
+def matrix_slug(ref: str) -> str:
+    """A matrix entry's ``slug``: the nightly workflow names its result files ``result-SLUG.json``."""
+    return ref.replace(":", "-").replace(".", "_")
+
+
 @dataclass
 class Plan:
     items: dict[ImageKey, PlanItem]
@@ -158,7 +163,7 @@ class Plan:
                 parent = str(pkey) if pkey is not None and pkey in self.items and self.items[pkey].rebuild else ""
                 include.append({"image": str(k), "refs": " ".join(refs), "parent": parent, "reason": item.reason,
                                 "why": item.describe()[:200],
-                                "slug": str(k).replace(":", "-").replace(".", "_")})
+                                "slug": matrix_slug(str(k))})
             out.append({"include": include})
         return {"count": len(out), "levels": out, "rebuild": [str(i.key) for i in self.rebuild]}
 

@@ -91,7 +91,9 @@ def nightly_cmd(ctx: Context, refs: tuple[str, ...], dry_run: bool, jobs: int | 
 
     One image failing stops its descendants only. The report lists what was rebuilt, why, the
     vulnerability counts before and after, and what failed; it is written to .bakery/nightly/last.{json,md}
-    and appended to $GITHUB_STEP_SUMMARY when that is set.
+    and appended to $GITHUB_STEP_SUMMARY when that is set (a --dry-run's report goes to
+    .bakery/nightly/dry-run.{json,md} only). A run stopped by an environment failure, even while planning,
+    still writes its (aborted) report.
 
     \b
     Exit codes: 0 everything planned was rebuilt (or nothing to do), 1 something failed — or another
@@ -123,8 +125,10 @@ def nightly_cmd(ctx: Context, refs: tuple[str, ...], dry_run: bool, jobs: int | 
             from bakery.nightly import _counts
 
             table(["IMAGE", "REASON", "RESULT", "BUILD TAG", "BEFORE", "AFTER", "NOTE"],
-                  [[o.ref, o.reason, o.status, o.build_tag or "-", _counts(o.before), _counts(o.after),
+                  [[o.ref, o.reason, o.result, o.tag_shown, _counts(o.before), _counts(o.after),
                     o.error or o.why] for o in shown])
+        for problem in report.problems:
+            echo(f"failed: {problem}", err=True)
         echo(report.headline())
     if not report.ok:
         sys.exit(1)

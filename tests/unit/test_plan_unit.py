@@ -222,3 +222,190 @@ def test_summarize_the_workflow_artifacts(fleet, tmp_path: Path, monkeypatch) ->
     assert not report.ok
     assert "| `root:1` | definition | ✅ rebuilt | 1-20261127.1 | - | M:2 |" in (tmp_path / "summary.md").read_text()
     assert (project.state_dir / "nightly" / "last.json").is_file()
+
+
+def _summarize_dir(project, fl, tmp_path: Path, currents=None, forced=()) -> Path:
+    import json
+
+    items = _plan(project, fl, currents or {}, forced=forced)
+    by_key = {i.key: i for i in items.values()}
+    levels = [[s.key for s in level if by_key[s.key].rebuild] for level in fl.levels()]
+    levels = [level for level in levels if level]
+    d = tmp_path / "nightly"
+    d.mkdir()
+    (d / "plan.json").write_text(json.dumps(Plan(items=by_key, levels=levels).to_json()))
+    return d
+
+
+def test_summarize_an_empty_or_truncated_result_file_is_a_failed_job_not_a_broken_summary(
+        fleet, tmp_path: Path, bakery) -> None:
+    """A matrix job that died before writing its output leaves an empty or truncated file: its image is
+    reported as failed, with the reason, and the report is still written (exit 1)."""
+    import json
+
+    project, fl = fleet
+    d = _summarize_dir(project, fl, tmp_path)
+    pushed = {"ref": "root:1", "status": "pushed", "build_tag": "1-20261127.1", "digest": "sha256:" + "a" * 64}
+    (d / "result-root-1.json").write_text(json.dumps({"results": [pushed], "ok": True}))
+    (d / "result-left-1.json").write_text("")  # an environment error: nothing on stdout
+    (d / "result-right-1.json").write_text('{"results": [{"ref": "right:1", "sta')  # timed out mid-write
+    summary = tmp_path / "summary.md"
+    res = bakery("nightly", "--summarize", str(d), "--format", "json", cwd=tmp_path,
+                 env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert res.code == 1, res.err
+    data = json.loads(res.out)
+    images = {i["ref"]: i for i in data["images"]}
+    assert images["root:1"]["status"] == "rebuilt"
+    for ref, f in (("left:1", "result-left-1.json"), ("right:1", "result-right-1.json")):
+        assert images[ref]["status"] == "failed"
+        assert images[ref]["error"].startswith("result file empty or unreadable: the job failed before writing it")
+        assert f in images[ref]["error"]
+    assert images["leaf-a:1"]["status"] == "skipped" and images["leaf-b:1"]["status"] == "skipped"
+    assert not data["ok"]
+    md = (project.state_dir / "nightly" / "last.md").read_text()
+    assert "- `left:1`: result file empty or unreadable" in md
+    assert "result file empty or unreadable" in summary.read_text()
+
+    # A file that names no planned image: still a failure of the summary, reported, not an abort.
+    for f in d.glob("result-*.json"):
+        f.write_text(json.dumps({"results": [{"ref": f.stem[7:].replace("-", ":"), "status": "pushed"}]}))
+    (d / "result-gone.json").write_text("")
+    res = bakery("nightly", "--summarize", str(d), "--format", "markdown", cwd=tmp_path)
+    assert res.code == 1, res.err
+    assert "- result-gone.json: result file empty or unreadable" in res.out
+
+
+def test_summarize_a_failed_build_does_not_show_the_previous_tag_as_its_build(fleet, tmp_path: Path) -> None:
+    import json
+
+    from bakery.nightly import summarize
+
+    project, fl = fleet
+    d = _summarize_dir(project, fl, tmp_path, currents=_published(project, fl), forced=("right:1",))
+    failed = {"ref": "right:1", "status": "failed", "build_tag": "1-20261127.1", "error": "right:1: build failed"}
+    (d / "result-right-1.json").write_text(json.dumps({"results": [failed], "ok": False}))
+    report = summarize(project, d / "plan.json", [d / "result-right-1.json"])
+    md = report.to_markdown()
+    assert "| `right:1` | forced | ❌ failed | (previous: 1-20260101.1) |" in md
+    right = {i["ref"]: i for i in report.to_json()["images"]}["right:1"]
+    assert right["build_tag"] is None and right["previous_build_tag"] == "1-20260101.1"
+    assert "| `leaf-b:1` | parent | ❌ skipped | (previous: 1-20260101.1) |" in md
+    # An image that is up to date shows its published tag: that is the current build.
+    assert {o.ref: o.build_tag for o in report.outcomes}["root:1"] == "1-20260101.1"
+
+
+def test_nightly_aborted_while_planning_still_writes_its_report(fleet, tmp_path: Path, bakery) -> None:
+    """The registry (127.0.0.1:9) is down: exit 3, and the aborted report is written and summarised."""
+    import json
+
+    project, _ = fleet
+    summary = tmp_path / "summary.md"
+    res = bakery("nightly", cwd=tmp_path, env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert res.code == 3, res.err
+    data = json.loads((project.state_dir / "nightly" / "last.json").read_text())
+    assert data["aborted"].startswith("planning failed: ") and "registry unavailable" in data["aborted"]
+    assert data["images"] == [] and not data["ok"]
+    assert "**nightly aborted: planning failed: " in summary.read_text()
+
+
+@pytest.fixture
+def promoting(tmp_path: Path, monkeypatch):
+    """A three-environment project whose plan rebuilds root:1; builds and promotions are faked."""
+    from bakery import build as build_mod
+    from bakery import nightly as nightly_mod
+    from bakery.model import BuildResult, Status
+
+    shutil.copytree(FLEET / "base-images", tmp_path / "base-images")
+    shutil.copytree(FLEET / "templates", tmp_path / "templates")
+    (tmp_path / "bakery.yaml").write_text(
+        "environments:\n  dev: {registry: '127.0.0.1:9/d'}\n  staging: {registry: '127.0.0.1:9/s'}\n"
+        "  prod: {registry: '127.0.0.1:9/p'}\n")
+    project = load_project(tmp_path / "bakery.yaml", cwd=tmp_path, environ={})
+    fl = load_fleet(project)
+    root = ImageKey("root", "1", None)
+    item = _plan(project, fl, {})["root:1"]
+    monkeypatch.setattr(nightly_mod, "make_plan", lambda *a, **k: Plan(items={root: item}, levels=[[root]]))
+
+    def fake_build(project, fleet, specs, options, progress):
+        for spec in specs:
+            yield BuildResult(key=spec.key, status=Status.PUSHED, digest="sha256:" + "b" * 64,
+                              repository="127.0.0.1:9/d/root", build_tag="1-20261127.1")
+
+    monkeypatch.setattr(build_mod, "build", fake_build)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    return project, fl
+
+
+def _fake_promote(monkeypatch, prod):
+    from bakery import promote as promote_mod
+    from bakery.promote import Promotion
+
+    def fake(project, ref, to_env, **kw):
+        p = Promotion(image="root:1", digest=ref.split("@")[1], build_tag="1-20261127.1", from_env="dev",
+                      to_env=to_env, source=ref, target=f"x/{to_env}/root", tags=["1-20261127.1"])
+        if to_env == "staging":
+            p.action = "promoted"
+            return p
+        return prod(p)
+
+    monkeypatch.setattr(promote_mod, "promote", fake)
+
+
+def test_nightly_aborted_while_promoting_keeps_the_promotions_that_happened(promoting, monkeypatch) -> None:
+    import json
+
+    from bakery.errors import EnvironmentFailure, RegistryUnavailable
+    from bakery.nightly import run
+
+    project, fl = promoting
+
+    def prod_down(p):
+        raise RegistryUnavailable("127.0.0.1:9: registry unavailable: connection refused")
+
+    _fake_promote(monkeypatch, prod_down)
+    with pytest.raises(EnvironmentFailure):
+        run(project, fl, promote_to="prod")
+    data = json.loads((project.state_dir / "nightly" / "last.json").read_text())
+    assert data["aborted"]
+    promotions = data["images"][0]["promotions"]
+    assert [(p["to"], p["action"], p["ok"]) for p in promotions] == [("staging", "promoted", True),
+                                                                      ("prod", "aborted", False)]
+    assert "staging: promoted" in (project.state_dir / "nightly" / "last.md").read_text()
+
+
+def test_nightly_report_says_why_a_promotion_was_refused(promoting, monkeypatch) -> None:
+    from bakery.nightly import run
+    from bakery.promote import GateResult
+
+    project, fl = promoting
+
+    def refuse(p):
+        p.action = "refused"
+        p.gates = [GateResult("previous", True, "digest is in staging"),
+                   GateResult("soak", False, "in staging for 0h, needs 24h")]
+        p.message = "gate failed: soak; nothing copied"
+        return p
+
+    _fake_promote(monkeypatch, refuse)
+    report = run(project, fl, promote_to="prod")
+    assert not report.ok
+    why = "rebuilt; promote to prod refused: soak (in staging for 0h, needs 24h)"
+    assert report.outcomes[0].result == why
+    md = report.to_markdown()
+    assert f"| ❌ {why} |" in md
+    assert f"- `root:1`: {why}" in md
+    assert report.to_json()["images"][0]["result"] == why
+
+
+def test_nightly_dry_run_does_not_masquerade_as_the_last_run(promoting, tmp_path: Path, monkeypatch) -> None:
+    from bakery.nightly import run
+
+    project, fl = promoting
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    report = run(project, fl, dry_run=True)
+    assert report.headline().startswith("dry run: 1 of 1 images would be rebuilt")
+    d = project.state_dir / "nightly"
+    assert sorted(p.name for p in d.iterdir()) == ["dry-run.json", "dry-run.md"]
+    assert "dry run" in (d / "dry-run.md").read_text()
+    assert not summary.exists()
