@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,39 +192,49 @@ def scanner(project: Project) -> Scanner:
                    db_repository=cfg.db_repository, timeout=cfg.timeout)
 
 
-def _trivy_version(project: Project, path: str) -> str:
-    """``trivy --version`` (about 0.2 s), remembered per binary (path, size, mtime) in memory and in the state
-    dir, so that a repeat scan does not pay for it."""
-    st = os.stat(path)
-    key = (path, st.st_mtime_ns, st.st_size)
-    version = _VERSION_CACHE.get(key)
-    if version:
-        return version
-    memo = store_dir(project) / "trivy-version.json"
+def _file_memo(project: Project, name: str, key: tuple[Any, ...], cache: dict[Any, str],
+               compute: Callable[[], str]) -> str:
+    """A value derived from a file, remembered by ``key`` (its path, size, times…) in ``cache`` and in
+    ``<state>/scans/NAME``, so that a repeat, even in a new process, only pays for a stat."""
+    value = cache.get(key)
+    if value:
+        return value
+    memo = store_dir(project) / name
     try:
         saved = json.loads(memo.read_text())
-        if [saved["path"], saved["mtime_ns"], saved["size"]] == list(key) and saved["version"]:
-            _VERSION_CACHE[key] = str(saved["version"])
-            return _VERSION_CACHE[key]
+        if saved["key"] == list(key) and isinstance(saved["value"], str) and saved["value"]:
+            cache[key] = saved["value"]
+            return cache[key]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    try:
-        res = tools.run(path, ["--version"], timeout=60, check=False)
-    except (ToolTimeout, ToolMissing) as exc:
-        raise ScannerError(f"scanner unavailable: {exc}") from None
-    m = re.search(r"Version:\s*v?(\d+\.\d+\.\d+\S*)", res.stdout)
-    if res.returncode != 0 or not m:
-        line = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.returncode}"]
-        raise ScannerError(f"{path} does not look like trivy (`--version` said: {line[0][:200]})")
-    version = m.group(1)
-    _VERSION_CACHE[key] = version
+    value = compute()
+    cache[key] = value
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(json.dumps({"path": path, "mtime_ns": st.st_mtime_ns, "size": st.st_size,
-                                    "version": version}))
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": list(key), "value": value}))
+        tmp.replace(memo)
     except OSError:
         pass
-    return version
+    return value
+
+
+def _trivy_version(project: Project, path: str) -> str:
+    """``trivy --version`` (about 0.2 s), remembered per binary (path, size, mtime)."""
+    st = os.stat(path)
+
+    def ask() -> str:
+        try:
+            res = tools.run(path, ["--version"], timeout=60, check=False)
+        except (ToolTimeout, ToolMissing) as exc:
+            raise ScannerError(f"scanner unavailable: {exc}") from None
+        m = re.search(r"Version:\s*v?(\d+\.\d+\.\d+\S*)", res.stdout)
+        if res.returncode != 0 or not m:
+            line = (res.stderr or res.stdout).strip().splitlines()[-1:] or [f"exit {res.returncode}"]
+            raise ScannerError(f"{path} does not look like trivy (`--version` said: {line[0][:200]})")
+        return m.group(1)
+
+    return _file_memo(project, "trivy-version.json", (path, st.st_mtime_ns, st.st_size), _VERSION_CACHE, ask)
 
 
 def db_info(cache_dir: Path) -> DbInfo | None:
@@ -258,36 +269,20 @@ def db_sha256(project: Project, db: DbInfo) -> str:
     except OSError as exc:
         raise ScannerError(f"vulnerability DB {db.path} cannot be read ({exc.strerror}): rebuild or re-download "
                            f"it") from None
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        try:
+            with open(db.path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        except OSError as exc:
+            raise ScannerError(f"vulnerability DB {db.path} cannot be read ({exc.strerror}): rebuild or "
+                               f"re-download it") from None
+        return "sha256:" + h.hexdigest()
+
     key = (str(db.path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    value = _DB_SHA_CACHE.get(key)
-    if value:
-        return value
-    memo = store_dir(project) / "db-sha256.json"
-    try:
-        saved = json.loads(memo.read_text())
-        if saved["key"] == list(key) and _DIGEST.match(saved["sha256"]):
-            _DB_SHA_CACHE[key] = str(saved["sha256"])
-            return _DB_SHA_CACHE[key]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    h = hashlib.sha256()
-    try:
-        with open(db.path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    except OSError as exc:
-        raise ScannerError(f"vulnerability DB {db.path} cannot be read ({exc.strerror}): rebuild or re-download "
-                           f"it") from None
-    value = "sha256:" + h.hexdigest()
-    _DB_SHA_CACHE[key] = value
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": list(key), "sha256": value}))
-        tmp.replace(memo)
-    except OSError:
-        pass
-    return value
+    return _file_memo(project, "db-sha256.json", key, _DB_SHA_CACHE, digest)
 
 
 def same_db(stored: ScanResult, db: DbInfo, db_sha: str, trivy_version: str) -> bool:
