@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from bakery.config import Project
     from bakery.model import ImageSpec
     from bakery.policy import GateDecision
+    from bakery.registry import RegistryClient
 
 SEVERITY_ORDER = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 STORE_SCHEMA = 1
@@ -567,12 +568,7 @@ def _remote_image_id(project: Project, image: str) -> str | None:
         return None
     repo, digest = image.split("/", 1)[1].rsplit("@", 1)
     try:
-        from bakery.registry import RegistryClient
-
-        env = _env_for_host(project, host)
-        creds = env.credentials.resolve() if env is not None else None
-        insecure = env.insecure if env is not None else _is_loopback(host)
-        client = RegistryClient(host, insecure=insecure, credentials=creds, timeout=10, retries=1)
+        client = _client_for(project, host, timeout=10, retries=1)
         manifest = client.get_manifest(repo, digest)
         if manifest.is_index:
             children = manifest.children()
@@ -585,6 +581,29 @@ def _remote_image_id(project: Project, image: str) -> str | None:
         return config if _DIGEST.match(config) else None
     except Exception:  # noqa: BLE001 - only an optimisation: trivy is the judge of reachability
         return None
+
+
+def _client_for(project: Project, host: str, **kwargs: Any) -> RegistryClient:
+    """A registry client for an image's host: a configured environment's settings when the host is one, else
+    plain HTTP on loopback and credentials from the docker config (as trivy itself would use)."""
+    from bakery.registry import RegistryClient, docker_config_credentials
+
+    for name in project.config.env_order:
+        if project.config.env(name).host == host:
+            return RegistryClient.for_env(project, name, **kwargs)
+    return RegistryClient(host, insecure=_is_loopback(host), credentials=docker_config_credentials(host), **kwargs)
+
+
+def require_pushed(project: Project, image: str) -> None:
+    """HOST/REPO[:TAG]@DIGEST must be in its registry: a typo is bad input (exit 2) found before trivy runs,
+    not a scanner failure (exit 3). Docker Hub short names are left to trivy."""
+    host = _registry_host(image)
+    if host == "docker.io" or "@" not in image:
+        return
+    repo, digest = image.split("/", 1)[1].rsplit("@", 1)
+    repo = repo.rsplit(":", 1)[0] if ":" in repo.rsplit("/", 1)[-1] else repo
+    if _client_for(project, host, retries=1).head_manifest(repo, digest) is None:
+        raise InputError(f"{image}: no such manifest in {host}/{repo}")
 
 
 def _digest_of(image: str) -> str:

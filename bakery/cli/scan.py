@@ -41,27 +41,6 @@ def _spec_for_labels(project, image: str):
         return None
 
 
-def _require_pushed(project, target: str) -> None:
-    """HOST/REPO@DIGEST must be in its registry: a typo is bad input (exit 2), not a scanner failure (exit 3)."""
-    from bakery.errors import InputError
-    from bakery.registry import RegistryClient, docker_config_credentials
-
-    name, _, digest = target.partition("@")
-    host, _, repo = name.partition("/")
-    if "." not in host and ":" not in host and host != "localhost":
-        return  # a Docker Hub short name: trivy resolves it
-    repo = repo.rsplit(":", 1)[0] if ":" in repo.rsplit("/", 1)[-1] else repo
-    envs = [e for e in project.config.env_order if project.config.env(e).host == host]
-    if envs:
-        client = RegistryClient.for_env(project, envs[0], retries=1)
-    else:
-        hostname = host.split(":")[0]
-        client = RegistryClient(host, insecure=hostname in ("localhost", "127.0.0.1") or hostname.startswith("127."),
-                                credentials=docker_config_credentials(host), retries=1)
-    if client.head_manifest(repo, digest) is None:
-        raise InputError(f"{target}: no such manifest in {host}/{repo}")
-
-
 def resolve_target(project, target: str, env: str | None, remote: bool | None):
     """TARGET → (image reference to scan, remote?, ImageSpec or None).
 
@@ -72,7 +51,9 @@ def resolve_target(project, target: str, env: str | None, remote: bool | None):
     if _is_image(target) or _local_exists(target):
         is_remote = ("@sha256:" in target and "/" in target) if remote is None else remote
         if is_remote and "@sha256:" in target:
-            _require_pushed(project, target)
+            from bakery.scan import require_pushed
+
+            require_pushed(project, target)
         spec = None if is_remote else _spec_for_labels(project, target)
         return target, is_remote, spec
     from bakery.definitions import load_fleet
