@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bakery import ledger as ledger_mod
 from bakery.errors import EnvironmentFailure, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
-from bakery.tags import build_tag_pattern
+from bakery import tags as tags_mod
+from bakery.tags import build_tag_pattern, is_valid_tag, template_fields
 from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey,
                           Published)
 
@@ -109,7 +110,7 @@ def parse_ref(text: str) -> Ref:
         raise InputError(f"{text}: not an image reference (use NAME:VERSION, NAME:BUILD_TAG or NAME@sha256:…)")
     if not digest and not tag:
         raise InputError(f"{text}: name a version, a build tag or a digest (e.g. {name}:VERSION)")
-    if tag and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", tag):
+    if tag and not is_valid_tag(tag):
         raise InputError(f"{text}: {tag!r} is not a version or tag (letters, digits, '.', '_', '-')")
     return Ref(name=name, tag=tag or None, digest=digest)
 
@@ -234,29 +235,19 @@ def _key_of(image: str) -> ImageKey:
 
 def alias_tags(project: Project, env_name: str, key: ImageKey, today: dt.date) -> list[str]:
     """The environment's alias tags for one image (templates rendered, duplicates dropped)."""
-    from bakery.tags import render_alias
-
-    out: list[str] = []
-    for template in project.config.env(env_name).aliases:
-        tag = render_alias(template, name=key.name, version=key.version, variant=key.variant, today=today)
-        if tag and tag not in out:
-            out.append(tag)
-    return out
+    return _env_aliases(project.config.env(env_name).aliases, key, today)
 
 
 def identifying_aliases(project: Project, env_name: str, key: ImageKey, today: dt.date) -> list[str]:
     """The aliases that name this version only: a template without ``{version}`` (``staging``, ``{variant}``)
     renders the same for every version in the repository, so it cannot tell which one a version runs."""
-    from bakery.tags import render_alias, template_fields
+    return _env_aliases([t for t in project.config.env(env_name).aliases if "version" in template_fields(t)],
+                        key, today)
 
-    out: list[str] = []
-    for template in project.config.env(env_name).aliases:
-        if "version" not in template_fields(template):
-            continue
-        tag = render_alias(template, name=key.name, version=key.version, variant=key.variant, today=today)
-        if tag and tag not in out:
-            out.append(tag)
-    return out
+
+def _env_aliases(templates: list[str], key: ImageKey, today: dt.date) -> list[str]:
+    return [tag for tag, _ in tags_mod.alias_tags(templates, (), name=key.name, version=key.version,
+                                                  variant=key.variant, today=today)]
 
 
 # ------------------------------------------------------------------------------------------------------------

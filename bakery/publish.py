@@ -16,7 +16,7 @@ from bakery.config import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
 from bakery.model import ImageKey, ImageSpec, Published
 from bakery.registry import RegistryClient
-from bakery.tags import image_aliases, next_build_tag
+from bakery.tags import build_tag_pattern, image_aliases, next_build_tag
 
 
 def env_repository(project: Project, env: str, name: str) -> tuple[str, str]:
@@ -146,8 +146,6 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
 def refuse_build_tag_aliases(project: Project, name: str, target: str, alias_tags: list[str]) -> None:
     """An alias (a definition's `tags:` or an environment's `aliases:`) that has the form of a build tag would
     move an immutable tag: refused before anything is written."""
-    from bakery.tags import build_tag_pattern
-
     scheme = project.config.tags.build
     pattern = build_tag_pattern(scheme, name=name)
     clash = [t for t in alias_tags if pattern.match(t)]
