@@ -257,48 +257,65 @@ def template_kind(template_dir: Path) -> str | None:
 _VARS_CACHE_FORMAT = "bakery-template-vars-1"
 
 
-def template_variables(project: Project, template: str) -> set[str]:
+def template_variables(project: Project, template: str, known: dict[str, list[str]] | None = None) -> set[str]:
     """Variables the templates of a template directory use (undeclared in the templates themselves).
 
     Parsing needs jinja (its import and lexer cost ~0.1 s, most of a short command's run), so the answer is
-    kept per template source digest in ``.bakery/cache/template-vars.json``; an unreadable or unwritable cache
-    only means parsing again. Syntax errors are never cached.
+    kept per template source digest in ``.bakery/cache/template-vars.json``: ``known`` is that cache, read once
+    by the caller (which saves it when this added to it); without it the file is read and saved here. Syntax
+    errors are never cached.
     """
     import hashlib
-    import json
 
-    tdir = project.templates_dir / template
-    sources = [(path, read_text(path, display=project.rel(path))) for path in sorted(tdir.glob("*.j2"))]
-    cache_file = project.state_dir / "cache" / "template-vars.json"
-    try:
-        cache = json.loads(cache_file.read_text(encoding="utf-8"))
-        if not isinstance(cache, dict) or cache.get("format") != _VARS_CACHE_FORMAT:
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
-    entries = cache.get("entries") if isinstance(cache.get("entries"), dict) else {}
+    entries = _read_vars_cache(project) if known is None else known
+    size = len(entries)
     names: set[str] = set()
-    misses = False
-    for path, source in sources:
+    for path in sorted((project.templates_dir / template).glob("*.j2")):
+        source = read_text(path, display=project.rel(path))
         digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
-        known = entries.get(digest)
-        if isinstance(known, list) and all(isinstance(n, str) for n in known):
-            names |= set(known)
+        cached = entries.get(digest)
+        if isinstance(cached, list) and all(isinstance(n, str) for n in cached):
+            names |= set(cached)
             continue
         found = _parse_variables(project, path, source)
         entries[digest] = sorted(found)
         names |= found
-        misses = True
-    if misses:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-            tmp.write_text(json.dumps({"format": _VARS_CACHE_FORMAT, "entries": entries}, sort_keys=True),
-                           encoding="utf-8")
-            os.replace(tmp, cache_file)
-        except OSError:
-            pass
+    if known is None and len(entries) != size:
+        _write_vars_cache(project, entries)
     return names
+
+
+def _vars_cache_file(project: Project) -> Path:
+    return project.state_dir / "cache" / "template-vars.json"
+
+
+def _read_vars_cache(project: Project) -> dict[str, list[str]]:
+    """The cached undeclared variables by template source digest; empty when unreadable or of another format."""
+    import json
+
+    try:
+        cache = json.loads(_vars_cache_file(project).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cache, dict) or cache.get("format") != _VARS_CACHE_FORMAT:
+        return {}
+    entries = cache.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_vars_cache(project: Project, entries: dict[str, list[str]]) -> None:
+    """Replace the cache file atomically; an unwritable state dir only means parsing again next time."""
+    import json
+
+    cache_file = _vars_cache_file(project)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"format": _VARS_CACHE_FORMAT, "entries": entries}, sort_keys=True),
+                       encoding="utf-8")
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
 
 
 def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
@@ -417,6 +434,8 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                 all_keys.add((d.name, f"{v}-{variant}"))
     template_cache: dict[str, set[str] | None] = {}
     context_cache: dict[str, tuple[str, ...]] = {}  # template -> its files/ (walked once, not per version)
+    vars_cache = _read_vars_cache(project)  # template source digest -> its variables (read once, saved once)
+    vars_cached = len(vars_cache)
     for display, d in parsed:
         for field_name, value in d.variables.items():
             problems += _check_var(display, f"variables.{field_name}", field_name, value)
@@ -467,7 +486,7 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                 variants.append((vname, vardef))
             if kind is not None:
                 if template not in template_cache:
-                    template_cache[template] = template_variables(project, template)
+                    template_cache[template] = template_variables(project, template, vars_cache)
                     context_cache[template] = _context_files(tdir)
                 used = template_cache[template] or set()
             else:
@@ -479,16 +498,15 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                 if missing:
                     problems.append(f"{display}: {vwhere}.variables: template {template!r} uses undefined "
                                     f"variable{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
-                if kind is not None:  # a version's or variant's own variable the template never reads: a typo
-                    own = {**vd.variables, **vardef.variables} if vname is not None else dict(vd.variables)
+                if kind is not None:
+                    # a version's own variable (checked at its base entry) or a variant's that the template never
+                    # reads: a typo
+                    own = vd.variables if vname is None else vardef.variables
                     for unused in sorted(set(own) - used - set(RESERVED_VARIABLES)):
-                        at = vwhere if unused in vardef.variables or vname is None else where
                         close = difflib.get_close_matches(unused, sorted(used), n=1)
                         hint = f" (did you mean {close[0]!r}?)" if close else ""
-                        problem = (f"{display}: {at}.variables.{unused}: not used by template {template!r}"
-                                   f"{hint}")
-                        if problem not in problems:
-                            problems.append(problem)
+                        problems.append(f"{display}: {vwhere}.variables.{unused}: not used by template "
+                                        f"{template!r}{hint}")
                 if parent is None or kind is None:
                     continue
                 key = ImageKey(d.name, vstr, vname)
@@ -499,6 +517,8 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                     parent=parent, variables=variables, tags=tuple(vd.tags) + tuple(vardef.tags),
                     context_files=context_cache[template], description=vardef.description or vd.description
                     or d.description, policy=policy or None, packer=packer)
+    if len(vars_cache) != vars_cached:
+        _write_vars_cache(project, vars_cache)
     return specs, problems
 
 
