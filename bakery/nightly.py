@@ -52,13 +52,15 @@ class Outcome:
         return self.status in ("failed", "refused", "skipped", "error") or any(not p.get("ok") for p in self.promotions)
 
     @property
+    def refusals(self) -> str:
+        """Why promotions did not happen (``promote to prod refused: soak (…)``), "" when none failed."""
+        return "; ".join(f"promote to {p.get('to')} {p.get('action')}: {p.get('detail') or p.get('message') or '?'}"
+                         for p in self.promotions if not p.get("ok"))
+
+    @property
     def result(self) -> str:
         """The status, and why a promotion did not happen (``rebuilt; promote to prod refused: soak (…)``)."""
-        text = self.status
-        for p in self.promotions:
-            if not p.get("ok"):
-                text += f"; promote to {p.get('to')} {p.get('action')}: {p.get('detail') or p.get('message') or '?'}"
-        return text
+        return "; ".join(x for x in (self.status, self.refusals) if x)
 
     @property
     def tag_shown(self) -> str:
@@ -154,10 +156,8 @@ def _md(text: str) -> str:
 
 
 def _failure(o: Outcome) -> str:
-    """One line of the Failed section: the error, else the result with any promotion refusal and its reason."""
-    if o.error and o.result != o.status:
-        return f"{o.error}; {o.result.split('; ', 1)[1]}"
-    return o.error or o.result
+    """One line of the Failed section: the error, else the status; then any promotion refusal and its reason."""
+    return "; ".join(x for x in (o.error or o.status, o.refusals) if x)
 
 
 def _status_icon(o: Outcome) -> str:
