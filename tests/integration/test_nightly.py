@@ -172,3 +172,53 @@ def test_two_concurrent_nightly_runs(tree: Path) -> None:
     out3, err3 = third.communicate(timeout=300)
     assert third.returncode == 0, err3
     assert json.loads(out3)["nothing_to_do"]
+
+
+def _tree(make_project, config: dict) -> Path:
+    root = make_project(fleet="tree", config=config)
+    build_db(FIXTURES / "advisories-none.yaml", root / ".bakery" / "trivy")
+    return root
+
+
+def test_a_promotion_refused_by_a_gate_says_why_in_the_report(make_project, stack) -> None:
+    root = _tree(make_project, {"environments": {"prod": {"gates": {"soak": "24h"}}}})
+    report, proc = nightly("leaf-a:1", "--promote-to", "prod", check=False)
+    assert proc.returncode == 1, proc.stderr
+    leaf = by_ref(report)["leaf-a:1"]
+    assert leaf["status"] == "rebuilt"
+    assert [(p["to"], p["action"]) for p in leaf["promotions"]] == [("staging", "promoted"), ("prod", "refused")]
+    assert leaf["result"].startswith("rebuilt; promote to prod refused: soak ("), leaf["result"]
+    assert stack.client("staging").head_manifest(f"{_ns(root)}/leaf-a", leaf["build_tag"]) == leaf["digest"]
+    md = (root / ".bakery" / "nightly" / "last.md").read_text()
+    assert f"- `leaf-a:1`: {leaf['result']}" in md
+
+
+def test_an_aborted_promotion_keeps_what_was_promoted_in_the_report(make_project, stack) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: prod is down
+        s.bind(("127.0.0.1", 0))
+        down = s.getsockname()[1]
+    root = _tree(make_project, {"environments": {"prod": {"registry": f"127.0.0.1:{down}/x"}}})
+    proc = bakery("nightly", "leaf-a:1", "--promote-to", "prod", check=False)
+    assert proc.returncode == 3, proc.stderr
+    data = json.loads((root / ".bakery" / "nightly" / "last.json").read_text())
+    assert data["aborted"] and not data["ok"]
+    steps = {i["ref"]: [(p["to"], p["action"]) for p in i["promotions"]] for i in data["images"]}
+    first = next(ref for ref, s in steps.items() if s)
+    assert steps[first] == [("staging", "promoted"), ("prod", "aborted")]
+    img = by_ref(data)[first]
+    name = first.split(":")[0]
+    assert stack.client("staging").head_manifest(f"{_ns(root)}/{name}", img["build_tag"]) == img["digest"]
+    assert "staging: promoted" in (root / ".bakery" / "nightly" / "last.md").read_text()
+
+
+def test_a_dry_run_does_not_masquerade_as_the_last_run(tree: Path, monkeypatch) -> None:
+    summary = tree / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    report, _ = nightly("--dry-run")
+    assert report["summary"].startswith("dry run: 5 of 5 images would be rebuilt"), report["summary"]
+    d = tree / ".bakery" / "nightly"
+    assert sorted(p.name for p in d.iterdir()) == ["dry-run.json", "dry-run.md"]
+    assert "dry run" in (d / "dry-run.md").read_text()
+    assert not summary.exists()
