@@ -87,6 +87,14 @@ class Gates(_Strict):
     max_scan_age: str = "24h"
     soak: str = "0s"
     approvers: list[str] = Field(default_factory=list)
+    # signed evidence the digest must carry (verified with the environment's trusted_keys): see bakery/evidence.py
+    require_attestations: list[Literal["provenance", "sbom", "scan", "vex", "promotion"]] = Field(
+        default_factory=list)
+
+    @field_validator("require_attestations")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
 
     @field_validator("max_scan_age", "soak")
     @classmethod
@@ -117,11 +125,28 @@ class Environment(_Strict):
     gates: Gates = Field(default_factory=Gates)
     git_tag: bool = False
     aws: AwsTarget | None = None
+    # public keys (PEM files relative to the repository, or inline PEM) whose signatures this environment trusts
+    trusted_keys: list[str] = Field(default_factory=list)
 
     @field_validator("registry")
     @classmethod
     def _registry(cls, v: str) -> str:
         return _registry_ref(v)
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            if not entry.strip():
+                raise ValueError("an entry is empty (a PEM file path, or an inline PEM public key)")
+        return v
+
+    @pydantic.model_validator(mode="after")
+    def _attestations_need_keys(self) -> Environment:
+        if self.gates.require_attestations and not self.trusted_keys:
+            raise ValueError(f"gates.require_attestations ({', '.join(self.gates.require_attestations)}) needs "
+                             f"trusted_keys: the public keys whose signatures this environment accepts")
+        return self
 
     @property
     def host(self) -> str:
@@ -221,6 +246,27 @@ class DevStack(_Strict):
         return v
 
 
+class Signing(_Strict):
+    """Where the private key that signs attestations lives (never the key itself)."""
+
+    key: str | None = None  # PEM file path | file:PATH | env:VAR | awskms:///alias/NAME
+
+    @field_validator("key")
+    @classmethod
+    def _spec(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if v.lstrip().startswith("-----BEGIN"):
+            raise ValueError("a private key must not be written into bakery.yaml: name a file, env:VAR or "
+                             "awskms:///alias/NAME")
+        if v.startswith("env:") and not re.match(r"^env:[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError(f"not an environment variable name: {v!r} (use env:VARNAME)")
+        if v.startswith("awskms://") and not re.match(r"^awskms://[^/]*/.+$", v):
+            raise ValueError(f"not a KMS key reference: {v!r} (use awskms:///alias/NAME)")
+        return v
+
+
 class Build(_Strict):
     jobs: int = Field(default=2, ge=1, le=64)
     timeout: float = 1800
@@ -262,6 +308,7 @@ class Config(_Strict):
     build: Build = Field(default_factory=Build)
     packer: Packer = Field(default_factory=Packer)
     aws: Aws = Field(default_factory=Aws)
+    signing: Signing = Field(default_factory=Signing)
 
     @field_validator("environments")
     @classmethod
@@ -309,6 +356,7 @@ SHORTCUTS = {
     "BAKERY_JOBS": ("build", "jobs"),
     "BAKERY_DB_REPOSITORY": ("scanner", "db_repository"),
     "BAKERY_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
+    "BAKERY_SIGNING_KEY": ("signing", "key"),
 }
 _NOT_OVERRIDES = {"BAKERY_CONFIG", "BAKERY_DEBUG", "BAKERY_NOW", "BAKERY_ACTOR"}
 
@@ -338,7 +386,7 @@ def env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], Any, s
             value = raw
         if key in SHORTCUTS:
             path = SHORTCUTS[key]
-            if path[-1] in ("trivy", "url", "binary", "db_repository", "endpoint_url"):
+            if path[-1] in ("trivy", "url", "binary", "db_repository", "endpoint_url", "key"):
                 value = raw
             out.append((path, value, key))
         elif "__" in key[7:] or key[7:].lower() in Config.model_fields:

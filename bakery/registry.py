@@ -657,6 +657,36 @@ class RegistryClient:
 
         return self._retry(f"upload blob {digest[:19]} to {repo}", attempt)
 
+    def push_blob_bytes(self, repo: str, digest: str, data: bytes) -> bool:
+        """Upload a small in-memory blob (monolithic PUT) unless the registry has it; True if uploaded."""
+        if sha256_digest(data) != digest:
+            raise ValueError(f"blob does not match {digest}")
+        if self.blob_exists(repo, digest):
+            return False
+
+        def attempt() -> bool:
+            upload_url = self._start_upload(repo, digest)
+            put = self._send("PUT", upload_url, op="upload blob", repo=repo, scope=_scope(repo, "pull,push"),
+                             ok=(201, 204), data=data, headers={"Content-Type": "application/octet-stream"})
+            assert put is not None
+            put.close()
+            return True
+
+        return self._retry(f"upload blob {digest[:19]} to {repo}", attempt)
+
+    def referrers(self, repo: str, digest: str) -> Manifest | None:
+        """The OCI 1.1 referrers API answer for ``digest`` (an image index), or None when the registry does not
+        implement the API (404: use the referrers tag schema instead)."""
+        resp = self._request("GET", f"/v2/{repo}/referrers/{digest}", op="GET referrers", repo=repo, ok=(200,),
+                             missing_ok=True, headers={"Accept": OCI_INDEX})
+        if resp is None:
+            return None
+        body = resp.content
+        resp.close()
+        if not _is_manifest(body) or (resp.headers.get("Content-Type") or "").split(";")[0].strip() != OCI_INDEX:
+            return None
+        return Manifest(body=body, media_type=OCI_INDEX, digest=sha256_digest(body))
+
     def list_tags(self, repo: str) -> list[str]:
         """All tags of ``repo`` ([] when the repository does not exist), following Link pagination."""
         tags: list[str] = []

@@ -1,0 +1,418 @@
+"""Signed evidence next to an image, by digest, in the same repository — stored, listed, copied, verified, deleted.
+
+Storage follows OCI image-spec 1.1: every attestation is an artifact manifest whose ``subject`` is the image
+manifest, with the empty config (``application/vnd.oci.empty.v1+json``) and ONE layer:
+
+* a signed attestation: artifactType and layer ``application/vnd.dsse.envelope.v1+json`` (a DSSE envelope of an
+  in-toto Statement v1), annotated with its predicate type (``in-toto.io/predicate-type``) and kind;
+* the SBOM for other tools: artifactType and layer ``application/vnd.cyclonedx+json`` — the exact shape trivy
+  reads with ``--sbom-sources oci``.
+
+The registry lists them through the referrers API (``GET /v2/REPO/referrers/DIGEST``) when it implements it;
+otherwise bakery maintains the referrers tag schema: an image index at tag ``sha256-HEX`` whose entries carry
+``artifactType``. Promotion copies the artifact manifests byte for byte with bakery's own client (skopeo drops
+``artifactType``); gc deletes them with the image.
+
+Verification trusts nothing in the index or the annotations: every envelope is fetched by digest, its signature
+checked against the environment's public keys, its Statement's subject compared with the digest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bakery import attest
+from bakery.errors import RegistryError, StepFailed
+from bakery.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient, sha256_digest
+from bakery.signing import PublicKey, SignatureError, Signer, envelope_bytes, sign_envelope, verify_envelope
+
+if TYPE_CHECKING:
+    from bakery.config import Project
+
+log = logging.getLogger("bakery.evidence")
+
+DSSE_TYPE = "application/vnd.dsse.envelope.v1+json"
+CYCLONEDX_TYPE = "application/vnd.cyclonedx+json"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_BLOB = b"{}"
+EMPTY_DIGEST = sha256_digest(EMPTY_BLOB)
+ANN_PREDICATE = "in-toto.io/predicate-type"
+ANN_KIND = "dev.bakery.attestation"
+ANN_CREATED = "org.opencontainers.image.created"
+KINDS = ("provenance", "sbom", "scan", "vex", "promotion")
+
+
+def referrers_tag(digest: str) -> str:
+    """The referrers tag schema's tag for a subject digest: ``sha256-HEX``."""
+    return digest.replace(":", "-", 1)
+
+
+def _client(reg: Any, what: str) -> RegistryClient:
+    if not isinstance(reg, RegistryClient):
+        raise StepFailed(f"{what}: attestations are stored in OCI registries; {type(reg).__name__} is not one "
+                         f"(ECR evidence is not implemented yet)")
+    return reg
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Listing
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One entry of the referrers list (as the index says: not trusted until verified)."""
+
+    digest: str
+    size: int
+    artifact_type: str
+    annotations: dict[str, str]
+
+    @property
+    def kind(self) -> str:
+        return self.annotations.get(ANN_KIND, "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "size": self.size, "artifactType": self.artifact_type,
+                "kind": self.kind or None, "predicateType": self.annotations.get(ANN_PREDICATE),
+                "created": self.annotations.get(ANN_CREATED)}
+
+
+def _entries(index: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in index.get("manifests") or [] if isinstance(m, dict) and isinstance(m.get("digest"), str)]
+
+
+def _artifact(entry: dict[str, Any]) -> Artifact:
+    return Artifact(digest=entry["digest"], size=int(entry.get("size") or 0),
+                    artifact_type=str(entry.get("artifactType") or ""),
+                    annotations={str(k): str(v) for k, v in (entry.get("annotations") or {}).items()})
+
+
+def list_artifacts(reg: Any, repo: str, digest: str) -> tuple[list[Artifact], str]:
+    """The artifacts that refer to ``digest`` and where the list came from (``referrers-api`` or ``tag``)."""
+    client = _client(reg, f"{repo}@{digest}")
+    api = client.referrers(repo, digest)
+    if api is not None:
+        return [_artifact(e) for e in _entries(api.json())], "referrers-api"
+    tag = referrers_tag(digest)
+    if client.head_manifest(repo, tag) is None:
+        return [], "tag"
+    index = client.get_manifest(repo, tag)
+    return [_artifact(e) for e in _entries(index.json())], "tag"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Storing
+
+
+@dataclass(frozen=True)
+class Item:
+    """What to store: one blob under an artifactType."""
+
+    kind: str
+    artifact_type: str
+    body: bytes
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+def _manifest(subject: dict[str, Any], item: Item, created: str) -> tuple[bytes, dict[str, Any]]:
+    ann = {ANN_CREATED: created, ANN_KIND: item.kind, **item.annotations}
+    layer = {"mediaType": item.artifact_type, "digest": sha256_digest(item.body), "size": len(item.body),
+             "annotations": dict(ann)}
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": item.artifact_type,
+                "config": {"mediaType": EMPTY_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY_BLOB)},
+                "layers": [layer], "subject": subject, "annotations": ann}
+    body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    entry = {"mediaType": OCI_MANIFEST, "digest": sha256_digest(body), "size": len(body),
+             "artifactType": item.artifact_type, "annotations": ann}
+    return body, entry
+
+
+def attach(reg: Any, repo: str, digest: str, items: list[Item], *, now: dt.datetime | None = None) -> list[Artifact]:
+    """Store ``items`` as artifacts referring to ``repo@digest`` and list them (referrers API or tag schema)."""
+    client = _client(reg, f"{repo}@{digest}")
+    image = client.get_manifest(repo, digest)
+    subject = {"mediaType": image.media_type, "digest": image.digest, "size": len(image.body)}
+    created = attest.iso(now or dt.datetime.now(dt.timezone.utc))
+    client.push_blob_bytes(repo, EMPTY_DIGEST, EMPTY_BLOB)
+    entries = []
+    for item in items:
+        client.push_blob_bytes(repo, sha256_digest(item.body), item.body)
+        body, entry = _manifest(subject, item, created)
+        written = client.put_manifest(repo, entry["digest"], body, OCI_MANIFEST)
+        if written != entry["digest"]:
+            raise RegistryError(f"{client.host}: {repo}: attestation written as {written}, expected {entry['digest']}")
+        entries.append(entry)
+    _add_to_index(client, repo, digest, entries)
+    return [_artifact(e) for e in entries]
+
+
+def _add_to_index(client: RegistryClient, repo: str, digest: str, entries: list[dict[str, Any]],
+                  verbatim: bytes | None = None) -> None:
+    """Referrers tag schema: add ``entries`` to the index at ``sha256-HEX`` (a registry with the referrers API
+    keeps its own list). ``verbatim``: the source's index bytes, written as they are when the target has none."""
+    if client.referrers(repo, digest) is not None:
+        return
+    tag = referrers_tag(digest)
+    old = client.get_manifest(repo, tag) if client.head_manifest(repo, tag) is not None else None
+    if old is None and verbatim is not None:
+        client.put_manifest(repo, tag, verbatim, OCI_INDEX)
+        old = client.get_manifest(repo, tag)
+    current = _entries(old.json()) if old is not None else []
+    have = {e["digest"] for e in current}
+    new = [e for e in entries if e["digest"] not in have]
+    if not new and old is not None:
+        return
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": current + new}
+    body = json.dumps(index, separators=(",", ":")).encode()
+    client.put_manifest(repo, tag, body, OCI_INDEX)
+    if old is not None and old.digest != sha256_digest(body):
+        try:  # the replaced index is garbage now (the spec lets the client delete it)
+            client.delete_manifest(repo, old.digest)
+        except RegistryError as exc:
+            log.debug("old referrers index %s not deleted: %s", old.digest, exc)
+
+
+def signed_item(kind: str, signer: Signer, stmt: dict[str, Any]) -> Item:
+    payload = json.dumps(stmt, sort_keys=True, separators=(",", ":")).encode()
+    env = sign_envelope(signer, payload)
+    return Item(kind=kind, artifact_type=DSSE_TYPE, body=envelope_bytes(env),
+                annotations={ANN_PREDICATE: stmt["predicateType"]})
+
+
+def sbom_item(bom: bytes) -> Item:
+    """The CycloneDX document itself, in the one shape trivy finds (no parameters, one layer)."""
+    return Item(kind="sbom-document", artifact_type=CYCLONEDX_TYPE, body=bom)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Copying and deleting
+
+
+def copy(src: Any, src_repo: str, dst: Any, dst_repo: str, digest: str) -> int:
+    """Copy every artifact referring to ``digest`` from ``src`` to ``dst``, manifests byte for byte (their digests
+    stay), then list them in ``dst``. Returns the number of artifacts."""
+    s = _client(src, f"{src_repo}@{digest}")
+    d = _client(dst, f"{dst_repo}@{digest}")
+    artifacts, how = list_artifacts(s, src_repo, digest)
+    if not artifacts:
+        return 0
+    for a in artifacts:
+        d.copy_image(s, src_repo, a.digest, dst_repo)
+    verbatim = None
+    if how == "tag":
+        verbatim = s.get_manifest(src_repo, referrers_tag(digest)).body
+    entries = [{"mediaType": OCI_MANIFEST, "digest": a.digest, "size": a.size, "artifactType": a.artifact_type,
+                "annotations": a.annotations} for a in artifacts]
+    _add_to_index(d, dst_repo, digest, entries, verbatim=verbatim)
+    return len(artifacts)
+
+
+def delete(reg: Any, repo: str, digest: str) -> list[str]:
+    """Delete the artifacts referring to ``digest`` and their index tag; returns the deleted digests."""
+    client = _client(reg, f"{repo}@{digest}")
+    artifacts, how = list_artifacts(client, repo, digest)
+    gone = []
+    for a in artifacts:
+        if client.delete_manifest(repo, a.digest):
+            gone.append(a.digest)
+    index = client.head_manifest(repo, referrers_tag(digest))
+    if index is not None and client.delete_manifest(repo, index):
+        gone.append(index)
+    return gone
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Verifying
+
+
+@dataclass
+class Check:
+    kind: str
+    passed: bool
+    reason: str
+    artifact: str = ""
+    keyid: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "passed": self.passed, "reason": self.reason, "artifact": self.artifact or None,
+                "keyid": self.keyid or None, **({"details": self.details} if self.details else {})}
+
+
+@dataclass
+class Report:
+    image: str  # repository@digest
+    digest: str
+    required: list[str]
+    listing: str  # referrers-api | tag
+    checks: list[Check] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+    sbom_document: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def failures(self) -> list[str]:
+        return [f"{c.kind}: {c.reason}" for c in self.checks if not c.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.image, "digest": self.digest, "required": self.required, "passed": self.passed,
+                "listing": self.listing, "checks": [c.to_json() for c in self.checks],
+                "sbom_document": self.sbom_document, "artifacts": [a.to_json() for a in self.artifacts]}
+
+
+@dataclass
+class _Seen:
+    kind: str
+    statement: dict[str, Any] | None
+    artifact: str
+    keyid: str = ""
+    error: str = ""
+
+
+def _unverified_kind(envelope_raw: bytes, fallback: str) -> str:
+    """Which kind an envelope claims to be (for naming what is wrong with one that does not verify)."""
+    try:
+        import base64
+
+        payload = json.loads(base64.b64decode(json.loads(envelope_raw)["payload"]))
+        return attest.KIND_OF.get(payload.get("predicateType"), fallback)
+    except Exception:  # noqa: BLE001 - hostile bytes: the annotation is all there is
+        return fallback
+
+
+def _inspect(client: RegistryClient, repo: str, digest: str, a: Artifact, keys: list[PublicKey]) -> _Seen:
+    kind = a.kind or "unknown"
+    try:
+        m = client.get_manifest(repo, a.digest)  # verified against its digest by the client
+    except RegistryError as exc:
+        return _Seen(kind, None, a.digest, error=f"listed but unreadable ({exc})")
+    data = m.json()
+    subject = (data.get("subject") or {}).get("digest")
+    layers = data.get("layers") or []
+    if len(layers) != 1 or not isinstance(layers[0], dict):
+        return _Seen(kind, None, a.digest, error="an attestation manifest must have exactly one layer")
+    raw = client.get_blob(repo, layers[0]["digest"])
+    kind = _unverified_kind(raw, kind)
+    if subject != digest:
+        return _Seen(kind, None, a.digest, error=f"its manifest's subject is {subject}, not this digest")
+    try:
+        verified = verify_envelope(raw, keys)
+    except SignatureError as exc:
+        return _Seen(kind, None, a.digest, error=str(exc))
+    try:
+        stmt = verified.json()
+    except ValueError:
+        return _Seen(kind, None, a.digest, error="signed payload is not JSON")
+    if not isinstance(stmt, dict) or stmt.get("_type") != attest.STATEMENT_TYPE:
+        return _Seen(kind, None, a.digest, error="signed payload is not an in-toto Statement v1")
+    kind = attest.KIND_OF.get(stmt.get("predicateType"), "unknown")
+    hexd = digest.split(":", 1)[1]
+    subjects = [s.get("digest", {}).get("sha256") for s in stmt.get("subject") or [] if isinstance(s, dict)]
+    if hexd not in subjects:
+        others = ", ".join(f"sha256:{h[:12]}…" for h in subjects if h) or "nothing"
+        return _Seen(kind, None, a.digest, keyid=verified.keyid,
+                     error=f"signed, but about another digest ({others})")
+    return _Seen(kind, stmt, a.digest, keyid=verified.keyid)
+
+
+def verify(reg: Any, repo: str, digest: str, keys: list[PublicKey], required: list[str], *,
+           max_scan_age: dt.timedelta | None = None, now: dt.datetime | None = None,
+           promoted_to: str | None = None, image: str = "") -> Report:
+    """Check the evidence of ``repo@digest`` against ``keys``: one check per required kind (plus a promotion into
+    ``promoted_to`` when given). Offline but for the registry reads; trusts neither index nor annotations."""
+    client = _client(reg, f"{repo}@{digest}")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    artifacts, how = list_artifacts(client, repo, digest)
+    report = Report(image=image or f"{client.host}/{repo}@{digest}", digest=digest, required=list(required),
+                    listing=how, artifacts=artifacts)
+    report.sbom_document = any(a.artifact_type == CYCLONEDX_TYPE for a in artifacts)
+    seen = [_inspect(client, repo, digest, a, keys) for a in artifacts if a.artifact_type == DSSE_TYPE]
+    wanted = list(required) + (["promotion"] if promoted_to and "promotion" not in required else [])
+    for kind in wanted:
+        good = [s for s in seen if s.kind == kind and s.statement is not None]
+        bad = [s for s in seen if s.kind == kind and s.statement is None]
+        if kind == "promotion" and promoted_to:
+            good = [s for s in good if (s.statement or {}).get("predicate", {}).get("to") == promoted_to]
+        if not good:
+            if bad:
+                report.checks.append(Check(kind, False, bad[-1].error, bad[-1].artifact, bad[-1].keyid))
+            elif kind == "promotion" and promoted_to:
+                report.checks.append(Check(kind, False, f"no signed promotion into {promoted_to} (copied by hand?)"))
+            else:
+                report.checks.append(Check(kind, False, "missing (no signed attestation of this digest)"))
+            continue
+        check = _judge(kind, good, max_scan_age, now)
+        report.checks.append(check)
+    return report
+
+
+def _judge(kind: str, good: list[_Seen], max_scan_age: dt.timedelta | None, now: dt.datetime) -> Check:
+    if kind != "scan":
+        s = good[-1]
+        details: dict[str, Any] = {}
+        if kind == "promotion":
+            p = (s.statement or {}).get("predicate", {})
+            details = {"from": p.get("from"), "to": p.get("to"), "time": p.get("time"), "approver": p.get("approver")}
+        return Check(kind, True, f"signed by {s.keyid[:16]}", s.artifact, s.keyid, details)
+
+    def finished(s: _Seen) -> dt.datetime:
+        try:
+            return attest.parse_time((s.statement or {})["predicate"]["metadata"]["scanFinishedOn"])
+        except (KeyError, TypeError, ValueError):
+            return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+    newest = max(good, key=finished)
+    when = finished(newest)
+    pred = (newest.statement or {}).get("predicate", {})
+    gate = pred.get("gate") or {}
+    age = now - when
+    details = {"scanned": attest.iso(when) if when.year > 1 else None, "age_seconds": int(age.total_seconds()),
+               "passed": gate.get("passed"), "trivy": (pred.get("scanner") or {}).get("version")}
+    if when.year == 1:
+        return Check(kind, False, "scan attestation has no scanFinishedOn time", newest.artifact, newest.keyid)
+    if gate.get("passed") is not True:
+        return Check(kind, False, f"the signed scan says the gate failed ({gate.get('reason', 'no reason')})",
+                     newest.artifact, newest.keyid, details)
+    if max_scan_age is not None and age > max_scan_age:
+        return Check(kind, False, f"newest signed scan is {_human(age)} old, older than max_scan_age "
+                                  f"({_human(max_scan_age)})", newest.artifact, newest.keyid, details)
+    return Check(kind, True, f"passed, {_human(age)} old, signed by {newest.keyid[:16]}", newest.artifact,
+                 newest.keyid, details)
+
+
+def _human(delta: dt.timedelta) -> str:
+    s = int(delta.total_seconds())
+    if s >= 86400:
+        return f"{s // 86400}d{(s % 86400) // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60}m"
+    if s >= 60:
+        return f"{s // 60}m"
+    return f"{s}s"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The project's view: which keys an environment trusts, what it requires
+
+
+def required_for(project: Project, env: str) -> list[str]:
+    return list(project.config.env(env).gates.require_attestations)
+
+
+def keys_for(project: Project, env: str, key_file: str | None = None) -> list[PublicKey]:
+    from bakery.errors import InputError
+    from bakery.signing import key_file as load_key_file, trusted_keys
+
+    if key_file:
+        return [load_key_file(key_file)]
+    keys = trusted_keys(project, env)
+    if not keys:
+        raise InputError(f"environments.{env}.trusted_keys is empty: configure the public keys {env} trusts, "
+                         f"or name one with --key FILE")
+    return keys
