@@ -124,6 +124,8 @@ class Builder:
         self._lock = threading.Lock()
         self._docker: Any = None
         self._git = git_info(project)
+        self._scans: dict[ImageKey, tuple[Any, Any]] = {}  # key -> (ScanResult, GateDecision), for attestations
+        self._facts: dict[ImageKey, dict[str, Any]] = {}  # key -> what the provenance records
 
     @property
     def docker(self) -> Any:
@@ -169,6 +171,7 @@ class Builder:
         name = str(spec.key)
         result = BuildResult(key=spec.key, status=Status.FAILED)
         started = time.monotonic()
+        started_at = dt.datetime.now(dt.timezone.utc)
         self.progress.start(name, "resolving parent")
         try:
             parent_ref, parent_digest, symbolic = self.resolve_parent(spec)
@@ -184,6 +187,8 @@ class Builder:
             else:
                 result.image_id = self._docker_build(spec, recipe, parent_ref, result.labels, tail)
             result.status = Status.BUILT
+            self._facts[spec.key] = {"recipe_digest": recipe.recipe_digest, "started": started_at,
+                                     "finished": dt.datetime.now(dt.timezone.utc)}
             if result.image_id.startswith("ami:"):
                 result.seconds = time.monotonic() - started
                 self.progress.done(name, "built", result.image_id)
@@ -307,8 +312,9 @@ class Builder:
     def _scan(self, spec: ImageSpec, result: BuildResult) -> None:
         from bakery import scan
 
-        _, decision = scan.gate(self.project, result.image_id, remote=False, spec=spec,
-                                rescan=self.options.rescan)
+        scanned, decision = scan.gate(self.project, result.image_id, remote=False, spec=spec,
+                                      rescan=self.options.rescan)
+        self._scans[spec.key] = (scanned, decision)
         result.scan = decision.summary()
         if not decision.passed:
             reasons = "; ".join(f"{f.id} in {f.package} {f.installed} (fixed in {f.fixed or 'no fix'}): {why}"
@@ -331,6 +337,35 @@ class Builder:
         result.status = Status.PUSHED
         record_publish(self.project, spec, published, fingerprint=result.fingerprint, scan=result.scan,
                        parent=result.parent_reference)
+        self._attest(spec, result, published)
+
+    def _attest(self, spec: ImageSpec, result: BuildResult, published: Any) -> None:
+        """Signed provenance, SBOM, scan and VEX next to the pushed digest (bakery.evidence)."""
+        from bakery import evidence
+
+        if not self.project.config.signing.key:
+            return
+        facts = self._facts.get(spec.key, {})
+        revision, source = self._git
+        now = dt.datetime.now(dt.timezone.utc)
+        evidence.attest_publish(self.project, published, image_id=result.image_id, scan=self._scans.get(spec.key),
+                                facts=evidence.BuildFacts(
+                                    definition_file=spec.source_file, revision=revision, source=source,
+                                    recipe_digest=facts.get("recipe_digest", ""),
+                                    parent_reference=result.parent_reference, parent_digest=result.parent_digest,
+                                    fingerprint=result.fingerprint, builder=spec.builder,
+                                    builder_version=self._builder_version(spec.builder),
+                                    started=facts.get("started", now), finished=facts.get("finished", now)))
+
+    def _builder_version(self, builder: str) -> str:
+        try:
+            if builder == "docker":
+                return str(self.docker.version().get("Version", "unknown"))
+            from bakery import packer
+
+            return packer.packer_version(self.project)
+        except Exception:  # noqa: BLE001 - a version we cannot read is recorded as such
+            return "unknown"
 
     # -- the DAG -------------------------------------------------------------------------------------------
     def run(self, specs: list[ImageSpec]) -> list[BuildResult]:

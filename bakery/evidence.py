@@ -416,3 +416,158 @@ def keys_for(project: Project, env: str, key_file: str | None = None) -> list[Pu
         raise InputError(f"environments.{env}.trusted_keys is empty: configure the public keys {env} trusts, "
                          f"or name one with --key FILE")
     return keys
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hooks: publish and promote
+
+
+@dataclass
+class BuildFacts:
+    """What the build knows that the provenance records."""
+
+    definition_file: str
+    revision: str
+    source: str
+    recipe_digest: str
+    parent_reference: str
+    parent_digest: str
+    fingerprint: str
+    builder: str
+    builder_version: str
+    started: dt.datetime
+    finished: dt.datetime
+
+
+def attest_publish(project: Project, published: Any, *, image_id: str, facts: BuildFacts,
+                   scan: tuple[Any, Any] | None, signer: Signer | None = None,
+                   now: dt.datetime | None = None) -> list[Artifact]:
+    """Sign and attach provenance, SBOM (+ the plain CycloneDX document trivy reads), scan and VEX to a freshly
+    published image. No signer configured: nothing is attached (the prod gate will say so)."""
+    from bakery import scan as scan_mod
+    from bakery.signing import project_signer
+
+    signer = signer or project_signer(project)
+    if signer is None:
+        log.info("signing.key is not configured: %s carries no attestations", published.pinned)
+        return []
+    now = now or dt.datetime.now(dt.timezone.utc)
+    env = project.config.env(published.env)
+    repo = env.repository(published.key.name)
+    repository, digest = published.repository, published.digest
+    sbom_path = project.state_dir / "sbom" / f"{digest.replace(':', '-')}.cdx.json"
+    scan_mod.write_sbom(project, image_id, sbom_path)
+    bom_bytes = sbom_path.read_bytes()
+    statements = [
+        ("provenance", attest.provenance(repository=repository, digest=digest, image=str(published.key),
+                                         definition_file=facts.definition_file, revision=facts.revision,
+                                         source=facts.source, recipe_digest=facts.recipe_digest,
+                                         parent_reference=facts.parent_reference, parent_digest=facts.parent_digest,
+                                         fingerprint=facts.fingerprint, builder=facts.builder,
+                                         builder_version=facts.builder_version, started=facts.started,
+                                         finished=facts.finished)),
+        ("sbom", attest.sbom(repository=repository, digest=digest, bom=json.loads(bom_bytes))),
+    ]
+    if scan is not None:
+        result, decision = scan
+        statements.append(("scan", attest.scan(repository=repository, digest=digest, result=result,
+                                               decision=decision)))
+        statements.append(("vex", attest.vex(repository=repository, digest=digest, decision=decision,
+                                             author=f"bakery policy ({project.rel(project.config_file) if project.config_file else 'bakery.yaml'})",
+                                             now=now)))
+    items = [sbom_item(bom_bytes)] + [signed_item(kind, signer, stmt) for kind, stmt in statements]
+    reg = RegistryClient.for_env(project, published.env)
+    return attach(reg, repo, digest, items, now=now)
+
+
+def attest_scan(project: Project, reg: Any, repo: str, repository: str, digest: str, result: Any, decision: Any,
+                now: dt.datetime | None = None) -> Artifact | None:
+    """A fresh signed scan attestation (promotion re-scanned a stale digest); None without a signer."""
+    from bakery.signing import project_signer
+
+    signer = project_signer(project)
+    if signer is None:
+        return None
+    stmt = attest.scan(repository=repository, digest=digest, result=result, decision=decision)
+    return attach(reg, repo, digest, [signed_item("scan", signer, stmt)], now=now)[0]
+
+
+def attest_promotion(project: Project, reg: Any, repo: str, promotion: Any, now: dt.datetime) -> Artifact | None:
+    """The promotion's own signed attestation on the target; None without a signer."""
+    from bakery.signing import project_signer
+
+    signer = project_signer(project)
+    if signer is None:
+        log.info("signing.key is not configured: the promotion of %s is not attested", promotion.image)
+        return None
+    stmt = attest.promotion(repository=promotion.target, digest=promotion.digest, image=promotion.image,
+                            build_tag=promotion.build_tag, from_env=promotion.from_env, to_env=promotion.to_env,
+                            source=promotion.source, target=promotion.target,
+                            gates=[g.to_json() for g in promotion.gates], approved_by=promotion.approved_by, now=now)
+    return attach(reg, repo, promotion.digest, [signed_item("promotion", signer, stmt)], now=now)[0]
+
+
+def gate(project: Project, reg: Any, repo: str, digest: str, to_env: str,
+         now: dt.datetime | None = None) -> tuple[bool, str, dict[str, Any]]:
+    """The ``attestations`` gate of ``to_env`` on ``repo@digest`` (in the source registry): (passed, reason,
+    details). Every required kind must be signed by one of ``to_env``'s trusted keys and be about this digest;
+    the newest signed scan must have passed and be younger than ``max_scan_age``."""
+    env = project.config.env(to_env)
+    required = list(env.gates.require_attestations)
+    keys = keys_for(project, to_env)
+    report = verify(reg, repo, digest, keys, required, max_scan_age=env.gates.max_scan_age_delta if env.gates.scan
+                    or "scan" in required else None, now=now)
+    details = {"required": required, "checks": [c.to_json() for c in report.checks]}
+    if report.passed:
+        return True, f"{', '.join(required)} signed by a trusted key", details
+    return False, "; ".join(report.failures()), details
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Commands: `bakery verify`, `bakery attestations`
+
+DEFAULT_REQUIRED = ["provenance", "sbom", "scan", "vex"]
+
+
+def _resolve(project: Project, ref: str, env: str) -> tuple[Any, str, Any]:
+    from bakery.promote import registry_for, resolve
+
+    reg = registry_for(project, env)
+    pub = resolve(project, ref, env, registry=reg)
+    return pub, project.config.env(env).repository(pub.key.name), reg
+
+
+def verify_ref(project: Project, ref: str, env: str, *, key_file: str | None = None,
+               max_scan_age: dt.timedelta | None = None, now: dt.datetime | None = None) -> Report:
+    """Verify what REF's digest carries in ``env``: the environment's required kinds (all four when it requires
+    none), and, beyond the first environment, a signed promotion into ``env``."""
+    project.config.env(env)
+    keys = keys_for(project, env, key_file)
+    pub, repo, reg = _resolve(project, ref, env)
+    required = required_for(project, env) or list(DEFAULT_REQUIRED)
+    promoted_to = env if env != project.config.first_env else None
+    from bakery.ledger import now as clock
+
+    return verify(reg, repo, pub.digest, keys, required, max_scan_age=max_scan_age, now=now or clock(),
+                  promoted_to=promoted_to, image=pub.pinned)
+
+
+def list_ref(project: Project, ref: str, env: str) -> tuple[str, list[dict[str, Any]], str]:
+    """(image@digest, what it carries, listing) — as the index says, plus each envelope's keyid (unverified)."""
+    pub, repo, reg = _resolve(project, ref, env)
+    client = _client(reg, pub.pinned)
+    artifacts, how = list_artifacts(client, repo, pub.digest)
+    rows = []
+    for a in artifacts:
+        row = a.to_json()
+        if a.artifact_type == DSSE_TYPE:
+            try:
+                m = client.get_manifest(repo, a.digest).json()
+                raw = client.get_blob(repo, m["layers"][0]["digest"])
+                env_ = json.loads(raw)
+                row["keyids"] = [s.get("keyid") for s in env_.get("signatures") or [] if isinstance(s, dict)]
+                row["kind"] = _unverified_kind(raw, row.get("kind") or "unknown")
+            except (RegistryError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                row["error"] = f"unreadable: {exc}"
+        rows.append(row)
+    return pub.pinned, rows, how

@@ -42,11 +42,13 @@ class GcItem:
     reason: str
     identity: str = ""  # ami origin or manifest digest
     snapshots: list[str] = field(default_factory=list)
+    attestations: list[str] = field(default_factory=list)  # referrer manifests deleted with the digest
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "image": self.image, "ref": self.ref, "where": self.where,
                 "build_tag": self.build_tag, "action": self.action, "reason": self.reason,
-                "identity": self.identity, "snapshots": list(self.snapshots)}
+                "identity": self.identity, "snapshots": list(self.snapshots),
+                "attestations": list(self.attestations)}
 
 
 @dataclass
@@ -238,5 +240,13 @@ def _gc_tags(project: Project, env: str, keep: int, dry_run: bool, env_events: l
             if item.action != "delete" or dry_run or item.identity in done:
                 continue
             reg.delete_manifest(repo, item.identity)
+            item.attestations = delete_evidence(reg, repo, item.identity)
             done.add(item.identity)
             log.info("deleted %s@%s (%s)", repo, item.identity, tag)
+
+
+def delete_evidence(reg: Any, repo: str, digest: str) -> list[str]:
+    """The attestations of a deleted digest go with it (bakery.evidence); those of kept digests are never read."""
+    from bakery import evidence
+
+    return evidence.delete(reg, repo, digest)

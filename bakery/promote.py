@@ -260,6 +260,7 @@ class GateResult:
     passed: bool
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
+    scanned: Any = field(default=None, repr=False, compare=False)  # (ScanResult, GateDecision) of the scan gate
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "passed": self.passed, "reason": self.reason, **({"details": self.details}
@@ -353,7 +354,7 @@ def gate_scan(project: Project, pub: Published, to_env: str, now: dt.datetime) -
         + f", max {gates.max_scan_age}"
     details = {k: summary[k] for k in ("scanned_at", "db_time", "rescanned", "cached") if summary.get(k) is not None}
     details["max_scan_age"] = gates.max_scan_age
-    return GateResult("scan", bool(decision.passed), reason, details), summary
+    return GateResult("scan", bool(decision.passed), reason, details, scanned=(result, decision)), summary
 
 
 def scan_summary(result: Any) -> dict[str, Any]:
@@ -503,6 +504,8 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         result.scan = summary
     results.append(gate_soak(project, pub, to_env, events, now))
     results.append(gate_approval(project, to_env, approved_by))
+    if gates.require_attestations:
+        results.append(gate_attestations(project, pub, to_env, src, src_repo, results, now, dry_run=dry_run))
     result.gates = results
     passed = all(g.passed for g in results)
 
@@ -525,13 +528,14 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     try:
         stats = dst.copy_image(src, src_repo, pub.digest, dst_repo)
         manifest = src.get_manifest(src_repo, pub.digest)  # byte-identical by definition of the digest
+        carried = carry_evidence(project, src, src_repo, dst, dst_repo, result, stamp())
         tagged = True
         write_tags(dst, dst_repo, manifest, pub.build_tag, tags[1:], target=result.target)
     except RegistryUnavailable as exc:
         state = ("some tags may be missing" if tagged else "no tag was written in the target")
         raise RegistryUnavailable(f"promotion of {result.image} {pub.build_tag} to {to_env} interrupted ({state}); "
                                   f"run the same command again to complete it: {exc}") from None
-    result.copy = stats.as_dict()
+    result.copy = {**stats.as_dict(), **carried}
 
     want_git = target_env.git_tag if git_tag is None else git_tag
     git_error: StepFailed | None = None
@@ -548,6 +552,34 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         raise StepFailed(f"{result.image} {pub.build_tag} promoted to {to_env} (recorded), but the git tag was "
                          f"not created: {git_error}")
     return result
+
+
+def gate_attestations(project: Project, pub: Published, to_env: str, src: Registry, src_repo: str,
+                      earlier: list[GateResult], now: dt.datetime, *, dry_run: bool = False) -> GateResult:
+    """Signed evidence on the digest (bakery.evidence.gate). A scan the scan gate just redid is signed and
+    attached first (not in a dry run), so a stale scan attestation is replaced by the fresh one."""
+    from bakery import evidence
+
+    scan_gate = next((g for g in earlier if g.name == "scan"), None)
+    if scan_gate is not None and scan_gate.passed and scan_gate.scanned is not None and not dry_run:
+        scanned, decision = scan_gate.scanned
+        if not getattr(scanned, "cached", False):
+            evidence.attest_scan(project, src, src_repo, pub.repository, pub.digest, scanned, decision, now=now)
+    passed, reason, details = evidence.gate(project, src, src_repo, pub.digest, to_env, now=now)
+    return GateResult("attestations", passed, reason, details)
+
+
+def carry_evidence(project: Project, src: Registry, src_repo: str, dst: Registry, dst_repo: str,
+                   promotion: Promotion, now: dt.datetime) -> dict[str, Any]:
+    """Copy the digest's attestations byte for byte, then add the promotion's own signed attestation."""
+    from bakery import evidence
+    from bakery.registry import RegistryClient
+
+    if not isinstance(src, RegistryClient) or not isinstance(dst, RegistryClient):
+        return {}  # ECR: evidence is not carried yet (README)
+    copied = evidence.copy(src, src_repo, dst, dst_repo, promotion.digest)
+    added = evidence.attest_promotion(project, dst, dst_repo, promotion, now)
+    return {"attestations_copied": copied, "promotion_attestation": added.digest if added else None}
 
 
 def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, aliases: list[str], *,
