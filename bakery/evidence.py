@@ -530,11 +530,24 @@ DEFAULT_REQUIRED = ["provenance", "sbom", "scan", "vex"]
 
 
 def _resolve(project: Project, ref: str, env: str) -> tuple[Any, str, Any]:
-    from bakery.promote import registry_for, resolve
+    """REF in ``env``: NAME:VERSION / NAME:BUILD_TAG as promotion resolves them; IMAGE@DIGEST as it is, build tag
+    or not (a digest someone copied by hand must still be checkable)."""
+    from bakery.model import ImageKey, Published
+    from bakery.promote import parse_ref, registry_for, resolve
 
     reg = registry_for(project, env)
+    environment = project.config.env(env)
+    if "@" in ref:
+        r = parse_ref(ref)
+        repo = environment.repository(r.name)
+        assert r.digest is not None
+        if reg.head_manifest(repo, r.digest) is None:
+            raise StepFailed(f"{environment.image(r.name)}@{r.digest}: not found in {env}")
+        pub = Published(key=ImageKey(r.name, r.tag or "?"), env=env, repository=environment.image(r.name),
+                        build_tag="", digest=r.digest)
+        return pub, repo, reg
     pub = resolve(project, ref, env, registry=reg)
-    return pub, project.config.env(env).repository(pub.key.name), reg
+    return pub, environment.repository(pub.key.name), reg
 
 
 def verify_ref(project: Project, ref: str, env: str, *, key_file: str | None = None,
