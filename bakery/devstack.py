@@ -523,7 +523,26 @@ def up(project: Project, *, progress: Progress | None = None, base: bool = True)
         raise
     if base:
         ensure_base(project, progress=say)
+    ensure_dev_key(project, progress=say)
     return status(project)
+
+
+def ensure_dev_key(project: Project, *, progress: Progress | None = None) -> Path | None:
+    """A development signing key (ECDSA P-256, with its ``.pub``) where ``signing.key`` names a missing file
+    under the state directory (``.bakery/``): the local stack can then sign and verify attestations. A key named
+    anywhere else, in an environment variable or in KMS is never created here."""
+    spec = project.config.signing.key
+    if not spec or spec.startswith(("env:", "awskms://")):
+        return None
+    path = project.path(spec[5:] if spec.startswith("file:") else spec).resolve()
+    if path.exists() or not path.is_relative_to(project.state_dir.resolve()):
+        return None
+    from bakery.signing import generate_key
+
+    generate_key(path)
+    if progress:
+        progress(f"created a development signing key {project.rel(path)} (public key {project.rel(path.with_suffix('.pub'))})")
+    return path
 
 
 def down(project: Project, *, purge: bool = False) -> list[str]:
