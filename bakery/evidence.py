@@ -177,7 +177,10 @@ def _add_to_index(client: RegistryClient, repo: str, digest: str, entries: list[
 
 
 def signed_item(kind: str, signer: Signer, stmt: dict[str, Any]) -> Item:
-    payload = json.dumps(stmt, sort_keys=True, separators=(",", ":")).encode()
+    from bakery import secrets
+
+    # belt and braces: a registered secret (registry password, token) never reaches a signed statement
+    payload = secrets.mask(json.dumps(stmt, sort_keys=True, separators=(",", ":"))).encode()
     env = sign_envelope(signer, payload)
     return Item(kind=kind, artifact_type=DSSE_TYPE, body=envelope_bytes(env),
                 annotations={ANN_PREDICATE: stmt["predicateType"]})

@@ -77,6 +77,9 @@ def promote_cmd(ctx: Context, ref: str, to_env: str, from_env: str | None, dry_r
             echo(f"copied {c['blobs_copied']} blobs ({c['bytes_copied']} bytes), mounted {c['blobs_mounted']}, "
                  f"skipped {c['blobs_skipped']}; {c['manifests_copied']} manifests in {result.seconds:.2f}s",
                  err=True)
+            if "attestations_copied" in c:
+                echo(f"carried {c['attestations_copied']} attestations; promotion attestation "
+                     f"{(c.get('promotion_attestation') or 'not signed (no signing.key)')[:19]}", err=True)
         if result.git_tag:
             echo(f"git tag {result.git_tag}", err=True)
     if not result.ok:

@@ -106,8 +106,7 @@ def _put_index(client: RegistryClient, repo: str, digest: str, entries: list[dic
 def test_publish_attaches_signed_evidence_that_promotion_carries_and_prod_verifies(signed: Path, stack) -> None:
     root = signed
     out = as_json(bakery("build", "root:1", "left:1", "--format", "json", check=True))
-    left = next(r for r in out if r["ref"] == "left:1") if isinstance(out, list) else \
-        next(r for r in out["results"] if r["ref"] == "left:1")
+    left = next(r for r in out["results"] if r["ref"] == "left:1")
     digest = left["digest"]
     dev, repo = _client(stack, "dev"), _repo(root, "dev", "left")
 
@@ -136,7 +135,7 @@ def test_publish_attaches_signed_evidence_that_promotion_carries_and_prod_verifi
     assert prov["buildDefinition"]["externalParameters"]["definition"] == "base-images/left.yaml"
     assert prov["buildDefinition"]["externalParameters"]["source"]["dirty"] is False
     deps = {d.get("name") or "source": d for d in prov["buildDefinition"]["resolvedDependencies"]}
-    root_digest = next(r for r in (out if isinstance(out, list) else out["results"]) if r["ref"] == "root:1")["digest"]
+    root_digest = next(r for r in out["results"] if r["ref"] == "root:1")["digest"]
     assert deps["parent"]["digest"] == {"sha256": root_digest[7:]}
     assert deps["source"]["digest"]["gitCommit"] == subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
@@ -179,6 +178,13 @@ def test_publish_attaches_signed_evidence_that_promotion_carries_and_prod_verifi
     assert sorted(r["kind"] for r in listed["attestations"]) == sorted(
         ["provenance", "sbom", "scan", "vex", "sbom-document", "promotion", "promotion"])
 
+    # No secret in any of it (staging and prod use basic auth).
+    prepo = _repo(root, "prod", "left")
+    for e in _index(_client(stack, "prod"), prepo, digest)["manifests"]:
+        body = _envelope(_client(stack, "prod"), prepo, e)
+        assert stack.password not in body.decode() and stack.password not in json.dumps(
+            _payload(body) if e["artifactType"] == DSSE else {})
+
     # A foreign key: nothing verifies.
     foreign = bakery("verify", "left:1", "--env", "prod", "--key", str(root / ".bakery/keys/foreign.pub"))
     assert foreign.returncode == 1 and "provenance: not signed by a trusted key" in foreign.stdout
@@ -187,7 +193,7 @@ def test_publish_attaches_signed_evidence_that_promotion_carries_and_prod_verifi
 def test_tampered_missing_and_hand_copied_evidence_fail(signed: Path, stack) -> None:
     root = signed
     out = as_json(bakery("build", "root:1", "--format", "json", check=True))
-    digest = (out if isinstance(out, list) else out["results"])[0]["digest"]
+    digest = out["results"][0]["digest"]
     dev, repo = _client(stack, "dev"), _repo(root, "dev", "root")
     assert as_json(bakery("verify", f"root@{digest}", "--env", "dev", "--format", "json"))["passed"]
     entries = _index(dev, repo, digest)["manifests"]
@@ -229,7 +235,7 @@ def test_tampered_missing_and_hand_copied_evidence_fail(signed: Path, stack) -> 
     # An attestation about another digest, listed under this one.
     _put_index(dev, repo, digest, entries)
     other = as_json(bakery("build", "left:1", "--format", "json", check=True))
-    left_digest = next(r for r in (other if isinstance(other, list) else other["results"])
+    left_digest = next(r for r in other["results"]
                        if r["ref"] == "left:1")["digest"]
     lrepo = _repo(root, "dev", "left")
     foreign_prov = next(e for e in _index(dev, lrepo, left_digest)["manifests"]
@@ -285,13 +291,13 @@ def test_prod_gate_refuses_missing_and_stale_evidence(make_project, stack) -> No
 def test_gc_deletes_the_evidence_of_a_deleted_digest(signed: Path, stack) -> None:
     root = signed
     first = as_json(bakery("build", "root:1", "--format", "json", check=True))
-    old = (first if isinstance(first, list) else first["results"])[0]["digest"]
+    old = first["results"][0]["digest"]
     (root / "base-images" / "root.yaml").write_text(
         (root / "base-images" / "root.yaml").read_text().replace('marker: "m1"', 'marker: "m3"'))
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam", "m3"],
                    cwd=root, check=True)
     second = as_json(bakery("build", "root:1", "--format", "json", check=True))
-    new = (second if isinstance(second, list) else second["results"])[0]["digest"]
+    new = second["results"][0]["digest"]
     dev, repo = _client(stack, "dev"), _repo(root, "dev", "root")
     old_entries = _index(dev, repo, old)["manifests"]
     new_index = _index(dev, repo, new)
@@ -327,3 +333,24 @@ def test_kms_signer_against_moto_verifies_independently(moto_endpoint: str, tmp_
     assert signer.keyid in Envelope.from_dict(json.loads(json.dumps(env))).verify([key], 1)  # from_dict consumes
     pub = signing.PublicKey(signer.public_key(), "kms")
     assert signing.verify_envelope(env, [pub]).payload == payload
+
+
+def test_a_stale_scan_redone_at_promotion_is_signed_and_satisfies_the_gate(signed: Path, stack) -> None:
+    root = signed
+    out = as_json(bakery("build", "root:1", "--format", "json", check=True))
+    digest = out["results"][0]["digest"]
+    bakery("promote", "root:1", "--to", "staging", check=True)
+    staging, srepo = _client(stack, "staging"), _repo(root, "staging", "root")
+    before = _by_kind(staging, srepo, digest)["scan"]
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)
+    done = as_json(bakery("promote", "root:1", "--to", "prod", "--format", "json", env={"BAKERY_NOW": later.isoformat()}))
+    gates = {g["name"]: g for g in done["gates"]}
+    assert "re-scanned (stale)" in gates["scan"]["reason"]
+    assert done["action"] == "promoted" and gates["attestations"]["passed"], gates["attestations"]
+    after = _by_kind(staging, srepo, digest)["scan"]
+    assert len(after) == len(before) + 1
+    fresh = _payload(_envelope(staging, srepo, after[-1]))["predicate"]["metadata"]["scanFinishedOn"]
+    assert fresh.startswith(later.strftime("%Y-%m-%dT"))
+    # prod received both scans, byte for byte
+    prod, prepo = _client(stack, "prod"), _repo(root, "prod", "root")
+    assert {e["digest"] for e in _by_kind(prod, prepo, digest)["scan"]} == {e["digest"] for e in after}
