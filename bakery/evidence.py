@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from bakery import attest
 from bakery.errors import RegistryError, StepFailed
 from bakery.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient, sha256_digest
-from bakery.signing import PublicKey, SignatureError, Signer, envelope_bytes, sign_envelope, verify_envelope
+from bakery.signing import (INTOTO_PAYLOAD_TYPE, PublicKey, SignatureError, Signer, envelope_bytes, sign_envelope,
+                            verify_envelope)
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -289,36 +290,48 @@ def _unverified_kind(envelope_raw: bytes, fallback: str) -> str:
         return fallback
 
 
+MAX_ENVELOPE = 64 * 1024 * 1024  # an envelope bigger than this is refused unread (an SBOM is a few MB)
+
+
 def _inspect(client: RegistryClient, repo: str, digest: str, a: Artifact, keys: list[PublicKey]) -> _Seen:
+    """Fetch one listed attestation by digest and check it; whatever is wrong becomes the error (hostile bytes
+    are data: never an exception out of here but for an unreachable registry)."""
     kind = a.kind or "unknown"
     try:
         m = client.get_manifest(repo, a.digest)  # verified against its digest by the client
+        data = m.json()
+        subject = (data.get("subject") or {}).get("digest")
+        layers = data.get("layers") or []
+        if len(layers) != 1 or not isinstance(layers[0], dict) or not isinstance(layers[0].get("digest"), str):
+            return _Seen(kind, None, a.digest, error="malformed: an attestation manifest has exactly one layer")
+        if int(layers[0].get("size") or 0) > MAX_ENVELOPE:
+            return _Seen(kind, None, a.digest, error=f"envelope larger than {MAX_ENVELOPE} bytes: not read")
+        raw = client.get_blob(repo, layers[0]["digest"])
     except RegistryError as exc:
         return _Seen(kind, None, a.digest, error=f"listed but unreadable ({exc})")
-    data = m.json()
-    subject = (data.get("subject") or {}).get("digest")
-    layers = data.get("layers") or []
-    if len(layers) != 1 or not isinstance(layers[0], dict):
-        return _Seen(kind, None, a.digest, error="an attestation manifest must have exactly one layer")
-    raw = client.get_blob(repo, layers[0]["digest"])
+    except (ValueError, TypeError, AttributeError):
+        return _Seen(kind, None, a.digest, error="malformed attestation manifest")
     kind = _unverified_kind(raw, kind)
     if subject != digest:
         return _Seen(kind, None, a.digest, error=f"its manifest's subject is {subject}, not this digest")
     try:
         verified = verify_envelope(raw, keys)
+        stmt = verified.json()
     except SignatureError as exc:
         return _Seen(kind, None, a.digest, error=str(exc))
-    try:
-        stmt = verified.json()
     except ValueError:
         return _Seen(kind, None, a.digest, error="signed payload is not JSON")
+    if verified.payload_type != INTOTO_PAYLOAD_TYPE:
+        return _Seen(kind, None, a.digest, error=f"signed payload is {verified.payload_type!r}, not an in-toto "
+                                                 f"Statement")
     if not isinstance(stmt, dict) or stmt.get("_type") != attest.STATEMENT_TYPE:
         return _Seen(kind, None, a.digest, error="signed payload is not an in-toto Statement v1")
     kind = attest.KIND_OF.get(stmt.get("predicateType"), "unknown")
     hexd = digest.split(":", 1)[1]
-    subjects = [s.get("digest", {}).get("sha256") for s in stmt.get("subject") or [] if isinstance(s, dict)]
+    subjects = [s.get("digest", {}).get("sha256") for s in stmt.get("subject") or []
+                if isinstance(s, dict) and isinstance(s.get("digest"), dict)]
     if hexd not in subjects:
-        others = ", ".join(f"sha256:{h[:12]}…" for h in subjects if h) or "nothing"
+        others = ", ".join(f"sha256:{str(h)[:12]}…" for h in subjects if h) or "nothing"
         return _Seen(kind, None, a.digest, keyid=verified.keyid,
                      error=f"signed, but about another digest ({others})")
     return _Seen(kind, stmt, a.digest, keyid=verified.keyid)
@@ -341,7 +354,7 @@ def verify(reg: Any, repo: str, digest: str, keys: list[PublicKey], required: li
         good = [s for s in seen if s.kind == kind and s.statement is not None]
         bad = [s for s in seen if s.kind == kind and s.statement is None]
         if kind == "promotion" and promoted_to:
-            good = [s for s in good if (s.statement or {}).get("predicate", {}).get("to") == promoted_to]
+            good = [s for s in good if _predicate(s).get("to") == promoted_to]
         if not good:
             if bad:
                 report.checks.append(Check(kind, False, bad[-1].error, bad[-1].artifact, bad[-1].keyid))
@@ -355,28 +368,34 @@ def verify(reg: Any, repo: str, digest: str, keys: list[PublicKey], required: li
     return report
 
 
+def _predicate(s: _Seen) -> dict[str, Any]:
+    p = (s.statement or {}).get("predicate")
+    return p if isinstance(p, dict) else {}
+
+
 def _judge(kind: str, good: list[_Seen], max_scan_age: dt.timedelta | None, now: dt.datetime) -> Check:
     if kind != "scan":
         s = good[-1]
         details: dict[str, Any] = {}
         if kind == "promotion":
-            p = (s.statement or {}).get("predicate", {})
+            p = _predicate(s)
             details = {"from": p.get("from"), "to": p.get("to"), "time": p.get("time"), "approver": p.get("approver")}
         return Check(kind, True, f"signed by {s.keyid[:16]}", s.artifact, s.keyid, details)
 
     def finished(s: _Seen) -> dt.datetime:
         try:
-            return attest.parse_time((s.statement or {})["predicate"]["metadata"]["scanFinishedOn"])
-        except (KeyError, TypeError, ValueError):
+            return attest.parse_time(_predicate(s)["metadata"]["scanFinishedOn"])
+        except (KeyError, TypeError, ValueError, AttributeError):
             return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
     newest = max(good, key=finished)
     when = finished(newest)
-    pred = (newest.statement or {}).get("predicate", {})
-    gate = pred.get("gate") or {}
+    pred = _predicate(newest)
+    gate = pred.get("gate") if isinstance(pred.get("gate"), dict) else {}
+    scanner = pred.get("scanner") if isinstance(pred.get("scanner"), dict) else {}
     age = now - when
     details = {"scanned": attest.iso(when) if when.year > 1 else None, "age_seconds": int(age.total_seconds()),
-               "passed": gate.get("passed"), "trivy": (pred.get("scanner") or {}).get("version")}
+               "passed": gate.get("passed"), "trivy": scanner.get("version")}
     if when.year == 1:
         return Check(kind, False, "scan attestation has no scanFinishedOn time", newest.artifact, newest.keyid)
     if gate.get("passed") is not True:

@@ -232,6 +232,23 @@ def test_tampered_missing_and_hand_copied_evidence_fail(signed: Path, stack) -> 
     assert {c["kind"]: c["passed"] for c in gone["checks"]} == {"provenance": True, "sbom": False, "scan": True,
                                                                  "vex": True}
 
+    # Hostile listings are data (the registry itself refuses an index of garbage or unknown digests): a manifest
+    # with two layers is reported, not a crash.
+    two = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": DSSE,
+                      "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256_digest(b"{}"),
+                                 "size": 2},
+                      "layers": [manifest["layers"][0], manifest["layers"][0]],
+                      "subject": manifest["subject"]}).encode()
+    dev.put_manifest(repo, sha256_digest(two), two, OCI_MANIFEST)
+    hostile = [{"mediaType": OCI_MANIFEST, "digest": sha256_digest(two), "size": len(two), "artifactType": DSSE,
+                "annotations": {"dev.bakery.attestation": "sbom"}}]
+    _put_index(dev, repo, digest, [e for e in entries if e["annotations"]["dev.bakery.attestation"] != "sbom"]
+               + hostile)
+    proc = bakery("verify", f"root@{digest}", "--env", "dev", "--format", "json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    sbom = next(c for c in as_json(proc)["checks"] if c["kind"] == "sbom")
+    assert not sbom["passed"] and "exactly one layer" in sbom["reason"]
+
     # An attestation about another digest, listed under this one.
     _put_index(dev, repo, digest, entries)
     other = as_json(bakery("build", "left:1", "--format", "json", check=True))
