@@ -470,7 +470,12 @@ def check_gates(project: Project, image: str, to_env: str, source: AmiRecord, *,
     results.append(pm.gate_soak(project, pub, to_env, events, now))
     results.append(pm.GateResult("scan", True, "not applicable: an AMI has no container filesystem for Trivy"))
     results.append(pm.gate_approval(project, to_env, approved_by))
-    return [g.to_json() for g in results]
+    out = [g.to_json() for g in results]
+    if cfg.env(to_env).gates.require_attestations:
+        from bakery import ami_evidence
+
+        out.append(ami_evidence.gate(project, source.origin, to_env))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- promote
@@ -550,6 +555,14 @@ def promote_ami(project: Project, key: ImageKey | str, to_env: str, *, digest: s
     details = {"builder": "amazon-ebs", "amis": copied, "fingerprint": source.fingerprint,
                "source_ami": source.source_ami, "account": account, "copied_from": {src_region: src_ami},
                "tags": tags}
+    from bakery import ami_evidence
+    from bakery.ledger import now as clock
+
+    attested = ami_evidence.attest_promotion(
+        project, image=image, origin=source.origin, build_tag=source.build_tag, from_env=from_env, to_env=to_env,
+        amis=copied, gates=list(gates or []), approved_by=approved_by, now=clock())
+    if attested:
+        details["attestation"] = attested
     ev = Event(kind="promote", image=image, digest=source.origin, build_tag=source.build_tag, from_env=from_env,
                to_env=to_env, gates=list(gates or []), scan=scan, details=details)
     open_ledger(project).record(ev)

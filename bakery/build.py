@@ -180,6 +180,7 @@ class Builder:
             render.write(recipe)
             result.fingerprint = render.fingerprint(recipe, parent_digest)
             result.labels = self.labels(spec, symbolic, parent_digest, result.fingerprint)
+            self._facts[spec.key] = {"recipe_digest": recipe.recipe_digest, "started": started_at}
             tail: list[str] = []
             result.log_tail = tail
             if spec.builder == "packer":
@@ -187,8 +188,7 @@ class Builder:
             else:
                 result.image_id = self._docker_build(spec, recipe, parent_ref, result.labels, tail)
             result.status = Status.BUILT
-            self._facts[spec.key] = {"recipe_digest": recipe.recipe_digest, "started": started_at,
-                                     "finished": dt.datetime.now(dt.timezone.utc)}
+            self._facts[spec.key]["finished"] = dt.datetime.now(dt.timezone.utc)
             if result.image_id.startswith("ami:"):
                 result.seconds = time.monotonic() - started
                 self.progress.done(name, "built", result.image_id)
@@ -306,6 +306,7 @@ class Builder:
                 published = ami.publish_ami(self.project, spec.key, ami_id, region, result.fingerprint, spec=spec)
                 result.build_tag = getattr(published, "build_tag", "") or ""
                 result.status = Status.PUSHED
+                self._attest_ami(spec, result, recipe, published.origin)
             return result.digest
         raise StepFailed(f"{name}: packer produced no artifact")
 
@@ -356,6 +357,21 @@ class Builder:
                                     fingerprint=result.fingerprint, builder=spec.builder,
                                     builder_version=self._builder_version(spec.builder),
                                     started=facts.get("started", now), finished=facts.get("finished", now)))
+
+    def _attest_ami(self, spec: ImageSpec, result: BuildResult, recipe: Recipe, origin: str) -> None:
+        """Signed provenance of an AMI build, in S3 (bakery.ami_evidence; needs signing.ami_store)."""
+        from bakery import ami_evidence, evidence
+
+        if not (self.project.config.signing.key and self.project.config.signing.ami_store):
+            return
+        revision, source = self._git
+        now = dt.datetime.now(dt.timezone.utc)
+        started = self._facts.get(spec.key, {}).get("started", now)
+        ami_evidence.attest_publish(self.project, str(spec.key), origin, evidence.BuildFacts(
+            definition_file=spec.source_file, revision=revision, source=source, recipe_digest=recipe.recipe_digest,
+            parent_reference=result.parent_reference, parent_digest=result.parent_digest,
+            fingerprint=result.fingerprint, builder="packer", builder_version=self._builder_version("packer"),
+            started=started, finished=now))
 
     def _builder_version(self, builder: str) -> str:
         try:

@@ -250,6 +250,14 @@ class Signing(_Strict):
     """Where the private key that signs attestations lives (never the key itself)."""
 
     key: str | None = None  # PEM file path | file:PATH | env:VAR | awskms:///alias/NAME
+    ami_store: str | None = None  # s3://BUCKET[/PREFIX]: where AMI builds' attestations live (bakery/ami_evidence.py)
+
+    @field_validator("ami_store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        if v and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$", v):
+            raise ValueError(f"not s3://BUCKET[/PREFIX]: {v!r}")
+        return v or None
 
     @field_validator("key")
     @classmethod

@@ -311,30 +311,36 @@ def _inspect(client: RegistryClient, repo: str, digest: str, a: Artifact, keys: 
         return _Seen(kind, None, a.digest, error=f"listed but unreadable ({exc})")
     except (ValueError, TypeError, AttributeError):
         return _Seen(kind, None, a.digest, error="malformed attestation manifest")
-    kind = _unverified_kind(raw, kind)
     if subject != digest:
-        return _Seen(kind, None, a.digest, error=f"its manifest's subject is {subject}, not this digest")
+        return _Seen(_unverified_kind(raw, kind), None, a.digest,
+                     error=f"its manifest's subject is {subject}, not this digest")
+    hexd = digest.split(":", 1)[1]
+    return check_envelope(raw, lambda s: (s.get("digest") or {}).get("sha256") == hexd, keys, kind, a.digest)
+
+
+def check_envelope(raw: bytes, about: Any, keys: list[PublicKey], kind: str, where: str) -> _Seen:
+    """One envelope: signed by one of ``keys``, an in-toto Statement v1, and ``about(subject)`` true for one of
+    its subjects; its kind from the (verified) predicateType."""
+    kind = _unverified_kind(raw, kind)
     try:
         verified = verify_envelope(raw, keys)
         stmt = verified.json()
     except SignatureError as exc:
-        return _Seen(kind, None, a.digest, error=str(exc))
+        return _Seen(kind, None, where, error=str(exc))
     except ValueError:
-        return _Seen(kind, None, a.digest, error="signed payload is not JSON")
+        return _Seen(kind, None, where, error="signed payload is not JSON")
     if verified.payload_type != INTOTO_PAYLOAD_TYPE:
-        return _Seen(kind, None, a.digest, error=f"signed payload is {verified.payload_type!r}, not an in-toto "
-                                                 f"Statement")
+        return _Seen(kind, None, where, error=f"signed payload is {verified.payload_type!r}, not an in-toto "
+                                              f"Statement")
     if not isinstance(stmt, dict) or stmt.get("_type") != attest.STATEMENT_TYPE:
-        return _Seen(kind, None, a.digest, error="signed payload is not an in-toto Statement v1")
+        return _Seen(kind, None, where, error="signed payload is not an in-toto Statement v1")
     kind = attest.KIND_OF.get(stmt.get("predicateType"), "unknown")
-    hexd = digest.split(":", 1)[1]
-    subjects = [s.get("digest", {}).get("sha256") for s in stmt.get("subject") or []
-                if isinstance(s, dict) and isinstance(s.get("digest"), dict)]
-    if hexd not in subjects:
-        others = ", ".join(f"sha256:{str(h)[:12]}…" for h in subjects if h) or "nothing"
-        return _Seen(kind, None, a.digest, keyid=verified.keyid,
-                     error=f"signed, but about another digest ({others})")
-    return _Seen(kind, stmt, a.digest, keyid=verified.keyid)
+    subjects = [s for s in stmt.get("subject") or [] if isinstance(s, dict) and isinstance(s.get("digest"), dict)]
+    if not any(about(s) for s in subjects):
+        others = ", ".join(str(s.get("name") or "")[-40:] + "@" + ",".join(
+            f"{k}:{str(v)[:12]}…" for k, v in s["digest"].items()) for s in subjects) or "nothing"
+        return _Seen(kind, None, where, keyid=verified.keyid, error=f"signed, but about another digest ({others})")
+    return _Seen(kind, stmt, where, keyid=verified.keyid)
 
 
 def verify(reg: Any, repo: str, digest: str, keys: list[PublicKey], required: list[str], *,
@@ -349,6 +355,14 @@ def verify(reg: Any, repo: str, digest: str, keys: list[PublicKey], required: li
                     listing=how, artifacts=artifacts)
     report.sbom_document = any(a.artifact_type == CYCLONEDX_TYPE for a in artifacts)
     seen = [_inspect(client, repo, digest, a, keys) for a in artifacts if a.artifact_type == DSSE_TYPE]
+    report.checks = judge(seen, required, promoted_to=promoted_to, max_scan_age=max_scan_age, now=now)
+    return report
+
+
+def judge(seen: list[_Seen], required: list[str], *, promoted_to: str | None, max_scan_age: dt.timedelta | None,
+          now: dt.datetime) -> list[Check]:
+    """One check per required kind (plus a promotion into ``promoted_to``) from what was seen."""
+    checks: list[Check] = []
     wanted = list(required) + (["promotion"] if promoted_to and "promotion" not in required else [])
     for kind in wanted:
         good = [s for s in seen if s.kind == kind and s.statement is not None]
@@ -357,15 +371,14 @@ def verify(reg: Any, repo: str, digest: str, keys: list[PublicKey], required: li
             good = [s for s in good if _predicate(s).get("to") == promoted_to]
         if not good:
             if bad:
-                report.checks.append(Check(kind, False, bad[-1].error, bad[-1].artifact, bad[-1].keyid))
+                checks.append(Check(kind, False, bad[-1].error, bad[-1].artifact, bad[-1].keyid))
             elif kind == "promotion" and promoted_to:
-                report.checks.append(Check(kind, False, f"no signed promotion into {promoted_to} (copied by hand?)"))
+                checks.append(Check(kind, False, f"no signed promotion into {promoted_to} (copied by hand?)"))
             else:
-                report.checks.append(Check(kind, False, "missing (no signed attestation of this digest)"))
+                checks.append(Check(kind, False, "missing (no signed attestation of this digest)"))
             continue
-        check = _judge(kind, good, max_scan_age, now)
-        report.checks.append(check)
-    return report
+        checks.append(_judge(kind, good, max_scan_age, now))
+    return checks
 
 
 def _predicate(s: _Seen) -> dict[str, Any]:
@@ -578,17 +591,60 @@ def verify_ref(project: Project, ref: str, env: str, *, key_file: str | None = N
     none), and, beyond the first environment, a signed promotion into ``env``."""
     project.config.env(env)
     keys = keys_for(project, env, key_file)
+    promoted_to = env if env != project.config.first_env else None
+    origin = _ami_origin(project, ref, env)
+    if origin is not None:  # an AMI build: its evidence is in S3 (bakery.ami_evidence)
+        from bakery import ami_evidence
+        from bakery.ledger import now as clock
+
+        required = required_for(project, env) or list(DEFAULT_REQUIRED)
+        report = Report(image=origin, digest=origin, required=required, listing="s3")
+        report.checks = ami_evidence.verify(project, origin, keys, required, promoted_to=promoted_to,
+                                            now=now or clock())
+        return report
     pub, repo, reg = _resolve(project, ref, env)
     required = required_for(project, env) or list(DEFAULT_REQUIRED)
-    promoted_to = env if env != project.config.first_env else None
     from bakery.ledger import now as clock
 
     return verify(reg, repo, pub.digest, keys, required, max_scan_age=max_scan_age, now=now or clock(),
                   promoted_to=promoted_to, image=pub.pinned)
 
 
+def _ami_origin(project: Project, ref: str, env: str) -> str | None:
+    """The origin of the AMI build ``env`` runs for REF, when REF is an AMI image (else None)."""
+    from bakery import ami
+
+    if "@" in ref:
+        return None
+    key = ami.ami_key(project, ref)
+    if key is None:
+        return None
+    rec = ami.current_ami(project, key, env)
+    if rec is None:
+        raise StepFailed(f"{ref}: no AMI build in {env}")
+    return rec.origin
+
+
+def _envelope_row(raw: bytes, row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        env_ = json.loads(raw)
+        row["keyids"] = [s.get("keyid") for s in env_.get("signatures") or [] if isinstance(s, dict)]
+        row["kind"] = _unverified_kind(raw, row.get("kind") or "unknown")
+    except (ValueError, AttributeError, TypeError) as exc:
+        row["error"] = f"unreadable: {exc}"
+    return row
+
+
 def list_ref(project: Project, ref: str, env: str) -> tuple[str, list[dict[str, Any]], str]:
     """(image@digest, what it carries, listing) — as the index says, plus each envelope's keyid (unverified)."""
+    origin = _ami_origin(project, ref, env)
+    if origin is not None:
+        from bakery import ami_evidence
+
+        rows = [_envelope_row(body, {"digest": sha256_digest(body), "artifactType": DSSE_TYPE, "location": url,
+                                     "kind": url.rsplit("/", 1)[-1].split("-", 1)[0]})
+                for url, body in ami_evidence.objects(project, origin)] if ami_evidence.store(project) else []
+        return origin, rows, "s3"
     pub, repo, reg = _resolve(project, ref, env)
     client = _client(reg, pub.pinned)
     artifacts, how = list_artifacts(client, repo, pub.digest)
@@ -598,10 +654,7 @@ def list_ref(project: Project, ref: str, env: str) -> tuple[str, list[dict[str, 
         if a.artifact_type == DSSE_TYPE:
             try:
                 m = client.get_manifest(repo, a.digest).json()
-                raw = client.get_blob(repo, m["layers"][0]["digest"])
-                env_ = json.loads(raw)
-                row["keyids"] = [s.get("keyid") for s in env_.get("signatures") or [] if isinstance(s, dict)]
-                row["kind"] = _unverified_kind(raw, row.get("kind") or "unknown")
+                row = _envelope_row(client.get_blob(repo, m["layers"][0]["digest"]), row)
             except (RegistryError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
                 row["error"] = f"unreadable: {exc}"
         rows.append(row)

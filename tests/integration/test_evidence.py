@@ -371,3 +371,67 @@ def test_a_stale_scan_redone_at_promotion_is_signed_and_satisfies_the_gate(signe
     # prod received both scans, byte for byte
     prod, prepo = _client(stack, "prod"), _repo(root, "prod", "root")
     assert {e["digest"] for e in _by_kind(prod, prepo, digest)["scan"]} == {e["digest"] for e in after}
+
+
+def test_ami_builds_carry_signed_provenance_and_promotions_in_s3(make_project, moto_endpoint: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import urllib.request
+
+    import boto3
+    import yaml
+
+    if shutil.which("packer") is None:
+        pytest.skip("packer is not installed (apt-get install -y packer)")
+    urllib.request.urlopen(urllib.request.Request(moto_endpoint + "/moto-api/reset", method="POST")).close()
+    for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(k, v)
+    root = make_project(fleet=None, config={
+        "signing": {"key": ".bakery/keys/signing.pem", "ami_store": "s3://bakery-evidence/attestations"},
+        "environments": {"dev": {"aws": {"account": "123456789012", "regions": ["us-east-1"]}},
+                         "staging": {"aws": {"account": "210987654321", "regions": ["eu-west-1"]},
+                                     "trusted_keys": [".bakery/keys/signing.pub"],
+                                     "gates": {"require_attestations": ["provenance", "sbom", "scan", "vex"]}}},
+        "aws": {"endpoint_url": moto_endpoint, "region": "us-east-1"}})
+    signing.generate_key(root / ".bakery" / "keys" / "signing.pem")
+    boto3.client("s3", region_name="us-east-1", endpoint_url=moto_endpoint).create_bucket(Bucket="bakery-evidence")
+    shutil.copytree(REPO / "templates" / "packer-ami", root / "templates" / "packer-ami")
+    definition = yaml.safe_load((REPO / "examples" / "aws" / "base-images" / "ami-debian.yaml").read_text())
+    definition["packer"]["source_ami_filter"] = {"owners": ["137112412989"],
+                                                 "filters": {"name": "amzn-ami-hvm-2017.09.1.*-x86_64-gp2"}}
+    (root / "base-images" / "ami-debian.yaml").write_text(yaml.safe_dump(definition))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "ami"],
+                   cwd=root, check=True)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    built = as_json(bakery("build", "ami-debian:12", "--format", "json", env=env))
+    origin = built["results"][0]["digest"]
+    assert origin.startswith("ami:")
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_endpoint)
+    region, ami_id = origin.split(":")[1:]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="bakery-evidence")["Contents"]]
+    assert len(keys) == 1 and keys[0].startswith(f"attestations/ami/{region}/{ami_id}/provenance-")
+    body = s3.get_object(Bucket="bakery-evidence", Key=keys[0])["Body"].read()
+    pub = signing.load_public_key((root / ".bakery/keys/signing.pub").read_bytes(), "pub")
+    sslib = Envelope.from_dict(json.loads(body))
+    assert pub.keyid in sslib.verify([SSlibKey.from_crypto(pub.key, keyid=pub.keyid)], 1)
+    assert json.loads(sslib.payload)["subject"][0]["name"] == origin
+
+    dev = as_json(bakery("verify", "ami-debian:12", "--env", "dev", "--key", str(root / ".bakery/keys/signing.pub"),
+                         "--format", "json", env=env))
+    assert dev["passed"] and {c["kind"]: c["reason"] for c in dev["checks"]}["sbom"].startswith("not applicable")
+    promoted = bakery("promote", "ami-debian:12", "--to", "staging", "--format", "json", env=env)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    assert any(g["name"] == "attestations" and g["passed"] for g in json.loads(promoted.stdout)["gates"])
+    staging = as_json(bakery("verify", "ami-debian:12", "--env", "staging", "--format", "json", env=env))
+    assert staging["passed"] and {c["kind"] for c in staging["checks"]} >= {"provenance", "promotion"}
+
+    # Tampered in S3 (the original replaced by an edited copy): refused, naming it.
+    raw = json.loads(body)
+    stmt = json.loads(base64.b64decode(raw["payload"]))
+    stmt["predicate"]["buildDefinition"]["externalParameters"]["definition"] = "elsewhere.yaml"
+    raw["payload"] = base64.b64encode(json.dumps(stmt).encode()).decode()
+    s3.delete_object(Bucket="bakery-evidence", Key=keys[0])
+    s3.put_object(Bucket="bakery-evidence", Key=keys[0], Body=json.dumps(raw).encode())
+    bad = bakery("verify", "ami-debian:12", "--env", "staging", env=env)
+    assert bad.returncode == 1 and "provenance: signature does not verify" in bad.stdout, bad.stdout
