@@ -162,6 +162,9 @@ def load_signer(spec: str, project: Project, *, field: str = "signing.key") -> S
         value = os.environ.get(var)
         if not value:
             raise InputError(f"{where}: environment variable {var} is not set (it should hold a PEM private key)")
+        from bakery import secrets
+
+        secrets.register(value)
         return PemSigner.from_pem(value.encode(), f"{where} (${var})")
     if spec.startswith("awskms://"):
         rest = spec[len("awskms://"):]

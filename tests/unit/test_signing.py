@@ -214,3 +214,24 @@ def test_promotion_approver_is_self_asserted_outside_ci() -> None:
     appr = ci["predicate"]["approver"]
     assert appr["actor"] == "bob" and appr["environment"] == "prod" and appr["self_asserted"] is False
     assert appr["claimed"] == "alice"
+
+
+def test_dev_up_creates_a_development_key_only_under_the_state_directory(tmp_path: Path) -> None:
+    from bakery.devstack import ensure_dev_key
+
+    project = _project(tmp_path, "signing: {key: .bakery/dev/signing.pem}\n")
+    made = ensure_dev_key(project)
+    assert made is not None and (tmp_path / ".bakery/dev/signing.pem").stat().st_mode & 0o777 == 0o600
+    pub = signing.load_public_key((tmp_path / ".bakery/dev/signing.pub").read_bytes(), "pub")
+    assert pub.keyid == signing.load_signer(".bakery/dev/signing.pem", project).keyid
+    assert ensure_dev_key(project) is None  # an existing key is never replaced
+    elsewhere = _project(tmp_path, "signing: {key: keys/prod.pem}\n")
+    assert ensure_dev_key(elsewhere) is None and not (tmp_path / "keys").exists()
+    assert ensure_dev_key(_project(tmp_path, "signing: {key: 'env:SIGNING_PEM'}\n")) is None
+
+
+def test_ami_store_must_be_an_s3_url(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"signing.ami_store: not s3://BUCKET\[/PREFIX\]"):
+        _project(tmp_path, "signing: {ami_store: 'http://bucket/x'}\n")
+    assert _project(tmp_path, "signing: {ami_store: 's3://my-bucket/att'}\n").config.signing.ami_store == \
+        "s3://my-bucket/att"
