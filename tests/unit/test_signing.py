@@ -235,3 +235,9 @@ def test_ami_store_must_be_an_s3_url(tmp_path: Path) -> None:
         _project(tmp_path, "signing: {ami_store: 'http://bucket/x'}\n")
     assert _project(tmp_path, "signing: {ami_store: 's3://my-bucket/att'}\n").config.signing.ami_store == \
         "s3://my-bucket/att"
+
+
+def test_an_empty_signing_override_turns_signing_off(tmp_path: Path) -> None:
+    """CI passes BAKERY_SIGNING_KEY from a repository variable that may be unset: then nothing is signed."""
+    project = _project(tmp_path, "signing: {key: .bakery/dev/signing.pem}\n", {"BAKERY_SIGNING_KEY": ""})
+    assert project.config.signing.key is None and signing.project_signer(project) is None
