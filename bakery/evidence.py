@@ -488,6 +488,9 @@ def attest_publish(project: Project, published: Any, *, image_id: str, facts: Bu
         return []
     now = now or dt.datetime.now(dt.timezone.utc)
     env = project.config.env(published.env)
+    if env.kind == "ecr":
+        log.warning("%s: ECR environments carry no attestations yet (README: Signed evidence)", published.pinned)
+        return []
     repo = env.repository(published.key.name)
     repository, digest = published.repository, published.digest
     sbom_path = project.state_dir / "sbom" / f"{digest.replace(':', '-')}.cdx.json"
