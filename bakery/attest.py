@@ -190,39 +190,47 @@ def product_purl(repository: str, digest: str) -> str:
     return f"pkg:oci/{name}@{quote(digest, safe='')}?repository_url={quote(repository, safe='/:')}"
 
 
-def vex(*, repository: str, digest: str, decision: GateDecision, author: str, now: dt.datetime) -> dict[str, Any]:
-    """OpenVEX from the policy's ignore entries that the gate applied to this digest: one statement per ignored
-    vulnerability, ``not_affected`` with the entry's reason (an OpenVEX justification when the reason starts
-    with one, always the ``impact_statement``), its ``until`` as the end of validity (``status_notes``).
-    Expired entries apply to nothing, so they produce no statement."""
+def vex(*, repository: str, digest: str, decision: GateDecision, author: str,
+        now: dt.datetime) -> dict[str, Any] | None:
+    """OpenVEX v0.2.0 from the policy's ignore entries that the gate applied to this digest: one ``not_affected``
+    statement per ignored vulnerability. OpenVEX wants exactly one of ``justification`` (its fixed labels) and
+    ``impact_statement`` (free text): an entry whose reason starts with a label (``vulnerable_code_not_in_execute_path:
+    …``) gives that label, any other reason is the impact statement. OpenVEX has no field for an end of validity:
+    the entry's ``until`` and where it was written go to ``status_notes``. Expired entries apply to nothing and give
+    no statement; with no statement at all there is no document (OpenVEX requires one): None."""
     by_id: dict[str, tuple[Any, list[Any]]] = {}
     today = now.date()
     for finding, rule in decision.ignored:
         if rule.expired(today):
             continue
         by_id.setdefault(finding.id, (rule, []))[1].append(finding)
+    if not by_id:
+        return None
     statements = []
     hexd = hexdigest(digest)
+    purl = product_purl(repository, digest)
     for vuln_id in sorted(by_id):
         rule, found = by_id[vuln_id]
         reason = rule.reason or "accepted by policy"
         st: dict[str, Any] = {
             "vulnerability": {"name": vuln_id},
             "timestamp": iso(now),
-            "products": [{"@id": product_purl(repository, digest), "identifiers": {"purl": product_purl(
-                repository, digest)}, "hashes": {"sha-256": hexd},
-                "subcomponents": sorted(({"@id": _pkg_purl(f)} for f in found), key=lambda x: x["@id"])}],
+            "products": [{"@id": purl, "identifiers": {"purl": purl}, "hashes": {"sha-256": hexd},
+                          "subcomponents": sorted(({"@id": p} for p in {_pkg_purl(f) for f in found}),
+                                                  key=lambda x: x["@id"])}],
             "status": "not_affected",
-            "impact_statement": reason,
         }
-        first = reason.split(":", 1)[0].strip()
-        if first in VEX_JUSTIFICATIONS:
-            st["justification"] = first
-        notes = f"ignore entry from {rule.source}"
+        label, _, rest = reason.partition(":")
+        notes = [f"ignore entry in {rule.source}"]
+        if label.strip() in VEX_JUSTIFICATIONS:
+            st["justification"] = label.strip()
+            if rest.strip():
+                notes.append(f"reason: {rest.strip()}")
+        else:
+            st["impact_statement"] = reason
         if rule.until is not None:
-            notes += f"; valid until {rule.until.isoformat()} (end of that day, UTC)"
-            st["valid_until"] = rule.until.isoformat()
-        st["status_notes"] = notes
+            notes.append(f"valid until {rule.until.isoformat()} (end of that day, UTC)")
+        st["status_notes"] = "; ".join(notes)
         statements.append(st)
     doc_id = hashlib.sha256(f"{digest}|{iso(now)}".encode()).hexdigest()
     predicate = {"@context": "https://openvex.dev/ns/v0.2.0", "@id": f"https://bakery.dev/vex/{doc_id}",

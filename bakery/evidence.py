@@ -369,6 +369,9 @@ def judge(seen: list[_Seen], required: list[str], *, promoted_to: str | None, ma
         bad = [s for s in seen if s.kind == kind and s.statement is None]
         if kind == "promotion" and promoted_to:
             good = [s for s in good if _predicate(s).get("to") == promoted_to]
+        if not good and kind == "vex" and not bad and _nothing_waived(seen):
+            checks.append(Check(kind, True, "nothing to state: the signed scan waived no finding"))
+            continue
         if not good:
             if bad:
                 checks.append(Check(kind, False, bad[-1].error, bad[-1].artifact, bad[-1].keyid))
@@ -379,6 +382,23 @@ def judge(seen: list[_Seen], required: list[str], *, promoted_to: str | None, ma
             continue
         checks.append(_judge(kind, good, max_scan_age, now))
     return checks
+
+
+def _nothing_waived(seen: list[_Seen]) -> bool:
+    """The newest valid signed scan passed and ignored nothing (so there is no VEX document to require)."""
+    scans = [s for s in seen if s.kind == "scan" and s.statement is not None]
+    if not scans:
+        return False
+    gate = _predicate(max(scans, key=_finished)).get("gate")
+    return isinstance(gate, dict) and gate.get("ignored") == [] and gate.get("passed") is True
+
+
+def _finished(s: _Seen) -> dt.datetime:
+    """When a scan attestation's scan finished (the oldest possible time when it does not say)."""
+    try:
+        return attest.parse_time(_predicate(s)["metadata"]["scanFinishedOn"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
 
 def _predicate(s: _Seen) -> dict[str, Any]:
@@ -395,14 +415,8 @@ def _judge(kind: str, good: list[_Seen], max_scan_age: dt.timedelta | None, now:
             details = {"from": p.get("from"), "to": p.get("to"), "time": p.get("time"), "approver": p.get("approver")}
         return Check(kind, True, f"signed by {s.keyid[:16]}", s.artifact, s.keyid, details)
 
-    def finished(s: _Seen) -> dt.datetime:
-        try:
-            return attest.parse_time(_predicate(s)["metadata"]["scanFinishedOn"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-
-    newest = max(good, key=finished)
-    when = finished(newest)
+    newest = max(good, key=_finished)
+    when = _finished(newest)
     pred = _predicate(newest)
     gate = pred.get("gate") if isinstance(pred.get("gate"), dict) else {}
     scanner = pred.get("scanner") if isinstance(pred.get("scanner"), dict) else {}
@@ -510,9 +524,10 @@ def attest_publish(project: Project, published: Any, *, image_id: str, facts: Bu
         result, decision = scan
         statements.append(("scan", attest.scan(repository=repository, digest=digest, result=result,
                                                decision=decision)))
-        statements.append(("vex", attest.vex(repository=repository, digest=digest, decision=decision,
-                                             author=f"bakery policy ({project.rel(project.config_file) if project.config_file else 'bakery.yaml'})",
-                                             now=now)))
+        vex = attest.vex(repository=repository, digest=digest, decision=decision, now=now,
+                         author=f"bakery policy ({project.rel(project.config_file) if project.config_file else 'bakery.yaml'})")
+        if vex is not None:  # nothing waived: no VEX document (the signed scan says so: ignored == [])
+            statements.append(("vex", vex))
     items = [sbom_item(bom_bytes)] + [signed_item(kind, signer, stmt) for kind, stmt in statements]
     reg = RegistryClient.for_env(project, published.env)
     return attach(reg, repo, digest, items, now=now)

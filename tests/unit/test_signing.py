@@ -158,12 +158,23 @@ def test_vex_has_one_statement_per_ignored_vulnerability_and_none_for_expired() 
     assert stmt["predicateType"] == "https://openvex.dev/ns/v0.2.0"
     sts = stmt["predicate"]["statements"]
     assert [s["vulnerability"]["name"] for s in sts] == ["CVE-2026-0001", "CVE-2026-0002"]
+    # OpenVEX v0.2.0: a not_affected statement has exactly one of justification / impact_statement, and no
+    # field outside the spec's list (its JSON schema has additionalProperties: false)
+    allowed = {"@id", "version", "vulnerability", "timestamp", "last_updated", "products", "status", "supplier",
+               "status_notes", "justification", "impact_statement", "action_statement", "action_statement_timestamp"}
+    for s in sts:
+        assert set(s) <= allowed and s["status"] == "not_affected"
+        assert ("justification" in s) != ("impact_statement" in s)
+        assert set(s["products"][0]) <= {"@id", "identifiers", "hashes", "subcomponents"}
     assert sts[0]["justification"] == "vulnerable_code_not_in_execute_path"
-    assert sts[0]["impact_statement"].endswith("no zlib in the app")
-    assert sts[0]["valid_until"] == "2026-12-31" and "valid until 2026-12-31" in sts[0]["status_notes"]
-    assert "justification" not in sts[1] and sts[1]["status"] == "not_affected"
+    assert "no zlib in the app" in sts[0]["status_notes"] and "valid until 2026-12-31" in sts[0]["status_notes"]
+    assert sts[1]["impact_statement"] == "accepted until the rebuild"
     assert sts[0]["products"][0]["hashes"] == {"sha-256": "ab" * 32}
     assert sts[0]["products"][0]["@id"].startswith("pkg:oci/python@sha256%3A")
+    assert set(stmt["predicate"]) >= {"@context", "@id", "author", "timestamp", "version", "statements"}
+    # nothing waived: no document (OpenVEX requires at least one statement)
+    nothing = decide(_scan([f3]), EffectivePolicy("HIGH", True, rules[2:]), today=today, images=("img",))
+    assert attest.vex(repository="r/x", digest=DIGEST, decision=nothing, author="bakery", now=now) is None
 
 
 def test_scan_statement_has_findings_gate_trivy_and_db_identity() -> None:
