@@ -249,15 +249,19 @@ def _pkg_purl(finding: Any) -> str:
 
 
 def approver(approved_by: str | None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Who approved: the CI run's actor and environment when there is a CI run (``verified_by: github-actions``
-    — GitHub's required reviewers gate the job), else the ``--approved-by`` text, recorded as self-asserted."""
+    """Who approved: the CI run's actor and environment when there is a CI run (``source: github-actions``, the
+    run's URL: GitHub's required reviewers of that environment gated the job), else the ``--approved-by`` text,
+    recorded as self-asserted."""
     ci = ci_identity(environ)
     environ = os.environ if environ is None else environ
     if ci and ci.get("GITHUB_ACTOR"):
         out: dict[str, Any] = {"actor": ci.get("GITHUB_TRIGGERING_ACTOR") or ci["GITHUB_ACTOR"],
                                "source": "github-actions", "run": _run_url(ci), "self_asserted": False}
-        if environ.get("GITHUB_ENVIRONMENT"):
-            out["environment"] = environ["GITHUB_ENVIRONMENT"]
+        # the GitHub environment whose protection rules gated the job: GitHub exports no variable for it, so the
+        # workflow passes it (promote.yml: BAKERY_CI_ENVIRONMENT: ${{ inputs.environment }}, the job's environment)
+        deployed = environ.get("BAKERY_CI_ENVIRONMENT") or environ.get("GITHUB_ENVIRONMENT")
+        if deployed:
+            out["environment"] = deployed
         if approved_by:
             out["claimed"] = approved_by
         return out

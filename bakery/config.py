@@ -366,7 +366,7 @@ SHORTCUTS = {
     "BAKERY_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
     "BAKERY_SIGNING_KEY": ("signing", "key"),
 }
-_NOT_OVERRIDES = {"BAKERY_CONFIG", "BAKERY_DEBUG", "BAKERY_NOW", "BAKERY_ACTOR"}
+_NOT_OVERRIDES = {"BAKERY_CONFIG", "BAKERY_DEBUG", "BAKERY_NOW", "BAKERY_ACTOR", "BAKERY_CI_ENVIRONMENT"}
 
 
 def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

@@ -221,7 +221,7 @@ def test_promotion_approver_is_self_asserted_outside_ci() -> None:
     local = attest.promotion(**kw, environ={})["predicate"]["approver"]
     assert local == {"actor": "alice", "source": "command line (--approved-by)", "self_asserted": True}
     ci = attest.promotion(**kw, environ={"GITHUB_ACTIONS": "true", "GITHUB_RUN_ID": "7", "GITHUB_ACTOR": "bob",
-                                         "GITHUB_ENVIRONMENT": "prod", "GITHUB_REPOSITORY": "o/r"})
+                                         "BAKERY_CI_ENVIRONMENT": "prod", "GITHUB_REPOSITORY": "o/r"})
     appr = ci["predicate"]["approver"]
     assert appr["actor"] == "bob" and appr["environment"] == "prod" and appr["self_asserted"] is False
     assert appr["claimed"] == "alice"
