@@ -356,7 +356,35 @@ def verify(reg: Any, repo: str, digest: str, keys: list[PublicKey], required: li
     report.sbom_document = any(a.artifact_type == CYCLONEDX_TYPE for a in artifacts)
     seen = [_inspect(client, repo, digest, a, keys) for a in artifacts if a.artifact_type == DSSE_TYPE]
     report.checks = judge(seen, required, promoted_to=promoted_to, max_scan_age=max_scan_age, now=now)
+    documents = [a for a in artifacts if a.artifact_type == CYCLONEDX_TYPE]
+    signed = [s for s in seen if s.kind == "sbom" and s.statement is not None]
+    if documents and signed:
+        _match_sbom_documents(client, repo, digest, documents, signed, report)
     return report
+
+
+def _match_sbom_documents(client: RegistryClient, repo: str, digest: str, documents: list[Artifact],
+                          signed: list[_Seen], report: Report) -> None:
+    """The unsigned CycloneDX document other tools (trivy) read must say what a signed SBOM says: one that
+    differs (swapped after publishing) fails the sbom check."""
+    boms = [(s.statement or {}).get("predicate") for s in signed]
+    for doc in documents:
+        try:
+            m = client.get_manifest(repo, doc.digest).json()
+            layer = m["layers"][0]
+            if len(m["layers"]) != 1 or (m.get("subject") or {}).get("digest") != digest or \
+                    int(layer.get("size") or 0) > MAX_ENVELOPE:
+                raise ValueError("not one layer about this digest")
+            bom = json.loads(client.get_blob(repo, layer["digest"]))
+        except (RegistryError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            bom = None
+        if bom is None or bom not in boms:
+            for c in report.checks:
+                if c.kind == "sbom" and c.passed:
+                    c.passed = False
+                    c.reason = (f"the CycloneDX document other tools read ({doc.digest[:19]}…) is not the signed "
+                                f"SBOM")
+            return
 
 
 def judge(seen: list[_Seen], required: list[str], *, promoted_to: str | None, max_scan_age: dt.timedelta | None,

@@ -249,6 +249,19 @@ def test_tampered_missing_and_hand_copied_evidence_fail(signed: Path, stack) -> 
     sbom = next(c for c in as_json(proc)["checks"] if c["kind"] == "sbom")
     assert not sbom["passed"] and "exactly one layer" in sbom["reason"]
 
+    # The plain CycloneDX document (what trivy reads) swapped for another: the signed SBOM no longer covers it.
+    doc = next(e for e in entries if e["artifactType"] == "application/vnd.cyclonedx+json")
+    dm = dev.get_manifest(repo, doc["digest"]).json()
+    other_bom = json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.6", "components": []}).encode()
+    dev.push_blob_bytes(repo, sha256_digest(other_bom), other_bom)
+    dm["layers"][0].update(digest=sha256_digest(other_bom), size=len(other_bom))
+    dbody = json.dumps(dm).encode()
+    dev.put_manifest(repo, sha256_digest(dbody), dbody, OCI_MANIFEST)
+    _put_index(dev, repo, digest, [dict(e, digest=sha256_digest(dbody), size=len(dbody)) if e is doc else e
+                                   for e in entries])
+    swapped_doc = bakery("verify", f"root@{digest}", "--env", "dev")
+    assert swapped_doc.returncode == 1 and "is not the signed SBOM" in swapped_doc.stdout, swapped_doc.stdout
+
     # An attestation about another digest, listed under this one.
     _put_index(dev, repo, digest, entries)
     other = as_json(bakery("build", "left:1", "--format", "json", check=True))
