@@ -346,6 +346,7 @@ class Builder:
 
         if not self.project.config.signing.key:
             return
+        self.progress.step(str(spec.key), "signing and attaching attestations")
         facts = self._facts.get(spec.key, {})
         revision, source = self._git
         now = dt.datetime.now(dt.timezone.utc)

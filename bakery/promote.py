@@ -561,11 +561,14 @@ def gate_attestations(project: Project, pub: Published, to_env: str, src: Regist
     from bakery import evidence
 
     scan_gate = next((g for g in earlier if g.name == "scan"), None)
-    if scan_gate is not None and scan_gate.passed and scan_gate.scanned is not None and not dry_run:
-        scanned, decision = scan_gate.scanned
-        if not getattr(scanned, "cached", False):
-            evidence.attest_scan(project, src, src_repo, pub.repository, pub.digest, scanned, decision, now=now)
+    fresh = scan_gate is not None and scan_gate.passed and scan_gate.scanned is not None and not dry_run
+    if fresh and not getattr(scan_gate.scanned[0], "cached", False):
+        evidence.attest_scan(project, src, src_repo, pub.repository, pub.digest, *scan_gate.scanned, now=now)
     passed, reason, details = evidence.gate(project, src, src_repo, pub.digest, to_env, now=now)
+    if not passed and fresh and any(c["kind"] == "scan" and not c["passed"] for c in details.get("checks", [])):
+        # a stored scan within max_scan_age (e.g. a later `bakery scan --rescan`) that was never signed: sign it
+        evidence.attest_scan(project, src, src_repo, pub.repository, pub.digest, *scan_gate.scanned, now=now)
+        passed, reason, details = evidence.gate(project, src, src_repo, pub.digest, to_env, now=now)
     return GateResult("attestations", passed, reason, details)
 
 
