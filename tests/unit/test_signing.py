@@ -252,3 +252,21 @@ def test_an_empty_signing_override_turns_signing_off(tmp_path: Path) -> None:
     """CI passes BAKERY_SIGNING_KEY from a repository variable that may be unset: then nothing is signed."""
     project = _project(tmp_path, "signing: {key: .bakery/dev/signing.pem}\n", {"BAKERY_SIGNING_KEY": ""})
     assert project.config.signing.key is None and signing.project_signer(project) is None
+
+
+def test_the_sbom_artifact_has_the_one_shape_trivy_finds() -> None:
+    """trivy 0.59 finds an SBOM in the referrers only with: artifactType = the layer's mediaType =
+    application/vnd.cyclonedx+json (no parameters), the empty config, exactly one layer, subject = the image, and
+    an index entry that carries artifactType too (ENVIRONMENT.md)."""
+    from bakery import evidence
+
+    subject = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": DIGEST, "size": 10}
+    body, entry = evidence._manifest(subject, evidence.sbom_item(b'{"bomFormat":"CycloneDX"}'), "2026-11-30T00:00:00Z")
+    m = json.loads(body)
+    assert m["artifactType"] == "application/vnd.cyclonedx+json" == entry["artifactType"]
+    assert [layer["mediaType"] for layer in m["layers"]] == ["application/vnd.cyclonedx+json"]
+    assert m["config"] == {"mediaType": "application/vnd.oci.empty.v1+json",
+                           "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+                           "size": 2}
+    assert m["subject"] == subject and entry["digest"] == "sha256:" + __import__("hashlib").sha256(body).hexdigest()
+    assert evidence.referrers_tag(DIGEST) == "sha256-" + "ab" * 32
