@@ -16,7 +16,6 @@ Order of work in :func:`promote` (and why):
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -24,16 +23,14 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from bakery import ledger as ledger_mod
 from bakery.errors import EnvironmentFailure, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
 from bakery import tags as tags_mod
-from bakery.tags import build_tag_pattern, is_valid_tag, template_fields
+from bakery.ref import FleetRef, is_digest, split_image
+from bakery.tags import Scheme, template_fields
 from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey,
                           Published)
 
 if TYPE_CHECKING:
     from bakery.config import Project
     from bakery.registry import CopyStats, Manifest
-
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-
 
 # ------------------------------------------------------------------------------------------------------------
 # Registries: the plain OCI client and ECR look the same to promotion.
@@ -68,51 +65,18 @@ def registry_for(project: Project, env_name: str) -> Registry:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The build tag scheme, read backwards.
+# References: bakery.ref parses them, bakery.tags reads build tags (names kept here for callers).
 
-def build_tag_order(match: re.Match[str]) -> tuple[int, ...]:
-    """Sort key of a parsed build tag: date, then the day's counter."""
-    g = match.groupdict()
-    date = g.get("yyyymmdd") or ((g.get("yyyy") or "") + (g.get("mm") or "") + (g.get("dd") or ""))
-    return (int(date) if date else 0, int(g["n"]) if g.get("n") else 0)
+Ref = FleetRef
 
 
 def newest_build_tag(scheme: str, tags: list[str], *, name: str, tag_version: str) -> str | None:
-    pattern = build_tag_pattern(scheme, name=name, tag_version=tag_version)
-    found = [(build_tag_order(m), t) for t in tags if (m := pattern.match(t))]
-    return max(found)[1] if found else None
+    return Scheme(scheme).newest(tags, name=name, tag_version=tag_version)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# References
-
-
-@dataclass(frozen=True)
-class Ref:
-    """What the user named: an image (NAME[:VERSION]), and maybe a build tag or a digest."""
-
-    name: str
-    tag: str | None = None  # NAME:TAG as written (a version or a build tag)
-    digest: str | None = None
-
-
-def parse_ref(text: str) -> Ref:
-    """``NAME:VERSION``, ``NAME:BUILD_TAG``, ``[REGISTRY/NS/]NAME[:TAG]@sha256:…``."""
-    raw = text.strip()
-    digest = None
-    if "@" in raw:
-        raw, _, digest = raw.partition("@")
-        if not _DIGEST_RE.match(digest):
-            raise InputError(f"{text}: not a sha256 digest: {digest!r}")
-    last = raw.rsplit("/", 1)[-1]
-    name, _, tag = last.partition(":")
-    if not name or not re.match(r"^[a-z0-9][a-z0-9._-]*$", name):
-        raise InputError(f"{text}: not an image reference (use NAME:VERSION, NAME:BUILD_TAG or NAME@sha256:…)")
-    if not digest and not tag:
-        raise InputError(f"{text}: name a version, a build tag or a digest (e.g. {name}:VERSION)")
-    if tag and not is_valid_tag(tag):
-        raise InputError(f"{text}: {tag!r} is not a version or tag (letters, digits, '.', '_', '-')")
-    return Ref(name=name, tag=tag or None, digest=digest)
+def parse_ref(text: str) -> FleetRef:
+    """``NAME:VERSION``, ``NAME:BUILD_TAG``, ``[REGISTRY/NS/]NAME[:TAG]@sha256:…`` (bakery.ref.FleetRef)."""
+    return FleetRef.parse(text)
 
 
 def _key_from(labels: dict[str, str], name: str, tag_version: str | None) -> ImageKey:
@@ -125,11 +89,7 @@ def _key_from(labels: dict[str, str], name: str, tag_version: str | None) -> Ima
 
 
 def _version_of_build_tag(scheme: str, tag: str, name: str) -> str | None:
-    m = build_tag_pattern(scheme, name=name).match(tag)
-    if not m:
-        return None
-    v = m.groupdict().get("version")
-    return v if v else None
+    return Scheme(scheme).version_of(tag, name=name)
 
 
 def resolve(project: Project, ref: str, env: str, *, registry: Registry | None = None) -> Published:
@@ -153,7 +113,7 @@ def resolve(project: Project, ref: str, env: str, *, registry: Registry | None =
             build_tag = _find_build_tag(reg, repo, r.digest, scheme, r.name) or build_tag
         if not build_tag:
             raise StepFailed(f"{where}@{r.digest}: no build tag in {env} points at this digest")
-        version = r.tag if r.tag and not build_tag_pattern(scheme, name=r.name).match(r.tag) else None
+        version = r.tag if r.tag and not Scheme(scheme).is_build_tag(r.tag, name=r.name) else None
         key = _key_from(labels, r.name, version or _version_of_build_tag(scheme, build_tag, r.name))
         wanted = (_version_of_build_tag(scheme, r.tag, r.name) or r.tag) if r.tag else None
         if wanted and key.tag_version != wanted:
@@ -190,10 +150,9 @@ def resolve(project: Project, ref: str, env: str, *, registry: Registry | None =
 def _name_for_bare_build_tag(project: Project, tag: str, env: str, reg: Registry) -> str:
     """A bare BUILD_TAG: the fleet's images whose version it names, the one that has it in ``env``."""
     scheme = project.config.tags.build
-    m = build_tag_pattern(scheme).match(tag)
-    if not m or not m.groupdict().get("version"):
+    version = Scheme(scheme).version_of(tag)
+    if not version:
         raise InputError(f"{tag}: name a version, a build tag or a digest (e.g. NAME:VERSION)")
-    version = m.group("version")
     try:
         from bakery.definitions import load_fleet
 
@@ -219,17 +178,14 @@ def _safe_labels(reg: Registry, repo: str, digest: str) -> dict[str, str]:
 
 
 def _find_build_tag(reg: Registry, repo: str, digest: str, scheme: str, name: str) -> str | None:
-    pattern = build_tag_pattern(scheme, name=name)
-    candidates = sorted(((build_tag_order(m), t) for t in reg.list_tags(repo) if (m := pattern.match(t))),
-                        reverse=True)
-    for _order, tag in candidates:
+    for tag in reversed(Scheme(scheme).sorted(reg.list_tags(repo), name=name)):
         if reg.head_manifest(repo, tag) == digest:
             return tag
     return None
 
 
 def _key_of(image: str) -> ImageKey:
-    name, _, tag_version = image.partition(":")
+    name, tag_version = split_image(image)
     return ImageKey(name, tag_version)
 
 
@@ -720,7 +676,7 @@ def _rollback_target(reg: Registry, repo: str, where: str, env: str, image: str,
     """``--to``: a digest or build tag that is a build of this very version, present in ``env``."""
     if to.startswith("sha256:") or "@" in to:
         digest = to.split("@", 1)[-1]
-        if not _DIGEST_RE.match(digest):
+        if not is_digest(digest):
             raise InputError(f"--to {to}: not a sha256 digest (sha256: and 64 hex digits)")
         if reg.head_manifest(repo, digest) is None:
             raise StepFailed(f"{where}@{digest}: not in {env}; can only roll back to something promoted there")
@@ -802,7 +758,7 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
         cfg.env(e)
     name_filter = None
     if ref:
-        r = parse_ref(ref) if (":" in ref or "@" in ref) else Ref(name=ref)
+        r = FleetRef.parse(ref, require_tag_or_digest=False)
         name_filter = r.name
         events = led.events(image=f"{r.name}:{r.tag}" if r.tag else r.name)
     else:
