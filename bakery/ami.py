@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bakery.errors import EnvironmentFailure, GateFailed, InputError, StepFailed
+from bakery.ref import split_image
 
 if TYPE_CHECKING:
     from bakery.config import Environment, Project
@@ -448,7 +449,7 @@ def check_gates(project: Project, image: str, to_env: str, source: AmiRecord, *,
     origin). The scan gate does not apply: there is no container filesystem for Trivy (said in the result)."""
     from bakery import ledger as ledger_mod
     from bakery import promote as pm
-    from bakery.model import Published
+    from bakery.model import ImageKey, Published
 
     now = now or ledger_mod.now()
     cfg = project.config
@@ -465,7 +466,7 @@ def check_gates(project: Project, image: str, to_env: str, source: AmiRecord, *,
                   f"the {from_env} AMIs of {source.build_tag} are gone: {', '.join(missing) or 'none recorded'}")
         results.append(pm.GateResult("previous", ok, reason, {"env": from_env}))
     events = ledger_mod.open_ledger(project).events(image=image)
-    pub = Published(key=pm._key_of(image), env=from_env, repository="", build_tag=source.build_tag,
+    pub = Published(key=ImageKey(*split_image(image)), env=from_env, repository="", build_tag=source.build_tag,
                     digest=source.origin)
     results.append(pm.gate_soak(project, pub, to_env, events, now))
     results.append(pm.GateResult("scan", True, "not applicable: an AMI has no container filesystem for Trivy"))
@@ -557,7 +558,7 @@ def promote_ami(project: Project, key: ImageKey | str, to_env: str, *, digest: s
 
 
 def key_name(image: str) -> str:
-    return image.split(":", 1)[0]
+    return split_image(image)[0]
 
 
 # ---------------------------------------------------------------------------------------------- rollback

@@ -19,11 +19,13 @@ from typing import Any
 
 from bakery import render
 from bakery.config import Project
-from bakery.definitions import Fleet, mirrored, parse_upstream
+from bakery.definitions import Fleet, mirrored
 from bakery.errors import BakeryError, DaemonUnavailable, EnvironmentFailure, GateFailed, StepFailed
 from bakery.model import (LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, OCI, BuildResult,
                           ImageKey, ImageSpec, Recipe, Status)
 from bakery.progress import Progress
+from bakery.ref import Ref
+from bakery.registries import registry_for_host
 
 LOG_TAIL = 40
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -83,19 +85,13 @@ def local_tag(project: Project, key: ImageKey) -> str:
 
 def resolve_upstream(project: Project, reference: str, docker_client_: Any | None = None) -> tuple[str, str]:
     """An upstream parent → (reference pinned by digest, digest), through the configured mirror."""
-    from bakery.registry import RegistryClient, docker_config_credentials
-
-    parsed = parse_upstream(mirrored(project, reference))
-    assert parsed is not None
-    repo_full, tag, digest = parsed
-    host, _, repo = repo_full.partition("/")
+    ref = Ref.parse(mirrored(project, reference), require_registry=True)
+    repo_full, tag, digest, host = ref.name, ref.tag, ref.digest, ref.registry
     if digest:
         return f"{repo_full}@{digest}", digest
-    hostname = host.split(":")[0]
-    insecure = hostname in ("localhost", "127.0.0.1") or hostname.startswith("127.")
-    client = RegistryClient(host, insecure=insecure, credentials=docker_config_credentials(host), retries=1)
+    client = registry_for_host(project, host, retries=1)
     try:
-        found = client.head_manifest(repo, tag or "latest")
+        found = client.head_manifest(ref.repository, tag or "latest")
     except EnvironmentFailure as exc:
         found = None
         if docker_client_ is not None:  # offline: a local image of that name still pins exactly

@@ -35,17 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from bakery.config import Project
 from bakery.errors import InputError, ValidationError
 from bakery.model import ImageKey, ImageSpec, Parent
+from bakery.ref import NAME_RE, TAG_RE, Ref, normalise_host
 from bakery.validation import format_errors, read_text
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9]*$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # A plain value may hold these characters and nothing else: no newline, no shell or recipe syntax.
 SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._+:/=@,~%-]*$")
-UPSTREAM_RE = re.compile(
-    r"^(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 RESERVED_VARIABLES = ("name", "version", "variant", "parent", "image", "tags", "labels")
 
 
@@ -239,11 +235,10 @@ class Fleet:
 
 
 def parse_upstream(reference: str) -> tuple[str, str | None, str | None] | None:
-    """``registry/path:tag@sha256:…`` → (repository, tag, digest); None when it is not a reference."""
-    m = UPSTREAM_RE.match(reference)
-    if not m:
-        return None
-    return m.group("repo"), m.group("tag"), m.group("digest")
+    """``registry/path:tag@sha256:…`` → (registry/path, tag, digest); None when it is not a full reference
+    (bakery.ref.Ref parses it)."""
+    ref = Ref.try_parse(reference, require_registry=True)
+    return (ref.name, ref.tag, ref.digest) if ref is not None else None
 
 
 def template_kind(template_dir: Path) -> str | None:
@@ -332,9 +327,7 @@ def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
 def mirrored(project: Project, reference: str) -> str:
     """Rewrite an upstream reference through the configured mirrors (``docker.io/x`` → ``127.0.0.1:5000/x``)."""
     host, sep, rest = reference.partition("/")
-    aliases = {"index.docker.io": "docker.io", "registry-1.docker.io": "docker.io"}
-    host_key = aliases.get(host, host)
-    mirror = project.config.mirrors.get(host_key)
+    mirror = project.config.mirrors.get(normalise_host(host))
     return f"{mirror.rstrip('/')}/{rest}" if mirror and sep else reference
 
 

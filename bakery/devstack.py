@@ -33,6 +33,9 @@ import yaml
 
 from bakery import secrets, tools
 from bakery.errors import DaemonUnavailable, EnvironmentFailure, InputError, StepFailed
+from bakery.ref import Ref
+from bakery.registries import client_for_host
+from bakery.registry import RegistryClient
 
 if TYPE_CHECKING:
     from bakery.config import Credentials, Project
@@ -153,10 +156,9 @@ def _port_of(project: Project, name: str) -> int:
 
 
 def _split_image(ref: str) -> tuple[str, str]:
-    repo, _, tag = ref.rpartition(":")
-    if not repo or "/" in tag:
-        return ref, "latest"
-    return repo, tag
+    """``library/debian:bookworm-slim`` → (repository path in the mirror, tag) via bakery.ref."""
+    r = Ref.parse(ref)
+    return r.repository, r.tag or "latest"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -568,10 +570,9 @@ def status(project: Project) -> StackStatus:
     return StackStatus(registries=out, base_image=base_ref)
 
 
-def _client(address: str, creds: tuple[str, str] | None = None):
-    from bakery.registry import RegistryClient
-
-    return RegistryClient(address, insecure=True, credentials=creds, timeout=10, retries=1, backoff=0.2)
+def _client(address: str, creds: tuple[str, str] | None = None) -> RegistryClient:
+    """The stack's own registries: loopback, plain HTTP, the stack's htpasswd credentials (not the config's)."""
+    return client_for_host(None, address, insecure=True, credentials=creds, timeout=10, retries=1, backoff=0.2)
 
 
 def _mirror_client(project: Project):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import ami as amis
 from bakery.errors import InputError
+from bakery.registries import registry_for
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -193,10 +194,8 @@ def _decide(item: GcItem, guarded_by: str | None, among_newest: bool, keep: int)
 
 def _gc_tags(project: Project, env: str, keep: int, dry_run: bool, env_events: list[Event],
              tag_images: dict[str, list[str]], guard: dict[str, dict[str, str]], report: GcReport) -> None:
-    from bakery.registry import RegistryClient
-
     env_cfg = project.config.env(env)
-    reg = RegistryClient.for_env(project, env)
+    reg = registry_for(project, env)
     # image -> build tags in order of first arrival (a build tag names one build)
     build_tags: dict[str, list[tuple[str, str]]] = {}
     for ev in env_events:

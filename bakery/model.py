@@ -149,6 +149,9 @@ class Published:
         return f"{self.repository}@{self.digest}"
 
 
+# Vulnerability severities, lowest first: the one order (scan, policy, reports, nightly, trivydb, config).
+SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+
 # Label keys every bakery image carries.
 OCI = "org.opencontainers.image."
 LABEL_NAME = "dev.bakery.name"

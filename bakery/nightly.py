@@ -18,10 +18,9 @@ from typing import Any
 
 from bakery.config import Project
 from bakery.definitions import Fleet
-from bakery.model import ImageSpec
+from bakery.model import SEVERITIES, ImageSpec
 from bakery.plan import Plan, make_plan
 
-SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
 
 
 def changed_specs(project: Project, fleet: Fleet, refs: Sequence[str] = ()) -> list[ImageSpec]:
@@ -167,7 +166,7 @@ def _status_icon(o: Outcome) -> str:
 def _counts(c: dict[str, int] | None) -> str:
     if c is None:
         return "-"
-    parts = [f"{s[0]}:{c[s]}" for s in SEVERITIES if c.get(s)]
+    parts = [f"{s[0]}:{c[s]}" for s in reversed(SEVERITIES) if c.get(s)]
     return " ".join(parts) or "0"
 
 

@@ -32,7 +32,7 @@ from bakery.config import Project
 from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure
 from bakery.model import LABEL_FINGERPRINT, OCI, ImageKey, ImageSpec
-from bakery.registry import RegistryClient
+from bakery.registries import Registry, registry_for
 
 REASONS = ("definition", "upstream", "patches", "parent", "forced")
 UP_TO_DATE = "up to date"
@@ -179,9 +179,9 @@ def _ancestors(plan: Plan, key: ImageKey) -> list[ImageKey]:
 
 # ------------------------------------------------------------------------------------------------ registry
 class _Clients:
-    """One RegistryClient (one HTTP session, kept alive) per worker thread for the first environment's registry."""
+    """One registry client (one HTTP session, kept alive) per worker thread for the first environment's registry."""
 
-    def __init__(self, factory: Callable[[], RegistryClient]):
+    def __init__(self, factory: Callable[[], Registry]):
         self._factory = factory
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -191,7 +191,7 @@ class _Clients:
         with self._lock:
             self.requests += n
 
-    def get(self) -> RegistryClient:
+    def get(self) -> Registry:
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._factory()
@@ -303,7 +303,7 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
             items[k].error = f"cannot render: {exc}"
 
     first = project.config.first_env
-    clients = _Clients(lambda: RegistryClient.for_env(project, first, timeout=15, retries=2, backoff=0.2))
+    clients = _Clients(lambda: registry_for(project, first, timeout=15, retries=2, backoff=0.2))
     upstream_refs = sorted({fleet.specs[k].parent.reference for k in keys
                             if fleet.specs[k].parent.kind == "upstream" and not _is_ami(fleet.specs[k])})
 

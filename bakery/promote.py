@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 from bakery import ledger as ledger_mod
 from bakery.errors import EnvironmentFailure, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
@@ -28,41 +28,11 @@ from bakery.tags import Scheme, template_fields
 from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey,
                           Published)
 
+from bakery.registries import Registry, registry_for
+from bakery.registry import Manifest
+
 if TYPE_CHECKING:
     from bakery.config import Project
-    from bakery.registry import CopyStats, Manifest
-
-# ------------------------------------------------------------------------------------------------------------
-# Registries: the plain OCI client and ECR look the same to promotion.
-
-
-class Registry(Protocol):
-    host: str
-
-    def head_manifest(self, repo: str, reference: str) -> str | None: ...
-
-    def get_manifest(self, repo: str, reference: str) -> Manifest: ...
-
-    def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str: ...
-
-    def list_tags(self, repo: str) -> list[str]: ...
-
-    def labels(self, repo: str, reference: str) -> dict[str, str]: ...
-
-    def copy_image(self, src: Any, src_repo: str, digest: str, dst_repo: str) -> CopyStats: ...
-
-
-def registry_for(project: Project, env_name: str) -> Registry:
-    """The client for an environment: :class:`bakery.registry.RegistryClient` or the ECR adapter."""
-    env = project.config.env(env_name)
-    if env.kind == "ecr":
-        from bakery.ecr import EcrRegistry
-
-        return EcrRegistry.for_env(project, env_name)
-    from bakery.registry import RegistryClient
-
-    return RegistryClient.for_env(project, env_name)
-
 
 # ------------------------------------------------------------------------------------------------------------
 # References: bakery.ref parses them, bakery.tags reads build tags (names kept here for callers).
@@ -475,8 +445,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         return result
 
     # Copy by digest, then the tags.
-    if hasattr(dst, "ensure_repository"):
-        dst.ensure_repository(dst_repo, aliases=tags[1:])  # type: ignore[attr-defined]
+    dst.ensure_repository(dst_repo, aliases=tags[1:])
     tagged = False
     try:
         stats = dst.copy_image(src, src_repo, pub.digest, dst_repo)

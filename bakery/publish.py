@@ -14,7 +14,7 @@ from typing import Any
 from bakery.config import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
 from bakery.model import ImageKey, ImageSpec, Published
-from bakery.registry import RegistryClient
+from bakery.registries import Registry, registry_for
 from bakery.tags import Scheme, image_aliases, next_build_tag
 
 
@@ -40,11 +40,11 @@ def build_tags(project: Project, key: ImageKey, tags: list[str]) -> list[str]:
 
 
 def latest(project: Project, key: ImageKey, env: str | None = None,
-           client: RegistryClient | None = None) -> Published | None:
+           client: Registry | None = None) -> Published | None:
     """The newest published build of ``key`` in ``env`` (the first environment by default), or None."""
     env = env or project.config.first_env
     host, repo = env_repository(project, env, key.name)
-    client = client or RegistryClient.for_env(project, env)
+    client = client or registry_for(project, env)
     tags = build_tags(project, key, client.list_tags(repo))
     if not tags:
         return None
@@ -70,7 +70,7 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
     """
     env = project.config.first_env
     host, repo = env_repository(project, env, spec.key.name)
-    client = RegistryClient.for_env(project, env)
+    client = registry_for(project, env)
     existing = client.list_tags(repo)
     if build_tag is None:
         build_tag = next_build_tag(project.config.tags.build, name=spec.key.name, version=spec.key.version,
