@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from bakery import secrets
 from bakery.errors import InputError, ValidationError
+from bakery.tags import validate_scheme
 from bakery.validation import format_errors, load_yaml
 
 CONFIG_FILE = "bakery.yaml"
@@ -186,8 +187,6 @@ class Tags(_Strict):
     @field_validator("build")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        from bakery.tags import validate_scheme
-
         validate_scheme(v)
         return v
 

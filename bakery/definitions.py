@@ -35,7 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from bakery.config import Project
 from bakery.errors import InputError, ValidationError
 from bakery.model import ImageKey, ImageSpec, Parent
-from bakery.ref import NAME_RE, TAG_RE, Ref, normalise_host
+from bakery.ref import NAME_RE, TAG_RE, Ref
+from bakery.ref import mirrored as ref_mirrored
+from bakery.render import environment
+from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
 from bakery.validation import format_errors, read_text
 
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9]*$")
@@ -316,8 +319,6 @@ def _write_vars_cache(project: Project, entries: dict[str, list[str]]) -> None:
 def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
     from jinja2 import TemplateSyntaxError, meta
 
-    from bakery.render import environment
-
     try:
         return set(meta.find_undeclared_variables(environment(project).parse(source)))
     except TemplateSyntaxError as exc:
@@ -326,9 +327,7 @@ def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
 
 def mirrored(project: Project, reference: str) -> str:
     """Rewrite an upstream reference through the configured mirrors (``docker.io/x`` → ``127.0.0.1:5000/x``)."""
-    host, sep, rest = reference.partition("/")
-    mirror = project.config.mirrors.get(normalise_host(host))
-    return f"{mirror.rstrip('/')}/{rest}" if mirror and sep else reference
+    return ref_mirrored(reference, project.config.mirrors)
 
 
 def check_value(value: Any) -> str | None:
@@ -537,8 +536,6 @@ def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]]
     are the same PEP 440 version, a version and a variant giving the same NAME:TAG, a definition tag claimed twice
     or equal to another image's version alias, and a definition tag shaped like a build tag are refused."""
     import datetime as dt
-
-    from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
 
     config = project.config
     first = config.env(config.first_env)

@@ -35,7 +35,7 @@ from bakery import secrets, tools
 from bakery.errors import DaemonUnavailable, EnvironmentFailure, InputError, StepFailed
 from bakery.ref import Ref
 from bakery.registries import client_for_host
-from bakery.registry import RegistryClient
+from bakery.registry import Manifest, RegistryClient, sha256_digest
 
 if TYPE_CHECKING:
     from bakery.config import Credentials, Project
@@ -740,8 +740,6 @@ def _tarball_stamp(suite: str) -> str | None:
 
 def _load_base_blobs(suite: str) -> tuple[bytes, str, list[tuple[str, Path]]] | None:
     """The base image as pushed once (manifest + blobs), if cached for the current tarball."""
-    from bakery.registry import Manifest, sha256_digest
-
     d = _base_blobs_dir(suite)
     try:
         meta = json.loads((d / "meta.json").read_text())

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, ImmutableTagError, RegistryError, RegistryUnavailable
 from bakery.ref import is_digest
-from bakery.registry import MANIFEST_TYPES, CopyStats, Manifest, media_type_of
+from bakery.registry import MANIFEST_TYPES, CopyStats, Manifest, RegistryClient, media_type_of
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -140,8 +140,6 @@ class EcrRegistry:
 
     def oci_client(self):
         """A :class:`bakery.registry.RegistryClient` for this ECR registry's OCI endpoint (real AWS only)."""
-        from bakery.registry import RegistryClient
-
         host, user, password = self.authorization()
         return RegistryClient(host, credentials=(user, password))
 

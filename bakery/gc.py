@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import ami as amis
 from bakery.errors import InputError
+from bakery.ledger import current, open_ledger
 from bakery.registries import registry_for
 
 if TYPE_CHECKING:
@@ -84,8 +85,6 @@ def _arrivals(events: list[Event]) -> dict[str, list[str]]:
 
 def protected(project: Project, events: list[Event]) -> dict[str, dict[str, str]]:
     """image -> {identity: why} for every build some environment currently runs."""
-    from bakery.ledger import current
-
     out: dict[str, dict[str, str]] = {}
     images = sorted({e.image for e in events})
     for image in images:
@@ -98,8 +97,6 @@ def protected(project: Project, events: list[Event]) -> dict[str, dict[str, str]
 
 def gc(project: Project, env: str, keep: int, dry_run: bool = False, *, image: str | None = None) -> GcReport:
     """Remove builds beyond the ``keep`` newest per version in ``env`` (see the module docstring)."""
-    from bakery.ledger import open_ledger
-
     project.config.env(env)
     if keep < 1:
         raise InputError(f"--keep: must be at least 1 (got {keep})")

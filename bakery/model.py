@@ -149,6 +149,13 @@ class Published:
         return f"{self.repository}@{self.digest}"
 
 
+def iso_z(t: dt.datetime | None) -> str | None:
+    """A timestamp as UTC ISO 8601 with ``Z`` (None stays None): how every report and record writes time."""
+    if t is None:
+        return None
+    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 # Vulnerability severities, lowest first: the one order (scan, policy, reports, nightly, trivydb, config).
 SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bakery import ami as ami_mod
 from bakery import tools
 from bakery.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EnvironmentFailure, InputError, StepFailed, ToolFailed
-from bakery.model import (LABEL_BUILD_TAG, LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION,
-                          Recipe)
+from bakery.model import LABEL_BUILD_TAG, LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, Recipe
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -392,12 +392,8 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
         if parent_ref.startswith("ami-"):
             source_ami = parent_ref
         else:
-            from bakery import ami as ami_mod
-
             source_ami = ami_mod.newest_source_ami(project, recipe.spec)
     if kind == "amazon-ebs" and not labels.get(LABEL_BUILD_TAG):
-        from bakery import ami as ami_mod
-
         tag = ami_mod.next_build_tag(project, recipe.spec, labels.get(LABEL_FINGERPRINT, ""))
         labels = {**labels, LABEL_BUILD_TAG: tag}
     result = PackerResult(template=label, kind=kind, parent_ref=parent_ref, source_ami=source_ami,

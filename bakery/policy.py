@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bakery.config import IgnoreEntry
 from bakery.errors import InputError
-from bakery.scan import SEVERITY_ORDER, Finding, ScanResult, _iso
+from bakery.model import SEVERITIES as SEVERITY_ORDER
+from bakery.model import iso_z as _iso
+from bakery.validation import load_yaml
 
 if TYPE_CHECKING:
     from bakery.config import Project
     from bakery.model import ImageSpec
+    from bakery.scan import Finding, ScanResult
 
 
 @dataclass(frozen=True)
@@ -167,8 +171,6 @@ def _purl_name(purl: str) -> str:
 
 def parse_trivyignore_yaml(path: Path, display: str = ".trivyignore.yaml") -> list[IgnoreRule]:
     """``.trivyignore.yaml``: ``vulnerabilities: [{id, statement, expired_at, purls, paths}]``."""
-    from bakery.validation import load_yaml
-
     data = load_yaml(path, display=display) or {}
     if not isinstance(data, dict):
         raise InputError(f"{display}: (top level): expected a mapping with 'vulnerabilities'")
@@ -204,8 +206,6 @@ def effective_policy(project: Project, spec: ImageSpec | None = None) -> Effecti
     """The global policy, overridden by the definition's ``policy`` (its ignore entries add to the global ones),
     plus the repository's .trivyignore files."""
     import pydantic
-
-    from bakery.config import IgnoreEntry
 
     pol = project.config.policy
     severity, fixable_only = pol.severity, pol.fixable_only

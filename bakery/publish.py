@@ -13,6 +13,7 @@ from typing import Any
 
 from bakery.config import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
+from bakery.ledger import Event, open_ledger
 from bakery.model import ImageKey, ImageSpec, Published
 from bakery.registries import Registry, registry_for
 from bakery.tags import Scheme, image_aliases, next_build_tag
@@ -145,8 +146,6 @@ def local_repo_digests(docker_client: Any, image_id: str, repository: str) -> se
 
 def record_publish(project: Project, spec: ImageSpec, published: Published, *, fingerprint: str,
                    scan: dict[str, Any] | None, parent: str) -> None:
-    from bakery.ledger import Event, open_ledger
-
     open_ledger(project).record(Event(
         kind="publish", image=str(spec.key), digest=published.digest, build_tag=published.build_tag,
         from_env=None, to_env=published.env, scan=scan,

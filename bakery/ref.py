@@ -199,6 +199,13 @@ class FleetRef:
         return f"{self.name}:{self.tag}" if self.tag else self.name
 
 
+def mirrored(reference: str, mirrors: dict[str, str]) -> str:
+    """Rewrite an upstream reference through the configured mirrors (``docker.io/x`` → ``127.0.0.1:5000/x``)."""
+    host, sep, rest = reference.partition("/")
+    mirror = mirrors.get(normalise_host(host))
+    return f"{mirror.rstrip('/')}/{rest}" if mirror and sep else reference
+
+
 def split_image(image: str) -> tuple[str, str]:
     """``NAME:VERSION[-VARIANT]`` (the ledger's image string) → (name, tag version)."""
     name, _, tag_version = image.partition(":")

@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bakery import tools
-from bakery.errors import (BakeryError, InputError, ScannerError, ToolFailed, ToolMissing,
-                           ToolTimeout)
-from bakery.model import SEVERITIES
+from bakery import policy, tools
+from bakery.errors import BakeryError, DaemonUnavailable, InputError, ScannerError, ToolFailed, ToolMissing, ToolTimeout
+from bakery.model import SEVERITIES, iso_z
 from bakery.ref import DOCKER_HUB, Ref, is_digest
 from bakery.registries import host_settings, registry_for_ref
+from bakery.trivydb import bucket_names
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -146,10 +146,7 @@ class DbInfo:
     next_update: dt.datetime | None = None
 
 
-def _iso(t: dt.datetime | None) -> str | None:
-    if t is None:
-        return None
-    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+_iso = iso_z
 
 
 def _parse_time(value: str) -> dt.datetime:
@@ -312,8 +309,6 @@ def os_bucket(family: str, name: str) -> str | None:
 def check_os_coverage(what: str, os_info: dict[str, Any], db: DbInfo) -> None:
     """ScannerError when the DB has no bucket for the image's OS: trivy would report 0 vulnerabilities for it
     without having had anything to compare with. Unknown families and unreadable bucket lists are not checked."""
-    from bakery.trivydb import bucket_names
-
     bucket = os_bucket(str(os_info.get("Family") or ""), str(os_info.get("Name") or ""))
     if bucket is None:
         return
@@ -516,8 +511,6 @@ def _docker_get(path: str, timeout: float = 30) -> tuple[int, Any]:
 def _inspect_local(image: str) -> _LocalImage:
     from urllib.parse import quote
 
-    from bakery.errors import DaemonUnavailable
-
     if not os.environ.get("DOCKER_HOST", "unix://").startswith("unix://"):
         return _inspect_sdk(image)
     try:
@@ -539,8 +532,6 @@ def _inspect_sdk(image: str) -> _LocalImage:
     """tcp:// and friends (TLS, ssh): through the Docker SDK."""
     import docker
     import docker.errors
-
-    from bakery.errors import DaemonUnavailable
 
     try:
         info = docker.from_env(timeout=30).api.inspect_image(image)
@@ -689,8 +680,6 @@ def write_sbom(project: Project, image: str, path: Path, *, remote: bool = False
 def evaluate(project: Project, result: ScanResult, *, spec: ImageSpec | None = None,
              now: dt.date | None = None) -> GateDecision:
     """Apply the policy (global, overridden per definition, plus .trivyignore files) to a scan result."""
-    from bakery import policy
-
     return policy.evaluate(project, result, spec=spec, now=now)
 
 
