@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import tenacity
+
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, InputError
 
@@ -154,6 +156,12 @@ class Ledger(Protocol):
         ...
 
 
+def _sqlite_busy(exc: BaseException) -> bool:
+    """The database is busy or locked by another connection (by its SQLite result code, not its message)."""
+    return isinstance(exc, sqlite3.OperationalError) and \
+        (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class SqliteLedger:
     """An SQLite file; safe for several processes on one machine (WAL, busy timeout)."""
 
@@ -179,23 +187,22 @@ class SqliteLedger:
     def __init__(self, path: Path):
         self.path = path
         self.url = str(path)
-        import time
 
-        for attempt in range(50):  # several processes opening a new file at once: the schema step can race
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-                self._db.execute("PRAGMA busy_timeout=30000")
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.executescript(self.SCHEMA)
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) and attempt < 49:
-                    time.sleep(0.05 + 0.01 * attempt)
-                    continue
-                raise EnvironmentFailure(f"ledger {path}: cannot open: {exc}") from None
-            except (OSError, sqlite3.Error) as exc:
-                raise EnvironmentFailure(f"ledger {path}: cannot open: {exc}") from None
+        def open_db() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(self.SCHEMA)
+
+        # Several processes opening a new file at once: the schema step can race (SQLITE_BUSY/LOCKED).
+        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_sqlite_busy),
+                                     stop=tenacity.stop_after_attempt(50),
+                                     wait=tenacity.wait_incrementing(start=0.05, increment=0.01), reraise=True)
+        try:
+            retrying(open_db)
+        except (OSError, sqlite3.Error) as exc:
+            raise EnvironmentFailure(f"ledger {path}: cannot open: {exc}") from None
 
     def record(self, event: Event) -> None:
         ev = event.masked()

@@ -500,14 +500,17 @@ def _remove_containers(ids: list[str]) -> None:
     """Remove containers a failed or killed Packer build left behind (Packer normally cleans up)."""
     if not ids:
         return
+    import docker.errors  # the docker SDK only when Packer's docker builder ran (start-up time)
+
     client = _docker_client()
     for cid in ids:
         try:
             client.api.remove_container(cid, force=True, v=True)
             log.info("removed leftover Packer container %s", cid[:12])
-        except Exception as exc:  # noqa: BLE001 - already gone is the normal case
-            if "No such container" not in str(exc) and "404" not in str(exc):
-                log.warning("could not remove Packer container %s: %s", cid[:12], exc)
+        except docker.errors.NotFound:  # already gone is the normal case
+            pass
+        except Exception as exc:  # noqa: BLE001 - best effort cleanup
+            log.warning("could not remove Packer container %s: %s", cid[:12], exc)
 
 
 def _finish_docker(result: PackerResult, labels: dict[str, str], image_tag: str) -> None:

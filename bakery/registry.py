@@ -26,6 +26,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit, parse_qsl
 import docker.auth
 import docker.errors
 import requests
+import tenacity
 
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, RegistryError, RegistryUnavailable
@@ -352,23 +353,25 @@ class RegistryClient:
         return path if path.startswith(("http://", "https://")) else self.base + path
 
     def _retry(self, op: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` with exponential backoff on transient failures."""
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if not retryable_exception(exc):
-                    raise
-                if attempt >= self.retries:
-                    reason = _short(exc)
-                    raise RegistryUnavailable(
-                        f"{self.host}: registry unavailable during {op}: {reason} "
-                        f"(after {attempt + 1} attempt{'s' if attempt else ''})") from None
-                delay = self.backoff * (2 ** attempt)
-                log.debug("%s: %s failed (%s); retrying in %.2fs", self.host, op, _short(exc), delay)
-                time.sleep(delay)
-                attempt += 1
+        """Run ``fn`` with exponential backoff (tenacity) on transient failures (:func:`retryable_exception`);
+        when they persist, :class:`RegistryUnavailable` (exit 3). Any other exception passes through at once."""
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.debug("%s: %s failed (%s); retrying in %.2fs", self.host, op, _short(exc) if exc else "?",
+                      state.next_action.sleep if state.next_action else 0.0)
+
+        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(retryable_exception),
+                                     stop=tenacity.stop_after_attempt(self.retries + 1),
+                                     wait=tenacity.wait_exponential(multiplier=self.backoff, exp_base=2),
+                                     before_sleep=before_sleep, reraise=True)
+        try:
+            return retrying(fn)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not retryable_exception(exc):
+                raise
+            attempts = retrying.statistics.get("attempt_number", self.retries + 1)
+            raise RegistryUnavailable(f"{self.host}: registry unavailable during {op}: {_short(exc)} "
+                                      f"(after {attempts} attempt{'s' if attempts > 1 else ''})") from None
 
     def _auth_header(self, scope: str) -> dict[str, str]:
         a = self._auth
