@@ -79,8 +79,8 @@ class AmiRecord:
 def ami_key(project: Project, ref: str) -> ImageKey | None:
     """The image key when ``ref`` (NAME:VERSION[-VARIANT]) names an AMI image (amazon-ebs definition or AMI
     records in the ledger), else None: lets `bakery promote/rollback/status` dispatch here."""
-    name, sep, version = ref.partition(":")
-    if not sep or not version or "@" in ref:
+    name, version = split_image(ref)
+    if not version or "@" in ref:
         return None
     version = Scheme(project.config.tags.build).version_of(version, name=name) or version  # NAME:BUILD_TAG
     try:

@@ -35,9 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from bakery.config import Project
 from bakery.errors import InputError, ValidationError
 from bakery.model import ImageKey, ImageSpec, Parent
-from bakery.ref import NAME_RE, TAG_RE, Ref
+from bakery.ref import NAME_RE, TAG_RE, Ref, split_image
 from bakery.ref import mirrored as ref_mirrored
-from bakery.render import environment
 from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
 from bakery.validation import format_errors, read_text
 
@@ -179,7 +178,7 @@ class Fleet:
     def resolve_ref(self, ref: str) -> list[ImageKey]:
         """``NAME`` (every version and variant), ``NAME:VERSION`` (that version without variant) or
         ``NAME:VERSION-VARIANT``. Unknown → InputError with the closest match."""
-        name, _, rest = ref.partition(":")
+        name, rest = split_image(ref)
         if name not in self.families:
             close = difflib.get_close_matches(name, list(self.families), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -318,6 +317,10 @@ def _write_vars_cache(project: Project, entries: dict[str, list[str]]) -> None:
 
 def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
     from jinja2 import TemplateSyntaxError, meta
+
+    # Deferred (the one late import of a bakery module in core, see tests/unit/test_import_graph.py): render
+    # imports jinja2, ~0.1 s of every command's start-up, needed only when the template-variables cache misses.
+    from bakery.render import environment
 
     try:
         return set(meta.find_undeclared_variables(environment(project).parse(source)))

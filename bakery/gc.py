@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import ami as amis
 from bakery.errors import InputError
+from bakery.ref import split_image
 from bakery.ledger import current, open_ledger
 from bakery.registries import registry_for
 
@@ -203,7 +204,7 @@ def _gc_tags(project: Project, env: str, keep: int, dry_run: bool, env_events: l
             lst.append((ev.build_tag, ev.digest))
     by_repo: dict[str, list[str]] = {}
     for image in tag_images:
-        by_repo.setdefault(env_cfg.repository(image.split(":", 1)[0]), []).append(image)
+        by_repo.setdefault(env_cfg.repository(split_image(image)[0]), []).append(image)
     for repo, images in sorted(by_repo.items()):
         existing = set(reg.list_tags(repo))
         if not existing:

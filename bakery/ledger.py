@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import tenacity
-
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, InputError
+from bakery.ref import split_image
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -94,7 +93,7 @@ class Event:
 
     @property
     def name(self) -> str:
-        return self.image.split(":", 1)[0]
+        return split_image(self.image)[0]
 
     @property
     def passed(self) -> bool | None:
@@ -196,6 +195,8 @@ class SqliteLedger:
             self._db.executescript(self.SCHEMA)
 
         # Several processes opening a new file at once: the schema step can race (SQLITE_BUSY/LOCKED).
+        import tenacity  # deferred: it imports asyncio (~40 ms measured), and every command imports the ledger
+
         retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_sqlite_busy),
                                      stop=tenacity.stop_after_attempt(50),
                                      wait=tenacity.wait_incrementing(start=0.05, increment=0.01), reraise=True)
@@ -256,7 +257,7 @@ class S3Ledger:
         return f"{self.prefix}/events/" if self.prefix else "events/"
 
     def _key(self, ev: Event) -> str:
-        name, _, version = ev.image.partition(":")
+        name, version = split_image(ev.image)
         return f"{self._base()}{_safe(name)}/{_safe(version or '_')}/{ev.id}.json"
 
     def record(self, event: Event) -> None:
@@ -285,7 +286,7 @@ class S3Ledger:
 
         prefix = self._base()
         if image:
-            name, _, version = image.partition(":")
+            name, version = split_image(image)
             prefix += f"{_safe(name)}/" + (f"{_safe(version)}/" if version else "")
         out: list[Event] = []
         try:

@@ -18,6 +18,7 @@ from bakery.config import IgnoreEntry
 from bakery.errors import InputError
 from bakery.model import SEVERITIES as SEVERITY_ORDER
 from bakery.model import iso_z as _iso
+from bakery.ref import Ref
 from bakery.validation import load_yaml
 
 if TYPE_CHECKING:
@@ -247,11 +248,9 @@ def image_names(result: ScanResult, spec: ImageSpec | None = None) -> tuple[str,
     """What an ignore entry's ``image`` glob is matched against."""
     ref = result.image
     names = [ref]
-    repo = ref.split("@", 1)[0]
-    last = repo.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo = repo[: -(len(last) - last.index(":"))]
-    names += [repo, repo.rsplit("/", 1)[-1]]
+    parsed = Ref.try_parse(ref)
+    if parsed is not None:  # the repository as written (with its host when one was written), the family name
+        names += [parsed.name if ref.startswith(parsed.registry + "/") else parsed.repository, parsed.family]
     if spec is not None:
         names += [spec.ref, spec.key.name, f"{spec.key.name}:{spec.key.version}"]
     return tuple(dict.fromkeys(n for n in names if n))

@@ -578,7 +578,8 @@ def require_pushed(project: Project, image: str) -> None:
 
 
 def _digest_of(image: str) -> str:
-    return image.rsplit("@", 1)[1] if "@" in image else ""
+    """The digest an image reference is pinned by ("" when none); a malformed one is reported by the caller."""
+    return image.rsplit("@", 1)[1] if "@" in image else ""  # not Ref.parse: the caller names a bad digest
 
 
 # ---------------------------------------------------------------------------------------------- scan
@@ -636,8 +637,9 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
         raise ScannerError(f"trivy scanned {what} but left no vulnerability DB in {sc.cache_dir}; no result")
     if not digest and remote:
         for d in meta.get("RepoDigests") or []:
-            if "@" in d:
-                digest = d.rsplit("@", 1)[1]
+            pinned = Ref.try_parse(d)
+            if pinned is not None and pinned.digest:
+                digest = pinned.digest
                 break
     os_info = meta.get("OS") or {}
     if not isinstance(os_info, dict):

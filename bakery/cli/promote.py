@@ -127,16 +127,14 @@ def history_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> Non
     if env:
         project.config.env(env)
     image = None
+    digest = None
     if ref:
-        from bakery.promote import parse_ref
+        from bakery.ref import FleetRef
 
-        image = ref if ":" not in ref and "@" not in ref else None
-        if image is None:
-            r = parse_ref(ref)
-            image = f"{r.name}:{r.tag}" if r.tag else r.name
+        r = FleetRef.parse(ref, require_tag_or_digest=False)
+        image, digest = r.image, r.digest
     events = open_ledger(project).events(image=image, env=env)
-    if ref and "@" in ref:
-        digest = ref.split("@", 1)[1]
+    if digest:
         events = [e for e in events if e.digest == digest]
     if ref and not events:
         from bakery.store import known_to_fleet, unknown_image_message

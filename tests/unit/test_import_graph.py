@@ -108,9 +108,13 @@ def test_no_import_cycles_among_core_modules() -> None:
     assert cycles == [], "import cycles: " + "; ".join(" ↔ ".join(c) for c in cycles)
 
 
+# Measured exceptions, each explained next to the import.
+DEFERRED = {("bakery.definitions", "bakery.render")}  # render imports jinja2: ~0.1 s of `bakery list`'s start-up
+
+
 def test_core_modules_import_bakery_modules_at_the_top() -> None:
     late = [f"{m}:{line} imports {dep} inside a function" for m, deps in sorted(_graph().items())
-            for dep, line, top in deps if not top]
+            for dep, line, top in deps if not top and (m, dep) not in DEFERRED]
     assert late == []
 
 
