@@ -126,3 +126,12 @@ def test_core_modules_import_bakery_modules_at_the_top() -> None:
 def test_the_cycle_finder_sees_a_cycle_hidden_in_a_function(cycle: dict[str, str]) -> None:
     graph = {name: _imports(ast.parse(src), name) for name, src in cycle.items()}
     assert _cycles(graph) == [sorted(cycle)]
+
+
+def test_only_the_store_layer_knows_artifact_kinds() -> None:
+    """No ``startswith("ami:")`` outside the AMI store; promote/rollback/status commands import no AMI code."""
+    spelled = [str(p.relative_to(PACKAGE.parent)) for p in sorted(PACKAGE.rglob("*.py"))
+               if p.name != "ami.py" and '"ami:' in p.read_text()]
+    assert spelled == []
+    cli = ast.parse((PACKAGE / "cli" / "promote.py").read_text())
+    assert not [m for m, _, _ in _imports(cli, "bakery.cli.promote") if m == "bakery.ami"]
