@@ -30,16 +30,13 @@ class StatusRow:
     ledger_digest: str | None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # the store's own fields (kind; AMI: origin, amis)
+    unreachable: bool = False  # the store could not be read: the row shows the ledger's view only
 
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image, "env": self.env, "build_tag": self.build_tag, "digest": self.digest,
                 "age": self.age, "since": self.since.isoformat().replace("+00:00", "Z") if self.since else None,
                 "vulnerabilities": self.vulnerabilities, "gate": self.gate, "ledger_digest": self.ledger_digest,
                 "note": self.note or None, **self.extra}
-
-    @property
-    def unreachable(self) -> bool:
-        return self.note.startswith("registry unreachable")
 
 
 def status(project: Project, ref: str | None = None, env: str | None = None, *, now: dt.datetime | None = None,
@@ -91,7 +88,7 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
                 rows.append(StatusRow(image=image, env=e, build_tag=ledger_now.build_tag if ledger_now else "",
                                       digest=None, age="-", since=None, vulnerabilities=None, gate="-",
                                       ledger_digest=ledger_now.digest if ledger_now else None,
-                                      note=f"registry unreachable: {exc}", extra={"kind": kind}))
+                                      note=f"registry unreachable: {exc}", extra={"kind": kind}, unreachable=True))
                 continue
             if live is None and not ledger_now:
                 continue
