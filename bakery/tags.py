@@ -121,11 +121,19 @@ class Scheme:
 
     def next_tag(self, *, name: str, version: str, variant: str | None, today: dt.date, existing: Iterable[str],
                  fingerprint: str = "") -> str:
-        """The first tag of the scheme not in ``existing`` (``n`` from 1); without ``{n}`` the one tag."""
+        """The tag of the next build: ``n`` one past the highest ``n`` of this version's builds with the same
+        date (1 for the first), so that it sorts after every earlier build — also when the scheme carries the
+        fingerprint (two builds of a day differ in ``{fp}`` but never share ``n``) and when an earlier build tag
+        was deleted (a gap is never refilled). Without ``{n}`` the one tag."""
         if "n" not in self.fields:
             return self.render(name=name, version=version, variant=variant, today=today, fingerprint=fingerprint)
         taken = set(existing)
-        n = 1
+        tag_version = f"{version}-{variant}" if variant else version
+        first = self.render(name=name, version=version, variant=variant, today=today, n=1, fingerprint=fingerprint)
+        parsed = self.parse(first, name=name, tag_version=tag_version)
+        day = parsed.date if parsed is not None else None
+        same_day = [b.n or 0 for b in self.builds(taken, name=name, tag_version=tag_version) if b.date == day]
+        n = max(same_day, default=0) + 1
         while True:
             tag = self.render(name=name, version=version, variant=variant, today=today, n=n,
                               fingerprint=fingerprint)
