@@ -76,21 +76,28 @@ class AmiRecord:
                 "time": self.time.isoformat().replace("+00:00", "Z") if self.time else None}
 
 
-def ami_key(project: Project, ref: str) -> ImageKey | None:
-    """The image key when ``ref`` (NAME:VERSION[-VARIANT]) names an AMI image (amazon-ebs definition or AMI
-    records in the ledger), else None: lets `bakery promote/rollback/status` dispatch here."""
+def ami_key(project: Project, ref: str, *, specs: dict[ImageKey, ImageSpec] | None = None,
+            events: list[Event] | None = None) -> ImageKey | None:
+    """The image key when ``ref`` (NAME:VERSION[-VARIANT] or NAME:BUILD_TAG) names an AMI image (amazon-ebs
+    definition or AMI records in the ledger), else None: how the store layer (bakery.store.artifact_kind)
+    tells the kinds apart. ``specs``/``events``: the fleet's specs and the ledger's events when the caller
+    has them (status asks for every image)."""
     name, version = split_image(ref)
     if not version or "@" in ref:
         return None
     version = Scheme(project.config.tags.build).version_of(version, name=name) or version  # NAME:BUILD_TAG
-    try:
-        for key, spec in load_fleet(project).specs.items():
-            if key.name == name and key.tag_version == version:
-                return key if is_ami_spec(spec) else None
-    except BakeryError:  # definitions are optional here; the ledger decides then
-        pass
-    events = open_ledger(project).events(image=ref)
-    if any(is_ami_digest(e.digest) for e in events):
+    if specs is None:
+        try:
+            specs = load_fleet(project).specs
+        except BakeryError:  # definitions are optional here; the ledger decides then
+            specs = {}
+    for key, spec in specs.items():
+        if key.name == name and key.tag_version == version:
+            return key if is_ami_spec(spec) else None
+    image = f"{name}:{version}"
+    if events is None:
+        events = open_ledger(project).events(image=image)
+    if any(e.image == image and is_ami_digest(e.digest) for e in events):
         return ImageKey(name, version)
     return None
 

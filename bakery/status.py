@@ -59,9 +59,11 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
     for e in events:
         if e.image not in images:
             images.append(e.image)
+    specs: dict[Any, Any] = {}
     try:  # images defined but never published appear too
-        for spec in load_fleet(project).select([ref] if ref and ":" in ref else ([name_filter] if name_filter
-                                                                                 else [])):
+        fleet = load_fleet(project)
+        specs = fleet.specs
+        for spec in fleet.select([ref] if ref and ":" in ref else ([name_filter] if name_filter else [])):
             if str(spec.key) not in images:
                 images.append(str(spec.key))
     except BakeryError:  # no definitions here: the ledger is enough
@@ -74,7 +76,7 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
     down: dict[str, str] = {}
     for image in images:
         key = key_of(image)
-        kind = artifact_kind(project, image)
+        kind = artifact_kind(project, image, specs=specs, events=events)
         for e in envs:
             store = stores.get((kind, e)) or stores.setdefault((kind, e), store_for(project, e, kind=kind))
             mine = [x for x in events if x.image == image and x.to_env == e]

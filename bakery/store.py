@@ -107,10 +107,11 @@ class ArtifactStore(Protocol):
 # Choosing the store
 
 
-def artifact_kind(project: Project, ref: str) -> str:
+def artifact_kind(project: Project, ref: str, *, specs: dict[ImageKey, Any] | None = None,
+                  events: list[ledger_mod.Event] | None = None) -> str:
     """``ami`` when REF (NAME:VERSION[-VARIANT]) names a machine image (an amazon-ebs definition, or AMI records in
-    the ledger), else ``registry``."""
-    return "ami" if ami_mod.ami_key(project, ref) is not None else "registry"
+    the ledger), else ``registry``. ``specs``/``events`` when the caller has them loaded already."""
+    return "ami" if ami_mod.ami_key(project, ref, specs=specs, events=events) is not None else "registry"
 
 
 def store_for(project: Project, env: str, ref: str | None = None, *, kind: str | None = None,
