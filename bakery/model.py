@@ -138,9 +138,9 @@ class Published:
 
     key: ImageKey
     env: str
-    repository: str  # host[:port]/path
+    repository: str  # host[:port]/path — a bakery.ref.Ref's ``name`` ("" for an AMI build: see ``digest``)
     build_tag: str
-    digest: str
+    digest: str  # the manifest digest; for an AMI build its origin ``ami:REGION:AMI-ID``
     aliases: tuple[str, ...] = ()
     created: dt.datetime | None = None
 
