@@ -102,16 +102,6 @@ def ami_key(project: Project, ref: str, *, specs: dict[ImageKey, ImageSpec] | No
     return None
 
 
-def text_progress(echo: Callable[[str], None]) -> Progress:
-    """A progress callback printing one line per region and state change (``eu-west-1 ami-1: available``)."""
-    started = time.monotonic()
-
-    def show(region: str, ami_id: str, state: str) -> None:
-        echo(f"  {region} {ami_id}: {state} ({time.monotonic() - started:.0f}s)")
-
-    return show
-
-
 def origin(region: str, ami_id: str) -> str:
     return f"{ORIGIN_PREFIX}{region}:{ami_id}"
 
@@ -340,22 +330,6 @@ def current_ami(project: Project, key: ImageKey | str, env: str) -> AmiRecord | 
 def history(project: Project, key: ImageKey | str, env: str) -> list[AmiRecord]:
     """Every AMI arrival in ``env`` for this image, oldest first."""
     return [_record(e) for e in _moves(project, _image(key), env)]
-
-
-def previous_ami(project: Project, key: ImageKey | str, env: str) -> AmiRecord | None:
-    """The build ``env`` ran before its current one (the rollback target)."""
-    moves = _moves(project, _image(key), env)
-    if not moves:
-        return None
-    cur = moves[-1].digest
-    # A build the environment was later rolled back away from is no candidate (a second rollback goes further).
-    rolled: set[str] = set()
-    for ev in reversed(moves):
-        if ev.kind == "rollback":
-            rolled.add(str((ev.details or {}).get("rolled_back_from")))
-        if ev.digest != cur and ev.digest not in rolled:
-            return _record(ev)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- publish
