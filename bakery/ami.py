@@ -469,7 +469,7 @@ class AmiStore:
                 return False
         return True
 
-    def conflict(self, pub: Published) -> str | None:
+    def conflict(self, pub: Published) -> tuple[str, dict[str, Any]] | None:
         return None  # an AMI build has no tag another build could hold
 
     def aliases(self, key: ImageKey, today: dt.date, *, identifying_only: bool = False) -> list[str]:

@@ -162,8 +162,8 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     # Immutable build tag, and the no-op.
     conflict = dst.conflict(pub)
     if conflict is not None:
-        result.gates = [GateResult("immutable-tag", False, conflict)]
-        result.message = conflict
+        result.gates = [GateResult("immutable-tag", False, conflict[0], conflict[1])]
+        result.message = conflict[0]
         if not dry_run:
             result.event_id = _record(led, "gate", result, stamp())
         return finish("would-refuse" if dry_run else "refused")

@@ -51,8 +51,9 @@ class ArtifactStore(Protocol):
         """Whether this store has the build (and every alias in ``aliases`` points at it)."""
         ...
 
-    def conflict(self, pub: Published) -> str | None:
-        """Why the build cannot come here (an immutable build tag on another build), else None."""
+    def conflict(self, pub: Published) -> tuple[str, dict[str, Any]] | None:
+        """Why the build cannot come here (an immutable build tag on another build) and the details for the
+        record, else None."""
         ...
 
     def aliases(self, key: ImageKey, today: dt.date, *, identifying_only: bool = False) -> list[str]:
@@ -256,11 +257,11 @@ class RegistryStore:
         return (self.registry.head_manifest(repo, pub.build_tag) == pub.digest
                 and all(self.registry.head_manifest(repo, t) == pub.digest for t in aliases))
 
-    def conflict(self, pub: Published) -> str | None:
+    def conflict(self, pub: Published) -> tuple[str, dict[str, Any]] | None:
         existing = self.registry.head_manifest(self.repo(pub.key.name), pub.build_tag)
         if existing is not None and existing != pub.digest:
             return (f"{self.where(pub.key.name)}:{pub.build_tag} already points at {existing[:19]}…, refusing to "
-                    f"move an immutable tag")
+                    f"move an immutable tag", {"existing": existing})
         return None
 
     def aliases(self, key: ImageKey, today: dt.date, *, identifying_only: bool = False) -> list[str]:
