@@ -20,13 +20,14 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from bakery import attest
-from bakery.errors import InputError
-from bakery.signing import PublicKey, Signer
+from bakery import attest, secrets
+from bakery.errors import EnvironmentFailure, InputError, StepFailed
+from bakery.evidence import DSSE_TYPE, BuildFacts, Check, check_envelope, envelope_row, judge, keys_for
+from bakery.registry import sha256_digest
+from bakery.signing import PublicKey, Signer, envelope_bytes, project_signer, sign_envelope
 
 if TYPE_CHECKING:
     from bakery.config import Project
-    from bakery.evidence import BuildFacts, Check
 
 APPLICABLE = ("provenance", "promotion")
 
@@ -43,15 +44,38 @@ def store(project: Project) -> tuple[str, str] | None:
 
 
 def _s3(project: Project) -> Any:
-    from bakery import ami
+    import boto3
+    from botocore.config import Config as BotoConfig
 
-    return ami.client(project, project.config.aws.region, "s3")
+    return boto3.client("s3", region_name=project.config.aws.region, endpoint_url=project.config.aws.endpoint_url
+                        or None, config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}))
+
+
+def _call(what: str, fn: Any) -> Any:
+    """A boto3 call: unreachable endpoint / no credentials → exit 3, an AWS refusal → exit 1."""
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+    try:
+        return fn()
+    except (EndpointConnectionError, NoCredentialsError) as exc:
+        raise EnvironmentFailure(f"AWS: {what}: {exc}") from None
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        raise StepFailed(f"AWS: {what}: {err.get('Code', 'error')}: {err.get('Message', exc)}") from None
+    except BotoCoreError as exc:
+        raise EnvironmentFailure(f"AWS: {what}: {exc}") from None
+
+
+def _split(origin: str) -> tuple[str, str]:
+    """(region, AMI id) of an origin (bakery.ami owns the format: KIND:REGION:AMI-ID)."""
+    parts = origin.split(":")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise InputError(f"{origin!r}: not an AMI build origin")
+    return parts[1], parts[2]
 
 
 def subject(origin: str) -> dict[str, Any]:
-    from bakery.ami import parse_origin
-
-    region, ami_id = parse_origin(origin)
+    region, ami_id = _split(origin)
     return {"name": origin, "uri": f"arn:aws:ec2:{region}::image/{ami_id}",
             "digest": {"sha256": hashlib.sha256(origin.encode()).hexdigest()}}
 
@@ -61,41 +85,34 @@ def _digest(origin: str) -> str:
 
 
 def _prefix(project: Project, origin: str) -> tuple[str, str]:
-    from bakery.ami import parse_origin
-
     where = store(project)
     assert where is not None
     bucket, prefix = where
-    region, ami_id = parse_origin(origin)
+    region, ami_id = _split(origin)
     return bucket, "/".join(p for p in (prefix, "ami", region, ami_id) if p) + "/"
 
 
 def put(project: Project, origin: str, kind: str, body: bytes) -> str:
     """Write one envelope (never overwriting); returns its s3:// URL."""
-    from bakery import ami
-    from bakery.evidence import DSSE_TYPE
-
     bucket, prefix = _prefix(project, origin)
     key = f"{prefix}{kind}-{hashlib.sha256(body).hexdigest()[:16]}.dsse.json"
     s3 = _s3(project)
-    ami._call(f"store the {kind} attestation of {origin}", lambda: s3.put_object(
+    _call(f"store the {kind} attestation of {origin}", lambda: s3.put_object(
         Bucket=bucket, Key=key, Body=body, ContentType=DSSE_TYPE, IfNoneMatch="*"))
     return f"s3://{bucket}/{key}"
 
 
 def objects(project: Project, origin: str) -> list[tuple[str, bytes]]:
     """Every evidence object of the build: (s3 URL, bytes)."""
-    from bakery import ami
-
     bucket, prefix = _prefix(project, origin)
     s3 = _s3(project)
     out: list[tuple[str, bytes]] = []
     token: dict[str, str] = {}
     while True:
-        page = ami._call(f"list the attestations of {origin}", lambda: s3.list_objects_v2(
+        page = _call(f"list the attestations of {origin}", lambda: s3.list_objects_v2(
             Bucket=bucket, Prefix=prefix, **token))
         for obj in page.get("Contents") or []:
-            body = ami._call(f"read {obj['Key']}", lambda o=obj: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"]
+            body = _call(f"read {obj['Key']}", lambda o=obj: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"]
                              .read())
             out.append((f"s3://{bucket}/{obj['Key']}", body))
         if not page.get("IsTruncated"):
@@ -104,16 +121,11 @@ def objects(project: Project, origin: str) -> list[tuple[str, bytes]]:
 
 
 def _signed(signer: Signer, stmt: dict[str, Any]) -> bytes:
-    from bakery import secrets
-    from bakery.signing import envelope_bytes, sign_envelope
-
     payload = secrets.mask(json.dumps(stmt, sort_keys=True, separators=(",", ":"))).encode()
     return envelope_bytes(sign_envelope(signer, payload))
 
 
 def _ready(project: Project) -> Signer | None:
-    from bakery.signing import project_signer
-
     if store(project) is None:
         return None
     return project_signer(project)
@@ -150,8 +162,6 @@ def attest_promotion(project: Project, *, image: str, origin: str, build_tag: st
 def verify(project: Project, origin: str, keys: list[PublicKey], required: list[str], *,
            promoted_to: str | None = None, now: dt.datetime | None = None) -> list[Check]:
     """Checks of the build's evidence: provenance / promotion as for images; sbom, scan, vex not applicable."""
-    from bakery.evidence import Check, check_envelope, judge
-
     if store(project) is None:
         return [Check(k, False, "signing.ami_store is not configured: AMIs carry no evidence") for k in required]
     want = _digest(origin)[7:]
@@ -166,14 +176,22 @@ def verify(project: Project, origin: str, keys: list[PublicKey], required: list[
     return checks
 
 
-def gate(project: Project, origin: str, to_env: str) -> dict[str, Any]:
-    """The ``attestations`` gate for an AMI promotion, as a gate result dict."""
-    from bakery.evidence import keys_for
-
+def gate(project: Project, origin: str, to_env: str, *, now: dt.datetime) -> tuple[bool, str, dict[str, Any]]:
+    """The ``attestations`` gate for an AMI promotion: (passed, reason, details)."""
     required = list(project.config.env(to_env).gates.require_attestations)
-    checks = verify(project, origin, keys_for(project, to_env), required)
+    checks = verify(project, origin, keys_for(project, to_env), required, now=now)
     failed = [f"{c.kind}: {c.reason}" for c in checks if not c.passed]
-    return {"name": "attestations", "passed": not failed,
-            "reason": "; ".join(failed) if failed else
-            f"{', '.join(k for k in required if k in APPLICABLE) or 'nothing applicable'} signed by a trusted key",
-            "details": {"required": required, "checks": [c.to_json() for c in checks]}}
+    details = {"required": required, "checks": [c.to_json() for c in checks]}
+    if failed:
+        return False, "; ".join(failed), details
+    return True, f"{', '.join(k for k in required if k in APPLICABLE) or 'nothing applicable'} signed by a trusted " \
+                 f"key", details
+
+
+def rows(project: Project, origin: str) -> list[dict[str, Any]]:
+    """`bakery attestations` for an AMI build: its S3 objects (nothing verified)."""
+    if store(project) is None:
+        return []
+    return [envelope_row(body, {"digest": sha256_digest(body), "artifactType": DSSE_TYPE, "location": url,
+                                "kind": url.rsplit("/", 1)[-1].split("-", 1)[0]})
+            for url, body in objects(project, origin)]

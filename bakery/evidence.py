@@ -25,11 +25,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bakery import attest
-from bakery.errors import RegistryError, StepFailed
+from bakery import attest, secrets
+from bakery import scan as scan_mod
+from bakery.errors import InputError, RegistryError, StepFailed
+from bakery.ledger import now as clock
+from bakery.model import Published
+from bakery.registries import registry_for
 from bakery.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient, sha256_digest
-from bakery.signing import (INTOTO_PAYLOAD_TYPE, PublicKey, SignatureError, Signer, envelope_bytes, sign_envelope,
-                            verify_envelope)
+from bakery.signing import (INTOTO_PAYLOAD_TYPE, PublicKey, SignatureError, Signer, envelope_bytes, project_signer,
+                            sign_envelope, trusted_keys, verify_envelope)
+from bakery.signing import key_file as load_key_file
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -138,10 +143,10 @@ def attach(reg: Any, repo: str, digest: str, items: list[Item], *, now: dt.datet
     image = client.get_manifest(repo, digest)
     subject = {"mediaType": image.media_type, "digest": image.digest, "size": len(image.body)}
     created = attest.iso(now or dt.datetime.now(dt.timezone.utc))
-    client.push_blob_bytes(repo, EMPTY_DIGEST, EMPTY_BLOB)
+    client.push_blob(repo, EMPTY_BLOB)
     entries = []
     for item in items:
-        client.push_blob_bytes(repo, sha256_digest(item.body), item.body)
+        client.push_blob(repo, item.body)
         body, entry = _manifest(subject, item, created)
         written = client.put_manifest(repo, entry["digest"], body, OCI_MANIFEST)
         if written != entry["digest"]:
@@ -178,8 +183,6 @@ def _add_to_index(client: RegistryClient, repo: str, digest: str, entries: list[
 
 
 def signed_item(kind: str, signer: Signer, stmt: dict[str, Any]) -> Item:
-    from bakery import secrets
-
     # belt and braces: a registered secret (registry password, token) never reaches a signed statement
     payload = secrets.mask(json.dumps(stmt, sort_keys=True, separators=(",", ":"))).encode()
     env = sign_envelope(signer, payload)
@@ -216,8 +219,11 @@ def copy(src: Any, src_repo: str, dst: Any, dst_repo: str, digest: str) -> int:
 
 
 def delete(reg: Any, repo: str, digest: str) -> list[str]:
-    """Delete the artifacts referring to ``digest`` and their index tag; returns the deleted digests."""
-    client = _client(reg, f"{repo}@{digest}")
+    """Delete the artifacts referring to ``digest`` and their index tag; returns the deleted digests (none on ECR,
+    which carries none)."""
+    if not isinstance(reg, RegistryClient):
+        return []
+    client = reg
     artifacts, how = list_artifacts(client, repo, digest)
     gone = []
     for a in artifacts:
@@ -477,15 +483,14 @@ def _human(delta: dt.timedelta) -> str:
 # ------------------------------------------------------------------------------------------------------------
 # The project's view: which keys an environment trusts, what it requires
 
+DEFAULT_REQUIRED = ["provenance", "sbom", "scan", "vex"]
+
 
 def required_for(project: Project, env: str) -> list[str]:
     return list(project.config.env(env).gates.require_attestations)
 
 
 def keys_for(project: Project, env: str, key_file: str | None = None) -> list[PublicKey]:
-    from bakery.errors import InputError
-    from bakery.signing import key_file as load_key_file, trusted_keys
-
     if key_file:
         return [load_key_file(key_file)]
     keys = trusted_keys(project, env)
@@ -496,7 +501,7 @@ def keys_for(project: Project, env: str, key_file: str | None = None) -> list[Pu
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Hooks: publish and promote
+# Hooks: publish, the promotion gate, promotion
 
 
 @dataclass
@@ -516,14 +521,11 @@ class BuildFacts:
     finished: dt.datetime
 
 
-def attest_publish(project: Project, published: Any, *, image_id: str, facts: BuildFacts,
+def attest_publish(project: Project, published: Published, *, image_id: str, facts: BuildFacts,
                    scan: tuple[Any, Any] | None, signer: Signer | None = None,
                    now: dt.datetime | None = None) -> list[Artifact]:
     """Sign and attach provenance, SBOM (+ the plain CycloneDX document trivy reads), scan and VEX to a freshly
     published image. No signer configured: nothing is attached (the prod gate will say so)."""
-    from bakery import scan as scan_mod
-    from bakery.signing import project_signer
-
     signer = signer or project_signer(project)
     if signer is None:
         log.info("signing.key is not configured: %s carries no attestations", published.pinned)
@@ -557,15 +559,12 @@ def attest_publish(project: Project, published: Any, *, image_id: str, facts: Bu
         if vex is not None:  # nothing waived: no VEX document (the signed scan says so: ignored == [])
             statements.append(("vex", vex))
     items = [sbom_item(bom_bytes)] + [signed_item(kind, signer, stmt) for kind, stmt in statements]
-    reg = RegistryClient.for_env(project, published.env)
-    return attach(reg, repo, digest, items, now=now)
+    return attach(registry_for(project, published.env), repo, digest, items, now=now)
 
 
 def attest_scan(project: Project, reg: Any, repo: str, repository: str, digest: str, result: Any, decision: Any,
                 now: dt.datetime | None = None) -> Artifact | None:
-    """A fresh signed scan attestation (promotion re-scanned a stale digest); None without a signer."""
-    from bakery.signing import project_signer
-
+    """A fresh signed scan attestation (the promotion's scan gate ran it); None without a signer."""
     signer = project_signer(project)
     if signer is None:
         return None
@@ -573,10 +572,46 @@ def attest_scan(project: Project, reg: Any, repo: str, repository: str, digest: 
     return attach(reg, repo, digest, [signed_item("scan", signer, stmt)], now=now)[0]
 
 
+def gate(project: Project, reg: Any, repo: str, pub: Published, to_env: str, *, now: dt.datetime,
+         fresh_scan: tuple[Any, Any] | None = None) -> tuple[bool, str, dict[str, Any]]:
+    """The ``attestations`` gate of ``to_env`` on ``repo@digest`` in the source registry: (passed, reason, details).
+    Every required kind must be signed by one of ``to_env``'s trusted keys and be about this digest; the newest
+    signed scan must have passed and be younger than ``max_scan_age``. ``fresh_scan``: the scan gate's result,
+    signed and attached first when it was just run, or when the signed scans are too old and it is within
+    ``max_scan_age`` (a stored scan nobody signed)."""
+    env = project.config.env(to_env)
+    required = list(env.gates.require_attestations)
+    keys = keys_for(project, to_env)
+
+    def check() -> Report:
+        return verify(reg, repo, pub.digest, keys, required, max_scan_age=env.gates.max_scan_age_delta, now=now)
+
+    if fresh_scan is not None and not getattr(fresh_scan[0], "cached", False):
+        attest_scan(project, reg, repo, pub.repository, pub.digest, *fresh_scan, now=now)
+    report = check()
+    if not report.passed and fresh_scan is not None and any(c.kind == "scan" and not c.passed
+                                                            for c in report.checks):
+        attest_scan(project, reg, repo, pub.repository, pub.digest, *fresh_scan, now=now)
+        report = check()
+    details = {"required": required, "checks": [c.to_json() for c in report.checks]}
+    if report.passed:
+        return True, f"{', '.join(required)} signed by a trusted key", details
+    return False, "; ".join(report.failures()), details
+
+
+def carry(project: Project, src: Any, src_repo: str, dst: Any, dst_repo: str, digest: str,
+          promotion: Any = None) -> dict[str, Any]:
+    """Promotion: copy the digest's attestations byte for byte, then add the promotion's own signed attestation
+    (``promotion``: the Promotion being made; None adds none). ECR: nothing is carried yet (README)."""
+    if not isinstance(src, RegistryClient) or not isinstance(dst, RegistryClient):
+        return {}
+    copied = copy(src, src_repo, dst, dst_repo, digest)
+    added = attest_promotion(project, dst, dst_repo, promotion, clock()) if promotion is not None else None
+    return {"attestations_copied": copied, "promotion_attestation": added.digest if added else None}
+
+
 def attest_promotion(project: Project, reg: Any, repo: str, promotion: Any, now: dt.datetime) -> Artifact | None:
     """The promotion's own signed attestation on the target; None without a signer."""
-    from bakery.signing import project_signer
-
     signer = project_signer(project)
     if signer is None:
         log.info("signing.key is not configured: the promotion of %s is not attested", promotion.image)
@@ -588,90 +623,8 @@ def attest_promotion(project: Project, reg: Any, repo: str, promotion: Any, now:
     return attach(reg, repo, promotion.digest, [signed_item("promotion", signer, stmt)], now=now)[0]
 
 
-def gate(project: Project, reg: Any, repo: str, digest: str, to_env: str,
-         now: dt.datetime | None = None) -> tuple[bool, str, dict[str, Any]]:
-    """The ``attestations`` gate of ``to_env`` on ``repo@digest`` (in the source registry): (passed, reason,
-    details). Every required kind must be signed by one of ``to_env``'s trusted keys and be about this digest;
-    the newest signed scan must have passed and be younger than ``max_scan_age``."""
-    env = project.config.env(to_env)
-    required = list(env.gates.require_attestations)
-    keys = keys_for(project, to_env)
-    report = verify(reg, repo, digest, keys, required, max_scan_age=env.gates.max_scan_age_delta if env.gates.scan
-                    or "scan" in required else None, now=now)
-    details = {"required": required, "checks": [c.to_json() for c in report.checks]}
-    if report.passed:
-        return True, f"{', '.join(required)} signed by a trusted key", details
-    return False, "; ".join(report.failures()), details
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Commands: `bakery verify`, `bakery attestations`
-
-DEFAULT_REQUIRED = ["provenance", "sbom", "scan", "vex"]
-
-
-def _resolve(project: Project, ref: str, env: str) -> tuple[Any, str, Any]:
-    """REF in ``env``: NAME:VERSION / NAME:BUILD_TAG as promotion resolves them; IMAGE@DIGEST as it is, build tag
-    or not (a digest someone copied by hand must still be checkable)."""
-    from bakery.model import ImageKey, Published
-    from bakery.promote import parse_ref, registry_for, resolve
-
-    reg = registry_for(project, env)
-    environment = project.config.env(env)
-    if "@" in ref:
-        r = parse_ref(ref)
-        repo = environment.repository(r.name)
-        assert r.digest is not None
-        if reg.head_manifest(repo, r.digest) is None:
-            raise StepFailed(f"{environment.image(r.name)}@{r.digest}: not found in {env}")
-        pub = Published(key=ImageKey(r.name, r.tag or "?"), env=env, repository=environment.image(r.name),
-                        build_tag="", digest=r.digest)
-        return pub, repo, reg
-    pub = resolve(project, ref, env, registry=reg)
-    return pub, environment.repository(pub.key.name), reg
-
-
-def verify_ref(project: Project, ref: str, env: str, *, key_file: str | None = None,
-               max_scan_age: dt.timedelta | None = None, now: dt.datetime | None = None) -> Report:
-    """Verify what REF's digest carries in ``env``: the environment's required kinds (all four when it requires
-    none), and, beyond the first environment, a signed promotion into ``env``."""
-    project.config.env(env)
-    keys = keys_for(project, env, key_file)
-    promoted_to = env if env != project.config.first_env else None
-    origin = _ami_origin(project, ref, env)
-    if origin is not None:  # an AMI build: its evidence is in S3 (bakery.ami_evidence)
-        from bakery import ami_evidence
-        from bakery.ledger import now as clock
-
-        required = required_for(project, env) or list(DEFAULT_REQUIRED)
-        report = Report(image=origin, digest=origin, required=required, listing="s3")
-        report.checks = ami_evidence.verify(project, origin, keys, required, promoted_to=promoted_to,
-                                            now=now or clock())
-        return report
-    pub, repo, reg = _resolve(project, ref, env)
-    required = required_for(project, env) or list(DEFAULT_REQUIRED)
-    from bakery.ledger import now as clock
-
-    return verify(reg, repo, pub.digest, keys, required, max_scan_age=max_scan_age, now=now or clock(),
-                  promoted_to=promoted_to, image=pub.pinned)
-
-
-def _ami_origin(project: Project, ref: str, env: str) -> str | None:
-    """The origin of the AMI build ``env`` runs for REF, when REF is an AMI image (else None)."""
-    from bakery import ami
-
-    if "@" in ref:
-        return None
-    key = ami.ami_key(project, ref)
-    if key is None:
-        return None
-    rec = ami.current_ami(project, key, env)
-    if rec is None:
-        raise StepFailed(f"{ref}: no AMI build in {env}")
-    return rec.origin
-
-
-def _envelope_row(raw: bytes, row: dict[str, Any]) -> dict[str, Any]:
+def envelope_row(raw: bytes, row: dict[str, Any]) -> dict[str, Any]:
+    """A listing row for one envelope: its key ids and claimed kind (nothing verified)."""
     try:
         env_ = json.loads(raw)
         row["keyids"] = [s.get("keyid") for s in env_.get("signatures") or [] if isinstance(s, dict)]
@@ -681,27 +634,18 @@ def _envelope_row(raw: bytes, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def list_ref(project: Project, ref: str, env: str) -> tuple[str, list[dict[str, Any]], str]:
-    """(image@digest, what it carries, listing) — as the index says, plus each envelope's keyid (unverified)."""
-    origin = _ami_origin(project, ref, env)
-    if origin is not None:
-        from bakery import ami_evidence
-
-        rows = [_envelope_row(body, {"digest": sha256_digest(body), "artifactType": DSSE_TYPE, "location": url,
-                                     "kind": url.rsplit("/", 1)[-1].split("-", 1)[0]})
-                for url, body in ami_evidence.objects(project, origin)] if ami_evidence.store(project) else []
-        return origin, rows, "s3"
-    pub, repo, reg = _resolve(project, ref, env)
-    client = _client(reg, pub.pinned)
-    artifacts, how = list_artifacts(client, repo, pub.digest)
+def list_rows(reg: Any, repo: str, digest: str) -> tuple[list[dict[str, Any]], str]:
+    """What ``repo@digest`` carries, as the index says, plus each envelope's key ids (unverified)."""
+    client = _client(reg, f"{repo}@{digest}")
+    artifacts, how = list_artifacts(client, repo, digest)
     rows = []
     for a in artifacts:
         row = a.to_json()
         if a.artifact_type == DSSE_TYPE:
             try:
                 m = client.get_manifest(repo, a.digest).json()
-                row = _envelope_row(client.get_blob(repo, m["layers"][0]["digest"]), row)
+                row = envelope_row(client.get_blob(repo, m["layers"][0]["digest"]), row)
             except (RegistryError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
                 row["error"] = f"unreadable: {exc}"
         rows.append(row)
-    return pub.pinned, rows, how
+    return rows, how

@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bakery import secrets
 from bakery.errors import EnvironmentFailure, InputError, StepFailed, ValidationError
 
 if TYPE_CHECKING:
@@ -162,8 +163,6 @@ def load_signer(spec: str, project: Project, *, field: str = "signing.key") -> S
         value = os.environ.get(var)
         if not value:
             raise InputError(f"{where}: environment variable {var} is not set (it should hold a PEM private key)")
-        from bakery import secrets
-
         secrets.register(value)
         return PemSigner.from_pem(value.encode(), f"{where} (${var})")
     if spec.startswith("awskms://"):

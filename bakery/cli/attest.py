@@ -34,7 +34,7 @@ def verify_cmd(ctx: Context, ref: str, env: str, key_file: str | None, max_scan_
       bakery verify 127.0.0.1:5003/bakery/python@sha256:… --env prod --format json
       bakery verify python:3.11-20260101.1 --env dev --key cosign.pub --max-scan-age 24h
     """
-    from bakery import evidence
+    from bakery import verify
     from bakery.config import parse_duration
 
     age = None
@@ -43,7 +43,7 @@ def verify_cmd(ctx: Context, ref: str, env: str, key_file: str | None, max_scan_
             age = parse_duration(max_scan_age)
         except ValueError as exc:
             raise InputError(f"--max-scan-age: {exc}") from None
-    report = evidence.verify_ref(ctx.project, ref, env, key_file=key_file, max_scan_age=age)
+    report = verify.verify_ref(ctx.project, ref, env, key_file=key_file, max_scan_age=age)
     if fmt == "json":
         emit_json(report.to_json())
     else:
@@ -67,10 +67,10 @@ def attestations_cmd(ctx: Context, ref: str, env: str | None, fmt: str) -> None:
       bakery attestations python:3.11
       bakery attestations python:3.11 --env prod --format json
     """
-    from bakery import evidence
+    from bakery import verify
 
     env = env or ctx.project.config.first_env
-    image, rows, how = evidence.list_ref(ctx.project, ref, env)
+    image, rows, how = verify.list_ref(ctx.project, ref, env)
     if fmt == "json":
         emit_json({"image": image, "env": env, "listing": how, "attestations": rows})
         return

@@ -216,7 +216,7 @@ def test_tampered_missing_and_hand_copied_evidence_fail(signed: Path, stack) -> 
     stmt["predicate"]["gate"]["reason"] = "tampered"
     raw["payload"] = base64.b64encode(json.dumps(stmt).encode()).decode()
     forged = json.dumps(raw).encode()
-    dev.push_blob_bytes(repo, sha256_digest(forged), forged)
+    dev.push_blob(repo, forged)
     manifest = dev.get_manifest(repo, scan_entry["digest"]).json()
     manifest["layers"][0].update(digest=sha256_digest(forged), size=len(forged))
     mbody = json.dumps(manifest).encode()
@@ -253,7 +253,7 @@ def test_tampered_missing_and_hand_copied_evidence_fail(signed: Path, stack) -> 
     doc = next(e for e in entries if e["artifactType"] == "application/vnd.cyclonedx+json")
     dm = dev.get_manifest(repo, doc["digest"]).json()
     other_bom = json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.6", "components": []}).encode()
-    dev.push_blob_bytes(repo, sha256_digest(other_bom), other_bom)
+    dev.push_blob(repo, other_bom)
     dm["layers"][0].update(digest=sha256_digest(other_bom), size=len(other_bom))
     dbody = json.dumps(dm).encode()
     dev.put_manifest(repo, sha256_digest(dbody), dbody, OCI_MANIFEST)
@@ -271,7 +271,7 @@ def test_tampered_missing_and_hand_copied_evidence_fail(signed: Path, stack) -> 
     foreign_prov = next(e for e in _index(dev, lrepo, left_digest)["manifests"]
                         if e["annotations"]["dev.bakery.attestation"] == "provenance")
     envelope = _envelope(dev, lrepo, foreign_prov)
-    dev.push_blob_bytes(repo, sha256_digest(envelope), envelope)
+    dev.push_blob(repo, envelope)
     m = dev.get_manifest(repo, next(e for e in entries if e["annotations"]["dev.bakery.attestation"]
                                     == "provenance")["digest"]).json()
     m["layers"][0].update(digest=sha256_digest(envelope), size=len(envelope))
