@@ -166,3 +166,19 @@ LABEL_VERSION = "dev.bakery.version"
 LABEL_VARIANT = "dev.bakery.variant"
 LABEL_FINGERPRINT = "dev.bakery.fingerprint"
 LABEL_BUILD_TAG = "dev.bakery.build-tag"
+
+
+@dataclass
+class StoredBuild:
+    """One build an environment keeps, as retention (``bakery gc``) sees it: listed by
+    :meth:`bakery.store.ArtifactStore.stored`, removed by :meth:`~bakery.store.ArtifactStore.delete`."""
+
+    kind: str  # what the report calls it: "ami" (one regional AMI) | "tag" (one build tag)
+    image: str  # NAME:VERSION[-VARIANT]
+    ref: str  # what goes: an AMI id, a build tag
+    where: str  # a region, a repository
+    build_tag: str
+    identity: str  # the build's identity (AMI origin, manifest digest); "" when unknown
+    build: str  # the unit ``--keep`` counts (an AMI origin: every regional copy of it; a build tag)
+    snapshots: list[str] = field(default_factory=list)  # removed with it (an AMI's EBS snapshots)
+    also_named: list[str] = field(default_factory=list)  # other names in ``where`` for the same identity

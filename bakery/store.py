@@ -14,6 +14,7 @@ outside this layer branches on the kind of an artifact. Adding an artifact kind:
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any, Callable, Protocol
 
 from bakery import ami as ami_mod
@@ -21,13 +22,15 @@ from bakery import ledger as ledger_mod
 from bakery.config import Project
 from bakery.definitions import load_fleet
 from bakery.errors import BakeryError, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
-from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey, Published
+from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey, Published, StoredBuild
 from bakery.ref import FleetRef, is_digest, split_image
 from bakery.registries import Registry, registry_for
 from bakery.registry import Manifest
 from bakery.tags import Scheme, env_alias_tags
 
 Progress = Callable[[str, str, str], None]  # (where, what, state)
+
+log = logging.getLogger("bakery.store")
 
 
 class ArtifactStore(Protocol):
@@ -103,6 +106,21 @@ class ArtifactStore(Protocol):
         """Kind-specific fields for JSON reports (``kind`` at least)."""
         ...
 
+    # retention (bakery gc)
+
+    def stored(self, events: list[ledger_mod.Event], only: str | None = None) -> list[StoredBuild]:
+        """The builds of this kind the environment keeps (``events``: the ledger's events into it), per image
+        oldest first; ``only``: one image (NAME or NAME:VERSION). Empty when the environment keeps none."""
+        ...
+
+    def kept_anyway(self, build: StoredBuild, doomed: list[StoredBuild]) -> str | None:
+        """Why ``build`` cannot go although retention would delete it (with ``doomed``), else None."""
+        ...
+
+    def delete(self, build: StoredBuild) -> None:
+        """Remove one build from the environment (and what goes with it)."""
+        ...
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Choosing the store
@@ -113,6 +131,11 @@ def artifact_kind(project: Project, ref: str, *, specs: dict[ImageKey, Any] | No
     """``ami`` when REF (NAME:VERSION[-VARIANT]) names a machine image (an amazon-ebs definition, or AMI records in
     the ledger), else ``registry``. ``specs``/``events`` when the caller has them loaded already."""
     return "ami" if ami_mod.ami_key(project, ref, specs=specs, events=events) is not None else "registry"
+
+
+def stores_of(project: Project, env: str) -> list[ArtifactStore]:
+    """A store of every artifact kind for ``env`` (what retention walks)."""
+    return [ami_mod.AmiStore(project, env), RegistryStore(project, env)]
 
 
 def store_for(project: Project, env: str, ref: str | None = None, *, kind: str | None = None,
@@ -402,6 +425,53 @@ class RegistryStore:
             for alias in moving:
                 self.registry.put_manifest(repo, alias, manifest.body, manifest.media_type)
         return moving, left, {}
+
+
+    # -- retention (bakery gc) ---------------------------------------------------------------------------------
+
+    def stored(self, events: list[ledger_mod.Event], only: str | None = None) -> list[StoredBuild]:
+        """The build tags the ledger recorded arriving here that the registry still has, per image in order of
+        first arrival. Tags the ledger never saw are not listed (never touched)."""
+        moves = [e for e in events if e.kind in ("publish", "promote", "rollback") and is_digest(e.digest)]
+        build_tags: dict[str, list[tuple[str, str]]] = {}  # image -> (build tag, digest) by first arrival
+        for ev in moves:
+            if not ev.build_tag:
+                continue
+            lst = build_tags.setdefault(ev.image, [])
+            if all(t != ev.build_tag for t, _ in lst):
+                lst.append((ev.build_tag, ev.digest))
+        by_repo: dict[str, list[str]] = {}
+        for image in sorted({e.image for e in moves}):
+            by_repo.setdefault(self.repo(split_image(image)[0]), []).append(image)
+        out: list[StoredBuild] = []
+        for repo, images in sorted(by_repo.items()):
+            existing = set(self.registry.list_tags(repo))
+            if not existing:
+                continue
+            digests = {t: self.registry.head_manifest(repo, t) for t in sorted(existing)}
+            for image in images:
+                for tag, recorded in build_tags.get(image, []):
+                    if tag not in existing:
+                        continue
+                    digest = digests.get(tag) or recorded
+                    out.append(StoredBuild(kind="tag", image=image, ref=tag, where=repo, build_tag=tag,
+                                           identity=digest or "", build=tag,
+                                           also_named=sorted(t for t, d in digests.items() if d == digest
+                                                             and t != tag)))
+        return out
+
+    def kept_anyway(self, build: StoredBuild, doomed: list[StoredBuild]) -> str | None:
+        """The registry deletes by digest only: a build tag goes only when every tag on its digest goes too."""
+        going = {d.ref for d in doomed if d.where == build.where}
+        sharing = [t for t in build.also_named if t not in going]
+        if sharing:
+            return f"its digest is also tagged {', '.join(sharing)} (the registry deletes by digest only)"
+        return None
+
+    def delete(self, build: StoredBuild) -> None:
+        """Delete the build's manifest by digest (every tag on it goes; a digest already gone is no error)."""
+        if self.registry.delete_manifest(build.where, build.identity):
+            log.info("deleted %s@%s (%s)", build.where, build.identity, build.ref)
 
 
 def key_from_labels(labels: dict[str, str], name: str, tag_version: str | None) -> ImageKey:
