@@ -31,17 +31,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bakery.config import Environment, Project
 from bakery.definitions import load_fleet
 from bakery.errors import BakeryError, EnvironmentFailure, InputError, StepFailed
 from bakery.ledger import Event, arrival_order, open_ledger
 from bakery.ledger import now as ledger_now
-from bakery.model import ImageKey, ImageSpec, Published, StoredBuild
+from bakery.model import Held, ImageKey, ImageSpec, Published, Reason, StoredBuild
 from bakery.ref import FleetRef, split_image
 from bakery.tags import Scheme
 from bakery.tags import next_build_tag as next_tag
+
+if TYPE_CHECKING:
+    from bakery.plan import Judging, PlanItem
 
 # boto3/botocore are imported where they are used: ~0.3 s of start-up that `bakery list/render/plan` never need.
 
@@ -569,6 +572,49 @@ class AmiStore:
             _grant(self.project, region, ami_id, account)
         return [], [], {"builder": "amazon-ebs", "amis": dict(rec.amis), "fingerprint": rec.fingerprint,
                         "source_ami": rec.source_ami, "account": account, "rolled_back_from": current}
+
+    # -- planning (bakery plan) --------------------------------------------------------------------------------
+
+    requests = 0  # no registry requests
+
+    def held(self, key: ImageKey) -> Held | None:
+        """The ledger's record of what this environment runs (AMIs live in EC2, not in a registry): its build tag,
+        origin, fingerprint and source AMI."""
+        rec = current_ami(self.project, key, self.env)
+        if rec is None:
+            return None
+        return Held(repository=self.where(key.name), build_tag=rec.build_tag, digest=rec.origin, image_id="",
+                    labels={"bakery:fingerprint": rec.fingerprint, TAG_SOURCE: rec.source_ami})
+
+    def upstream_ref(self, spec: ImageSpec) -> str | None:
+        return None  # what an AMI is built from is its source AMI, found by judge
+
+    def judge(self, item: PlanItem, recipe: Any, judging: Judging) -> None:
+        """``definition`` when the recipe (on the upstream parent now) gives another fingerprint than the ledger
+        recorded; ``upstream`` when a newer source AMI matches the definition's filter."""
+        spec = item.spec
+        try:
+            newest = newest_source_ami(self.project, spec)
+        except BakeryError as exc:
+            item.error = f"cannot check the AMI: {exc}"
+            return
+        held = judging.currents.get(item.key)
+        drift = SourceDrift(image=spec.ref, built_from=held.labels.get(TAG_SOURCE, "") if held else "",
+                            newest=newest)
+        item.upstream_digest = drift.newest
+        if held is None:
+            item.reasons.append(Reason("definition", "never published"))
+            return
+        fingerprint = held.labels.get("bakery:fingerprint", "")
+        if recipe is not None and fingerprint:
+            try:
+                parent_digest = judging.resolve_upstream(spec.parent.reference)
+            except BakeryError:
+                parent_digest = ""
+            if parent_digest and judging.fingerprint(recipe, parent_digest) != fingerprint:
+                item.reasons.append(Reason("definition", "recipe changed since the published AMI"))
+        if drift.changed:
+            item.reasons.append(Reason("upstream", drift.reason()))
 
     # -- retention (bakery gc) ---------------------------------------------------------------------------------
 
