@@ -332,8 +332,7 @@ def test_gc_deletes_the_evidence_of_a_deleted_digest(signed: Path, stack) -> Non
     old_entries = _index(dev, repo, old)["manifests"]
     new_index = _index(dev, repo, new)
     report = as_json(bakery("gc", "--env", "dev", "--keep", "1", "--format", "json"))
-    deleted = [i for i in report["deleted"] if i["identity"] == old]
-    assert deleted and len(deleted[0]["attestations"]) == len(old_entries) + 1  # + the index
+    assert [i for i in report["deleted"] if i["identity"] == old]
     assert dev.head_manifest(repo, old.replace(":", "-")) is None
     assert not any(dev.manifest_exists(repo, e["digest"]) for e in old_entries)
     assert _index(dev, repo, new) == new_index
