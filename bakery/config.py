@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from bakery import secrets
 from bakery.errors import InputError, ValidationError
 from bakery.validation import format_errors, load_yaml
+from bakery.yamlsafe import load_value
 
 CONFIG_FILE = "bakery.yaml"
 SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
@@ -331,8 +331,8 @@ def env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], Any, s
             continue
         raw = environ[key]
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
+            value = load_value(raw, f"{key} (environment)") if raw.strip() else raw
+        except InputError:
             value = raw
         if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
             value = raw

@@ -535,3 +535,51 @@ def _finish_docker(result: PackerResult, labels: dict[str, str], image_tag: str)
 __all__ = ["Artifact", "MachineOutput", "PackerFailed", "PackerResult", "ami_ids", "ami_tags", "build",
            "builder_kind", "check_version", "declared_variables", "label_changes", "packer_version",
            "parse_machine_readable", "split_image_tag"]
+
+
+PACKER_KEYS = ("kind", "source_ami_filter")
+_AMI_FILTER_KEYS = ("owners", "filters")
+
+
+def packer_settings_problems(display: str, where: str, settings: Any) -> list[str]:
+    """A definition's ``packer`` settings checked when the definition is loaded (`list`, `render`, `plan`):
+    known keys only, a supported ``kind``, a well-formed ``source_ami_filter``. One line per problem."""
+    import difflib
+
+    from bakery.text import show
+
+    if settings is None:
+        return []
+    if not isinstance(settings, dict):
+        return [f"{display}: {where}: must be a mapping (kind, source_ami_filter)"]
+    out = []
+    for key in settings:
+        if key not in PACKER_KEYS:
+            close = difflib.get_close_matches(str(key), PACKER_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(PACKER_KEYS)})"
+            out.append(f"{display}: {where}.{show(key, quote=False)}: unknown key{hint}")
+    kind = settings.get("kind")
+    if kind is not None and kind not in KINDS:
+        out.append(f"{display}: {where}.kind: {show(kind)} is not supported (one of {', '.join(KINDS)})")
+    flt = settings.get("source_ami_filter")
+    if flt is not None:
+        fw = f"{where}.source_ami_filter"
+        if not isinstance(flt, dict):
+            out.append(f"{display}: {fw}: must be a mapping {{owners: [...], filters: {{name: ...}}}}")
+        else:
+            for key in flt:
+                if key not in _AMI_FILTER_KEYS:
+                    out.append(f"{display}: {fw}.{show(key, quote=False)}: unknown key (allowed: owners, filters)")
+            owners = flt.get("owners", [])
+            if not (isinstance(owners, str) or (isinstance(owners, list) and all(isinstance(o, str) for o in owners))):
+                out.append(f"{display}: {fw}.owners: must be a string or a list of strings")
+            filters = flt.get("filters")
+            if not isinstance(filters, dict) or not filters:
+                out.append(f"{display}: {fw}.filters: must be a non-empty mapping name -> value")
+            else:
+                for k, v in filters.items():
+                    items = v if isinstance(v, list) else [v]
+                    if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in items):
+                        out.append(f"{display}: {fw}.filters.{show(k, quote=False)}: must be a string or a list of "
+                                   f"strings")
+    return out

@@ -9,7 +9,9 @@ import pydantic
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    from bakery.text import show
+
+    parts = [show(p, quote=False, limit=60) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
     return ".".join(parts) if parts else "(top level)"
 
 
@@ -68,12 +70,16 @@ def allowed_keys(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[
 def format_errors(filename: str, model: type[pydantic.BaseModel], err: pydantic.ValidationError,
                   prefix: tuple[Any, ...] = ()) -> list[str]:
     lines = []
+    unknown = 0
     for e in err.errors():
         loc = tuple(e["loc"])
         path = field_path(prefix + loc)
         kind = e["type"]
         if kind == "extra_forbidden":
             key = str(loc[-1])
+            unknown += 1
+            if unknown > MAX_UNKNOWN:
+                continue
             options = allowed_keys(model, loc)
             close = difflib.get_close_matches(key, options, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else (
@@ -100,9 +106,17 @@ def format_errors(filename: str, model: type[pydantic.BaseModel], err: pydantic.
             msg = e["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, "):]
+            if msg.startswith("Assertion failed, "):
+                msg = msg[len("Assertion failed, "):]
             lines.append(f"{filename}: {path}: {msg}" + (
                 f" (got {_show(e.get('input'))})" if kind not in ("value_error", "assertion_error") else ""))
+    if unknown > MAX_UNKNOWN:
+        lines.append(f"{filename}: (top level): {unknown - MAX_UNKNOWN} more unknown keys not shown; is this a bakery "
+                     f"file?")
     return lines
+
+
+MAX_UNKNOWN = 10  # unknown keys named per file: a file that is not a bakery file is not echoed line by line
 
 
 _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
@@ -113,19 +127,21 @@ _TYPES = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float
 
 
 def _show(value: Any) -> str:
+    from bakery.text import show
+
     if isinstance(value, str):
-        return repr(value)
+        return show(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "null"
     if isinstance(value, (int, float)):
-        return f"{type(value).__name__} {value!r}"
+        return f"{type(value).__name__} {show(repr(value), quote=False, limit=40)}"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    return show(repr(value), quote=False)
 
 
 def decode_problem(data: bytes, exc: UnicodeDecodeError) -> str:
@@ -136,31 +152,19 @@ def decode_problem(data: bytes, exc: UnicodeDecodeError) -> str:
 
 
 def read_text(path, *, display: str | None = None) -> str:
-    """A UTF-8 text file; invalid UTF-8 is an InputError naming the file and line."""
-    from pathlib import Path
+    """A UTF-8 text file (a regular file, size-limited); invalid UTF-8 is an InputError naming the file and line."""
+    from bakery.yamlsafe import decode, read_bytes
 
-    from bakery.errors import InputError
-
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{display or path}: {decode_problem(data, exc)}") from None
+    name = display or str(path)
+    return decode(read_bytes(path, name), name)
 
 
 def load_yaml(path, *, display: str | None = None) -> Any:
-    """Parse a YAML file; a syntax error is an InputError naming the file and line."""
-    import yaml
+    """Parse a YAML file with bakery's one strict loader (bakery.yamlsafe); every problem is an InputError."""
+    from bakery.errors import ValidationError
+    from bakery.yamlsafe import load
 
-    from bakery.errors import InputError
-
-    name = display or str(path)
-    try:
-        return yaml.safe_load(read_text(path, display=name))
-    except FileNotFoundError:
-        raise InputError(f"{name}: file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(top level)"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{name}: {where}: invalid YAML: {problem}") from None
+    loaded = load(path, display or str(path))
+    if loaded.problems:
+        raise ValidationError(loaded.problems)
+    return loaded.data

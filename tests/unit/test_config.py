@@ -54,7 +54,7 @@ CONFIG_CASES: list[tuple[str, str, list[str]]] = [
         f"{C}: environments.dev.registry: port 99999 is out of range (1..65535): '127.0.0.1:99999/b'"]),
     ("dev-stack-port-out-of-range", "dev_stack: {ports: {mirror: 0}}\n", [
         f"{C}: dev_stack.ports.mirror: must be >= 1, got int 0"]),
-    ("yaml-syntax-error", "build: {jobs: 0\n", [f"{C}: line 2: invalid YAML: expected ',' or '}}', but got '<stream end>'"]),
+    ("yaml-syntax-error", "build: {jobs: 0\n", [f"{C}: line 2: invalid YAML: did not find expected ',' or '}}'"]),
     ("top-level-list", "- a\n", [f"{C}: (top level): must be a mapping of settings"]),
 ]
 
