@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from bakery import secrets
 from bakery.errors import InputError, ValidationError
+from bakery.text import show
 from bakery.validation import format_errors, load_yaml
 from bakery.yamlsafe import load_value
 
@@ -27,20 +28,13 @@ CONFIG_FILE = "bakery.yaml"
 SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_REGISTRY = re.compile(r"^[a-z0-9.-]+(?::(?P<port>\d+))?(/[a-z0-9._/-]+)?$")
-_HOST = re.compile(r"^[a-z0-9.-]+(?::\d+)?$")
 
 
 def registry_problem(value: Any) -> str | None:
     """Why ``value`` is not a registry reference ``host[:port][/namespace]`` (None when it is one)."""
-    if not isinstance(value, str):
-        return f"must be a string host[:port][/namespace], got {type(value).__name__} {value!r}"
-    m = _REGISTRY.match(value)
-    if not m:
-        return f"not a registry reference host[:port][/namespace]: {value!r}"
-    if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
-        return f"port {m.group('port')} is out of range (1..65535): {value!r}"
-    return None
+    from bakery.validation import registry_problem as problem
+
+    return problem(value)
 
 
 def _registry_ref(value: str) -> str:
@@ -169,7 +163,7 @@ class Scanner(_Strict):
     trivy: str = "trivy"
     cache_dir: str = ".bakery/trivy"
     db_repository: str | None = None
-    timeout: float = 600
+    timeout: float = Field(default=600, gt=0, le=7 * 86400, allow_inf_nan=False)
     push_on_fail: bool = False
     min_version: str = "0.50.0"
 
@@ -195,7 +189,7 @@ class Tags(_Strict):
 
 class DevStack(_Strict):
     data_dir: str = ".bakery/dev"
-    ports: dict[str, Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
+    ports: dict[str, Annotated[int, Field(ge=1, le=65535, strict=True)]] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
                                                              "prod": 5003})
     # env name -> {username_env, password_env} (or the shorthand "USER_ENV:PASSWORD_ENV"): basic auth (htpasswd)
     auth: dict[str, Credentials] = Field(default_factory=dict)
@@ -223,13 +217,13 @@ class DevStack(_Strict):
 
 class Build(_Strict):
     jobs: int = Field(default=2, ge=1, le=64)
-    timeout: float = 1800
+    timeout: float = Field(default=1800, gt=0, le=7 * 86400, allow_inf_nan=False)
     push: bool = True
 
 
 class Packer(_Strict):
     binary: str = "packer"
-    timeout: float = 3600
+    timeout: float = Field(default=3600, gt=0, le=7 * 86400, allow_inf_nan=False)
 
 
 class Aws(_Strict):
@@ -268,17 +262,6 @@ class Config(_Strict):
     def _envs(cls, v: dict[str, Environment]) -> dict[str, Environment]:
         if not v:
             raise ValueError("at least one environment is required (the first is where builds are pushed)")
-        for name in v:
-            if not re.match(r"^[a-z][a-z0-9-]*$", name):
-                raise ValueError(f"environment name {name!r} must be lowercase letters, digits and '-'")
-        return v
-
-    @field_validator("mirrors")
-    @classmethod
-    def _mirror_hosts(cls, v: dict[str, str]) -> dict[str, str]:
-        for host in v:
-            if not _HOST.match(host):
-                raise ValueError(f"mirror key {host!r} must be an upstream registry host[:port] (e.g. docker.io)")
         return v
 
     @property
@@ -311,6 +294,9 @@ SHORTCUTS = {
     "BAKERY_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
 }
 _NOT_OVERRIDES = {"BAKERY_CONFIG", "BAKERY_DEBUG", "BAKERY_NOW", "BAKERY_ACTOR"}
+# BAKERY_* variables bakery or its workflows read that are not configuration overrides
+_OTHER_VARIABLES = {"BAKERY_CACHE_DIR", "BAKERY_PACKAGE", "BAKERY_SKIP_INTEGRATION", "BAKERY_TEST_PORT_BASE",
+                    "BAKERY_TEST_STACK_DIR"}
 
 
 def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -354,6 +340,7 @@ class Project:
     root: Path
     config: Config
     config_file: Path | None
+    warnings: tuple[str, ...] = ()  # shown once by the CLI (e.g. an unknown BAKERY_* variable)
 
     @property
     def state_dir(self) -> Path:
@@ -419,21 +406,165 @@ def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path
     data: Any = {}
     display = CONFIG_FILE
     if path is not None:
-        display = os.path.relpath(path, cwd) if str(path).startswith(str(cwd)) else str(path)
+        display = show(os.path.relpath(path, cwd) if str(path).startswith(str(cwd)) else str(path), quote=False)
+        if path.suffix not in (".yaml", ".yml"):
+            # refused before it is read: a file that is not a bakery.yaml (--config /etc/shadow) is never echoed
+            raise InputError(f"{display}: not a YAML file (a configuration file's name ends in .yaml or .yml)")
         data = load_yaml(path, display=display)
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise InputError(f"{display}: (top level): must be a mapping of settings")
+    file_data = data
+    root = path.parent if path is not None else cwd
     data = _merge_overrides(data, environ)
+    problems = key_problems(data, display)
+    config = None
     try:
         config = Config.model_validate(data)
     except pydantic.ValidationError as err:
-        raise ValidationError(_attribute(format_errors(display, Config, err), err, display, environ)) from None
+        problems += _attribute(format_errors(display, Config, err), err, display, environ)
+    if config is not None:
+        problems += semantic_problems(config, display, data)
+        problems += file_problems(file_data, display, root)
+    if problems:
+        raise ValidationError(problems)
+    assert config is not None
     for env in config.environments.values():
         env.credentials.resolve()  # registers secrets for masking
-    root = path.parent if path is not None else cwd
-    return Project(root=root, config=config, config_file=path)
+    return Project(root=root, config=config, config_file=path, warnings=tuple(variable_warnings(environ, config)))
+
+
+ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def key_problems(data: dict[str, Any], display: str) -> list[str]:
+    """Environment names and mirror hosts: every bad one, one line each (a validator would stop at the first)."""
+    from bakery.validation import host_problem
+
+    out = []
+    envs = data.get("environments")
+    if isinstance(envs, dict):
+        for name in envs:
+            if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+                out.append(f"{display}: environments: environment name {show(name)} must be lowercase letters, "
+                           f"digits and '-'")
+    mirrors = data.get("mirrors")
+    if isinstance(mirrors, dict):
+        for host in mirrors:
+            if host_problem(host) is not None or not isinstance(host, str) or host != host.lower():
+                out.append(f"{display}: mirrors: mirror key {show(host)} must be an upstream registry host[:port] "
+                           f"(e.g. docker.io)")
+    return out
+
+
+def semantic_problems(config: Config, display: str, data: dict[str, Any]) -> list[str]:
+    """What each field's own check cannot see: environments on distinct registries, dev-stack ports distinct and
+    named after the mirror or an environment, every alias template valid."""
+    import difflib
+
+    from bakery.validation import tag_template_problems
+
+    out: list[str] = []
+    registries: dict[str, str] = {}
+    for name, env in config.environments.items():
+        key = env.registry.rstrip("/")
+        if key in registries:
+            out.append(f"{display}: environments.{name}.registry: {show(env.registry)} is also the registry of "
+                       f"environment {show(registries[key])}; each environment needs its own registry (promotion "
+                       f"copies between them, and a gate on one would guard the other)")
+        else:
+            registries[key] = name
+        for i, alias in enumerate(env.aliases):
+            out += [f"{display}: environments.{name}.aliases[{i}]: {p}"
+                    for p in tag_template_problems(alias, kind="alias")]
+    for i, alias in enumerate(config.tags.aliases):
+        out += [f"{display}: tags.aliases[{i}]: {p}" for p in tag_template_problems(alias, kind="alias")]
+    known = ["mirror", *config.environments]
+    seen: dict[int, str] = {}
+    written = _get(data, ("dev_stack", "ports"))
+    written = set(written) if isinstance(written, dict) else set()
+    for name, port in config.dev_stack.ports.items():
+        if name not in known and name not in written:
+            continue  # a default port of an environment this configuration does not have
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            out.append(f"{display}: dev_stack.ports.{show(name, quote=False)}: not the mirror or an environment{hint}")
+        if port in seen:
+            out.append(f"{display}: dev_stack.ports.{show(name, quote=False)}: port {port} is also the port of "
+                       f"{show(seen[port])}; each registry of the dev stack needs its own port")
+        else:
+            seen[port] = name
+    return out
+
+
+# Settings that name a place bakery reads or writes: from bakery.yaml (repository content) they must stay inside
+# the repository. The same setting from a BAKERY_* variable (the CI job's operator) may point elsewhere.
+PATH_SETTINGS = (("definitions",), ("templates",), ("state_dir",), ("scanner", "cache_dir"), ("dev_stack", "data_dir"),
+                 ("ledger", "url"))
+# Settings that name a program bakery runs: from bakery.yaml only a command name looked up on PATH, never a path
+# (a pull request could otherwise name a script of its own); BAKERY_TRIVY / BAKERY_PACKER may give a path.
+PROGRAM_SETTINGS = (("scanner", "trivy"), ("packer", "binary"))
+
+
+def file_problems(file_data: dict[str, Any], display: str, root: Path) -> list[str]:
+    from bakery import contain
+
+    out = []
+    for keys in PATH_SETTINGS:
+        value = _get(file_data, keys)
+        if not isinstance(value, str):
+            continue
+        field = ".".join(keys)
+        if keys == ("ledger", "url") and "://" in value:
+            continue
+        if not value.strip():
+            out.append(f"{display}: {field}: an empty path")
+        elif os.path.isabs(value) or not contain.inside(root, root / value):
+            out.append(f"{display}: {field}: {show(value)} is outside the repository; a path in {CONFIG_FILE} stays "
+                       f"inside it (relative, no '..' out, no symlink out); set BAKERY_{'__'.join(keys).upper()} in "
+                       f"the environment to use a place outside")
+    for keys in PROGRAM_SETTINGS:
+        value = _get(file_data, keys)
+        if isinstance(value, str) and ("/" in value or not value.strip()):
+            out.append(f"{display}: {'.'.join(keys)}: {show(value)} names a path; {CONFIG_FILE} may only name a "
+                       f"command found on PATH (e.g. {keys[-1] if keys[-1] != 'binary' else 'packer'}); set "
+                       f"BAKERY_{'__'.join(keys).upper()} in the environment to run a program by path")
+    return out
+
+
+def _get(data: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def variable_warnings(environ: dict[str, str], config: Config) -> list[str]:
+    """``BAKERY_*`` variables bakery does not know: a warning with the closest known name (a typo would otherwise
+    be silently ignored). Names a configuration uses for credentials are known."""
+    import difflib
+
+    credentials = set()
+    for env in config.environments.values():
+        credentials |= {env.credentials.username_env, env.credentials.password_env}
+    for cred in config.dev_stack.auth.values():
+        credentials |= {cred.username_env, cred.password_env}
+    known = set(SHORTCUTS) | _NOT_OVERRIDES | _OTHER_VARIABLES
+    fields = [f"BAKERY_{name.upper()}" for name in Config.model_fields]
+    out = []
+    for key in sorted(environ):
+        if not key.startswith("BAKERY_") or key in known or key in credentials or key.startswith("BAKERY_TEST_"):
+            continue
+        rest = key[len("BAKERY_"):]
+        if "__" in rest or rest.lower() in Config.model_fields:
+            continue  # an override: checked (an unknown field is an error naming the variable)
+        close = difflib.get_close_matches(key, sorted(known) + fields, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{show(key, quote=False)}: unknown BAKERY_* variable, ignored{hint}")
+    return out
 
 
 def _attribute(lines: list[str], err: pydantic.ValidationError, display: str, environ: dict[str, str]) -> list[str]:

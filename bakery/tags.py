@@ -17,16 +17,13 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 def validate_scheme(scheme: str) -> None:
-    names = []
-    for _, field, _, _ in string.Formatter().parse(scheme):
-        if field is None:
-            continue
-        base = field.split(".")[0].split("[")[0]
-        if base not in FIELDS:
-            raise ValueError(f"unknown field {{{field}}} in tag scheme {scheme!r} (fields: {', '.join(sorted(FIELDS))})")
-        names.append(base)
-    if not names:
-        raise ValueError(f"tag scheme {scheme!r} has no fields: every build would get the same tag")
+    """ValueError naming every problem of a build tag scheme (the restricted language of
+    bakery.validation.tag_template_problems)."""
+    from bakery.validation import tag_template_problems
+
+    problems = tag_template_problems(scheme, kind="build")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def template_fields(template: str) -> set[str]:

@@ -168,3 +168,142 @@ def load_yaml(path, *, display: str | None = None) -> Any:
     if loaded.problems:
         raise ValidationError(loaded.problems)
     return loaded.data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Docker reference grammar (distribution/reference), as small functions returning "why not" or None, so that
+# every caller reports a problem the same way. They check strings; bakery's reference type parses them.
+
+import re as _re  # noqa: E402
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_COMPONENT_RE = _re.compile(rf"^{_COMPONENT}$")
+_DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST_RE = _re.compile(rf"^(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[0-9a-fA-F:.]+\])(?::(?P<port>[0-9]+))?$")
+_TAG_RE = _re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+MAX_REPOSITORY = 255  # Docker's limit for a whole repository name
+
+
+def component_problem(value: object, what: str = "image name") -> str | None:
+    """Why VALUE is not one path component of a repository name (``nginx``, ``python-web``, ``a.b_c``)."""
+    from bakery.text import show
+
+    if not isinstance(value, str):
+        return f"{what} must be a string"
+    if not value:
+        return f"{what} must not be empty"
+    if len(value) > 128:
+        return f"{what} {show(value, limit=40)} is {len(value)} characters (at most 128)"
+    if not _COMPONENT_RE.match(value):
+        return (f"{what} {show(value)} is not a valid Docker repository name component (lowercase letters and "
+                f"digits, separated by one '.', one or two '_' or '-'; no separator at the start or end)")
+    return None
+
+
+def host_problem(value: object) -> str | None:
+    """Why VALUE is not a registry host ``name[:port]`` (``docker.io``, ``127.0.0.1:5000``, ``[::1]:5000``)."""
+    from bakery.text import show
+
+    if not isinstance(value, str):
+        return f"must be a string host[:port], got {type(value).__name__}"
+    m = _HOST_RE.match(value)
+    if not m:
+        return f"not a registry host[:port]: {show(value)}"
+    if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
+        return f"port {m.group('port')} is out of range (1..65535): {show(value)}"
+    return None
+
+
+def registry_problem(value: object) -> str | None:
+    """Why VALUE is not a registry reference ``host[:port][/namespace]`` (None when it is one): the host by the
+    domain grammar, every namespace component by the component grammar (no '..', '//', leading '-')."""
+    from bakery.text import show
+
+    if not isinstance(value, str):
+        return f"must be a string host[:port][/namespace], got {type(value).__name__} {show(repr(value), quote=False)}"
+    body = value[:-1] if value.endswith("/") else value
+    host, _, namespace = body.partition("/")
+    m = _HOST_RE.match(host)
+    if m is None or "//" in body or body.endswith("/"):
+        return f"not a registry reference host[:port][/namespace]: {show(value)}"
+    if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
+        return f"port {m.group('port')} is out of range (1..65535): {show(value)}"
+    if namespace and not all(_COMPONENT_RE.match(c) for c in namespace.split("/")):
+        return f"not a registry reference host[:port][/namespace]: {show(value)}"
+    if len(value) > MAX_REPOSITORY - 2:
+        return f"{show(value, limit=40)} is longer than Docker's {MAX_REPOSITORY} characters for a repository"
+    return None
+
+
+def tag_problem(value: object) -> str | None:
+    from bakery.text import show
+
+    if not isinstance(value, str) or not _TAG_RE.match(value):
+        return (f"{show(value)} is not a valid image tag (letters, digits, '_', '.', '-'; at most 128; not starting "
+                f"with '.' or '-')")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tag templates (``tags.build``, ``tags.aliases``, an environment's ``aliases``): a restricted language. A template
+# is literal tag characters and ``{field}`` with a known field name; no format spec (``{n:05}``), conversion
+# (``{n!r}``), index (``{version[0]}``) or attribute (``{version.upper}``): str.format would evaluate those.
+
+TAG_FIELDS = ("name", "version", "variant", "yyyymmdd", "yyyy", "mm", "dd", "n", "fingerprint", "fp")
+_LITERAL_RE = _re.compile(r"^[A-Za-z0-9_.-]*$")
+
+
+def tag_template_problems(template: object, *, kind: str) -> list[str]:
+    """Why TEMPLATE is not a valid tag template (empty when it is). ``kind`` is ``build`` (must be unique per
+    build: it must contain ``{n}`` or a fingerprint) or ``alias`` (no ``{n}``)."""
+    import string
+
+    from bakery.text import show
+
+    if not isinstance(template, str):
+        return [f"must be a string tag template, got {type(template).__name__}"]
+    if not template.strip():
+        return ["an empty tag template; give a tag like '{version}' or 'stable'"]
+    shown = show(template)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return [f"tag template {shown}: {exc} (write a field as {{version}}; braces cannot be used otherwise)"]
+    problems: list[str] = []
+    fields: list[str] = []
+    for literal, field, spec, conversion in parts:
+        if literal and not _LITERAL_RE.match(literal):
+            bad = next(c for c in literal if not _LITERAL_RE.match(c))
+            problems.append(f"tag template {shown}: {show(bad)} cannot be in a tag (letters, digits, '_', '.', '-')")
+        if field is None:
+            continue
+        if field not in TAG_FIELDS:
+            base = _re.split(r"[.\[]", field, maxsplit=1)[0]
+            if base in TAG_FIELDS:
+                problems.append(f"tag template {shown}: {{{show(field, quote=False)}}}: fields take no index or "
+                                f"attribute; write {{{base}}}")
+            else:
+                problems.append(f"tag template {shown}: unknown field {{{show(field, quote=False)}}} (fields: "
+                                f"{', '.join(sorted(TAG_FIELDS))})")
+            continue
+        if spec or conversion:
+            problems.append(f"tag template {shown}: {{{show(field, quote=False)}}} takes no format spec or "
+                            f"conversion; write {{{field}}}")
+            continue
+        fields.append(field)
+    if problems:
+        return problems
+    if kind == "build":
+        if not fields:
+            return [f"tag scheme {shown} has no fields: every build would get the same tag"]
+        if not {"n", "fingerprint", "fp"} & set(fields):
+            return [f"tag scheme {shown} is not unique per build: it needs {{n}} (a counter) or {{fingerprint}}/"
+                    f"{{fp}}; without one a rebuild would reuse a build tag, and build tags are immutable"]
+    elif "n" in fields:
+        return [f"alias {shown}: {{n}} counts builds and belongs in tags.build, not in an alias"]
+    sample = template.format(name="a" * 20, version="1.2.3-variant", variant="variant", yyyymmdd="20260101",
+                             yyyy="2026", mm="01", dd="01", n="1", fingerprint="f" * 64, fp="f" * 12)
+    if not _TAG_RE.match(sample[:128]):
+        return [f"tag template {shown} renders to {show(sample)}, which is not a valid image tag (it cannot start "
+                f"with '.' or '-')"]
+    return []

@@ -26,8 +26,12 @@ class Context:
     @cached_property
     def project(self) -> Project:
         from bakery.config import load_project
+        from bakery.text import one_line
 
-        return load_project(self.config_path)
+        project = load_project(self.config_path)
+        for warning in project.warnings:
+            click.echo(f"warning: {one_line(warning)}", err=True)
+        return project
 
     @property
     def repository(self) -> Project:
