@@ -36,7 +36,7 @@ from bakery.config import Project
 from bakery.errors import InputError, ValidationError
 from bakery.model import ImageKey, ImageSpec, Parent
 from bakery.text import show
-from bakery.validation import format_errors
+from bakery.validation import MAX_REPOSITORY, component_problem, format_errors, host_problem
 from bakery.yamlsafe import decode
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -391,9 +391,14 @@ def load_fleet(project: Project) -> Fleet:
     for display, d in parsed:
         problems += _check_policy(display, d)
         problems += _check_packer(display, d)
-        if not NAME_RE.match(d.name):
-            problems.append(f"{display}: name: {d.name!r} is not a valid image name (lowercase letters, digits, "
-                            f"'.', '_', '-')")
+        name_problem = component_problem(d.name)
+        if name_problem:
+            problems.append(f"{display}: name: {name_problem}")
+        else:
+            longest = max(project.config.environments.values(), key=lambda e: len(e.registry))
+            if len(longest.image(d.name)) > MAX_REPOSITORY:
+                problems.append(f"{display}: name: {longest.image(d.name)[:60]!r}… is longer than Docker's "
+                                f"{MAX_REPOSITORY} characters for a repository name")
         if d.name in seen:
             problems.append(f"{display}: name: duplicate image family {d.name!r} (also defined in {seen[d.name]})")
         else:
@@ -685,8 +690,13 @@ def _parent(ref: str, names: set[str], all_keys: set[tuple[str, str]]) -> tuple[
         return Parent("bakery", ref, key=ImageKey(name, version, variant)), None
     parsed = parse_upstream(ref)
     if parsed is None:
-        return None, f"{ref!r} is not a valid image reference (registry/path[:tag][@sha256:…])"
+        return None, f"{show(ref)} is not a valid image reference (registry/path[:tag][@sha256:…])"
     repo, tag, digest = parsed
+    host = repo.split("/", 1)[0]
+    if ("." in host or ":" in host or host == "localhost") and host_problem(host):
+        return None, f"{show(ref)}: registry {host_problem(host)}"
+    if len(repo) > MAX_REPOSITORY:
+        return None, f"{show(ref, limit=60)} is longer than Docker's {MAX_REPOSITORY} characters for a repository"
     if tag is None and digest is None:
         return None, f"{ref!r} names no tag or digest; pin it (e.g. {ref}:bookworm-slim)"
     return Parent("upstream", ref, pinned_digest=digest), None

@@ -195,8 +195,8 @@ def component_problem(value: object, what: str = "image name") -> str | None:
     if len(value) > 128:
         return f"{what} {show(value, limit=40)} is {len(value)} characters (at most 128)"
     if not _COMPONENT_RE.match(value):
-        return (f"{what} {show(value)} is not a valid Docker repository name component (lowercase letters and "
-                f"digits, separated by one '.', one or two '_' or '-'; no separator at the start or end)")
+        return (f"{show(value)} is not a valid {what} (lowercase letters, digits, '.', '_', '-'; a separator "
+                f"only between two letters or digits, and never '..')")
     return None
 
 
@@ -307,3 +307,33 @@ def tag_template_problems(template: object, *, kind: str) -> list[str]:
         return [f"tag template {shown} renders to {show(sample)}, which is not a valid image tag (it cannot start "
                 f"with '.' or '-')"]
     return []
+
+
+_DIGEST_RE = _re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def reference_problem(value: object) -> str | None:
+    """Why VALUE is not an image reference ``[host[:port]/]path[:tag][@sha256:…]`` or an image id ``sha256:…``."""
+    from bakery.text import show
+
+    if not isinstance(value, str) or not value:
+        return "an image reference must be a non-empty string"
+    if _DIGEST_RE.match(value):
+        return None
+    bad = f"{show(value)} is not a valid image reference ([registry/]path[:tag][@sha256:<64 hex>])"
+    rest, at, digest = value.partition("@")
+    if at and not _DIGEST_RE.match(digest):
+        return bad
+    last = rest.rsplit("/", 1)[-1]
+    if ":" in last:
+        rest, _, tag = rest.rpartition(":")
+        if not _TAG_RE.match(tag):
+            return bad
+    parts = rest.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        if host_problem(parts[0]) is not None:
+            return f"{bad}: registry {host_problem(parts[0])}"
+        parts = parts[1:]
+    if not parts or not all(_COMPONENT_RE.match(p) for p in parts) or len(rest) > MAX_REPOSITORY:
+        return bad
+    return None

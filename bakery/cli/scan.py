@@ -48,6 +48,13 @@ def resolve_target(project, target: str, env: str | None, remote: bool | None):
     from its registry unless ``--local``. Otherwise TARGET is a definition ``NAME:VERSION`` and its latest
     published build in ENV (default: the first environment) is scanned by digest.
     """
+    if _is_image(target):
+        from bakery.errors import InputError
+        from bakery.validation import reference_problem
+
+        problem = reference_problem(target)
+        if problem:  # bad input is exit 2 before the daemon or a registry is asked anything
+            raise InputError(problem)
     if _is_image(target) or _local_exists(target):
         is_remote = ("@sha256:" in target and "/" in target) if remote is None else remote
         if is_remote and "@sha256:" in target:

@@ -165,7 +165,7 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
     ("invalid-variable-name", {F: var('app, my-var: "2"')}, [
         f"{F}: variables.my-var: 'my-var' is not a valid variable name (letters, digits, '_')"]),
     ("invalid-image-name", {F: one().replace("name: a", "name: My_Image")}, [
-        f"{F}: name: 'My_Image' is not a valid image name (lowercase letters, digits, '.', '_', '-')"]),
+        f"{F}: name: 'My_Image' is not a valid image name (lowercase letters, digits, '.', '_', '-'; a separator only between two letters or digits, and never '..')"]),
     ("empty-file", {F: ""}, [f"{F}: (top level): file is empty"]),
     ("comments-only", {F: "# nothing yet\n"}, [f"{F}: (top level): file is empty"]),
     ("yaml-syntax-error", {F: "name: a\ntemplate: t\nversions:\n  '1':\n    parent: [x\n"}, [
