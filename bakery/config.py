@@ -573,7 +573,7 @@ def _attribute(lines: list[str], err: pydantic.ValidationError, display: str, en
     out = []
     for line, e in zip(lines, err.errors()):
         loc = tuple(str(p) for p in e["loc"])
-        source = next((key for path, _, key in overrides if loc[:len(path)] == path), None)
+        source = next((key for path, _, key in overrides if loc[:len(path)] == path or path[:len(loc)] == loc), None)
         if source and line.startswith(f"{display}: "):
             line = f"{source} (environment): {line[len(display) + 2:]}"
         out.append(line)
