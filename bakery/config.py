@@ -481,12 +481,16 @@ def semantic_problems(config: Config, display: str, data: dict[str, Any]) -> lis
     for i, alias in enumerate(config.tags.aliases):
         out += [f"{display}: tags.aliases[{i}]: {p}" for p in tag_template_problems(alias, kind="alias")]
     known = ["mirror", *config.environments]
+    defaults = ("mirror", *_default_envs())  # a port for a default environment this configuration lacks is unused
     seen: dict[int, str] = {}
-    written = _get(data, ("dev_stack", "ports"))
-    written = set(written) if isinstance(written, dict) else set()
+    for name in config.dev_stack.auth:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            out.append(f"{display}: dev_stack.auth.{show(name, quote=False)}: not the mirror or an environment{hint}")
     for name, port in config.dev_stack.ports.items():
-        if name not in known and name not in written:
-            continue  # a default port of an environment this configuration does not have
+        if name not in known and name in defaults:
+            continue
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -298,7 +299,9 @@ def check(project: Project, specs: Iterable[ImageSpec], directory: Path, *, whol
         recipe = render(project, spec, cache)
         base = output_dir(directory, spec)
         on_disk: dict[str, bytes] = {}
-        if base.is_symlink() or (base.exists() and not base.is_dir()):
+        if base.parent.is_symlink():  # never followed: what it points to is not bakery's output
+            diff.append(f"{label(base.parent)}: a symlink (`render --out` would replace it)\n")
+        elif base.is_symlink() or (base.exists() and not base.is_dir()):
             diff.append(f"{label(base)}: not a directory (`render --out` would replace it)\n")
         elif base.is_dir():
             for dirpath, dirnames, filenames in os.walk(base):
@@ -311,6 +314,9 @@ def check(project: Project, specs: Iterable[ImageSpec], directory: Path, *, whol
                         if name in dirnames:
                             dirnames.remove(name)
                     elif name in filenames:
+                        if not stat.S_ISREG(os.lstat(p).st_mode):  # a FIFO would block a read forever
+                            diff.append(f"{label(p)}: not a regular file (`render --out` would remove it)\n")
+                            continue
                         on_disk[rel] = p.read_bytes()
                     elif not any(p.iterdir()):
                         diff.append(f"{label(p)}/: an empty directory (`render --out` would remove it)\n")

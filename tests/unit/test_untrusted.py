@@ -305,3 +305,21 @@ def test_package_values_that_act_as_options_are_refused(make_project, bakery, va
     result = bakery("list", cwd=project)
     assert result.code == 2
     assert len(result.errors) >= 1 and "which would be read as an option by the command it lands in" in result.err, result.err
+
+
+def test_render_check_neither_follows_a_symlinked_family_nor_reads_a_fifo(example: Path, bakery,
+                                                                          tmp_path: Path) -> None:
+    assert bakery("render", "--out", "r", cwd=example).code == 0
+    outside = tmp_path / "outside-python"
+    (outside / "3.11").mkdir(parents=True)
+    (outside / "3.11" / "Dockerfile").write_text("SECRET-CONTENT\n")
+    import shutil
+
+    shutil.rmtree(example / "r/python")
+    (example / "r/python").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(example / "r/base/12/pipe")
+    result = bakery("render", "--check", "r", cwd=example)
+    assert result.code == 1
+    assert "SECRET-CONTENT" not in result.out
+    assert "r/python: a symlink (`render --out` would replace it)" in result.out
+    assert "r/base/12/pipe: not a regular file (`render --out` would remove it)" in result.out
