@@ -382,7 +382,7 @@ def require_config_file(project: Project, environ: dict[str, str]) -> None:
 def find_config(start: Path) -> Path | None:
     for d in [start, *start.parents]:
         candidate = d / CONFIG_FILE
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # a dangling symlink or a directory is named by load_project, not skipped
             return candidate
     return None
 
@@ -403,6 +403,12 @@ def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path
             raise InputError(f"{config_path}: configuration file not found")
     else:
         path = find_config(cwd)
+        if path is not None:
+            from bakery import contain
+
+            # the repository's own bakery.yaml: a symlink out of the repository, a dangling one or a directory is
+            # refused before anything is read
+            contain.require(path.parent, path, CONFIG_FILE)
     data: Any = {}
     display = CONFIG_FILE
     if path is not None:

@@ -35,6 +35,7 @@ from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 MAX_VALUE = 4 * 1024 * 1024  # characters or items in one value a template computes
+MAX_BITS = 1_000_000  # bits of one integer a template computes
 _WIDTH_RE = re.compile(r"%[-#0 +]*(\d+|\*)?(?:\.(\d+|\*))?")
 _FORMAT_WIDTH_RE = re.compile(r"\{[^{}]*:[^{}]*?(\d{5,})[^{}]*\}")
 
@@ -193,10 +194,14 @@ class RecipeSandbox(ImmutableSandboxedEnvironment):
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_VALUE:
                     raise _too_big("'*'", len(seq) * n)
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_BITS:
+                raise RenderLimit(f"'*' would make an integer of more than {MAX_BITS} bits")
             return operator.mul(left, right)
         if operator_ == "**":
             if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 256:
                 raise RenderLimit(f"'**' with an exponent of {right} is not allowed (at most 256)")
+            if isinstance(left, int) and isinstance(right, int) and right > 0 and left.bit_length() * right > MAX_BITS:
+                raise RenderLimit(f"'**' would make an integer of more than {MAX_BITS} bits")
             if isinstance(right, (int, float)) and right > 10_000:
                 raise RenderLimit(f"'**' with an exponent of {right} is not allowed")
             return operator.pow(left, right)
