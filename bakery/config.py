@@ -513,9 +513,9 @@ def semantic_problems(config: Config, display: str, data: dict[str, Any]) -> lis
 # the repository. The same setting from a BAKERY_* variable (the CI job's operator) may point elsewhere.
 PATH_SETTINGS = (("definitions",), ("templates",), ("state_dir",), ("scanner", "cache_dir"), ("dev_stack", "data_dir"),
                  ("ledger", "url"))
-# Settings that name a program bakery runs: from bakery.yaml only a command name looked up on PATH, never a path
-# (a pull request could otherwise name a script of its own); BAKERY_TRIVY / BAKERY_PACKER may give a path.
-PROGRAM_SETTINGS = (("scanner", "trivy"), ("packer", "binary"))
+# Settings that name a program bakery runs: from bakery.yaml a command on PATH or an absolute path outside the
+# repository, never a program inside it (a pull request could ship its own); BAKERY_TRIVY / BAKERY_PACKER may.
+PROGRAM_SETTINGS = ((("scanner", "trivy"), "BAKERY_TRIVY"), (("packer", "binary"), "BAKERY_PACKER"))
 
 
 def file_problems(file_data: dict[str, Any], display: str, root: Path) -> list[str]:
@@ -535,12 +535,20 @@ def file_problems(file_data: dict[str, Any], display: str, root: Path) -> list[s
             out.append(f"{display}: {field}: {show(value)} is outside the repository; a path in {CONFIG_FILE} stays "
                        f"inside it (relative, no '..' out, no symlink out); set BAKERY_{'__'.join(keys).upper()} in "
                        f"the environment to use a place outside")
-    for keys in PROGRAM_SETTINGS:
+    for keys, variable in PROGRAM_SETTINGS:
         value = _get(file_data, keys)
-        if isinstance(value, str) and ("/" in value or not value.strip()):
-            out.append(f"{display}: {'.'.join(keys)}: {show(value)} names a path; {CONFIG_FILE} may only name a "
-                       f"command found on PATH (e.g. {keys[-1] if keys[-1] != 'binary' else 'packer'}); set "
-                       f"BAKERY_{'__'.join(keys).upper()} in the environment to run a program by path")
+        if not isinstance(value, str):
+            continue
+        field = ".".join(keys)
+        if not value.strip():
+            out.append(f"{display}: {field}: an empty program name")
+        elif "/" in value and not os.path.isabs(value):
+            out.append(f"{display}: {field}: {show(value)} is a relative path; {CONFIG_FILE} names a command on PATH "
+                       f"or an absolute path outside the repository (set {variable} in the environment otherwise)")
+        elif os.path.isabs(value) and contain.inside(root, Path(value)):
+            out.append(f"{display}: {field}: {show(value)} is inside the repository; a pull request could replace "
+                       f"it, so bakery does not run a program from the repository (set {variable} in the "
+                       f"environment to do so on purpose)")
     return out
 
 

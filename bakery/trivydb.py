@@ -243,7 +243,7 @@ def load_advisories(path: Path) -> AdvisoryFile:
 
     if not path.exists() and not path.is_symlink():
         raise InputError(f"{path}: advisory file not found")
-    data = load_yaml(path, display=str(path))
+    data = load_yaml(path, display=str(path), large=True)
     if not isinstance(data, dict) or not isinstance(data.get("advisories"), list):
         raise InputError(f"{path}: advisories: expected a list of advisories")
     os_name = str(data.get("os", "debian 12"))

@@ -159,12 +159,16 @@ def read_text(path, *, display: str | None = None) -> str:
     return decode(read_bytes(path, name), name)
 
 
-def load_yaml(path, *, display: str | None = None) -> Any:
-    """Parse a YAML file with bakery's one strict loader (bakery.yamlsafe); every problem is an InputError."""
+def load_yaml(path, *, display: str | None = None, large: bool = False) -> Any:
+    """Parse a YAML file with bakery's one strict loader (bakery.yamlsafe); every problem is an InputError.
+    ``large``: an operator's data file named on the command line (an advisory file), not repository content:
+    64 MiB and 5,000,000 values instead of 1 MiB and 100,000."""
     from bakery.errors import ValidationError
-    from bakery.yamlsafe import load
+    from bakery.yamlsafe import MAX_BYTES, MAX_NODES, decode, parse, read_bytes
 
-    loaded = load(path, display or str(path))
+    name = display or str(path)
+    limit, nodes = (64 * 1024 * 1024, 5_000_000) if large else (MAX_BYTES, MAX_NODES)
+    loaded = parse(decode(read_bytes(path, name, limit=limit), name), name, max_nodes=nodes)
     if loaded.problems:
         raise ValidationError(loaded.problems)
     return loaded.data

@@ -32,7 +32,7 @@ def build(case: dict, tmp_path: Path) -> Path:
     if "template" in case:
         files["templates/t/Dockerfile.j2"] = case["template"]
     files.update(case.get("files") or {})
-    write_project(root, {}, config=case.get("config", "{}\n"))
+    write_project(root, {}, config=case.get("config", "{}\n").replace("REPO/", f"{root}/"))
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
