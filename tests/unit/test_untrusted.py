@@ -323,3 +323,36 @@ def test_render_check_neither_follows_a_symlinked_family_nor_reads_a_fifo(exampl
     assert "SECRET-CONTENT" not in result.out
     assert "r/python: a symlink (`render --out` would replace it)" in result.out
     assert "r/base/12/pipe: not a regular file (`render --out` would remove it)" in result.out
+
+
+def test_every_problem_of_bakery_yaml_in_one_run(make_project, bakery) -> None:
+    config = ("environments:\n  Dev: {registry: 'a.io/x'}\n  'pro d': {registry: 'b.io/x'}\n"
+              "mirrors: {'a b': x.io, 'c/d': y.io, docker.io: '127.0.0.1:5000/../..'}\n"
+              "scanner: {timeout: -1}\nbuild: {timeout: .nan}\ntags: {build: '{version}', aliases: ['{foo}', '']}\n")
+    project = make_project({F: GOOD_DEF}, config=config)
+    result = bakery("config", cwd=project)
+    assert result.code == 2
+    for fragment in ["environment name 'Dev'", "environment name 'pro d'", "mirror key 'a b'", "mirror key 'c/d'",
+                     "mirrors.docker.io: not a registry reference", "scanner.timeout: must be > 0",
+                     "build.timeout", "tags.build: tag scheme '{version}' is not unique per build"]:
+        assert sum(fragment in line for line in result.errors) == 1, (fragment, result.err)
+
+
+def test_every_problem_of_definitions_in_one_run(make_project, bakery) -> None:
+    bad = ("name: nginx-\ntemplate: ../x\npacker: {knd: docker}\npolicy: {severity: SEVERE}\n"
+           "variables: {user: '-u0'}\nversions: {'1': {parent: '127.0.0.1:0/x:1', tags: ['-t']}}\n")
+    project = make_project({F: GOOD_DEF, "base-images/b.yaml": bad})
+    result = bakery("list", cwd=project)
+    assert result.code == 2
+    for fragment in ["name: 'nginx-' is not a valid image name", "template '../x' must be a directory name",
+                     "packer.knd: unknown key", "policy.severity: 'SEVERE'", "has the word '-u0'",
+                     "registry port 0 is out of range", "'-t' is not a valid image tag"]:
+        assert sum(fragment in line for line in result.errors) == 1, (fragment, result.err)
+
+
+def test_unknown_bakery_variable_is_warned_with_a_hint(make_project, bakery) -> None:
+    project = make_project({F: GOOD_DEF})
+    result = bakery("list", cwd=project, env={"BAKERY_DB_REPOSITRY": "x", "BAKERY_JOBS": "2"})
+    assert result.code == 0
+    assert result.err.splitlines() == ["warning: BAKERY_DB_REPOSITRY: unknown BAKERY_* variable, ignored (did you "
+                                       "mean BAKERY_DB_REPOSITORY?)"]
