@@ -327,7 +327,7 @@ def reference_problem(value: object) -> str | None:
     bad = f"{show(value)} is not a valid image reference ([registry/]path[:tag][@sha256:<64 hex>])"
     rest, at, digest = value.partition("@")
     if at and not _DIGEST_RE.match(digest):
-        return bad
+        return f"{show(value)}: {show(digest)} is not a digest (sha256:<64 hex>)"
     last = rest.rsplit("/", 1)[-1]
     if ":" in last:
         rest, _, tag = rest.rpartition(":")
