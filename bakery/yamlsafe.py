@@ -282,7 +282,7 @@ def _scalar(tag: str, text: str, line: int | None) -> Any:
     if tag not in _SCALAR_OK:
         raise _Fatal(line, f"tag {show(tag)} is not allowed (only plain values, lists and mappings)")
     node = yaml.ScalarNode(tag, text)
-    constructor = yaml.constructor.SafeConstructor()
+    constructor = _CONSTRUCTOR
     try:
         if tag == f"{_T}str":
             return text
@@ -298,6 +298,9 @@ def _scalar(tag: str, text: str, line: int | None) -> Any:
         return value if isinstance(value, float) else float(value)
     except (ValueError, TypeError, OverflowError, yaml.YAMLError):
         raise _Fatal(line, f"{show(text[:40])} is not a valid {tag.rsplit(':', 1)[-1]}") from None
+
+
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()  # its scalar constructors keep no state
 
 
 def read_bytes(path: Any, display: str, *, limit: int = MAX_BYTES) -> bytes:
