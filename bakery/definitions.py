@@ -430,6 +430,7 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
             for variant in vd.variants:
                 all_keys.add((d.name, f"{v}-{variant}"))
     template_cache: dict[str, set[str] | None] = {}
+    tproblems: dict[str, str | None] = {}  # template -> why it cannot be used (checked once, not per version)
     context_cache: dict[str, tuple[str, ...]] = {}  # template -> its files/ (walked once, not per version)
     vars_cache = _read_vars_cache(project)  # template source digest -> its variables (read once, saved once)
     vars_cached = len(vars_cache)
@@ -449,7 +450,9 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                 continue
             template = vd.template or d.template
             tfield = f"{where}.template" if vd.template else "template"
-            tproblem = template_problem(project, template)
+            if template not in tproblems:
+                tproblems[template] = template_problem(project, template)
+            tproblem = tproblems[template]
             if tproblem:
                 problems.append(f"{display}: {tfield}: {tproblem}")
                 kind = None

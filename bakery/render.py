@@ -198,29 +198,37 @@ def write(recipe: Recipe, directory: Path | None = None) -> Path:
     target = directory or recipe.directory
     family = target.parent
     try:
-        family.parent.mkdir(parents=True, exist_ok=True)
+        kinds: list[int | None] = []
         for path in (family, target):
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
+                kinds.append(None)
                 continue
             if stat.S_ISLNK(st.st_mode):
                 path.unlink()  # the link only: its target is never read, written or deleted
+                kinds.append(None)
             elif not stat.S_ISDIR(st.st_mode):
                 raise InputError(f"{path}: is {_kind(st.st_mode)} where bakery writes a recipe directory; move it "
                                  f"away (bakery does not delete what it did not write)")
-        family.mkdir(exist_ok=True)
-        if target.is_dir() and _holds_exactly(target, recipe.files):
+            else:
+                kinds.append(st.st_mode)
+        if kinds[0] is None:
+            family.mkdir(parents=True, exist_ok=True)
+        elif kinds[1] is not None and _holds_exactly(target, recipe.files):
             return target
         fresh = Path(tempfile.mkdtemp(prefix=".bakery-new-", dir=family))
         try:
-            fresh.chmod(0o755)
+            os.chmod(fresh, 0o755)
+            made = {fresh}
             for rel, data in sorted(recipe.files.items()):
                 path = fresh / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.parent not in made:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(path.parent)
                 with open(path, "xb") as fh:  # a fresh directory: nothing to follow or overwrite
                     fh.write(data)
-            if os.path.lexists(target):
+            if kinds[1] is not None:
                 old = Path(tempfile.mkdtemp(prefix=".bakery-old-", dir=family))
                 os.rename(target, old / "recipe")
                 os.rename(fresh, target)
