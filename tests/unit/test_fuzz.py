@@ -12,6 +12,7 @@ import resource
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -145,6 +146,7 @@ def _clean_env() -> dict[str, str]:
     return saved
 
 
+@pytest.mark.timeout(600)  # a hang fails the test instead of stalling CI
 @FUZZ
 @given(definitions())
 def test_generated_definitions_never_crash(doc: dict[str, object]) -> None:
@@ -157,6 +159,7 @@ def test_generated_definitions_never_crash(doc: dict[str, object]) -> None:
         os.environ.update(saved)
 
 
+@pytest.mark.timeout(600)
 @FUZZ
 @given(configs())
 def test_generated_configs_never_crash(doc: dict[str, object]) -> None:
@@ -170,6 +173,7 @@ def test_generated_configs_never_crash(doc: dict[str, object]) -> None:
         os.environ.update(saved)
 
 
+@pytest.mark.timeout(600)
 @settings(FUZZ, max_examples=FUZZ.max_examples * 3 // 4)
 @given(st.lists(RAW_PIECES, max_size=12).map("".join) | st.text(max_size=200))
 def test_raw_yaml_text_is_parsed_or_refused_cleanly(text: str) -> None:
