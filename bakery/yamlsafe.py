@@ -187,7 +187,9 @@ def _parse(text: str, display: str, max_nodes: int) -> Loaded:
             count(1, line)
             if len(event.value) > MAX_SCALAR:
                 raise _Fatal(line, f"a value of {len(event.value)} characters (limit {MAX_SCALAR})")
-            if tag in (None, "!"):
+            if tag == "!":
+                resolved = f"{_T}str"  # the non-specific tag: a string
+            elif tag is None:
                 resolved = loader.resolve(yaml.ScalarNode, event.value, implicit)
             else:
                 resolved = tag
