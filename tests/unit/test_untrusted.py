@@ -356,3 +356,10 @@ def test_unknown_bakery_variable_is_warned_with_a_hint(make_project, bakery) -> 
     assert result.code == 0
     assert result.err.splitlines() == ["warning: BAKERY_DB_REPOSITRY: unknown BAKERY_* variable, ignored (did you "
                                        "mean BAKERY_DB_REPOSITORY?)"]
+
+
+def test_table_output_shows_markup_in_a_file_name_as_written(make_project, bakery) -> None:
+    project = make_project({"base-images/[red]a.yaml": GOOD_DEF})
+    result = bakery("list", cwd=project)
+    assert result.code == 0, result.err
+    assert "base-images/[red]a.yaml" in result.out
