@@ -7,9 +7,9 @@ of the kind expected (a regular file or a directory). A symlink pointing outside
 symlink loop, a FIFO, a socket or a device is refused with an InputError naming it: never followed, never
 silently skipped.
 
-Limits: the check and the read are two system calls, so a process that can change the repository *while*
-bakery runs could swap a checked file for a symlink in between; CI checks out a pull request and then runs
-bakery, so that process would have to be bakery's own (see the README's security model).
+The check and the read are two system calls, so a process changing the repository *while* bakery runs could
+swap a checked file for a symlink in between: reads therefore also check, on the open file descriptor
+(``/proc/self/fd``), that the file actually opened lies inside the repository.
 """
 
 from __future__ import annotations
@@ -100,7 +100,18 @@ def read_bytes(root: Path, path: Path, display: str, *, limit: int) -> bytes:
     from bakery.yamlsafe import read_bytes as _read
 
     require(root, path, display)
-    return _read(path, show(display, quote=False), limit=limit)
+    return _read(path, show(display, quote=False), limit=limit, root=root)
+
+
+def opened_inside(fd: int, root: Path) -> bool:
+    """Whether the file open on ``fd`` lies inside ``root`` (Linux: /proc/self/fd names what was opened)."""
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True  # no /proc: the path check before the open is what there is
+    real = Path(opened)
+    real_root = _real_root(root)
+    return real == real_root or real.is_relative_to(real_root)
 
 
 def context_files(root: Path, tdir: Path, display_of) -> tuple[tuple[str, ...], list[str]]:

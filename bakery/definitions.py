@@ -97,12 +97,12 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-def _load(path: Path, display: str) -> tuple[Any, list[str]]:
+def _load(path: Path, display: str, root: Path | None = None) -> tuple[Any, list[str]]:
     """One definition file through bakery's strict YAML loader: (data or None, problems)."""
     from bakery.yamlsafe import load
 
     try:
-        loaded = load(path, display)
+        loaded = load(path, display, root=root)
     except InputError as exc:
         return None, [str(exc)]
     return loaded.data, loaded.problems
@@ -373,7 +373,7 @@ def load_fleet(project: Project) -> Fleet:
             files.append(path)
     for path in files:
         display = show(project.rel(path), quote=False)
-        data, dup = _load(path, display)
+        data, dup = _load(path, display, project.root)
         problems += dup
         if data is None and not dup:
             problems.append(f"{display}: (top level): file is empty")

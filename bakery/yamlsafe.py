@@ -305,9 +305,11 @@ def _scalar(tag: str, text: str, line: int | None) -> Any:
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()  # its scalar constructors keep no state
 
 
-def read_bytes(path: Any, display: str, *, limit: int = MAX_BYTES) -> bytes:
+def read_bytes(path: Any, display: str, *, limit: int = MAX_BYTES, root: Any = None) -> bytes:
     """The bytes of a regular file, at most ``limit``: a FIFO, device or socket is refused (never opened for a
-    blocking read), a larger file is refused without reading all of it."""
+    blocking read), a larger file is refused without reading all of it. With ``root``, the file actually opened
+    must lie inside it (checked on the open descriptor, so a symlink swapped in after bakery.contain's check
+    is caught too)."""
     import os
     import stat
 
@@ -322,6 +324,12 @@ def read_bytes(path: Any, display: str, *, limit: int = MAX_BYTES) -> bytes:
     except OSError as exc:
         raise InputError(f"{display}: cannot read it ({exc.strerror or type(exc).__name__})") from None
     try:
+        if root is not None:
+            from bakery.contain import opened_inside
+
+            if not opened_inside(fd, root):
+                raise InputError(f"{display}: changed into a link out of the repository while bakery read it; "
+                                 f"refused")
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             from bakery.contain import describe_mode
@@ -359,9 +367,9 @@ def decode(data: bytes, display: str) -> str:
     return text
 
 
-def load(path: Any, display: str, *, limit: int = MAX_BYTES) -> Loaded:
-    """Read (a regular file, size-limited, UTF-8) and parse one YAML file."""
-    return parse(decode(read_bytes(path, display, limit=limit), display), display)
+def load(path: Any, display: str, *, limit: int = MAX_BYTES, root: Any = None) -> Loaded:
+    """Read (a regular file, size-limited, UTF-8, inside ``root`` when given) and parse one YAML file."""
+    return parse(decode(read_bytes(path, display, limit=limit, root=root), display), display)
 
 
 def load_value(text: str, display: str) -> Any:

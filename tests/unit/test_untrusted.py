@@ -363,3 +363,19 @@ def test_table_output_shows_markup_in_a_file_name_as_written(make_project, baker
     result = bakery("list", cwd=project)
     assert result.code == 0, result.err
     assert "base-images/[red]a.yaml" in result.out
+
+
+def test_a_link_swapped_in_after_the_check_is_caught_on_the_open_file(tmp_path: Path) -> None:
+    """The second line of containment: what was actually opened is checked (/proc/self/fd), so a file replaced by
+    a symlink between bakery.contain's check and the read is still refused."""
+    from bakery.errors import InputError
+    from bakery.yamlsafe import read_bytes
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "secret").write_text("TOPSECRET\n")
+    (repo / "a.yaml").symlink_to(tmp_path / "secret")  # as if swapped in after the check
+    with pytest.raises(InputError, match=r"^a.yaml: changed into a link out of the repository while bakery read it"):
+        read_bytes(repo / "a.yaml", "a.yaml", root=repo)
+    (repo / "b.yaml").write_text("name: b\n")
+    assert read_bytes(repo / "b.yaml", "b.yaml", root=repo) == b"name: b\n"
