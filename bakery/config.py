@@ -18,23 +18,22 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from bakery import secrets
+from bakery import contain, secrets
 from bakery.errors import InputError, ValidationError
+from bakery.tags import validate_scheme
 from bakery.text import show
-from bakery.validation import format_errors, load_yaml
+from bakery.validation import format_errors, host_problem, load_yaml, tag_template_problems
+from bakery.validation import registry_problem as _registry_problem
 from bakery.yamlsafe import load_value
 
 CONFIG_FILE = "bakery.yaml"
-SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def registry_problem(value: Any) -> str | None:
     """Why ``value`` is not a registry reference ``host[:port][/namespace]`` (None when it is one)."""
-    from bakery.validation import registry_problem as problem
-
-    return problem(value)
+    return _registry_problem(value)
 
 
 def _registry_ref(value: str) -> str:
@@ -181,8 +180,6 @@ class Tags(_Strict):
     @field_validator("build")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        from bakery.tags import validate_scheme
-
         validate_scheme(v)
         return v
 
@@ -404,8 +401,6 @@ def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path
     else:
         path = find_config(cwd)
         if path is not None:
-            from bakery import contain
-
             # the repository's own bakery.yaml: a symlink out of the repository, a dangling one or a directory is
             # refused before anything is read
             contain.require(path.parent, path, CONFIG_FILE)
@@ -446,8 +441,6 @@ ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 def key_problems(data: dict[str, Any], display: str) -> list[str]:
     """Environment names and mirror hosts: every bad one, one line each (a validator would stop at the first)."""
-    from bakery.validation import host_problem
-
     out = []
     envs = data.get("environments")
     if isinstance(envs, dict):
@@ -468,8 +461,6 @@ def semantic_problems(config: Config, display: str, data: dict[str, Any]) -> lis
     """What each field's own check cannot see: environments on distinct registries, dev-stack ports distinct and
     named after the mirror or an environment, every alias template valid."""
     import difflib
-
-    from bakery.validation import tag_template_problems
 
     out: list[str] = []
     registries: dict[str, str] = {}
@@ -519,8 +510,6 @@ PROGRAM_SETTINGS = ((("scanner", "trivy"), "BAKERY_TRIVY"), (("packer", "binary"
 
 
 def file_problems(file_data: dict[str, Any], display: str, root: Path) -> list[str]:
-    from bakery import contain
-
     out = []
     for keys in PATH_SETTINGS:
         value = _get(file_data, keys)

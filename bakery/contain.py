@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from bakery.errors import InputError
 from bakery.text import show
@@ -97,10 +98,8 @@ def inside(root: Path, path: Path) -> bool:
 
 def read_bytes(root: Path, path: Path, display: str, *, limit: int) -> bytes:
     """The bytes of a regular file inside the repository, at most ``limit``."""
-    from bakery.yamlsafe import read_bytes as _read
-
     require(root, path, display)
-    return _read(path, show(display, quote=False), limit=limit, root=root)
+    return read_file(path, show(display, quote=False), limit=limit, root=root)
 
 
 def opened_inside(fd: int, root: Path) -> bool:
@@ -160,3 +159,64 @@ def context_files(root: Path, tdir: Path, display_of) -> tuple[tuple[str, ...], 
                 problems.append(f"{show(display, quote=False)}: is {describe_mode(mode)}; a build context holds "
                                 f"regular files and directories only")
     return tuple(sorted(out)), problems
+
+
+def read_file(path: Any, display: str, *, limit: int = 1024 * 1024, root: Any = None) -> bytes:
+    """The bytes of a regular file, at most ``limit``: a FIFO, device or socket is refused (never opened for a
+    blocking read), a larger file is refused without reading all of it. With ``root``, the file actually opened
+    must lie inside it (checked on the open descriptor, so a symlink swapped in after bakery.contain's check
+    is caught too)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise InputError(f"{display}: file not found") from None
+    except PermissionError:
+        raise InputError(f"{display}: cannot read it (permission denied)") from None
+    except IsADirectoryError:
+        raise InputError(f"{display}: is a directory, not a file") from None
+    except OSError as exc:
+        raise InputError(f"{display}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    try:
+        if root is not None:
+            if not opened_inside(fd, root):
+                raise InputError(f"{display}: changed into a link out of the repository while bakery read it; "
+                                 f"refused")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{display}: is {describe_mode(st.st_mode)}, not a regular file; refused")
+        if st.st_size > limit:
+            raise InputError(f"{display}: {st.st_size} bytes, larger than bakery's limit of {limit} for this file")
+        chunks = []
+        size = 0
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError as exc:
+                raise InputError(f"{display}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise InputError(f"{display}: larger than bakery's limit of {limit} bytes for this file")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def decode_problem(data: bytes, exc: UnicodeDecodeError) -> str:
+    """``line N: not valid UTF-8 (byte 0x.. at column C)`` for a file that failed to decode."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return f"line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})"
+
+
+def decode_text(data: bytes, display: str) -> str:
+    """UTF-8 text (a leading BOM dropped); invalid UTF-8 is an InputError naming the file, line and column."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{display}: {decode_problem(data, exc)}") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text

@@ -32,22 +32,21 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field
 
 from bakery import contain
-from bakery.config import Project
+from bakery.config import IgnoreEntry, Project
 from bakery.errors import InputError, ValidationError
-from bakery.model import ImageKey, ImageSpec, Parent
+from bakery.model import SEVERITIES, ImageKey, ImageSpec, Parent
+from bakery.ref import TAG_RE, Ref, split_image
+from bakery.ref import mirrored as ref_mirrored
+from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
 from bakery.text import show
-from bakery.validation import MAX_REPOSITORY, component_problem, format_errors, host_problem
-from bakery.yamlsafe import decode
+from bakery.validation import (MAX_REPOSITORY, component_problem, format_errors, host_problem,
+                               packer_settings_problems)
+from bakery.yamlsafe import decode, load
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9]*$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # A plain value may hold these characters and nothing else: no newline, no shell or recipe syntax.
 SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._+:/=@,~%-]*$")
-UPSTREAM_RE = re.compile(
-    r"^(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 MAX_TEMPLATE_BYTES = 1024 * 1024
 RESERVED_VARIABLES = ("name", "version", "variant", "parent", "image", "tags", "labels")
 
@@ -99,8 +98,6 @@ def json_schema() -> dict[str, Any]:
 
 def _load(path: Path, display: str, root: Path | None = None) -> tuple[Any, list[str]]:
     """One definition file through bakery's strict YAML loader: (data or None, problems)."""
-    from bakery.yamlsafe import load
-
     try:
         loaded = load(path, display, root=root)
     except InputError as exc:
@@ -146,7 +143,7 @@ class Fleet:
     def resolve_ref(self, ref: str) -> list[ImageKey]:
         """``NAME`` (every version and variant), ``NAME:VERSION`` (that version without variant) or
         ``NAME:VERSION-VARIANT``. Unknown → InputError with the closest match."""
-        name, _, rest = ref.partition(":")
+        name, rest = split_image(ref)
         if name not in self.families:
             close = difflib.get_close_matches(name, list(self.families), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -205,11 +202,10 @@ class Fleet:
 
 
 def parse_upstream(reference: str) -> tuple[str, str | None, str | None] | None:
-    """``registry/path:tag@sha256:…`` → (repository, tag, digest); None when it is not a reference."""
-    m = UPSTREAM_RE.match(reference)
-    if not m:
-        return None
-    return m.group("repo"), m.group("tag"), m.group("digest")
+    """``registry/path:tag@sha256:…`` → (registry/path, tag, digest); None when it is not a full reference
+    (bakery.ref.Ref parses it)."""
+    ref = Ref.try_parse(reference, require_registry=True)
+    return (ref.name, ref.tag, ref.digest) if ref is not None else None
 
 
 TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
@@ -306,6 +302,8 @@ def _write_vars_cache(project: Project, entries: dict[str, list[str]]) -> None:
 def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
     from jinja2 import TemplateSyntaxError, meta
 
+    # Deferred (the one late import of a bakery module in core, see tests/unit/test_import_graph.py): render
+    # imports jinja2, ~0.1 s of every command's start-up, needed only when the template-variables cache misses.
     from bakery.render import environment
 
     try:
@@ -316,11 +314,7 @@ def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
 
 def mirrored(project: Project, reference: str) -> str:
     """Rewrite an upstream reference through the configured mirrors (``docker.io/x`` → ``127.0.0.1:5000/x``)."""
-    host, sep, rest = reference.partition("/")
-    aliases = {"index.docker.io": "docker.io", "registry-1.docker.io": "docker.io"}
-    host_key = aliases.get(host, host)
-    mirror = project.config.mirrors.get(host_key)
-    return f"{mirror.rstrip('/')}/{rest}" if mirror and sep else reference
+    return ref_mirrored(reference, project.config.mirrors)
 
 
 def check_value(value: Any) -> str | None:
@@ -556,8 +550,6 @@ def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]]
     or equal to another image's version alias, and a definition tag shaped like a build tag are refused."""
     import datetime as dt
 
-    from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
-
     config = project.config
     first = config.env(config.first_env)
     identifying = [t for t in (first.aliases or config.tags.aliases) if "version" in template_fields(t)]
@@ -631,8 +623,6 @@ def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]]
 
 def _check_policy(display: str, d: DefinitionFile) -> list[str]:
     """A definition's own ``policy`` is checked when it is loaded (by `list`, `render`, `plan`), not at scan."""
-    from bakery.config import SEVERITIES, IgnoreEntry
-
     if d.policy is None:
         return []
     out = []
@@ -649,8 +639,6 @@ def _check_policy(display: str, d: DefinitionFile) -> list[str]:
 
 def _check_packer(display: str, d: DefinitionFile) -> list[str]:
     """``packer`` settings of the definition and its versions, checked at load time (not at build)."""
-    from bakery.packer import packer_settings_problems
-
     out = packer_settings_problems(display, "packer", d.packer)
     for v, vd in d.versions.items():
         out += packer_settings_problems(display, f"versions.{v}.packer", vd.packer)

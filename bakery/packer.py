@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bakery import ami as ami_mod
 from bakery import tools
+from bakery.validation import PACKER_KINDS
 from bakery.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EnvironmentFailure, InputError, StepFailed, ToolFailed
-from bakery.model import (LABEL_BUILD_TAG, LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION,
-                          Recipe)
+from bakery.model import LABEL_BUILD_TAG, LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, Recipe
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -47,7 +48,7 @@ log = logging.getLogger("bakery.packer")
 
 MIN_VERSION = (1, 6, 0)
 TESTED_VERSIONS = ("1.6.6",)
-KINDS = ("docker", "amazon-ebs")
+KINDS = PACKER_KINDS  # the builders bakery drives (definitions are checked against them at load time)
 VALIDATE_TIMEOUT = 120.0
 # Environment for every Packer run: no phoning home, no colour, no prompts.
 PACKER_ENV = {"CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1", "PACKER_LOG": "0"}
@@ -392,12 +393,8 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
         if parent_ref.startswith("ami-"):
             source_ami = parent_ref
         else:
-            from bakery import ami as ami_mod
-
             source_ami = ami_mod.newest_source_ami(project, recipe.spec)
     if kind == "amazon-ebs" and not labels.get(LABEL_BUILD_TAG):
-        from bakery import ami as ami_mod
-
         tag = ami_mod.next_build_tag(project, recipe.spec, labels.get(LABEL_FINGERPRINT, ""))
         labels = {**labels, LABEL_BUILD_TAG: tag}
     result = PackerResult(template=label, kind=kind, parent_ref=parent_ref, source_ami=source_ami,
@@ -504,14 +501,17 @@ def _remove_containers(ids: list[str]) -> None:
     """Remove containers a failed or killed Packer build left behind (Packer normally cleans up)."""
     if not ids:
         return
+    import docker.errors  # the docker SDK only when Packer's docker builder ran (start-up time)
+
     client = _docker_client()
     for cid in ids:
         try:
             client.api.remove_container(cid, force=True, v=True)
             log.info("removed leftover Packer container %s", cid[:12])
-        except Exception as exc:  # noqa: BLE001 - already gone is the normal case
-            if "No such container" not in str(exc) and "404" not in str(exc):
-                log.warning("could not remove Packer container %s: %s", cid[:12], exc)
+        except docker.errors.NotFound:  # already gone is the normal case
+            pass
+        except Exception as exc:  # noqa: BLE001 - best effort cleanup
+            log.warning("could not remove Packer container %s: %s", cid[:12], exc)
 
 
 def _finish_docker(result: PackerResult, labels: dict[str, str], image_tag: str) -> None:
@@ -536,50 +536,3 @@ __all__ = ["Artifact", "MachineOutput", "PackerFailed", "PackerResult", "ami_ids
            "builder_kind", "check_version", "declared_variables", "label_changes", "packer_version",
            "parse_machine_readable", "split_image_tag"]
 
-
-PACKER_KEYS = ("kind", "source_ami_filter")
-_AMI_FILTER_KEYS = ("owners", "filters")
-
-
-def packer_settings_problems(display: str, where: str, settings: Any) -> list[str]:
-    """A definition's ``packer`` settings checked when the definition is loaded (`list`, `render`, `plan`):
-    known keys only, a supported ``kind``, a well-formed ``source_ami_filter``. One line per problem."""
-    import difflib
-
-    from bakery.text import show
-
-    if settings is None:
-        return []
-    if not isinstance(settings, dict):
-        return [f"{display}: {where}: must be a mapping (kind, source_ami_filter)"]
-    out = []
-    for key in settings:
-        if key not in PACKER_KEYS:
-            close = difflib.get_close_matches(str(key), PACKER_KEYS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(PACKER_KEYS)})"
-            out.append(f"{display}: {where}.{show(key, quote=False)}: unknown key{hint}")
-    kind = settings.get("kind")
-    if kind is not None and kind not in KINDS:
-        out.append(f"{display}: {where}.kind: {show(kind)} is not supported (one of {', '.join(KINDS)})")
-    flt = settings.get("source_ami_filter")
-    if flt is not None:
-        fw = f"{where}.source_ami_filter"
-        if not isinstance(flt, dict):
-            out.append(f"{display}: {fw}: must be a mapping {{owners: [...], filters: {{name: ...}}}}")
-        else:
-            for key in flt:
-                if key not in _AMI_FILTER_KEYS:
-                    out.append(f"{display}: {fw}.{show(key, quote=False)}: unknown key (allowed: owners, filters)")
-            owners = flt.get("owners", [])
-            if not (isinstance(owners, str) or (isinstance(owners, list) and all(isinstance(o, str) for o in owners))):
-                out.append(f"{display}: {fw}.owners: must be a string or a list of strings")
-            filters = flt.get("filters")
-            if not isinstance(filters, dict) or not filters:
-                out.append(f"{display}: {fw}.filters: must be a non-empty mapping name -> value")
-            else:
-                for k, v in filters.items():
-                    items = v if isinstance(v, list) else [v]
-                    if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in items):
-                        out.append(f"{display}: {fw}.filters.{show(k, quote=False)}: must be a string or a list of "
-                                   f"strings")
-    return out

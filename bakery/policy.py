@@ -15,12 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bakery import contain
+from bakery.config import IgnoreEntry
 from bakery.errors import InputError
-from bakery.scan import SEVERITY_ORDER, Finding, ScanResult, _iso
+from bakery.model import SEVERITIES as SEVERITY_ORDER
+from bakery.model import iso_z as _iso
+from bakery.ref import Ref
+from bakery.validation import load_yaml, read_text
 
 if TYPE_CHECKING:
     from bakery.config import Project
     from bakery.model import ImageSpec
+    from bakery.scan import Finding, ScanResult
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,6 @@ _TRIVYIGNORE_LINE = re.compile(r"^(?P<id>\S+)(?:\s+exp:(?P<exp>\d{4}-\d{2}-\d{2}
 def parse_trivyignore(path: Path, display: str = ".trivyignore") -> list[IgnoreRule]:
     """``.trivyignore``: one ID per line, ``#`` comments, optional ``exp:YYYY-MM-DD``."""
     rules: list[IgnoreRule] = []
-    from bakery.validation import read_text
-
     for n, raw in enumerate(read_text(path, display=display).splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -170,8 +174,6 @@ def _purl_name(purl: str) -> str:
 
 def parse_trivyignore_yaml(path: Path, display: str = ".trivyignore.yaml") -> list[IgnoreRule]:
     """``.trivyignore.yaml``: ``vulnerabilities: [{id, statement, expired_at, purls, paths}]``."""
-    from bakery.validation import load_yaml
-
     data = load_yaml(path, display=display) or {}
     if not isinstance(data, dict):
         raise InputError(f"{display}: (top level): expected a mapping with 'vulnerabilities'")
@@ -208,8 +210,6 @@ def effective_policy(project: Project, spec: ImageSpec | None = None) -> Effecti
     plus the repository's .trivyignore files."""
     import pydantic
 
-    from bakery.config import IgnoreEntry
-
     pol = project.config.policy
     severity, fixable_only = pol.severity, pol.fixable_only
     cfg = project.rel(project.config_file) if project.config_file else "bakery.yaml"
@@ -237,8 +237,6 @@ def effective_policy(project: Project, spec: ImageSpec | None = None) -> Effecti
                          (".trivyignore.yml", parse_trivyignore_yaml)):
         path = project.root / name
         if os.path.lexists(path):
-            from bakery import contain
-
             contain.require(project.root, path, name)  # not a symlink out of the repository, not a FIFO
             rules.extend(parser(path, name))
     return EffectivePolicy(severity=severity, fixable_only=fixable_only, ignore=tuple(rules))
@@ -253,11 +251,9 @@ def image_names(result: ScanResult, spec: ImageSpec | None = None) -> tuple[str,
     """What an ignore entry's ``image`` glob is matched against."""
     ref = result.image
     names = [ref]
-    repo = ref.split("@", 1)[0]
-    last = repo.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo = repo[: -(len(last) - last.index(":"))]
-    names += [repo, repo.rsplit("/", 1)[-1]]
+    parsed = Ref.try_parse(ref)
+    if parsed is not None:  # the repository as written (with its host when one was written), the family name
+        names += [parsed.name if ref.startswith(parsed.registry + "/") else parsed.repository, parsed.family]
     if spec is not None:
         names += [spec.ref, spec.key.name, f"{spec.key.name}:{spec.key.version}"]
     return tuple(dict.fromkeys(n for n in names if n))

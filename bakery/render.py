@@ -20,9 +20,11 @@ from pathlib import Path
 import jinja2
 
 from bakery.config import Project
-from bakery.definitions import mirrored
 from bakery.errors import InputError
 from bakery.model import ImageSpec, Recipe
+from bakery.ref import mirrored
+from bakery import contain, sandbox
+from bakery.contain import decode_problem
 
 
 # Limits of one recipe's rendering (every template of one image). Exceeding either is exit 2 naming the template
@@ -33,9 +35,7 @@ RENDER_MAX_BYTES = 8 * 1024 * 1024
 
 @lru_cache(maxsize=8)
 def _environment(templates_dir: str, root: str | None = None) -> jinja2.Environment:
-    from bakery.sandbox import RecipeSandbox
-
-    return RecipeSandbox.for_templates(templates_dir, root or templates_dir)
+    return sandbox.RecipeSandbox.for_templates(templates_dir, root or templates_dir)
 
 
 def environment(project: Project) -> jinja2.Environment:
@@ -45,7 +45,7 @@ def environment(project: Project) -> jinja2.Environment:
 def parent_reference(project: Project, spec: ImageSpec) -> str:
     """The symbolic parent written into recipes: the mirrored upstream, or the parent in the first registry."""
     if spec.parent.kind == "upstream":
-        return mirrored(project, spec.parent.reference)
+        return mirrored(spec.parent.reference, project.config.mirrors)
     assert spec.parent.key is not None
     env = project.config.environments[project.config.first_env]
     return f"{env.image(spec.parent.key.name)}:{spec.parent.key.tag_version}"
@@ -81,8 +81,6 @@ class _TemplateFiles:
         return self._j2[tdir]
 
     def read(self, path: Path, display: str) -> bytes:
-        from bakery import contain
-
         if path not in self._bytes:
             self._bytes[path] = contain.read_bytes(self.root, path, display, limit=MAX_CONTEXT_FILE)
         return self._bytes[path]
@@ -90,8 +88,6 @@ class _TemplateFiles:
 
 def render(project: Project, spec: ImageSpec, files_cache: _TemplateFiles | None = None) -> Recipe:
     """Render one image's recipe in memory."""
-    from bakery import sandbox
-
     cache = files_cache or _TemplateFiles(project.root)
     env = environment(project)
     tdir = project.templates_dir / spec.template
@@ -113,12 +109,10 @@ def render(project: Project, spec: ImageSpec, files_cache: _TemplateFiles | None
 
 def _render_one(project: Project, spec: ImageSpec, env: jinja2.Environment, tdir: Path, path: Path,
                 ctx: dict[str, object], budget: list[int]) -> str:
-    from bakery.sandbox import RenderLimit, render_limited
-
     rel = f"{spec.template}/{path.name}"
     try:
-        return render_limited(env.get_template(rel), ctx, budget)
-    except RenderLimit as exc:
+        return sandbox.render_limited(env.get_template(rel), ctx, budget)
+    except sandbox.RenderLimit as exc:
         raise InputError(f"{project.rel(path)}: {exc.message} (rendering {spec.key}; limits per recipe: "
                          f"{RENDER_SECONDS:g}s, {RENDER_MAX_BYTES} bytes)") from None
     except jinja2.UndefinedError as exc:
@@ -138,8 +132,6 @@ def _template_error(project: Project, spec: ImageSpec, path: Path, exc: Exceptio
     the innermost template line of the traceback (Jinja maps its frames to template lines)."""
     import traceback
 
-    from bakery.validation import decode_problem
-
     root = project.templates_dir.resolve()
     where = project.rel(path)
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
@@ -147,9 +139,7 @@ def _template_error(project: Project, spec: ImageSpec, path: Path, exc: Exceptio
         if frame_path.suffix == ".j2" and frame_path.resolve().is_relative_to(root):
             where = f"{project.rel(frame_path)}: line {frame.lineno}"
             break
-    from bakery.sandbox import UnsafeTemplateFile
-
-    if isinstance(exc, UnsafeTemplateFile):
+    if isinstance(exc, sandbox.UnsafeTemplateFile):
         what = f"the included template {exc.message}"
     elif isinstance(exc, jinja2.TemplateNotFound):
         what = f"template {exc.name!r} not found under {project.rel(project.templates_dir)}/"
@@ -245,9 +235,7 @@ def write(recipe: Recipe, directory: Path | None = None) -> Path:
 
 
 def _kind(mode: int) -> str:
-    from bakery.contain import describe_mode
-
-    return describe_mode(mode)
+    return contain.describe_mode(mode)
 
 
 def _holds_exactly(directory: Path, files: dict[str, bytes]) -> bool:

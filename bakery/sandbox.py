@@ -34,6 +34,9 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from bakery import contain
+from bakery.errors import InputError
+
 MAX_VALUE = 4 * 1024 * 1024  # characters or items in one value a template computes
 MAX_BITS = 1_000_000  # bits of one integer a template computes
 _WIDTH_RE = re.compile(r"%[-#0 +]*(\d+|\*)?(?:\.(\d+|\*))?")
@@ -109,17 +112,13 @@ class _RepoLoader(jinja2.BaseLoader):
 
         from jinja2.loaders import split_template_path
 
-        from bakery import contain
-        from bakery.errors import InputError
-        from bakery.yamlsafe import decode
-
         pieces = split_template_path(template)  # refuses '..' (TemplateNotFound)
         path = Path(self.templates_dir, *pieces)
         if not os.path.lexists(path):
             raise jinja2.TemplateNotFound(template)
         display = os.path.relpath(path, self.root)
         try:
-            source = decode(contain.read_bytes(Path(self.root), path, display, limit=1024 * 1024), display)
+            source = contain.decode_text(contain.read_bytes(Path(self.root), path, display, limit=1024 * 1024), display)
         except InputError as exc:
             raise UnsafeTemplateFile(str(exc)) from None
         mtime = os.stat(path).st_mtime_ns

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import difflib
+import re as _re
+import string
 from typing import Any
 
 import pydantic
 
+from bakery.contain import decode_text, read_file
+from bakery.errors import ValidationError
+from bakery.text import show
+from bakery.yamlsafe import MAX_BYTES, MAX_NODES, parse
+
+
 
 def field_path(loc: tuple[Any, ...]) -> str:
-    from bakery.text import show
-
     parts = [show(p, quote=False, limit=60) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
     return ".".join(parts) if parts else "(top level)"
 
@@ -127,8 +133,6 @@ _TYPES = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float
 
 
 def _show(value: Any) -> str:
-    from bakery.text import show
-
     if isinstance(value, str):
         return show(value)
     if isinstance(value, bool):
@@ -144,31 +148,19 @@ def _show(value: Any) -> str:
     return show(repr(value), quote=False)
 
 
-def decode_problem(data: bytes, exc: UnicodeDecodeError) -> str:
-    """``line N: not valid UTF-8 (byte 0x.. at column C)`` for a file that failed to decode."""
-    line = data.count(b"\n", 0, exc.start) + 1
-    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-    return f"line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})"
-
-
 def read_text(path, *, display: str | None = None) -> str:
     """A UTF-8 text file (a regular file, size-limited); invalid UTF-8 is an InputError naming the file and line."""
-    from bakery.yamlsafe import decode, read_bytes
-
     name = display or str(path)
-    return decode(read_bytes(path, name), name)
+    return decode_text(read_file(path, name), name)
 
 
 def load_yaml(path, *, display: str | None = None, large: bool = False) -> Any:
     """Parse a YAML file with bakery's one strict loader (bakery.yamlsafe); every problem is an InputError.
     ``large``: an operator's data file named on the command line (an advisory file), not repository content:
     64 MiB and 5,000,000 values instead of 1 MiB and 100,000."""
-    from bakery.errors import ValidationError
-    from bakery.yamlsafe import MAX_BYTES, MAX_NODES, decode, parse, read_bytes
-
     name = display or str(path)
     limit, nodes = (64 * 1024 * 1024, 5_000_000) if large else (MAX_BYTES, MAX_NODES)
-    loaded = parse(decode(read_bytes(path, name, limit=limit), name), name, max_nodes=nodes)
+    loaded = parse(decode_text(read_file(path, name, limit=limit), name), name, max_nodes=nodes)
     if loaded.problems:
         raise ValidationError(loaded.problems)
     return loaded.data
@@ -178,7 +170,6 @@ def load_yaml(path, *, display: str | None = None, large: bool = False) -> Any:
 # The Docker reference grammar (distribution/reference), as small functions returning "why not" or None, so that
 # every caller reports a problem the same way. They check strings; bakery's reference type parses them.
 
-import re as _re  # noqa: E402
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _COMPONENT_RE = _re.compile(rf"^{_COMPONENT}$")
@@ -190,8 +181,6 @@ MAX_REPOSITORY = 255  # Docker's limit for a whole repository name
 
 def component_problem(value: object, what: str = "image name") -> str | None:
     """Why VALUE is not one path component of a repository name (``nginx``, ``python-web``, ``a.b_c``)."""
-    from bakery.text import show
-
     if not isinstance(value, str):
         return f"{what} must be a string"
     if not value:
@@ -206,8 +195,6 @@ def component_problem(value: object, what: str = "image name") -> str | None:
 
 def host_problem(value: object) -> str | None:
     """Why VALUE is not a registry host ``name[:port]`` (``docker.io``, ``127.0.0.1:5000``, ``[::1]:5000``)."""
-    from bakery.text import show
-
     if not isinstance(value, str):
         return f"must be a string host[:port], got {type(value).__name__}"
     m = _HOST_RE.match(value)
@@ -221,8 +208,6 @@ def host_problem(value: object) -> str | None:
 def registry_problem(value: object) -> str | None:
     """Why VALUE is not a registry reference ``host[:port][/namespace]`` (None when it is one): the host by the
     domain grammar, every namespace component by the component grammar (no '..', '//', leading '-')."""
-    from bakery.text import show
-
     if not isinstance(value, str):
         return f"must be a string host[:port][/namespace], got {type(value).__name__} {show(repr(value), quote=False)}"
     body = value[:-1] if value.endswith("/") else value
@@ -240,8 +225,6 @@ def registry_problem(value: object) -> str | None:
 
 
 def tag_problem(value: object) -> str | None:
-    from bakery.text import show
-
     if not isinstance(value, str) or not _TAG_RE.match(value):
         return (f"{show(value)} is not a valid image tag (letters, digits, '_', '.', '-'; at most 128; not starting "
                 f"with '.' or '-')")
@@ -260,10 +243,6 @@ _LITERAL_RE = _re.compile(r"^[A-Za-z0-9_.-]*$")
 def tag_template_problems(template: object, *, kind: str) -> list[str]:
     """Why TEMPLATE is not a valid tag template (empty when it is). ``kind`` is ``build`` (must be unique per
     build: it must contain ``{n}`` or a fingerprint) or ``alias`` (no ``{n}``)."""
-    import string
-
-    from bakery.text import show
-
     if not isinstance(template, str):
         return [f"must be a string tag template, got {type(template).__name__}"]
     if not template.strip():
@@ -318,8 +297,6 @@ _DIGEST_RE = _re.compile(r"^sha256:[0-9a-f]{64}$")
 
 def reference_problem(value: object) -> str | None:
     """Why VALUE is not an image reference ``[host[:port]/]path[:tag][@sha256:…]`` or an image id ``sha256:…``."""
-    from bakery.text import show
-
     if not isinstance(value, str) or not value:
         return "an image reference must be a non-empty string"
     if _DIGEST_RE.match(value):
@@ -341,3 +318,48 @@ def reference_problem(value: object) -> str | None:
     if not parts or not all(_COMPONENT_RE.match(p) for p in parts) or len(rest) > MAX_REPOSITORY:
         return bad
     return None
+
+
+PACKER_KINDS = ("docker", "amazon-ebs")
+PACKER_KEYS = ("kind", "source_ami_filter")
+_AMI_FILTER_KEYS = ("owners", "filters")
+
+
+def packer_settings_problems(display: str, where: str, settings: Any) -> list[str]:
+    """A definition's ``packer`` settings checked when the definition is loaded (`list`, `render`, `plan`):
+    known keys only, a supported ``kind``, a well-formed ``source_ami_filter``. One line per problem."""
+    if settings is None:
+        return []
+    if not isinstance(settings, dict):
+        return [f"{display}: {where}: must be a mapping (kind, source_ami_filter)"]
+    out = []
+    for key in settings:
+        if key not in PACKER_KEYS:
+            close = difflib.get_close_matches(str(key), PACKER_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(PACKER_KEYS)})"
+            out.append(f"{display}: {where}.{show(key, quote=False)}: unknown key{hint}")
+    kind = settings.get("kind")
+    if kind is not None and kind not in PACKER_KINDS:
+        out.append(f"{display}: {where}.kind: {show(kind)} is not supported (one of {', '.join(PACKER_KINDS)})")
+    flt = settings.get("source_ami_filter")
+    if flt is not None:
+        fw = f"{where}.source_ami_filter"
+        if not isinstance(flt, dict):
+            out.append(f"{display}: {fw}: must be a mapping {{owners: [...], filters: {{name: ...}}}}")
+        else:
+            for key in flt:
+                if key not in _AMI_FILTER_KEYS:
+                    out.append(f"{display}: {fw}.{show(key, quote=False)}: unknown key (allowed: owners, filters)")
+            owners = flt.get("owners", [])
+            if not (isinstance(owners, str) or (isinstance(owners, list) and all(isinstance(o, str) for o in owners))):
+                out.append(f"{display}: {fw}.owners: must be a string or a list of strings")
+            filters = flt.get("filters")
+            if not isinstance(filters, dict) or not filters:
+                out.append(f"{display}: {fw}.filters: must be a non-empty mapping name -> value")
+            else:
+                for k, v in filters.items():
+                    items = v if isinstance(v, list) else [v]
+                    if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in items):
+                        out.append(f"{display}: {fw}.filters.{show(k, quote=False)}: must be a string or a list of "
+                                   f"strings")
+    return out

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from bakery.contain import decode_text, read_file
 from bakery.errors import InputError
 from bakery.text import show
 
@@ -305,66 +306,10 @@ def _scalar(tag: str, text: str, line: int | None) -> Any:
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()  # its scalar constructors keep no state
 
 
-def read_bytes(path: Any, display: str, *, limit: int = MAX_BYTES, root: Any = None) -> bytes:
-    """The bytes of a regular file, at most ``limit``: a FIFO, device or socket is refused (never opened for a
-    blocking read), a larger file is refused without reading all of it. With ``root``, the file actually opened
-    must lie inside it (checked on the open descriptor, so a symlink swapped in after bakery.contain's check
-    is caught too)."""
-    import os
-    import stat
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise InputError(f"{display}: file not found") from None
-    except PermissionError:
-        raise InputError(f"{display}: cannot read it (permission denied)") from None
-    except IsADirectoryError:
-        raise InputError(f"{display}: is a directory, not a file") from None
-    except OSError as exc:
-        raise InputError(f"{display}: cannot read it ({exc.strerror or type(exc).__name__})") from None
-    try:
-        if root is not None:
-            from bakery.contain import opened_inside
-
-            if not opened_inside(fd, root):
-                raise InputError(f"{display}: changed into a link out of the repository while bakery read it; "
-                                 f"refused")
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            from bakery.contain import describe_mode
-
-            raise InputError(f"{display}: is {describe_mode(st.st_mode)}, not a regular file; refused")
-        if st.st_size > limit:
-            raise InputError(f"{display}: {st.st_size} bytes, larger than bakery's limit of {limit} for this file")
-        chunks = []
-        size = 0
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError as exc:
-                raise InputError(f"{display}: cannot read it ({exc.strerror or type(exc).__name__})") from None
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise InputError(f"{display}: larger than bakery's limit of {limit} bytes for this file")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def decode(data: bytes, display: str) -> str:
-    from bakery.validation import decode_problem
-
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{display}: {decode_problem(data, exc)}") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text
+# Reading is bakery.contain's (regular files only, size-limited, checked on the open descriptor); these names stay
+# here for the loader's callers.
+read_bytes = read_file
+decode = decode_text
 
 
 def load(path: Any, display: str, *, limit: int = MAX_BYTES, root: Any = None) -> Loaded:

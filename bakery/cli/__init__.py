@@ -126,7 +126,9 @@ def _printable(text: str) -> str:
 def _internal(exc: BaseException) -> None:
     exit_code = EXIT_FAILED
     name = type(exc).__name__
-    if name in ("DockerException", "APIError") or "docker" in type(exc).__module__:
+    import docker.errors  # deferred: only an unexpected failure pays for it
+
+    if isinstance(exc, docker.errors.DockerException):  # the daemon, by the exception's type
         exit_code = EXIT_ENVIRONMENT
     click.echo(f"error: internal error: {name}: {_printable(str(exc))[:500]} (run with --debug for the "
                f"traceback)", err=True)
