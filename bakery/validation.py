@@ -10,7 +10,8 @@ from typing import Any
 import pydantic
 
 from bakery.contain import decode_text, read_file
-from bakery.errors import ValidationError
+from bakery.errors import InputError, ValidationError
+from bakery.ref import HOST_RE, REPOSITORY_RE, TAG_RE, Ref, is_digest
 from bakery.text import show
 from bakery.yamlsafe import MAX_BYTES, MAX_NODES, parse
 
@@ -171,11 +172,10 @@ def load_yaml(path, *, display: str | None = None, large: bool = False) -> Any:
 # every caller reports a problem the same way. They check strings; bakery's reference type parses them.
 
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_COMPONENT_RE = _re.compile(rf"^{_COMPONENT}$")
-_DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST_RE = _re.compile(rf"^(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[0-9a-fA-F:.]+\])(?::(?P<port>[0-9]+))?$")
-_TAG_RE = _re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# The grammar itself is bakery.ref's (the one reference type); these functions say *why* a string is not valid.
+_COMPONENT_RE = REPOSITORY_RE  # used on one component (no '/') below
+_HOST_RE = _re.compile(HOST_RE.pattern.replace(r"(?::\d+)?$", r"(?::(?P<port>[0-9]+))?$"))
+_TAG_RE = TAG_RE
 MAX_REPOSITORY = 255  # Docker's limit for a whole repository name
 
 
@@ -187,7 +187,7 @@ def component_problem(value: object, what: str = "image name") -> str | None:
         return f"{what} must not be empty"
     if len(value) > 128:
         return f"{what} {show(value, limit=40)} is {len(value)} characters (at most 128)"
-    if not _COMPONENT_RE.match(value):
+    if "/" in value or not _COMPONENT_RE.match(value):
         return (f"{show(value)} is not a valid {what} (lowercase letters, digits, '.', '_', '-'; a separator "
                 f"only between two letters or digits, and never '..')")
     return None
@@ -292,31 +292,24 @@ def tag_template_problems(template: object, *, kind: str) -> list[str]:
     return []
 
 
-_DIGEST_RE = _re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
 def reference_problem(value: object) -> str | None:
-    """Why VALUE is not an image reference ``[host[:port]/]path[:tag][@sha256:…]`` or an image id ``sha256:…``."""
+    """Why VALUE is not an image reference ``[host[:port]/]path[:tag][@sha256:…]`` or an image id ``sha256:…``
+    (bakery.ref.Ref parses it; a port must also be in range)."""
     if not isinstance(value, str) or not value:
         return "an image reference must be a non-empty string"
-    if _DIGEST_RE.match(value):
+    if is_digest(value):
         return None
-    bad = f"{show(value)} is not a valid image reference ([registry/]path[:tag][@sha256:<64 hex>])"
     rest, at, digest = value.partition("@")
-    if at and not _DIGEST_RE.match(digest):
+    if at and not is_digest(digest):
         return f"{show(value)}: {show(digest)} is not a digest (sha256:<64 hex>)"
-    last = rest.rsplit("/", 1)[-1]
-    if ":" in last:
-        rest, _, tag = rest.rpartition(":")
-        if not _TAG_RE.match(tag):
-            return bad
-    parts = rest.split("/")
-    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
-        if host_problem(parts[0]) is not None:
-            return f"{bad}: registry {host_problem(parts[0])}"
-        parts = parts[1:]
-    if not parts or not all(_COMPONENT_RE.match(p) for p in parts) or len(rest) > MAX_REPOSITORY:
-        return bad
+    try:
+        ref = Ref.parse(value)
+    except InputError:
+        return f"{show(value)} is not a valid image reference ([registry/]path[:tag][@sha256:<64 hex>])"
+    if host_problem(ref.registry) is not None:
+        return f"{show(value)}: registry {host_problem(ref.registry)}"
+    if len(ref.repository) > MAX_REPOSITORY:
+        return f"{show(value, limit=60)} is longer than Docker's {MAX_REPOSITORY} characters for a repository"
     return None
 
 
