@@ -87,6 +87,8 @@ def render_cmd(ctx: Context, refs: tuple[str, ...], out_arg: str | None, check_a
     """Render definitions into recipes: NAME/VERSION[-VARIANT]/Dockerfile (and *.pkr.hcl).
 
     Output is deterministic: the same definitions and templates give byte-identical files.
+    Templates are untrusted input: they render in Jinja's immutable sandbox, within 10 s and 8 MiB per
+    recipe, and read only files inside the repository (README: Security model).
     REF is NAME (all its versions) or NAME:VERSION[-VARIANT]; none means the whole fleet.
 
     \b
