@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+from markupsafe import Markup, escape
 
 from bakery.scan import SEVERITY_ORDER
 
@@ -127,6 +128,28 @@ class ImageModel:
 
 
 @dataclass
+class RunRow:
+    """One image in a nightly run, as its page shows it."""
+
+    ref: str
+    reason: str
+    result: str
+    build_tag: str
+    before: str
+    after: str
+    why: str
+    failed: bool
+
+
+def run_row(entry: dict[str, Any]) -> RunRow:
+    return RunRow(ref=str(entry.get("ref") or ""), reason=str(entry.get("reason") or ""),
+                  result=str(entry.get("result") or entry.get("status") or ""),
+                  build_tag=str(entry.get("build_tag") or entry.get("previous_build_tag") or "-"),
+                  before=counts_text(entry.get("vulns_before")), after=counts_text(entry.get("vulns_after")),
+                  why=str(entry.get("error") or entry.get("why") or ""), failed=bool(entry.get("failed")))
+
+
+@dataclass
 class RunModel:
     slug: str
     started: dt.datetime
@@ -138,6 +161,7 @@ class RunModel:
     notes: list[str]
     problems: list[str]
     aborted: str = ""
+    rows: list[RunRow] = field(default_factory=list)
 
 
 @dataclass
@@ -300,6 +324,7 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
             scans_by_digest[e.digest] = e.scan
 
     runs = load_runs(nightly.report_dir(project))
+    run_index = _index_runs(runs)
     drift = load_drift(project)
     slugs = {i: slug(i) for i in images}
     out: list[ImageModel] = []
@@ -348,8 +373,8 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
         model.timeline_total = len(evs)
         model.timeline = [_timeline(e) for e in reversed(evs[-MAX_TIMELINE:])]
         model.lineage = _lineage(fleet, image, evs, cells, envs, slugs, live_rows)
-        model.trend = _trend(runs, image)
-        model.rebuild_reasons = _rebuild_reasons(runs, image)
+        model.trend = _trend(run_index.get(image, []))
+        model.rebuild_reasons = _rebuild_reasons(run_index.get(image, []))
         # the latest scan's findings: of the build furthest along (prod first), else the newest
         for env in reversed(envs):
             cell = cells[env]
@@ -425,24 +450,39 @@ def _lineage(fleet: Any, image: str, evs: list[Event], cells: dict[str, Cell], e
     return chain
 
 
-def _trend(runs: list[RunModel], image: str) -> list[TrendPoint]:
-    points = []
+def _index_runs(runs: list[RunModel]) -> dict[str, list[tuple[RunModel, dict[str, Any]]]]:
+    """Each image's entries in the recorded runs, oldest run first."""
+    out: dict[str, list[tuple[RunModel, dict[str, Any]]]] = {}
     for run in sorted(runs, key=lambda r: r.started):
         for entry in run.images:
-            if entry.get("ref") == image:
-                counts = entry.get("vulns_after") or entry.get("vulns_before")
-                if isinstance(counts, dict):
-                    points.append(TrendPoint(run=run.slug, started=run.started,
-                                             counts={s: int(counts.get(s) or 0) for s in SHOWN_SEVERITIES}))
+            ref = entry.get("ref")
+            if isinstance(ref, str):
+                out.setdefault(ref, []).append((run, entry))
+    return out
+
+
+def _trend(entries: list[tuple[RunModel, dict[str, Any]]]) -> list[TrendPoint]:
+    points = []
+    for run, entry in entries:
+        counts = entry.get("vulns_after") or entry.get("vulns_before")
+        if isinstance(counts, dict):
+            points.append(TrendPoint(run=run.slug, started=run.started,
+                                     counts={s: _int(counts.get(s)) for s in SHOWN_SEVERITIES}))
     return points
 
 
-def _rebuild_reasons(runs: list[RunModel], image: str) -> list[str]:
-    for run in sorted(runs, key=lambda r: r.started, reverse=True):
-        for entry in run.images:
-            if entry.get("ref") == image and entry.get("reason") not in (None, "up to date"):
-                return [f"{iso(run.started)}: {entry.get('reason')}: {entry.get('why') or ''} → "
-                        f"{entry.get('result') or entry.get('status') or ''}".strip()]
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _rebuild_reasons(entries: list[tuple[RunModel, dict[str, Any]]]) -> list[str]:
+    for run, entry in reversed(entries):
+        if entry.get("reason") not in (None, "up to date"):
+            return [f"{iso(run.started)}: {entry.get('reason')}: {entry.get('why') or ''} → "
+                    f"{entry.get('result') or entry.get('status') or ''}".strip()]
     return []
 
 
@@ -481,7 +521,7 @@ def load_runs(directory: Path) -> list[RunModel]:
                                  seconds=float(data.get("seconds") or 0), images=images,
                                  notes=[str(n) for n in data.get("notes") or []],
                                  problems=[str(p) for p in data.get("problems") or []],
-                                 aborted=str(data.get("aborted") or "")))
+                                 aborted=str(data.get("aborted") or ""), rows=[run_row(i) for i in images]))
         except (OSError, ValueError, TypeError, AttributeError):
             continue
     return runs
@@ -516,7 +556,36 @@ def _environment() -> jinja2.Environment:
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["short"] = short
     env.filters["iso"] = iso
+    env.filters["digest"] = digest_html
+    env.filters["counts"] = counts_html
+    env.filters["counts_text"] = counts_text
     return env
+
+
+def digest_html(digest: str) -> Markup:
+    """A short digest; the full one on hover (title) and for copying (the script copies the title)."""
+    if not digest:
+        return Markup('<span class="muted">-</span>')
+    return Markup(f'<code class="digest" title="{escape(digest)}">{escape(short(digest))}</code>')
+
+
+def counts_html(counts: dict[str, int] | None, fixable: dict[str, int] | None = None) -> Markup:
+    """Findings by severity (C/H/M/L), with how many are fixable (``/Nf``). Numbers only: nothing to escape."""
+    if counts is None:
+        return Markup('<span class="muted">not scanned</span>')
+    parts = []
+    for s in SHOWN_SEVERITIES:
+        n = _int(counts.get(s))
+        f = _int(fixable.get(s)) if fixable is not None else 0
+        fix = f"<small>/{f}f</small>" if f else ""
+        parts.append(f'<i class="{s[0].lower()}{"" if n else " z"}">{s[0]} {n}{fix}</i>')
+    return Markup('<span class="vulns">' + "".join(parts) + "</span>")
+
+
+def counts_text(counts: Any) -> str:
+    if not isinstance(counts, dict):
+        return "-"
+    return " ".join(f"{s[0]}{_int(counts.get(s))}" for s in SHOWN_SEVERITIES)
 
 
 def trend_svg(points: list[TrendPoint], width: int = 640, height: int = 180) -> dict[str, Any]:

@@ -25,9 +25,9 @@
       });
     });
   }
-  document.querySelectorAll("[data-copy]").forEach(function (el) {
+  document.querySelectorAll("code.digest").forEach(function (el) {
     el.addEventListener("click", function () {
-      if (navigator.clipboard) { navigator.clipboard.writeText(el.getAttribute("data-copy")).catch(function () {}); }
+      if (navigator.clipboard) { navigator.clipboard.writeText(el.getAttribute("title")).catch(function () {}); }
     });
   });
 }());
