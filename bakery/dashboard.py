@@ -108,6 +108,7 @@ class DriftRow:
     status: str
     build_tag: str = ""
     detail: str = ""
+    image: str = ""
 
 
 @dataclass
@@ -392,13 +393,9 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
             model.findings_of = f"{env} · {cell.build_tag or short(cell.digest)} · scanned {iso(result.scanned_at)}"
             break
         for d in drift:
-            model.drift.extend(r for r in d.rows if r.reference and _drift_image(r) == image)
+            model.drift.extend(r for r in d.rows if r.image == image)
         out.append(model)
     return FleetModel(generated=now, envs=envs, images=out, runs=runs, drift=drift, notes=notes)
-
-
-def _drift_image(row: DriftRow) -> str:
-    return row.detail.split(" ", 1)[0] if row.detail else ""
 
 
 def _timeline(e: Event) -> TimelineEntry:
@@ -540,7 +537,7 @@ def load_drift(project: Project) -> list[DriftModel]:
             rows = [DriftRow(source=str(r.get("source") or ""), where=str(r.get("where") or ""),
                              reference=str(r.get("reference") or ""), status=str(r.get("status") or ""),
                              build_tag=str(r.get("build_tag") or ""),
-                             detail=" ".join(x for x in (str(r.get("image") or ""), str(r.get("detail") or "")) if x))
+                             detail=str(r.get("detail") or ""), image=str(r.get("image") or ""))
                     for r in data.get("references") or []]
             out.append(DriftModel(env=str(data.get("env") or ""), time=_parse_time(data.get("time")),
                                   sources=[str(s) for s in data.get("sources") or []], rows=rows,
