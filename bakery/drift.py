@@ -9,7 +9,8 @@ Sources of deployed references (``bakery drift --env ENV SOURCE…``):
   resources, and the images in ECS ``container_definitions``);
 * ``ec2:tag:KEY=VALUE``: the AMIs of the running EC2 instances with that tag (boto3; ``aws.endpoint_url`` and
   ``aws.region`` of bakery.yaml);
-* ``docker:``: the containers running on the Docker daemon of the environment (``DOCKER_HOST``).
+* ``docker:`` (or ``docker:label=KEY[=VALUE]``): the containers running on the Docker daemon of the environment
+  (``DOCKER_HOST``), all or those with the label.
 
 Every reference is classified against the ledger: ``current``, ``behind by N builds`` (with the fixable
 findings that the current build fixes), ``rolled back``, ``ahead by N builds``, ``not promoted to ENV``,
@@ -47,7 +48,8 @@ SOURCE is one of:
                        kustomize output), Compose files, Terraform state (`terraform show -json` output or
                        a .tfstate); directories are searched for *.yaml, *.yml, *.json and *.tfstate
   ec2:tag:KEY=VALUE    the AMIs of the running EC2 instances tagged KEY=VALUE
-  docker:              the containers running on the Docker daemon (DOCKER_HOST)"""
+  docker:              the containers running on the Docker daemon (DOCKER_HOST)
+  docker:label=K[=V]   those of them with that label"""
 
 _DIGEST = re.compile(r"@(sha256:[0-9a-f]{64})$")
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
@@ -154,6 +156,12 @@ def parse_source(text: str, cwd: Path | None = None) -> Source:
         return Source("ec2", text, tag_key=key, tag_value=value)
     if text in ("docker:", "docker://"):
         return Source("docker", text)
+    if text.startswith("docker:"):
+        rest = text[7:]
+        if not rest.startswith("label=") or not rest[6:] or rest[6:].startswith("="):
+            raise InputError(f"source {text!r}: expected docker: or docker:label=KEY[=VALUE]")
+        key, _, value = rest[6:].partition("=")
+        return Source("docker", text, tag_key=key, tag_value=value)
     if re.match(r"^[a-z][a-z0-9+.-]*:", text) and not Path(text).exists():
         raise InputError(f"source {text!r}: unknown scheme (a path, ec2:tag:KEY=VALUE or docker:)")
     path = Path(text) if cwd is None or Path(text).is_absolute() else cwd / text
@@ -342,7 +350,9 @@ def from_docker(source: Source) -> list[Deployed]:
         import docker
 
         client = docker.from_env(timeout=30)
-        containers = client.api.containers()
+        filters = {"label": f"{source.tag_key}={source.tag_value}" if source.tag_value else source.tag_key} \
+            if source.tag_key else None
+        containers = client.api.containers(filters=filters)
     except Exception as exc:  # noqa: BLE001 - the SDK raises several types for an unreachable daemon
         raise EnvironmentFailure(f"{source.text}: Docker daemon unreachable: {exc}") from None
     out = []

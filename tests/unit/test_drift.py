@@ -188,5 +188,9 @@ def test_parse_source_schemes(tmp_path: Path) -> None:
     assert parse_source("ec2:tag:Environment=prod") == Source("ec2", "ec2:tag:Environment=prod",
                                                               tag_key="Environment", tag_value="prod")
     assert parse_source("docker:").kind == "docker"
+    assert parse_source("docker:label=app=web") == Source("docker", "docker:label=app=web", tag_key="app",
+                                                          tag_value="web")
+    with pytest.raises(InputError, match="docker:label=KEY"):
+        parse_source("docker:app=web")
     with pytest.raises(InputError):
         parse_source("unknown-env-file.yaml", cwd=tmp_path)
