@@ -90,7 +90,7 @@ class TrendPoint:
 
 @dataclass
 class FindingRow:
-    section: str  # failing | unfixed | ignored | expired
+    section: str  # failing | unfixed | ignored | expired | below (fixable, under the gate's threshold)
     id: str
     package: str
     installed: str
@@ -109,6 +109,7 @@ class DriftRow:
     build_tag: str = ""
     detail: str = ""
     image: str = ""
+    env: str = ""
 
 
 @dataclass
@@ -363,17 +364,21 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
                     cell.fixable = _fixable_counts(result.findings)
                     cell.scanned_at = result.scanned_at
                 gates = [x for x in evs if x.kind == "gate" and x.digest == digest and x.to_env == env]
+                published = [x for x in evs if x.kind == "publish" and x.digest == digest and x.to_env == env
+                             and isinstance(x.scan, dict) and "passed" in x.scan]
                 if gates:
                     cell.gate = "passed" if gates[-1].passed else "failed"
                 elif any(x.kind == "promote" and x.digest == digest and x.to_env == env for x in evs):
                     cell.gate = "passed"
+                elif published:  # the scan gate of the build that published it
+                    cell.gate = "passed" if published[-1].scan.get("passed") else "failed"
                 cell.attestations = attestations_for(project, digest)
             cells[env] = cell
         model = ImageModel(image=image, slug=slugs[image], cells=cells,
                            pending=pending(envs, cells, publish_order(evs, image)))
         model.timeline_total = len(evs)
         model.timeline = [_timeline(e) for e in reversed(evs[-MAX_TIMELINE:])]
-        model.lineage = _lineage(fleet, image, evs, cells, envs, slugs, live_rows)
+        model.lineage = _lineage(fleet, image, evs, cells, envs, slugs, live_rows, by_image)
         model.trend = _trend(run_index.get(image, []))
         model.rebuild_reasons = _rebuild_reasons(run_index.get(image, []))
         # the latest scan's findings: of the build furthest along (prod first), else the newest
@@ -414,8 +419,15 @@ def _timeline(e: Event) -> TimelineEntry:
                          digest=e.digest, actor=e.actor, outcome=str(outcome))
 
 
+def _recorded_parent(evs: list[Event], digest: str) -> str:
+    """The pinned parent reference the build of DIGEST was made FROM (its publish event), else ""."""
+    publishes = [e for e in evs if e.kind == "publish" and (not digest or e.digest == digest)]
+    return str(publishes[-1].details.get("parent") or "") if publishes else ""
+
+
 def _lineage(fleet: Any, image: str, evs: list[Event], cells: dict[str, Cell], envs: list[str],
-             slugs: dict[str, str], live_rows: dict[tuple[str, str], Any]) -> list[Lineage]:
+             slugs: dict[str, str], live_rows: dict[tuple[str, str], Any],
+             by_image: dict[str, list[Event]]) -> list[Lineage]:
     first = envs[0] if envs else ""
     own = cells.get(first) or Cell(env=first)
     chain = [Lineage(image=image, kind="self", digest=own.digest, build_tag=own.build_tag, slug=slugs.get(image, ""))]
@@ -432,17 +444,23 @@ def _lineage(fleet: Any, image: str, evs: list[Event], cells: dict[str, Cell], e
             chain.append(Lineage(image=parent_ref.split("@", 1)[0], kind="upstream",
                                  digest=parent_ref.split("@", 1)[1] if "@" in parent_ref else ""))
         return chain
-    for key in reversed(fleet.ancestors(spec.key)):
+    for key in fleet.ancestors(spec.key):  # parent first, up to the root
         name = str(key)
         row = live_rows.get((name, first))
         chain.append(Lineage(image=name, kind="bakery", digest=(row.digest or "") if row else "",
                              build_tag=row.build_tag if row else "", slug=slugs.get(name, "")))
-    root = fleet.get(spec.key) if not fleet.ancestors(spec.key) else fleet.get(fleet.ancestors(spec.key)[0])
+    ancestors = fleet.ancestors(spec.key)
+    root = fleet.get(ancestors[-1]) if ancestors else spec
     if root.parent.kind == "upstream":
         ref = root.parent.reference
         digest = root.parent.pinned_digest or ""
-        if not digest and parent_ref and not fleet.ancestors(spec.key) and "@" in parent_ref:
-            digest = parent_ref.split("@", 1)[1]
+        if not digest:  # what the root's build in the first environment was made FROM
+            if ancestors:
+                top = chain[-1]
+                recorded = _recorded_parent(by_image.get(top.image, []), top.digest)
+            else:
+                recorded = parent_ref
+            digest = recorded.split("@", 1)[1] if "@" in recorded else ""
         chain.append(Lineage(image=ref.split("@", 1)[0], kind="upstream", digest=digest))
     return chain
 
@@ -485,8 +503,10 @@ def _rebuild_reasons(entries: list[tuple[RunModel, dict[str, Any]]]) -> list[str
 
 def _findings(decision: Any) -> tuple[list[FindingRow], dict[str, int]]:
     rows: list[FindingRow] = []
+    below_fixable = [f for f in decision.below if f.fixed]
     totals = {"failing": len(decision.failing), "unfixed": len(decision.unfixed),
-              "ignored": len(decision.ignored), "expired": sum(len(fs) for _, fs in decision.expired)}
+              "ignored": len(decision.ignored), "expired": sum(len(fs) for _, fs in decision.expired),
+              "fixable below the threshold": len(below_fixable)}
 
     def add(section: str, f: Any, note: str) -> None:
         rows.append(FindingRow(section=section, id=f.id, package=f.package, installed=f.installed,
@@ -501,6 +521,8 @@ def _findings(decision: Any) -> tuple[list[FindingRow], dict[str, int]]:
     for rule, fs in decision.expired:
         for f in fs[:MAX_FINDINGS]:
             add("expired", f, f"ignore expired: {rule.describe()}")
+    for f in sorted(below_fixable, key=lambda x: -x.rank)[:MAX_FINDINGS]:
+        add("below", f, f"below the {decision.severity} threshold; fixed in {f.fixed}")
     return rows, totals
 
 
@@ -537,7 +559,8 @@ def load_drift(project: Project) -> list[DriftModel]:
             rows = [DriftRow(source=str(r.get("source") or ""), where=str(r.get("where") or ""),
                              reference=str(r.get("reference") or ""), status=str(r.get("status") or ""),
                              build_tag=str(r.get("build_tag") or ""),
-                             detail=str(r.get("detail") or ""), image=str(r.get("image") or ""))
+                             detail=str(r.get("detail") or ""), image=str(r.get("image") or ""),
+                             env=str(data.get("env") or ""))
                     for r in data.get("references") or []]
             out.append(DriftModel(env=str(data.get("env") or ""), time=_parse_time(data.get("time")),
                                   sources=[str(s) for s in data.get("sources") or []], rows=rows,
@@ -602,9 +625,11 @@ def trend_svg(points: list[TrendPoint], width: int = 640, height: int = 180) -> 
                        "dots": pts, "last": points[-1].counts.get(s, 0) if points else 0})
     labels = []
     if points:
-        labels = [(round(xs[0], 1), points[0].started.strftime("%m-%d"))]
+        same_day = points[0].started.date() == points[-1].started.date()
+        fmt = "%m-%d %H:%M" if same_day else "%m-%d"
+        labels = [(round(xs[0], 1), points[0].started.strftime(fmt))]
         if n > 1:
-            labels.append((round(xs[-1], 1), points[-1].started.strftime("%m-%d")))
+            labels.append((round(xs[-1], 1), points[-1].started.strftime(fmt)))
     return {"width": width, "height": height, "top": top, "y_top": y(top), "y_zero": y(0), "x0": pad_l,
             "x1": width - pad_r, "series": series, "labels": labels, "n": n}
 
