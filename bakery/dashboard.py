@@ -630,8 +630,31 @@ def trend_svg(points: list[TrendPoint], width: int = 640, height: int = 180) -> 
         labels = [(round(xs[0], 1), points[0].started.strftime(fmt))]
         if n > 1:
             labels.append((round(xs[-1], 1), points[-1].started.strftime(fmt)))
-    return {"width": width, "height": height, "top": top, "y_top": y(top), "y_zero": y(0), "x0": pad_l,
-            "x1": width - pad_r, "series": series, "labels": labels, "n": n}
+    chart = {"width": width, "height": height, "top": top, "y_top": y(top), "y_zero": y(0), "x0": pad_l,
+             "x1": width - pad_r, "series": series, "labels": labels, "n": n}
+    chart["svg"] = _svg(chart) if n else Markup("")
+    return chart
+
+
+def _svg(c: dict[str, Any]) -> Markup:
+    """The chart as inline SVG. Only numbers, dates and the fixed severity names and colours go into it, so
+    it is built as a string (escaping a few thousand floats per page costs more than the rest of the page)."""
+    out = [f'<svg id="trend" class="trend" role="img" aria-label="findings by severity per nightly run" '
+           f'width="{c["width"]}" height="{c["height"]}" viewBox="0 0 {c["width"]} {c["height"]}" '
+           f'xmlns="http://www.w3.org/2000/svg">',
+           f'<line x1="{c["x0"]}" y1="{c["y_zero"]}" x2="{c["x1"]}" y2="{c["y_zero"]}" stroke="#999"/>',
+           f'<line x1="{c["x0"]}" y1="{c["y_top"]}" x2="{c["x0"]}" y2="{c["y_zero"]}" stroke="#999"/>',
+           f'<text x="{c["x0"] - 4}" y="{c["y_top"] + 4}" text-anchor="end" font-size="11">{c["top"]}</text>',
+           f'<text x="{c["x0"] - 4}" y="{c["y_zero"]}" text-anchor="end" font-size="11">0</text>']
+    for i, (lx, text) in enumerate(c["labels"]):
+        out.append(f'<text x="{lx}" y="{c["height"] - 6}" text-anchor="{"start" if i == 0 else "end"}" '
+                   f'font-size="11">{escape(text)}</text>')
+    for sr in c["series"]:
+        out.append(f'<polyline class="series" data-severity="{sr["severity"]}" fill="none" stroke="{sr["color"]}" '
+                   f'stroke-width="2" points="{sr["points"]}"/>')
+        out.extend(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{sr["color"]}"/>' for x, y in sr["dots"])
+    out.append("</svg>")
+    return Markup("\n".join(out))
 
 
 def render(model: FleetModel, out: Path) -> list[Path]:
