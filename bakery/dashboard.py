@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from markupsafe import Markup, escape
 
+from bakery.errors import InputError
 from bakery.scan import SEVERITY_ORDER
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ TREND_COLORS = {"CRITICAL": "#b3261e", "HIGH": "#e8710a", "MEDIUM": "#c9a100", "
 MAX_TIMELINE = 200  # newest ledger events shown on an image page
 MAX_FINDINGS = 300  # per section of an image page (the total is still shown)
 MAX_RUNS = 60  # nightly runs kept in the trend and listed
+SITE_MARKER = ".bakery-site"  # in a directory render wrote: only such a directory is written over
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -659,8 +661,19 @@ def _svg(c: dict[str, Any]) -> Markup:
 
 def render(model: FleetModel, out: Path) -> list[Path]:
     """Write the site into OUT (created; bakery's own files in it are replaced). Returns the pages written."""
+    try:
+        return _render(model, out)
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write the site: {exc.strerror or exc}") from None
+
+
+def _render(model: FleetModel, out: Path) -> list[Path]:
     env = _environment()
+    if out.is_dir() and any(out.iterdir()) and not (out / SITE_MARKER).is_file():
+        raise InputError(f"--out {out}: not empty and not a site bakery wrote (no {SITE_MARKER}); "
+                         f"pick a new directory or empty this one")
     out.mkdir(parents=True, exist_ok=True)
+    (out / SITE_MARKER).write_text("written by `bakery report html`; its images/ and runs/ are replaced\n")
     for sub in ("images", "runs"):
         d = out / sub
         if d.is_dir():

@@ -16,7 +16,7 @@ def report_group() -> None:
 
 @report_group.command("html")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Directory to write the site into (created; its images/ and runs/ are replaced).")
+              help="Directory to write the site into: new, empty, or a site bakery wrote before (its pages are replaced).")
 @click.option("--ledger-only", is_flag=True,
               help="Show what the ledger says each environment runs, without asking the registries.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,

@@ -153,3 +153,16 @@ def test_slugs_never_collide_or_escape() -> None:
     slugs = {dashboard.slug(n) for n in names}
     assert len(slugs) == len(names)
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", s) and not s.startswith(".") for s in slugs)
+
+
+def test_out_must_be_new_empty_or_a_previous_site(fleet: Path, tmp_path: Path, bakery) -> None:
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    (mine / "images" / "holiday.jpg").write_text("precious")
+    r = bakery("report", "html", "--out", str(mine), "--ledger-only", cwd=fleet)
+    assert r.code == 2 and "not a site bakery wrote" in r.err
+    assert (mine / "images" / "holiday.jpg").read_text() == "precious"
+    site = tmp_path / "site"
+    for _ in range(2):  # a site bakery wrote is written over
+        r = bakery("report", "html", "--out", str(site), "--ledger-only", cwd=fleet)
+        assert r.code == 0, r.err

@@ -129,3 +129,21 @@ def test_bad_notify_config_is_an_input_error(fleet: Path, bakery, hooks: str, pr
     configure(fleet, hooks)
     r = bakery("drift", "--env", "prod", "bakery.yaml", cwd=fleet)
     assert r.code == 2 and problem in r.err and "Traceback" not in r.err
+
+
+def test_a_failed_nightly_summary_posts_once_and_exits_1(fleet: Path, hook: Hook, bakery, tmp_path: Path) -> None:  # noqa: F811
+    configure(fleet, "    - {name: ops, url_env: OPS_HOOK}\n")
+    d = tmp_path / "nightly"
+    d.mkdir()
+    (d / "plan.json").write_text(json.dumps({"rebuild": ["app:1"], "seconds": 1, "images": [
+        {"ref": "app:1", "name": "app", "version": "1", "variant": None,
+         "reasons": [{"kind": "patches", "detail": "openssl"}]}]}))
+    (d / "result-app-1.json").write_text("")  # the matrix job died before writing it
+    r = bakery("nightly", "--summarize", str(d), cwd=fleet, env={"OPS_HOOK": hook.url("json")})
+    assert r.code == 1
+    events = [body["event"] for _, body in hook.received]
+    assert events.count("nightly_failed") == 1
+    failed = next(body for _, body in hook.received if body["event"] == "nightly_failed")
+    assert failed["details"]["failed"] == ["app:1"] and "app:1" in failed["text"]
+    # the prod digest's fixable CRITICAL/HIGH findings, reported after the same run
+    assert "prod_vulnerability" in events
