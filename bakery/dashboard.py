@@ -651,7 +651,7 @@ def _svg(c: dict[str, Any]) -> Markup:
     for i, (lx, text) in enumerate(c["labels"]):
         out.append(f'<text x="{lx}" y="{c["height"] - 6}" text-anchor="{"start" if i == 0 else "end"}" '
                    f'font-size="11">{escape(text)}</text>')
-    for sr in c["series"]:
+    for sr in reversed(c["series"]):  # CRITICAL drawn last, on top of a less severe line with the same counts
         out.append(f'<polyline class="series" data-severity="{sr["severity"]}" fill="none" stroke="{sr["color"]}" '
                    f'stroke-width="2" points="{sr["points"]}"/>')
         out.extend(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{sr["color"]}"/>' for x, y in sr["dots"])

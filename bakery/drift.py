@@ -457,7 +457,8 @@ def classify(view: Ledgerview, env: str, d: Deployed) -> Finding:
     if not digest:
         name, tag = _repo_name(ref)
         ev = next((e for e in reversed(view.events) if tag and e.build_tag == tag and e.name == name), None)
-        return Finding(d, "mutable", "mutable reference (no digest)", image=ev.image if ev else "",
+        image = ev.image if ev else (f"{name}:{tag}" if f"{name}:{tag}" in view.by_image else "")
+        return Finding(d, "mutable", "mutable reference (no digest)", image=image,
                        build_tag=ev.build_tag if ev else "")
     ev = view.by_digest.get(digest)
     if ev is None:

@@ -37,6 +37,7 @@ spec:
       containers:
         - {{name: app, image: "{REG}@{_digest(3)}"}}
         - {{name: sidecar, image: "busybox:1.36"}}
+        - {{name: pinned-by-alias, image: "127.0.0.1:5997/t/app:1"}}
 ---
 apiVersion: batch/v1
 kind: CronJob
@@ -65,6 +66,7 @@ def test_every_container_of_every_workload_is_found(tmp_path: Path) -> None:
         ("shop/Deployment/web init:migrate", f"app@{_digest(1)}"),
         ("shop/Deployment/web app", f"app@{_digest(3)}"),
         ("shop/Deployment/web sidecar", "busybox:1.36"),
+        ("shop/Deployment/web pinned-by-alias", "app:1"),
         ("CronJob/nightly job", f"app@{_digest(2)}"),
     ]
 
@@ -85,11 +87,14 @@ def test_drift_classifies_against_the_ledger_and_exits_1(fleet: Path, bakery) ->
         ("shop/Deployment/web init:migrate", "current"),
         ("shop/Deployment/web app", "ahead by 2 builds (promoted: 1-20261101.1)"),
         ("shop/Deployment/web sidecar", "mutable reference (no digest)"),
+        ("shop/Deployment/web pinned-by-alias", "mutable reference (no digest)"),
         ("CronJob/nightly job", "ahead by 1 build (promoted: 1-20261101.1)"),
         ("service app", "current"),
         ("service other", "not from bakery"),
     }
-    assert data["drifted"] == 4
+    assert data["drifted"] == 5
+    images = {x["where"].rsplit(" ", 1)[1]: x["image"] for x in data["references"]}
+    assert images["pinned-by-alias"] == "app:1" and images["sidecar"] is None  # a tag still names its image
     # against staging (build 3), build 1 is behind by 2, and build 3 no longer has the fixable CRITICAL of build 1
     r = bakery("drift", "--env", "staging", "deploy/compose.yml", "--format", "json", cwd=fleet)
     app = next(x for x in json.loads(r.out)["references"] if x["where"].endswith("service app"))
