@@ -69,7 +69,7 @@ class Deployed:
 
 
 @dataclass
-class Finding:
+class Verdict:
     deployed: Deployed
     status: str  # current | behind | rolled back | ahead | not promoted | not from bakery | mutable
     label: str  # what the user reads: "behind by 2 builds"
@@ -99,10 +99,10 @@ class Report:
     env: str
     time: dt.datetime
     sources: list[str]
-    findings: list[Finding]
+    findings: list[Verdict]
 
     @property
-    def drifted(self) -> list[Finding]:
+    def drifted(self) -> list[Verdict]:
         return [f for f in self.findings if f.drifted]
 
     def to_json(self) -> dict[str, Any]:
@@ -363,7 +363,7 @@ def from_docker(source: Source) -> list[Deployed]:
         if not _DIGEST.search(ref):  # started by tag or ID: what runs is the image ID; its registry digests say
             try:
                 attrs = client.api.inspect_image(c.get("ImageID"))
-                repo = ref.split("@", 1)[0].rsplit(":", 1)[0] if "/" in ref or ":" in ref else ref
+                repo = _repository(ref)
                 digests = [d.split("@", 1)[1] for d in attrs.get("RepoDigests") or []
                            if "@" in d and d.split("@", 1)[0] == repo]
                 digest = digests[0] if len(digests) == 1 else ""
@@ -371,6 +371,13 @@ def from_docker(source: Source) -> list[Deployed]:
                 digest = ""
         out.append(Deployed("docker", f"container {name}", ref, digest=digest))
     return out
+
+
+def _repository(reference: str) -> str:
+    """The repository of a reference: without its digest and without a tag (``host:port/a/b:tag`` → ``host:port/a/b``)."""
+    ref = reference.split("@", 1)[0]
+    slash, colon = ref.rfind("/"), ref.rfind(":")
+    return ref[:colon] if colon > slash else ref
 
 
 def collect(project: Project, sources: list[Source]) -> list[Deployed]:
@@ -394,7 +401,7 @@ def _repo_name(reference: str) -> tuple[str, str]:
     return name, tag
 
 
-class Ledgerview:
+class LedgerView:
     """The ledger, indexed for classification."""
 
     def __init__(self, project: Project, events: list[Event]):
@@ -425,7 +432,7 @@ class Ledgerview:
         return self._scans[digest]
 
 
-def fixes(view: Ledgerview, deployed: str, current: str) -> list[str]:
+def fixes(view: LedgerView, deployed: str, current: str) -> list[str]:
     """Fixable findings of the deployed build that the current build no longer has, worst first."""
     old, new = view.scan_of(deployed), view.scan_of(current)
     if old is None or new is None:
@@ -441,7 +448,7 @@ def fixes(view: Ledgerview, deployed: str, current: str) -> list[str]:
     return out
 
 
-def classify(view: Ledgerview, env: str, d: Deployed) -> Finding:
+def classify(view: LedgerView, env: str, d: Deployed) -> Verdict:
     from bakery import ledger as ledger_mod
     from bakery.dashboard import publish_order
 
@@ -453,20 +460,20 @@ def classify(view: Ledgerview, env: str, d: Deployed) -> Finding:
     elif _AMI.match(ref):
         digest = view.ami_origin.get(ref, "")
         if not digest:
-            return Finding(d, "not from bakery", "not from bakery")
+            return Verdict(d, "not from bakery", "not from bakery")
     if not digest:
         name, tag = _repo_name(ref)
         ev = next((e for e in reversed(view.events) if tag and e.build_tag == tag and e.name == name), None)
         image = ev.image if ev else (f"{name}:{tag}" if f"{name}:{tag}" in view.by_image else "")
-        return Finding(d, "mutable", "mutable reference (no digest)", image=image,
+        return Verdict(d, "mutable", "mutable reference (no digest)", image=image,
                        build_tag=ev.build_tag if ev else "")
     ev = view.by_digest.get(digest)
     if ev is None:
-        return Finding(d, "not from bakery", "not from bakery", digest=digest)
+        return Verdict(d, "not from bakery", "not from bakery", digest=digest)
     image = ev.image
     evs = view.by_image.get(image, [])
     build_tag = next((e.build_tag for e in evs if e.digest == digest and e.build_tag), ev.build_tag)
-    out = Finding(d, "current", "current", image=image, build_tag=build_tag, digest=digest)
+    out = Verdict(d, "current", "current", image=image, build_tag=build_tag, digest=digest)
     cur = ledger_mod.current(evs, image, env)
     if cur is None:
         out.status, out.label = "not promoted", f"not promoted to {env}"
@@ -499,7 +506,7 @@ def check(project: Project, env: str, sources: list[Source], *, now: dt.datetime
     project.config.env(env)  # an unknown environment is an input error
     now = now or ledger_mod.now()
     refs = deployed if deployed is not None else collect(project, sources)
-    view = Ledgerview(project, ledger_mod.open_ledger(project).events())
+    view = LedgerView(project, ledger_mod.open_ledger(project).events())
     return Report(env=env, time=now, sources=[s.text for s in sources], findings=[classify(view, env, d) for d in refs])
 
 

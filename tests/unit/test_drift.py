@@ -199,3 +199,12 @@ def test_parse_source_schemes(tmp_path: Path) -> None:
         parse_source("docker:app=web")
     with pytest.raises(InputError):
         parse_source("unknown-env-file.yaml", cwd=tmp_path)
+
+
+def test_repository_of_a_reference() -> None:
+    from bakery.drift import _repository
+
+    assert _repository("127.0.0.1:5601/ns/left") == "127.0.0.1:5601/ns/left"
+    assert _repository("127.0.0.1:5601/ns/left:1.2") == "127.0.0.1:5601/ns/left"
+    assert _repository(f"127.0.0.1:5601/ns/left:1@{_digest(1)}") == "127.0.0.1:5601/ns/left"
+    assert _repository("redis:7") == "redis" and _repository("redis") == "redis"

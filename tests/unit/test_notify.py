@@ -147,3 +147,18 @@ def test_a_failed_nightly_summary_posts_once_and_exits_1(fleet: Path, hook: Hook
     assert failed["details"]["failed"] == ["app:1"] and "app:1" in failed["text"]
     # the prod digest's fixable CRITICAL/HIGH findings, reported after the same run
     assert "prod_vulnerability" in events
+
+
+def test_a_webhook_that_is_down_never_fails_a_good_nightly(fleet: Path, bakery, tmp_path: Path) -> None:  # noqa: F811
+    configure(fleet, "    - {name: sec, url_env: SEC_HOOK, timeout: 2}\n")
+    d = tmp_path / "nightly"
+    d.mkdir()
+    (d / "plan.json").write_text(json.dumps({"rebuild": [], "seconds": 1, "images": [
+        {"ref": "app:1", "name": "app", "version": "1", "variant": None, "reasons": []}]}))
+    url = f"http://127.0.0.1:{_closed_port()}/{TOKEN}"
+    r = bakery("nightly", "--summarize", str(d), cwd=fleet, env={"SEC_HOOK": url})
+    assert r.code == 0, r.err  # nothing failed: a webhook that is down does not change that
+    assert [line for line in r.err.splitlines() if line.startswith("warning:")] == [
+        "warning: notify sec: webhook failed (unreachable): prod_vulnerability not delivered; the step's result "
+        "stands"]
+    assert TOKEN not in r.out + r.err
