@@ -62,6 +62,26 @@ def _slack(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def subscribed(project: Project, event: str) -> bool:
+    return any(event in hook.events for hook in project.config.notify.webhooks)
+
+
+def notify(project: Project, event: str, make: Callable[[], Message | None], *,
+           warn: Callable[[str], None]) -> list[Delivery]:
+    """Build the message (only when a webhook listens for EVENT) and send it. Never raises: what goes wrong here
+    (the ledger or scan store unreadable, a webhook down) is one warning line, and the step's result stands."""
+    from bakery.errors import BakeryError
+
+    if not subscribed(project, event):
+        return []
+    try:
+        msg = make()
+    except (BakeryError, OSError) as exc:
+        warn(secrets.mask(f"warning: notify: {event} not checked: {exc}"))
+        return []
+    return send(project, event, msg, warn=warn)
+
+
 def send(project: Project, event: str, msg: Message | None, *, warn: Callable[[str], None]) -> list[Delivery]:
     """POST MSG to every webhook subscribed to EVENT. Never raises: a failure is one warning line."""
     import requests

@@ -58,7 +58,7 @@ def drift_cmd(ctx: Context, env: str, sources: tuple[str, ...], fmt: str, no_sav
     if report.drifted and not no_notify:
         from bakery import notify
 
-        notify.send(project, "drift", notify.drift_message(report), warn=lambda m: echo(m, err=True))
+        notify.notify(project, "drift", lambda: notify.drift_message(report), warn=lambda m: echo(m, err=True))
     if report.drifted:
         sys.exit(1)
 

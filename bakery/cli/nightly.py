@@ -138,8 +138,8 @@ def nightly_cmd(ctx: Context, refs: tuple[str, ...], dry_run: bool, jobs: int | 
         from bakery import notify
 
         warn = lambda m: echo(m, err=True)  # noqa: E731
-        notify.send(project, "nightly_failed", notify.nightly_message(report), warn=warn)
-        notify.send(project, "prod_vulnerability", notify.prod_vulnerability_message(project), warn=warn)
+        notify.notify(project, "nightly_failed", lambda: notify.nightly_message(report), warn=warn)
+        notify.notify(project, "prod_vulnerability", lambda: notify.prod_vulnerability_message(project), warn=warn)
     if not report.ok:
         sys.exit(1)
 

@@ -44,8 +44,7 @@ def bakery(*args: str, check: bool = True, timeout: float = 600) -> subprocess.C
 
 
 def _ledger_digests(image: str, env: str) -> list[str]:
-    data = json.loads(bakery("history", image, "--format", "json").stdout)
-    events = data if isinstance(data, list) else data.get("events", [])
+    events = json.loads(bakery("history", image, "--format", "json").stdout)["events"]
     return [e["digest"] for e in events if e.get("to_env") == env and e.get("kind") in ("publish", "promote")]
 
 
@@ -91,12 +90,16 @@ def test_drift_on_docker_and_the_dashboard_in_a_browser(fleet: Path, stack, brow
 
     client = docker.from_env(timeout=120)
     dev = yaml.safe_load((fleet / "bakery.yaml").read_text())["environments"]["dev"]["registry"]
-    left_builds = [d for d in _ledger_digests("left:1", "dev")]
+    left_builds = _ledger_digests("left:1", "dev")
     assert len(left_builds) == 2
     label = uuid.uuid4().hex[:12]
     containers = []
     try:
-        for n, ref in enumerate((f"{dev}/left@{left_builds[0]}", f"{dev}/left@{left_builds[1]}", stack.base_ref)):
+        history = json.loads(bakery("history", "left:1", "--format", "json").stdout)["events"]
+        newest_tag = next(e["build_tag"] for e in history if e["digest"] == left_builds[1])
+        refs = (f"{dev}/left@{left_builds[0]}", f"{dev}/left@{left_builds[1]}", stack.base_ref,
+                f"{dev}/left:{newest_tag}")  # the last one by tag: what runs is its image, found by digest
+        for n, ref in enumerate(refs):
             client.images.pull(ref)
             containers.append(_run_container(client, ref, label, f"bakery-fleet-{label}-{n}"))
         proc = bakery("drift", "--env", "staging", f"docker:label=bakery.test={label}", "--format", "json",
@@ -107,7 +110,9 @@ def test_drift_on_docker_and_the_dashboard_in_a_browser(fleet: Path, stack, brow
             f"container bakery-fleet-{label}-0": f"behind by 1 build (current: {rows[f'container bakery-fleet-{label}-1']['build_tag']})",
             f"container bakery-fleet-{label}-1": "current",
             f"container bakery-fleet-{label}-2": "not from bakery",
+            f"container bakery-fleet-{label}-3": "current",
         }
+        assert rows[f"container bakery-fleet-{label}-3"]["digest"] == left_builds[1]
         assert rows[f"container bakery-fleet-{label}-0"]["fixes"] == ["CVE-2099-9001 (MEDIUM, bakery-fixture)"]
     finally:
         for c in containers:

@@ -162,3 +162,25 @@ def test_a_webhook_that_is_down_never_fails_a_good_nightly(fleet: Path, bakery, 
         "warning: notify sec: webhook failed (unreachable): prod_vulnerability not delivered; the step's result "
         "stands"]
     assert TOKEN not in r.out + r.err
+
+
+def test_without_webhooks_nothing_is_read_or_written(fleet: Path, bakery, tmp_path: Path) -> None:  # noqa: F811
+    d = tmp_path / "nightly"
+    d.mkdir()
+    (d / "plan.json").write_text(json.dumps({"rebuild": [], "seconds": 1, "images": []}))
+    r = bakery("nightly", "--summarize", str(d), cwd=fleet)
+    assert r.code == 0 and "warning" not in r.err
+    assert not (fleet / ".bakery" / "notify").exists()
+
+
+def test_a_ledger_that_cannot_be_read_is_a_warning_not_a_failure(fleet: Path, monkeypatch) -> None:  # noqa: F811
+    configure(fleet, "    - {name: sec, url_env: SEC_HOOK, events: [prod_vulnerability]}\n")
+    project = load_project(fleet / "bakery.yaml", cwd=fleet)
+    from bakery.errors import EnvironmentFailure
+
+    def down() -> notify.Message:
+        raise EnvironmentFailure("ledger s3://b/p: cannot read: timeout")
+
+    warnings: list[str] = []
+    assert notify.notify(project, "prod_vulnerability", down, warn=warnings.append) == []
+    assert warnings == ["warning: notify: prod_vulnerability not checked: ledger s3://b/p: cannot read: timeout"]
