@@ -266,6 +266,20 @@ def pending(envs: list[str], cells: dict[str, Cell], order: list[str]) -> list[s
     return out
 
 
+def refused(envs: list[str], cells: dict[str, Cell], events: list[Event]) -> list[str]:
+    """The promotions whose last gate decision said no, for builds that are not in that environment."""
+    out = []
+    for env in envs:
+        gates = [e for e in events if e.kind == "gate" and e.to_env == env]
+        if not gates or gates[-1].passed is not False or gates[-1].digest == cells[env].digest:
+            continue
+        last = gates[-1]
+        why = "; ".join(f"{g.get('name')}: {g.get('reason')}" for g in last.gates if not g.get("passed"))
+        out.append(f"promotion of {last.build_tag or short(last.digest)} to {env} refused"
+                   + (f" ({why})" if why else ""))
+    return out
+
+
 def publish_order(events: Iterable[Event], image: str) -> list[str]:
     """The image's builds (digests), oldest first, in the order they were first published."""
     out: list[str] = []
@@ -377,7 +391,7 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
                 cell.attestations = attestations_for(project, digest)
             cells[env] = cell
         model = ImageModel(image=image, slug=slugs[image], cells=cells,
-                           pending=pending(envs, cells, publish_order(evs, image)))
+                           pending=pending(envs, cells, publish_order(evs, image)) + refused(envs, cells, evs))
         model.timeline_total = len(evs)
         model.timeline = [_timeline(e) for e in reversed(evs[-MAX_TIMELINE:])]
         model.lineage = _lineage(fleet, image, evs, cells, envs, slugs, live_rows, by_image)

@@ -166,3 +166,17 @@ def test_out_must_be_new_empty_or_a_previous_site(fleet: Path, tmp_path: Path, b
     for _ in range(2):  # a site bakery wrote is written over
         r = bakery("report", "html", "--out", str(site), "--ledger-only", cwd=fleet)
         assert r.code == 0, r.err
+
+
+def test_a_refused_promotion_is_pending_with_its_reason(fleet: Path) -> None:
+    project = load_project(fleet / "bakery.yaml", cwd=fleet)
+    led = SqliteLedger(project.state_dir / "ledger.db")
+    led.record(Event(kind="gate", image="app:1", digest=_digest(3), build_tag="1-20261103.1", from_env="staging",
+                     to_env="prod", time=NOW, details={"passed": False},
+                     gates=[{"name": "soak", "passed": False, "reason": "in staging 2h, soak 24h"},
+                            {"name": "scan", "passed": True, "reason": "passed"}]))
+    led.close()
+    app = next(i for i in dashboard.gather(project, now=NOW, live=False).images if i.image == "app:1")
+    assert app.pending == ["staging is 2 builds ahead of prod",
+                           "promotion of 1-20261103.1 to prod refused (soak: in staging 2h, soak 24h)"]
+    assert app.cells["prod"].gate == "passed"  # the build prod runs passed its gates; the refusal is the other's
