@@ -364,6 +364,8 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
                 digest = (row.digest or "") if row else ""
                 build_tag = row.build_tag if row else ""
                 note = row.note if row else ""
+                if row and not digest and row.ledger_digest and note.startswith("registry unreachable"):
+                    digest = row.ledger_digest  # the registry cannot say: the ledger's view, with the note
             else:
                 cur = ledger_mod.current(evs, image, env)
                 digest, build_tag, note = (cur.digest, cur.build_tag, "") if cur else ("", "", "")

@@ -180,3 +180,19 @@ def test_a_refused_promotion_is_pending_with_its_reason(fleet: Path) -> None:
     assert app.pending == ["staging is 2 builds ahead of prod",
                            "promotion of 1-20261103.1 to prod refused (soak: in staging 2h, soak 24h)"]
     assert app.cells["prod"].gate == "passed"  # the build prod runs passed its gates; the refusal is the other's
+
+
+def test_a_registry_that_is_down_shows_the_ledger_view_with_a_note(fleet: Path, monkeypatch) -> None:
+    """`bakery status` is the live source; here a real status() against closed ports (nothing listens there),
+    without the client's retries (they would only make the test slow)."""
+    from bakery.registry import RegistryClient
+
+    init = RegistryClient.__init__
+    monkeypatch.setattr(RegistryClient, "__init__", lambda self, *a, **k: init(self, *a, **{**k, "retries": 0}))
+    project = load_project(fleet / "bakery.yaml", cwd=fleet)
+    model = dashboard.gather(project, now=NOW, live=True)
+    app = next(i for i in model.images if i.image == "app:1")
+    prod = app.cells["prod"]
+    assert prod.digest == _digest(1) and prod.build_tag == "1-20261101.1"
+    assert prod.note.startswith("registry unreachable")
+    assert any(n.startswith("prod: registry unreachable") for n in model.notes)
