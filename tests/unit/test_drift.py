@@ -208,3 +208,20 @@ def test_repository_of_a_reference() -> None:
     assert _repository("127.0.0.1:5601/ns/left:1.2") == "127.0.0.1:5601/ns/left"
     assert _repository(f"127.0.0.1:5601/ns/left:1@{_digest(1)}") == "127.0.0.1:5601/ns/left"
     assert _repository("redis:7") == "redis" and _repository("redis") == "redis"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_docker_daemon_or_ec2_endpoint_is_exit_3(fleet: Path, bakery) -> None:  # noqa: F811
+    r = bakery("drift", "--env", "prod", "docker:", cwd=fleet, env={"DOCKER_HOST": f"tcp://127.0.0.1:{_closed_port()}"})
+    assert r.code == 3 and r.errors and "Docker daemon unreachable" in r.errors[0]
+    env = {"BAKERY_AWS__ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_MAX_ATTEMPTS": "1"}
+    r = bakery("drift", "--env", "prod", "ec2:tag:Environment=prod", cwd=fleet, env=env)
+    assert r.code == 3 and r.errors and "cannot list EC2 instances" in r.errors[0]
