@@ -25,12 +25,15 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from markupsafe import Markup, escape
 
+from bakery import ledger as ledger_mod
+from bakery import nightly, policy, scan, status
+from bakery.definitions import load_fleet
 from bakery.errors import InputError
+from bakery.ledger import Event, Ledger
 from bakery.scan import SEVERITY_ORDER
 
 if TYPE_CHECKING:
     from bakery.config import Project
-    from bakery.ledger import Event, Ledger
 
 SEVERITIES = tuple(reversed(SEVERITY_ORDER))  # CRITICAL first
 SHOWN_SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
@@ -304,9 +307,6 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
 
     ``live`` asks the registries what each environment runs (the truth, via ``bakery status``); without it the
     ledger's view is used (no network)."""
-    from bakery import ledger as ledger_mod
-    from bakery import nightly, policy, scan
-
     now = now or ledger_mod.now()
     led = ledger or ledger_mod.open_ledger(project)
     events = led.events()
@@ -315,8 +315,6 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
 
     fleet = None
     try:
-        from bakery.definitions import load_fleet
-
         fleet = load_fleet(project)
     except Exception as exc:  # noqa: BLE001 - a ledger without definitions still has a dashboard
         notes.append(f"definitions not loaded: {exc}")
@@ -324,11 +322,9 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
     # what each environment runs
     live_rows: dict[tuple[str, str], Any] = {}
     if live:
-        if status_fn is None:
-            from bakery.promote import status as status_fn
-        for row in status_fn(project, now=now, ledger=led):
+        for row in (status_fn or status.status)(project, now=now, ledger=led):
             live_rows[(row.image, row.env)] = row
-            if row.note and row.note.startswith("registry unreachable") and row.note not in notes:
+            if getattr(row, "unreachable", False) and f"{row.env}: {row.note}" not in notes:
                 notes.append(f"{row.env}: {row.note}")
     images = sorted({e.image for e in events} | {i for i, _ in live_rows}
                     | ({str(k) for k in fleet.specs} if fleet else set()))
@@ -364,7 +360,7 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
                 digest = (row.digest or "") if row else ""
                 build_tag = row.build_tag if row else ""
                 note = row.note if row else ""
-                if row and not digest and row.ledger_digest and note.startswith("registry unreachable"):
+                if row and not digest and row.ledger_digest and getattr(row, "unreachable", False):
                     digest = row.ledger_digest  # the registry cannot say: the ledger's view, with the note
             else:
                 cur = ledger_mod.current(evs, image, env)

@@ -32,11 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from bakery import ami, scan, secrets
+from bakery import ledger as ledger_mod
+from bakery.dashboard import drift_dir, publish_order, slug
 from bakery.errors import EnvironmentFailure, InputError
+from bakery.ledger import Event
 
 if TYPE_CHECKING:
     from bakery.config import Project
-    from bakery.ledger import Event
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_FILES = 5000
@@ -324,11 +327,10 @@ def terraform_refs(data: dict[str, Any], display: str) -> list[Deployed]:
 
 
 def from_ec2(project: Project, source: Source) -> list[Deployed]:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     aws = project.config.aws
-    client = boto3.client("ec2", endpoint_url=aws.endpoint_url, region_name=aws.region)
+    client = ami.client(project, aws.region)
     out = []
     try:
         pages = client.get_paginator("describe_instances").paginate(Filters=[
@@ -415,16 +417,14 @@ class LedgerView:
             self.by_image.setdefault(e.image, []).append(e)
             amis = e.details.get("amis") if isinstance(e.details, dict) else None
             if isinstance(amis, dict):
-                for ami in amis.values():
-                    if isinstance(ami, str):
-                        self.ami_origin[ami] = e.digest
-            if e.digest.startswith("ami:"):
-                self.ami_origin.setdefault(e.digest.rsplit(":", 1)[-1], e.digest)
+                for ami_id in amis.values():
+                    if isinstance(ami_id, str):
+                        self.ami_origin[ami_id] = e.digest
+            if ami.is_ami_digest(e.digest):
+                self.ami_origin.setdefault(ami.parse_origin(e.digest)[1], e.digest)
         self._scans: dict[str, Any] = {}
 
     def scan_of(self, digest: str) -> Any:
-        from bakery import scan
-
         if digest not in self._scans:
             summaries = [e.scan for e in self.events if e.digest == digest and e.scan]
             image_id = str((summaries[-1] or {}).get("image_id") or "") if summaries else ""
@@ -449,9 +449,6 @@ def fixes(view: LedgerView, deployed: str, current: str) -> list[str]:
 
 
 def classify(view: LedgerView, env: str, d: Deployed) -> Verdict:
-    from bakery import ledger as ledger_mod
-    from bakery.dashboard import publish_order
-
     ref = d.reference
     digest = d.digest
     m = _DIGEST.search(ref)
@@ -501,8 +498,6 @@ def classify(view: LedgerView, env: str, d: Deployed) -> Verdict:
 
 def check(project: Project, env: str, sources: list[Source], *, now: dt.datetime | None = None,
           deployed: list[Deployed] | None = None) -> Report:
-    from bakery import ledger as ledger_mod
-
     project.config.env(env)  # an unknown environment is an input error
     now = now or ledger_mod.now()
     refs = deployed if deployed is not None else collect(project, sources)
@@ -512,9 +507,6 @@ def check(project: Project, env: str, sources: list[Source], *, now: dt.datetime
 
 def save(project: Project, report: Report) -> Path:
     """The latest report of the environment, for the dashboard (``.bakery/drift/last-ENV.json``)."""
-    from bakery import secrets
-    from bakery.dashboard import drift_dir, slug
-
     d = drift_dir(project)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"last-{slug(report.env)}.json"

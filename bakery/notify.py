@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bakery import secrets
+from bakery import ledger as ledger_mod
+from bakery import scan, secrets
+from bakery.errors import BakeryError
 
 if TYPE_CHECKING:
     from bakery.config import Project, Webhook
@@ -70,8 +72,6 @@ def notify(project: Project, event: str, make: Callable[[], Message | None], *,
            warn: Callable[[str], None]) -> list[Delivery]:
     """Build the message (only when a webhook listens for EVENT) and send it. Never raises: what goes wrong here
     (the ledger or scan store unreadable, a webhook down) is one warning line, and the step's result stands."""
-    from bakery.errors import BakeryError
-
     if not subscribed(project, event):
         return []
     try:
@@ -153,9 +153,6 @@ def _seen_path(project: Project) -> Path:
 def prod_findings(project: Project) -> dict[str, list[str]]:
     """Fixable CRITICAL/HIGH findings of the digests the last environment (prod) runs, by the ledger and the
     scan store: ``{"IMAGE@DIGEST": ["CVE-… (CRITICAL, pkg)", …]}``."""
-    from bakery import ledger as ledger_mod
-    from bakery import scan
-
     env = project.config.env_order[-1]
     events = ledger_mod.open_ledger(project).events()
     out: dict[str, list[str]] = {}
