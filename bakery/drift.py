@@ -14,7 +14,7 @@ Sources of deployed references (``bakery drift --env ENV SOURCE…``):
 
 Every reference is classified against the ledger: ``current``, ``behind by N builds`` (with the fixable
 findings that the current build fixes), ``rolled back``, ``ahead by N builds``, ``not promoted to ENV``,
-``not from bakery`` and ``mutable reference (no digest)``. Anything but ``current`` is drift.
+``not from bakery``, ``mutable reference (no digest)`` and ``not an image reference``. Anything but ``current`` is drift.
 
 Inputs are untrusted: YAML is read with the safe loader, every file is size-bounded, and only the known fields
 are followed (never a generic walk over a document, so aliases cannot make it explode).
@@ -37,6 +37,7 @@ from bakery import ledger as ledger_mod
 from bakery.dashboard import drift_dir, publish_order, slug
 from bakery.errors import EnvironmentFailure, InputError
 from bakery.ledger import Event
+from bakery.ref import Ref
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -54,7 +55,6 @@ SOURCE is one of:
   docker:              the containers running on the Docker daemon (DOCKER_HOST)
   docker:label=K[=V]   those of them with that label"""
 
-_DIGEST = re.compile(r"@(sha256:[0-9a-f]{64})$")
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"}
 _TF_IMAGE_KEYS = {"image", "ami", "image_id", "image_uri", "container_image"}
@@ -362,24 +362,17 @@ def from_docker(source: Source) -> list[Deployed]:
         name = (c.get("Names") or ["?"])[0].lstrip("/")
         ref = str(c.get("Image") or "")
         digest = ""
-        if not _DIGEST.search(ref):  # started by tag or ID: what runs is the image ID; its registry digests say
+        if "@" not in ref:  # started by tag or ID: what runs is the image ID; its registry digests say
             try:
                 attrs = client.api.inspect_image(c.get("ImageID"))
-                repo = _repository(ref)
-                digests = [d.split("@", 1)[1] for d in attrs.get("RepoDigests") or []
-                           if "@" in d and d.split("@", 1)[0] == repo]
+                running = Ref.try_parse(ref)
+                repo_digests = [Ref.try_parse(d) for d in attrs.get("RepoDigests") or []]
+                digests = [r.digest for r in repo_digests if r and r.digest and running and r.name == running.name]
                 digest = digests[0] if len(digests) == 1 else ""
             except Exception:  # noqa: BLE001 - image removed under a running container
                 digest = ""
         out.append(Deployed("docker", f"container {name}", ref, digest=digest))
     return out
-
-
-def _repository(reference: str) -> str:
-    """The repository of a reference: without its digest and without a tag (``host:port/a/b:tag`` → ``host:port/a/b``)."""
-    ref = reference.split("@", 1)[0]
-    slash, colon = ref.rfind("/"), ref.rfind(":")
-    return ref[:colon] if colon > slash else ref
 
 
 def collect(project: Project, sources: list[Source]) -> list[Deployed]:
@@ -395,14 +388,6 @@ def collect(project: Project, sources: list[Source]) -> list[Deployed]:
 
 
 # ------------------------------------------------------------------------------------------------ classify
-def _repo_name(reference: str) -> tuple[str, str]:
-    """(last path component of the repository, tag) of a container reference."""
-    ref = reference.split("@", 1)[0]
-    last = ref.rsplit("/", 1)[-1]
-    name, _, tag = last.partition(":")
-    return name, tag
-
-
 class LedgerView:
     """The ledger, indexed for classification."""
 
@@ -451,15 +436,18 @@ def fixes(view: LedgerView, deployed: str, current: str) -> list[str]:
 def classify(view: LedgerView, env: str, d: Deployed) -> Verdict:
     ref = d.reference
     digest = d.digest
-    m = _DIGEST.search(ref)
-    if m:
-        digest = m.group(1)
-    elif _AMI.match(ref):
+    parsed: Ref | None = None
+    if _AMI.match(ref):
         digest = view.ami_origin.get(ref, "")
         if not digest:
             return Verdict(d, "not from bakery", "not from bakery")
+    else:
+        parsed = Ref.try_parse(ref)
+        if parsed is None:
+            return Verdict(d, "invalid", "not an image reference")
+        digest = parsed.digest or digest
     if not digest:
-        name, tag = _repo_name(ref)
+        name, tag = (parsed.family, parsed.tag or "") if parsed else ("", "")
         ev = next((e for e in reversed(view.events) if tag and e.build_tag == tag and e.name == name), None)
         image = ev.image if ev else (f"{name}:{tag}" if f"{name}:{tag}" in view.by_image else "")
         return Verdict(d, "mutable", "mutable reference (no digest)", image=image,

@@ -31,6 +31,7 @@ def drift_cmd(ctx: Context, env: str, sources: tuple[str, ...], fmt: str, no_sav
       not promoted to ENV            a bakery build that never reached ENV
       not from bakery                a digest or AMI bakery never published
       mutable reference (no digest)  a tag: what runs can change under it
+      not an image reference         a value that does not parse (e.g. an unrendered ${VAR})
     Exit 1 when anything drifted (anything but current), so CI can gate on it; 2 for a bad source; 3 when
     the Docker daemon, EC2 or the ledger cannot be reached. The report is stored for `bakery report html`.
 

@@ -78,6 +78,7 @@ def test_drift_classifies_against_the_ledger_and_exits_1(fleet: Path, bakery) ->
         services:
           app: {{image: "{REG}@{_digest(1)}"}}
           other: {{image: "{REG}@sha256:{'e' * 64}"}}
+          templated: {{image: "${{IMAGE}}"}}
         """)
     r = bakery("drift", "--env", "prod", "deploy", "--format", "json", cwd=fleet)
     assert r.code == 1, r.err
@@ -91,8 +92,9 @@ def test_drift_classifies_against_the_ledger_and_exits_1(fleet: Path, bakery) ->
         ("CronJob/nightly job", "ahead by 1 build (promoted: 1-20261101.1)"),
         ("service app", "current"),
         ("service other", "not from bakery"),
+        ("service templated", "not an image reference"),
     }
-    assert data["drifted"] == 5
+    assert data["drifted"] == 6
     images = {x["where"].rsplit(" ", 1)[1]: x["image"] for x in data["references"]}
     assert images["pinned-by-alias"] == "app:1" and images["sidecar"] is None  # a tag still names its image
     # against staging (build 3), build 1 is behind by 2, and build 3 no longer has the fixable CRITICAL of build 1
@@ -199,15 +201,6 @@ def test_parse_source_schemes(tmp_path: Path) -> None:
         parse_source("docker:app=web")
     with pytest.raises(InputError):
         parse_source("unknown-env-file.yaml", cwd=tmp_path)
-
-
-def test_repository_of_a_reference() -> None:
-    from bakery.drift import _repository
-
-    assert _repository("127.0.0.1:5601/ns/left") == "127.0.0.1:5601/ns/left"
-    assert _repository("127.0.0.1:5601/ns/left:1.2") == "127.0.0.1:5601/ns/left"
-    assert _repository(f"127.0.0.1:5601/ns/left:1@{_digest(1)}") == "127.0.0.1:5601/ns/left"
-    assert _repository("redis:7") == "redis" and _repository("redis") == "redis"
 
 
 def _closed_port() -> int:
