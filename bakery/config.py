@@ -228,6 +228,34 @@ class Aws(_Strict):
     region: str = "us-east-1"
 
 
+NOTIFY_EVENTS = ("nightly_failed", "prod_vulnerability", "drift")
+NotifyEvent = Literal["nightly_failed", "prod_vulnerability", "drift"]
+
+
+class Webhook(_Strict):
+    """A webhook bakery calls on an event. Its URL (which usually carries a token) comes from an environment
+    variable only: ``url_env`` names it; the URL never appears in output."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    url_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    format: Literal["json", "slack"] = "json"
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    timeout: float = Field(default=10, gt=0, le=120)
+
+
+class Notify(_Strict):
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique(cls, v: list[Webhook]) -> list[Webhook]:
+        names = [w.name for w in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"webhook names must be unique: {', '.join(dupes)}")
+        return v
+
+
 def _default_envs() -> dict[str, Environment]:
     return {
         "dev": Environment(registry="127.0.0.1:5001/bakery", aliases=["{version}"],
@@ -253,6 +281,7 @@ class Config(_Strict):
     build: Build = Field(default_factory=Build)
     packer: Packer = Field(default_factory=Packer)
     aws: Aws = Field(default_factory=Aws)
+    notify: Notify = Field(default_factory=Notify)
 
     @field_validator("environments")
     @classmethod
