@@ -35,6 +35,11 @@ class ImmutableTagError(StepFailed):
     """Refused to point an existing immutable tag at a different digest."""
 
 
+class TagMismatch(ImmutableTagError):
+    """A build tag read back (or resolved) names another digest than the ledger's reservation or the named image:
+    refused, both digests in the message."""
+
+
 class InputError(BakeryError):
     """Bad user input: definitions, configuration, references or flags."""
 

@@ -16,7 +16,7 @@ from bakery.config import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
 from bakery.model import ImageKey, ImageSpec, Published
 from bakery.registry import RegistryClient
-from bakery.tags import build_tag_pattern, image_aliases, next_build_tag
+from bakery.tags import build_tag_pattern, image_aliases
 
 
 def env_repository(project: Project, env: str, name: str) -> tuple[str, str]:
@@ -91,24 +91,34 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
     An existing build tag holding a different digest is refused (ImmutableTagError, registry unchanged);
     the same digest again is a no-op.
     """
+    from bakery import integrity
+    from bakery.ledger import open_ledger
+
     env = project.config.first_env
     host, repo = env_repository(project, env, spec.key.name)
     client = RegistryClient.for_env(project, env)
+    led = open_ledger(project)
     existing = client.list_tags(repo)
-    if build_tag is None:
-        build_tag = next_build_tag(project.config.tags.build, name=spec.key.name, version=spec.key.version,
-                                   variant=spec.key.variant, today=today, existing=existing,
-                                   fingerprint=fingerprint)
     target = f"{host}/{repo}"
+    # Reserve before writing: the build tag is claimed in the ledger for this image id before anything is pushed.
+    if build_tag is None:
+        build_tag, holder, _won = integrity.reserve_next_build_tag(
+            project, led, image=str(spec.key), name=spec.key.name, version=spec.key.version,
+            variant=spec.key.variant, env=env, repository=target, config=image_id, existing=existing, today=today,
+            fingerprint=fingerprint)
+    else:
+        holder, _won = integrity.reserve(led, image=str(spec.key), env=env, repository=target, build_tag=build_tag,
+                                         config=image_id)
     alias_tags = aliases(project, spec, env, today, fingerprint)
     refuse_build_tag_aliases(project, spec.key.name, target, [t for t in alias_tags if t != build_tag])
-    if build_tag in existing:
-        held = client.head_manifest(repo, build_tag)
-        ours = local_repo_digests(docker_client, image_id, target)
-        if held and held in ours:
-            return Published(spec.key, env, target, build_tag, held, ())
-        raise ImmutableTagError(f"{target}:{build_tag} already holds {held}; refusing to overwrite an immutable "
-                                f"tag with a different image (registry unchanged)")
+    held = client.head_manifest(repo, build_tag) if build_tag in existing or not _won else None
+    same = held is not None and integrity.config_of(client, repo, held) == image_id
+    if not integrity.holds(holder, config=image_id) or (held is not None and not same):
+        raise ImmutableTagError(f"{target}:{build_tag} already holds {held or 'nothing yet'} (reserved in the ledger "
+                                f"for {integrity.identity(holder)}); refusing to overwrite an immutable tag with a "
+                                f"different image (registry unchanged)")
+    if same:
+        return Published(spec.key, env, target, build_tag, held, ())
     digest = ""
     try:
         image = docker_client.images.get(image_id)
@@ -137,6 +147,8 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
             pass
     if not digest:
         raise StepFailed(f"push {target}:{build_tag}: the daemon reported no digest")
+    integrity.confirm_tag(led, client, repo, target=target, image=str(spec.key), env=env, build_tag=build_tag,
+                          digest=digest)  # read back before any alias moves
     manifest = client.get_manifest(repo, digest)
     for tag in alias_tags:
         client.put_manifest(repo, tag, manifest.body, manifest.media_type)

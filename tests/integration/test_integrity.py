@@ -11,11 +11,9 @@ import concurrent.futures as cf
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,6 @@ import yaml
 from bakery import ledger as ledger_mod
 from bakery.config import load_project
 from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VERSION
-from bakery.registry import RegistryClient
 from faultproxy import FaultProxy, Rule
 
 pytestmark = pytest.mark.integration
@@ -125,6 +122,30 @@ def test_concurrent_builds_of_one_image_get_distinct_build_tags(make_project, st
         proxy.add(Rule("delay", method="PUT", path="/manifests/", seconds=1.5))
         ns = f"c{os.urandom(4).hex()}"
         root = make_project(fleet=None, config={"environments": {"dev": {"registry": f"127.0.0.1:{proxy.port}/{ns}"}}})
+        write_tiny_fleet(root)
+        results = _concurrent_builds(root, 10)
+        _assert_distinct_tags(stack, root, results, 10)
+
+
+@pytest.fixture
+def s3_ledger(moto_endpoint, monkeypatch) -> dict:
+    """An S3 ledger on moto (bucket `ledger`, reset first): the `ledger:` section of a bakery.yaml."""
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    requests.post(moto_endpoint + "/moto-api/reset", timeout=10)
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket="ledger")
+    return {"url": "s3://ledger/bakery", "endpoint_url": moto_endpoint}
+
+
+def test_concurrent_builds_share_an_s3_ledger_and_still_get_distinct_tags(make_project, stack, s3_ledger):
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        proxy.add(Rule("delay", method="PUT", path="/manifests/", seconds=1.5))
+        ns = f"c{os.urandom(4).hex()}"
+        root = make_project(fleet=None, config={"ledger": s3_ledger, "environments": {
+            "dev": {"registry": f"127.0.0.1:{proxy.port}/{ns}"}}})
         write_tiny_fleet(root)
         results = _concurrent_builds(root, 10)
         _assert_distinct_tags(stack, root, results, 10)
