@@ -101,11 +101,12 @@ def recorded_digest(events: list[Event], image: str, env: str, build_tag: str) -
 # Write-ahead promotions
 
 
-def epoch(events: list[Event], image: str, env: str) -> str:
-    """The id of the last event that moved ``image``'s tags in ``env`` ("-" when none): part of the completion key,
-    so the same digest promoted again after something else moved there is a new promotion."""
-    moves = [e for e in events if e.image == image and e.to_env == env and e.kind in ("publish", "promote",
-                                                                                       "rollback")]
+def epoch(events: list[Event], image: str, env: str, digest: str) -> str:
+    """The id of the last event that moved ``image``'s tags in ``env`` to another digest than ``digest`` ("-" when
+    none): part of the completion key, so two identical promotions racing share one key while the same digest
+    promoted again after something else moved there is a new promotion."""
+    moves = [e for e in events if e.image == image and e.to_env == env and e.digest != digest
+             and e.kind in ("publish", "promote", "rollback")]
     return moves[-1].id if moves else "-"
 
 
@@ -212,3 +213,48 @@ def confirm_tag(led: Ledger, client: Any, repo: str, *, target: str, image: str,
                      details={"passed": False, "target": target, "found": found},
                      **({"time": when} if when else {})))
     raise TagMismatch(reason)
+
+
+def target_state(written: list[str], build_tag: str, aliases: list[str]) -> str:
+    """What an interrupted promotion left in the target, for the one line the user sees."""
+    if build_tag not in written:
+        return "no tag was written in the target"
+    missing = [a for a in aliases if a not in written]
+    if not missing:
+        return "build tag and aliases written"
+    if len(missing) == len(aliases):
+        return f"build tag {build_tag} written, aliases not"
+    return f"build tag {build_tag} written, aliases {', '.join(missing)} not"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The source of a promotion agrees with the ledger and with the image it names
+
+
+def verify_source(project: Project, led: Ledger, pub: Any, reg: Any, repo: str) -> str | None:
+    """Why the source cannot be promoted, or None: its build tag is recorded (or reserved) in the ledger for
+    another digest, or its labels name another image than the repository it comes from. Both digests named."""
+    from bakery.errors import RegistryError
+    from bakery.model import LABEL_NAME, LABEL_VERSION
+
+    where = f"{pub.repository}:{pub.build_tag}"
+    image = str(pub.key)
+    events = led.events(image=image)
+    recorded = recorded_digest(events, image, pub.env, pub.build_tag)
+    if recorded and recorded != pub.digest:
+        return (f"{where} names {pub.digest} but the ledger recorded {recorded} under that build tag; refused: a "
+                f"build tag is immutable and names one digest forever")
+    held = reservation(led, image, pub.repository, pub.build_tag)
+    if held is not None and not holds(held, digest=pub.digest, config=config_of(reg, repo, pub.digest)
+                                      if held.details.get("identity") == "image" else None):
+        return (f"{where} names {pub.digest} but the ledger reserved that build tag for {identity(held)}; refused: "
+                f"a build tag is immutable")
+    try:
+        labels = reg.labels(repo, pub.digest)
+    except RegistryError:
+        labels = {}
+    name, version = labels.get(LABEL_NAME), labels.get(LABEL_VERSION)
+    if name and name != pub.key.name:
+        return (f"{where} ({pub.digest}) is an image of {name}:{version or '?'}, not of {pub.key.name}; refused"
+                + (f" (the ledger has {recorded} for this build tag)" if recorded else ""))
+    return None

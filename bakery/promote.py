@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from bakery import integrity
 from bakery import ledger as ledger_mod
 from bakery.errors import EnvironmentFailure, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
 from bakery import tags as tags_mod
@@ -461,6 +462,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     pub = resolve(project, ref, from_env, registry=src)
     name = pub.key.name
     src_repo = cfg.env(from_env).repository(name)
+    integrity.recover(project, led, image=str(pub.key))  # earlier promotions that moved tags unrecorded
     dst_repo = target_env.repository(name)
     tags = [pub.build_tag, *[a for a in alias_tags(project, to_env, pub.key, now.date()) if a != pub.build_tag]]
     from bakery.publish import refuse_build_tag_aliases
@@ -470,12 +472,13 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
                        to_env=to_env, source=pub.pinned, target=target_env.image(name), tags=tags,
                        approved_by=approved_by)
 
-    # Immutable build tag, and the no-op.
+    # Immutable build tag (the source agrees with the ledger and its labels; the target), and the no-op.
     existing = dst.head_manifest(dst_repo, pub.build_tag)
-    if existing is not None and existing != pub.digest:
-        result.gates = [GateResult("immutable-tag", False, f"{result.target}:{pub.build_tag} already points at "
-                                                           f"{existing[:19]}…, refusing to move an immutable tag",
-                                   {"existing": existing})]
+    disagreement = integrity.verify_source(project, led, pub, src, src_repo)
+    if disagreement or (existing is not None and existing != pub.digest):
+        result.gates = [GateResult("immutable-tag", False, disagreement or (
+            f"{result.target}:{pub.build_tag} already points at {existing}, refusing to move an immutable tag to "
+            f"{pub.digest}"), {"existing": existing})]
         result.action = "would-refuse" if dry_run else "refused"
         result.message = result.gates[0].reason
         if not dry_run:
@@ -518,17 +521,36 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         result.seconds = time.monotonic() - started
         return result
 
+    # Reserve the build tag in the target for this digest (a lost race is refused), then record the intent.
+    holder, _won = integrity.reserve(led, image=result.image, env=to_env, repository=result.target,
+                                     build_tag=pub.build_tag, digest=pub.digest, when=stamp())
+    if not integrity.holds(holder, digest=pub.digest):
+        result.gates.append(GateResult("immutable-tag", False, f"{result.target}:{pub.build_tag} is reserved in "
+                                       f"the ledger for {integrity.identity(holder)}; refusing {pub.digest}",
+                                       {"existing": holder.digest}))
+        result.action = "refused"
+        result.message = result.gates[-1].reason
+        result.event_id = _record(led, "gate", result, stamp(), passed=False)
+        result.seconds = time.monotonic() - started
+        return result
+    intent = integrity.record_intent(
+        led, image=result.image, digest=pub.digest, build_tag=pub.build_tag, from_env=from_env, to_env=to_env,
+        source=result.source, target=result.target, tags=tags, gates=[g.to_json() for g in results],
+        after=integrity.epoch(events, result.image, to_env, pub.digest), when=stamp(), approved_by=approved_by)
+
     # Copy by digest, then the tags.
     if hasattr(dst, "ensure_repository"):
         dst.ensure_repository(dst_repo, aliases=tags[1:])  # type: ignore[attr-defined]
-    tagged = False
+    written: list[str] = []
     try:
         stats = dst.copy_image(src, src_repo, pub.digest, dst_repo)
         manifest = src.get_manifest(src_repo, pub.digest)  # byte-identical by definition of the digest
-        tagged = True
-        write_tags(dst, dst_repo, manifest, pub.build_tag, tags[1:], target=result.target)
+        write_tags(dst, dst_repo, manifest, pub.build_tag, tags[1:], target=result.target, written=written,
+                   confirm=lambda: integrity.confirm_tag(led, dst, dst_repo, target=result.target, image=result.image,
+                                                         env=to_env, build_tag=pub.build_tag, digest=pub.digest,
+                                                         from_env=from_env, when=stamp()))
     except RegistryUnavailable as exc:
-        state = ("some tags may be missing" if tagged else "no tag was written in the target")
+        state = integrity.target_state(written, pub.build_tag, tags[1:])
         raise RegistryUnavailable(f"promotion of {result.image} {pub.build_tag} to {to_env} interrupted ({state}); "
                                   f"run the same command again to complete it: {exc}") from None
     result.copy = stats.as_dict()
@@ -543,7 +565,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
             result.message = f"git tag not created: {exc}"
     result.action = "promoted"
     result.seconds = time.monotonic() - started
-    result.event_id = _record(led, "promote", result, stamp())
+    result.event_id = _record(led, "promote", result, stamp(), intent=intent)
     if git_error is not None:
         raise StepFailed(f"{result.image} {pub.build_tag} promoted to {to_env} (recorded), but the git tag was "
                          f"not created: {git_error}")
@@ -551,17 +573,23 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
 
 
 def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, aliases: list[str], *,
-               target: str) -> None:
-    """The immutable build tag first (re-checked right before writing), then the moving aliases."""
+               target: str, written: list[str] | None = None, confirm: Callable[[], None] | None = None) -> None:
+    """The immutable build tag first (re-checked right before writing, read back by ``confirm`` after), then
+    the moving aliases. ``written`` collects the tags that hold the digest so far."""
+    written = [] if written is None else written
     current = dst.head_manifest(repo, build_tag)
     if current is not None and current != manifest.digest:
-        raise ImmutableTagError(f"{target}:{build_tag} already points at {current[:19]}…, refusing to move an "
-                                f"immutable tag")
+        raise ImmutableTagError(f"{target}:{build_tag} already points at {current}, refusing to move an "
+                                f"immutable tag to {manifest.digest}")
     if current is None:
         dst.put_manifest(repo, build_tag, manifest.body, manifest.media_type)
+    if confirm is not None:
+        confirm()
+    written.append(build_tag)
     for alias in aliases:
         if dst.head_manifest(repo, alias) != manifest.digest:
             dst.put_manifest(repo, alias, manifest.body, manifest.media_type)
+        written.append(alias)
 
 
 def _git_tag(project: Project, env: str, pub: Published, reg: Registry, repo: str) -> str:
@@ -570,7 +598,8 @@ def _git_tag(project: Project, env: str, pub: Published, reg: Registry, repo: st
     return tag_promotion(project, env, pub, _safe_labels(reg, repo, pub.digest))
 
 
-def _record(led: ledger_mod.Ledger, kind: str, p: Promotion, now: dt.datetime, passed: bool | None = None) -> str:
+def _record(led: ledger_mod.Ledger, kind: str, p: Promotion, now: dt.datetime, passed: bool | None = None,
+            intent: ledger_mod.Event | None = None) -> str:
     details: dict[str, Any] = {"source": p.source, "target": p.target, "tags": p.tags}
     if passed is not None:
         details["passed"] = passed
@@ -585,7 +614,18 @@ def _record(led: ledger_mod.Ledger, kind: str, p: Promotion, now: dt.datetime, p
     ev = ledger_mod.Event(kind=kind, image=p.image, digest=p.digest, build_tag=p.build_tag, from_env=p.from_env,
                           to_env=p.to_env, time=now, gates=[g.to_json() for g in p.gates], scan=p.scan,
                           details=details)
-    led.record(ev)
+    if intent is None:
+        led.record(ev)
+        return ev.id
+    try:  # the completion of a write-ahead intent: one promote row per promotion, whoever records it first
+        if not integrity.complete(led, intent, ev):
+            held = led.claimed(intent.details["claim"], p.image)
+            p.message = (p.message + "; " if p.message else "") + "already recorded by a concurrent promotion"
+            return held.id if held else ev.id
+    except EnvironmentFailure as exc:
+        raise EnvironmentFailure(f"{p.image} {p.build_tag} is in {p.target} (build tag and aliases written) but the "
+                                 f"promotion could not be recorded: {exc}; run the same command again to record "
+                                 f"it") from None
     return ev.id
 
 
