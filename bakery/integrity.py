@@ -231,13 +231,14 @@ def target_state(written: list[str], build_tag: str, aliases: list[str]) -> str:
 # The source of a promotion agrees with the ledger and with the image it names
 
 
-def verify_source(project: Project, led: Ledger, pub: Any, reg: Any, repo: str) -> str | None:
+def verify_source(project: Project, led: Ledger, pub: Any, reg: Any) -> str | None:
     """Why the source cannot be promoted, or None: its build tag is recorded (or reserved) in the ledger for
     another digest, or its labels name another image than the repository it comes from. Both digests named."""
     from bakery.errors import RegistryError
     from bakery.model import LABEL_NAME, LABEL_VERSION
 
     where = f"{pub.repository}:{pub.build_tag}"
+    repo = pub.repository.split("/", 1)[1]  # the repository the user named (labels may claim another)
     image = str(pub.key)
     events = led.events(image=image)
     recorded = recorded_digest(events, image, pub.env, pub.build_tag)
@@ -254,7 +255,8 @@ def verify_source(project: Project, led: Ledger, pub: Any, reg: Any, repo: str) 
     except RegistryError:
         labels = {}
     name, version = labels.get(LABEL_NAME), labels.get(LABEL_VERSION)
-    if name and name != pub.key.name:
-        return (f"{where} ({pub.digest}) is an image of {name}:{version or '?'}, not of {pub.key.name}; refused"
+    family = pub.repository.rsplit("/", 1)[-1]  # the repository the user named
+    if name and name != family:
+        return (f"{where} ({pub.digest}) is an image of {name}:{version or '?'}, not of {family}; refused"
                 + (f" (the ledger has {recorded} for this build tag)" if recorded else ""))
     return None

@@ -232,6 +232,12 @@ def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequ
             write_report(project, report)
             raise
         say(f"plan: {len(plan.rebuild)} of {len(plan.items)} images to rebuild ({plan.seconds:.2f}s)")
+        if not dry_run:  # promotions an earlier run made but could not record (bakery.integrity)
+            from bakery import integrity
+            from bakery.ledger import open_ledger
+
+            for ev in integrity.recover(project, open_ledger(project)):
+                say(f"recorded an unrecorded promotion: {ev.image} {ev.build_tag} → {ev.to_env} (recovered)")
         results: dict[str, dict[str, Any]] = {}
         promotions: dict[str, list[dict[str, Any]]] = {}  # filled as promotions happen, kept if one aborts
         aborted = ""

@@ -474,7 +474,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
 
     # Immutable build tag (the source agrees with the ledger and its labels; the target), and the no-op.
     existing = dst.head_manifest(dst_repo, pub.build_tag)
-    disagreement = integrity.verify_source(project, led, pub, src, src_repo)
+    disagreement = integrity.verify_source(project, led, pub, src)
     if disagreement or (existing is not None and existing != pub.digest):
         result.gates = [GateResult("immutable-tag", False, disagreement or (
             f"{result.target}:{pub.build_tag} already points at {existing}, refusing to move an immutable tag to "
@@ -837,6 +837,7 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
     cfg = project.config
     now = now or ledger_mod.now()
     led = ledger or ledger_mod.open_ledger(project)
+    integrity.recover(project, led)  # promotions that moved tags unrecorded: recorded before reporting
     envs = [env] if env else cfg.env_order
     for e in envs:
         cfg.env(e)

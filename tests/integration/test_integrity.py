@@ -11,9 +11,11 @@ import concurrent.futures as cf
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ import yaml
 from bakery import ledger as ledger_mod
 from bakery.config import load_project
 from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VERSION
+from bakery.registry import RegistryClient
 from faultproxy import FaultProxy, Rule
 
 pytestmark = pytest.mark.integration
@@ -33,7 +36,7 @@ BUILD_TAG = "3.11-20260302.1"
 
 def bakery(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
            timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    environ = dict(os.environ, GITHUB_ACTOR="octo-releaser", **(env or {}))
+    environ = {**os.environ, "GITHUB_ACTOR": "octo-releaser", **(env or {})}
     return subprocess.run([BAKERY, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=environ)
 
 
@@ -201,3 +204,181 @@ def test_concurrent_promotions_of_different_digests_onto_one_build_tag(make_proj
         for p in procs:
             if p.returncode == 1:
                 assert winner in p.stdout + p.stderr  # both digests named
+
+
+# ----------------------------------------------------------------------------------------------------------
+# D2 / D10: write-ahead promotions — a promotion that moved tags is always recorded, once.
+
+
+def _staging_behind(proxy_port: int, ledger: dict | None = None) -> dict:
+    cfg = {"environments": {
+        "dev": {"aliases": ["{version}"], "gates": {"require_previous": False}},
+        "staging": {"registry": None, "aliases": ["{version}", "staging"], "gates": {"scan": False}},
+        "prod": {"aliases": ["{version}", "prod"], "gates": {"scan": False, "soak": "1h"}},
+    }}
+    if ledger:
+        cfg["ledger"] = ledger
+    return cfg
+
+
+def _project_behind_proxy(make_project, stack, proxy: FaultProxy, ledger: dict | None = None) -> tuple[Path, str]:
+    ns = f"w{os.urandom(4).hex()}"
+    cfg = _staging_behind(proxy.port, ledger)
+    cfg["environments"]["staging"]["registry"] = f"127.0.0.1:{proxy.port}/{ns}"
+    cfg["environments"]["dev"]["registry"] = f"{stack.registry('dev')}/{ns}"
+    root = make_project(fleet=None, config=cfg)
+    return root, ns
+
+
+def _publish_python(root: Path, stack, ns: str, marker: str = "one", build_tag: str = BUILD_TAG) -> str:
+    digest = push_image(stack, f"{stack.registry('dev')}/{ns}/python", build_tag, marker=marker)
+    project = load_project(root / "bakery.yaml", cwd=root)
+    ledger_mod.open_ledger(project).record(ledger_mod.Event(
+        kind="publish", image="python:3.11", digest=digest, build_tag=build_tag, from_env=None, to_env="dev",
+        actor="builder"))
+    return digest
+
+
+def _wait_for_tag(client: RegistryClient, repo: str, tag: str, digest: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while client.head_manifest(repo, tag) != digest:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{tag} never appeared"
+        time.sleep(0.05)
+
+
+def _promote_bg(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([BAKERY, "promote", "python:3.11", "--to", "staging", *args], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, GITHUB_ACTOR="octo-releaser"))
+
+
+def _rerun_records_it_and_prod_soak_passes(root: Path, stack, ns: str, digest: str) -> None:
+    # The rerun (another actor) records the promotion the first run made: once, marked recovered, the first
+    # run's actor and time; then prod's soak gate counts from that arrival.
+    rerun = bakery("promote", "python:3.11", "--to", "staging", "--format", "json", cwd=root,
+                   env={"GITHUB_ACTOR": "night-owl"})
+    assert rerun.returncode == 0, rerun.stderr
+    evs = events(root / "bakery.yaml")
+    promotes = [e for e in evs if e.kind == "promote" and e.to_env == "staging"]
+    assert len(promotes) == 1, promotes
+    assert promotes[0].details.get("recovered") is True and promotes[0].actor == "octo-releaser"
+    intent = next(e for e in evs if e.kind == "intent")
+    assert promotes[0].time == intent.time
+    for tag in (BUILD_TAG, "3.11", "staging"):
+        assert stack.client("staging").head_manifest(f"{ns}/python", tag) == digest
+    later = ledger_mod.now() + __import__("datetime").timedelta(hours=2)
+    prod = bakery("promote", "python:3.11", "--to", "prod", "--format", "json", cwd=root,
+                  env={"BAKERY_NOW": later.isoformat().replace("+00:00", "Z")})
+    assert prod.returncode == 0, prod.stdout + prod.stderr
+    soak = next(g for g in json.loads(prod.stdout)["gates"] if g["name"] == "soak")
+    assert soak["passed"], soak
+    audit = bakery("audit", "--format", "json", cwd=root)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_a_promotion_killed_while_the_ledger_is_locked_is_recorded_by_the_rerun(make_project, stack, tmp_path):
+    import sqlite3
+
+    with FaultProxy(stack.ports["staging"]) as proxy:
+        root, ns = _project_behind_proxy(make_project, stack, proxy)
+        digest = _publish_python(root, stack, ns)
+        proxy.add(Rule("delay", method="PUT", path=r"/manifests/(3\.11|staging)$", seconds=1.0))
+        proc = _promote_bg(root)
+        client = stack.client("staging")
+        _wait_for_tag(client, f"{ns}/python", BUILD_TAG, digest, proc)
+        # Another writer holds the ledger while the aliases are written; the process is killed while it waits.
+        blocker = sqlite3.connect(str(root / ".bakery" / "ledger.db"), timeout=60, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            _wait_for_tag(client, f"{ns}/python", "staging", digest, proc)
+            time.sleep(1.0)
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        proxy.clear()
+        assert not [e for e in events(root / "bakery.yaml") if e.kind == "promote"]
+        _rerun_records_it_and_prod_soak_passes(root, stack, ns, digest)
+
+
+def test_a_promotion_whose_s3_ledger_dies_after_the_tags_is_recorded_by_the_rerun(make_project, stack,
+                                                                                   moto_endpoint, s3_ledger):
+    moto_port = int(moto_endpoint.rsplit(":", 1)[1])
+    with FaultProxy(stack.ports["staging"]) as proxy, FaultProxy(moto_port) as s3proxy:
+        ledger = {**s3_ledger, "endpoint_url": f"http://127.0.0.1:{s3proxy.port}"}
+        root, ns = _project_behind_proxy(make_project, stack, proxy, ledger)
+        digest = _publish_python(root, stack, ns)
+        proxy.add(Rule("delay", method="PUT", path=r"/manifests/(3\.11|staging)$", seconds=1.0))
+        proc = _promote_bg(root)
+        _wait_for_tag(stack.client("staging"), f"{ns}/python", BUILD_TAG, digest, proc)
+        s3proxy.add(Rule("refuse"))  # the S3 endpoint dies between the tag write and the record
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 3, out + err
+        assert "build tag and aliases written" in err and "run the same command again" in err, err
+        assert "Traceback" not in err
+        s3proxy.clear()
+        proxy.clear()
+        _rerun_records_it_and_prod_soak_passes(root, stack, ns, digest)
+
+
+def test_concurrent_identical_promotions_write_one_promote_row(make_project, stack):
+    with FaultProxy(stack.ports["staging"]) as proxy:
+        root, ns = _project_behind_proxy(make_project, stack, proxy)
+        digest = _publish_python(root, stack, ns)
+        proxy.add(Rule("delay", method="PUT", path="/manifests/", seconds=1.0))
+        with cf.ThreadPoolExecutor(5) as pool:
+            procs = list(pool.map(lambda _i: bakery("promote", "python:3.11", "--to", "staging", cwd=root),
+                                  range(5)))
+        assert [p.returncode for p in procs] == [0] * 5, [p.stderr for p in procs]
+        promotes = [e for e in events(root / "bakery.yaml") if e.kind == "promote"]
+        assert [e.digest for e in promotes] == [digest]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# D4: the ledger and the named image win over a registry tag that moved and over labels.
+
+
+def test_an_image_of_another_family_under_a_build_tag_is_refused(make_project, stack):
+    root = make_project(fleet=None, config=_staging_behind(0))
+    ns = yaml.safe_load((root / "bakery.yaml").read_text())["environments"]["dev"]["registry"].rsplit("/", 1)[1]
+    cfg = yaml.safe_load((root / "bakery.yaml").read_text())
+    cfg["environments"]["staging"]["registry"] = f"{stack.registry('staging')}/{ns}"
+    (root / "bakery.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _publish_python(root, stack, ns)
+    # nginx's image copied (outside bakery) into the python repository under an nginx-shaped build tag.
+    nginx = push_image(stack, f"{stack.registry('dev')}/{ns}/python", "1.22-20260302.1", marker="nginx",
+                       name="nginx", version="1.22")
+    proc = bakery("promote", "python:1.22-20260302.1", "--to", "staging", "--format", "json", cwd=root)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert nginx in proc.stdout and "not of python" in proc.stdout
+    assert stack.client("staging").list_tags(f"{ns}/python") == []
+    assert stack.client("staging").list_tags(f"{ns}/nginx") == []
+
+
+def test_a_build_tag_swapped_in_staging_is_not_promoted_to_prod(make_project, stack):
+    root = make_project(fleet=None, config=_staging_behind(0))
+    cfg = yaml.safe_load((root / "bakery.yaml").read_text())
+    ns = cfg["environments"]["dev"]["registry"].rsplit("/", 1)[1]
+    cfg["environments"]["staging"]["registry"] = f"{stack.registry('staging')}/{ns}"
+    cfg["environments"]["prod"]["gates"] = {"scan": False}
+    (root / "bakery.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    first = _publish_python(root, stack, ns)
+    assert bakery("promote", "python:3.11", "--to", "staging", cwd=root).returncode == 0
+    # Someone moves staging's build tag to another image (Distribution has no tag immutability).
+    other = push_image(stack, f"{stack.registry('dev')}/{ns}/python", "scratch", marker="swapped")
+    staging, dev = stack.client("staging"), stack.client("dev")
+    staging.copy_image(dev, f"{ns}/python", other, f"{ns}/python")
+    m = dev.get_manifest(f"{ns}/python", other)
+    staging.put_manifest(f"{ns}/python", BUILD_TAG, m.body, m.media_type)
+    proc = bakery("promote", f"python:{BUILD_TAG}", "--to", "prod", "--format", "json", cwd=root)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert first in proc.stdout and other in proc.stdout  # both digests named
+    assert stack.client("prod").list_tags(f"{ns}/python") == []
+    audit = bakery("audit", "--format", "json", cwd=root)
+    assert audit.returncode == 1
+    found = json.loads(audit.stdout)["disagreements"]
+    assert any(d["env"] == "staging" and d["tag"] == BUILD_TAG and d["registry"] == other
+               and d["ledger"] == first for d in found), found
