@@ -60,6 +60,10 @@ class EnvironmentFailure(BakeryError):
     exit_code = EXIT_ENVIRONMENT
 
 
+class AuthenticationFailed(EnvironmentFailure):
+    """A registry or cloud API refused our credentials (401/403, AccessDenied): a setup problem, exit 3."""
+
+
 class ToolMissing(EnvironmentFailure):
     pass
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bakery import integrity
 from bakery import ledger as ledger_mod
-from bakery.errors import EnvironmentFailure, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
+from bakery.errors import AuthenticationFailed, EnvironmentFailure, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
 from bakery import tags as tags_mod
 from bakery.tags import build_tag_pattern, is_valid_tag, template_fields
 from bakery.model import (LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey,
@@ -807,12 +807,13 @@ class StatusRow:
     gate: str  # passed | failed | - ; from the last gate decision for this digest into env
     ledger_digest: str | None
     note: str = ""
+    failure: str | None = None  # "unreachable" | "authentication": the registry could not be read (exit 3)
 
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image, "env": self.env, "build_tag": self.build_tag, "digest": self.digest,
                 "age": self.age, "since": self.since.isoformat().replace("+00:00", "Z") if self.since else None,
                 "vulnerabilities": self.vulnerabilities, "gate": self.gate, "ledger_digest": self.ledger_digest,
-                "note": self.note or None}
+                "note": self.note or None, "failure": self.failure}
 
 
 def unknown_image_message(ref: str) -> str:
@@ -866,7 +867,7 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
         raise InputError(unknown_image_message(ref))
     rows: list[StatusRow] = []
     clients: dict[str, Registry] = {}
-    down: dict[str, str] = {}
+    down: dict[str, EnvironmentFailure] = {}
     for image in images:
         key = _key_of(image)
         name, tag_version = key.name, key.tag_version
@@ -880,7 +881,7 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
             ledger_now = ledger_mod.current(mine, image, e)
             try:
                 if e in down:
-                    raise EnvironmentFailure(down[e])
+                    raise down[e]
                 for pointer in aliases or []:
                     live = reg.head_manifest(repo, pointer)
                     if live:
@@ -890,11 +891,13 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
                     bt = newest_build_tag(cfg.tags.build, tags, name=name, tag_version=tag_version)
                     live = reg.head_manifest(repo, bt) if bt else None
             except EnvironmentFailure as exc:  # one registry down: say so, keep the ledger's view of it
-                down[e] = str(exc)
+                down[e] = exc
+                failure = "authentication" if isinstance(exc, AuthenticationFailed) else "unreachable"
                 rows.append(StatusRow(image=image, env=e, build_tag=ledger_now.build_tag if ledger_now else "",
                                       digest=None, age="-", since=None, vulnerabilities=None, gate="-",
                                       ledger_digest=ledger_now.digest if ledger_now else None,
-                                      note=f"registry unreachable: {exc}"))
+                                      note=f"{'authentication failed' if failure == 'authentication' else 'registry unreachable'}: {exc}",
+                                      failure=failure))
                 continue
             note = ""
             if ledger_now and live and ledger_now.digest != live:

@@ -11,6 +11,7 @@ import logging
 import os
 import pkgutil
 import sys
+import traceback
 
 # bakery uses no pydantic plugins; looking for them scans every installed package's entry points, ~40 ms of
 # each command's start-up. The CLI owns its process, so it opts out (a value the user set still wins).
@@ -46,6 +47,12 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, quiet: bool) -
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not debug:  # a library's warning (urllib3 on a damaged response) is handled by bakery, not shown
+        for noisy in ("urllib3", "botocore", "boto3", "docker"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        import warnings
+
+        warnings.filterwarnings("ignore", module="urllib3")
     ctx.obj = Context(config_path=config_path, debug=debug, quiet=quiet)
 
 
@@ -78,13 +85,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INPUT)
     except ValidationError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         for line in exc.problems:
             click.echo(f"error: {secrets.mask(line)}", err=True)
         sys.exit(exc.exit_code)
     except BakeryError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and the same exit code as without --debug
+            traceback.print_exc()
         click.echo(f"error: {secrets.mask(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: still one line, traceback with --debug
         if debug:
-            raise
+            traceback.print_exc()
         exit_code = EXIT_FAILED
         name = type(exc).__name__
         if name in ("DockerException", "APIError") or "docker" in type(exc).__module__:

@@ -207,7 +207,7 @@ def status_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> None
                     _time(r.time), r.event_kind] for r in records])
         return
     rows = status(ctx.project, ref, env)
-    unreachable = any((r.note or "").startswith("registry unreachable") for r in rows)
+    unreachable = any(r.failure for r in rows)
     if fmt == "json":
         emit_json({"images": [r.to_json() for r in rows]})
         if unreachable:
@@ -221,7 +221,9 @@ def status_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> None
         out.append([r.image, r.env, r.build_tag or "-", _short(r.digest), r.age, vulns, r.gate, r.note])
     table(["IMAGE", "ENV", "BUILD TAG", "DIGEST", "AGE", "VULNS", "GATE", "NOTE"], out)
     if unreachable:
-        echo("error: a registry is unreachable; its rows show the ledger's view only", err=True)
+        what = ("refused our credentials" if all(r.failure == "authentication" for r in rows if r.failure)
+                else "is unreachable")
+        echo(f"error: a registry {what}; its rows show the ledger's view only", err=True)
         sys.exit(EXIT_ENVIRONMENT)
 
 

@@ -382,3 +382,66 @@ def test_a_build_tag_swapped_in_staging_is_not_promoted_to_prod(make_project, st
     found = json.loads(audit.stdout)["disagreements"]
     assert any(d["env"] == "staging" and d["tag"] == BUILD_TAG and d["registry"] == other
                and d["ledger"] == first for d in found), found
+
+
+# ----------------------------------------------------------------------------------------------------------
+# D5 / D6 / D7: protocol faults are retried, exhausted retries say what the target holds, --debug keeps the
+# exit code, and a refused login is called an authentication failure.
+
+
+def _project_with_cut_target(make_project, stack, proxy: FaultProxy) -> tuple[Path, str]:
+    """staging = an unauthenticated registry (the stack's dev registry, another namespace) behind the proxy."""
+    ns = f"f{os.urandom(4).hex()}"
+    cfg = _staging_behind(proxy.port)
+    cfg["environments"]["dev"]["registry"] = f"{stack.registry('dev')}/{ns}"
+    cfg["environments"]["staging"]["registry"] = f"127.0.0.1:{proxy.port}/{ns}-staging"
+    root = make_project(fleet=None, config=cfg)
+    return root, ns
+
+
+def test_responses_cut_mid_headers_are_retried_without_noise(make_project, stack):
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        root, ns = _project_with_cut_target(make_project, stack, proxy)
+        digest = _publish_python(root, stack, ns)
+        cuts = [proxy.add(Rule("cut", method="POST", path="/blobs/uploads/", keep=100, times=1)),  # before Location
+                proxy.add(Rule("cut", method="POST", path="/blobs/uploads/", keep=260, times=1)),  # inside Location
+                proxy.add(Rule("cut", method="HEAD", path="/manifests/3.11$", keep=150, times=1)),
+                proxy.add(Rule("cut", method="PUT", path="/manifests/", keep=30, times=1))]
+        proc = bakery("promote", "python:3.11", "--to", "staging", cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        assert all(r.hits == 1 for r in cuts), proxy.seen
+        assert "Traceback" not in proc.stderr and "urllib3" not in proc.stderr and "WARNING" not in proc.stderr
+        client = RegistryClient(f"127.0.0.1:{stack.ports['dev']}", insecure=True)
+        for tag in (BUILD_TAG, "3.11", "staging"):
+            assert client.head_manifest(f"{ns}-staging/python", tag) == digest
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_exhausted_retries_exit_3_and_say_what_the_target_holds(make_project, stack, debug):
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        root, ns = _project_with_cut_target(make_project, stack, proxy)
+        _publish_python(root, stack, ns)
+        proxy.add(Rule("cut", method="PUT", path=r"/manifests/(3\.11|staging)$", keep=30))  # every alias write
+        proc = bakery(*(["--debug"] if debug else []), "promote", "python:3.11", "--to", "staging", cwd=root)
+        assert proc.returncode == 3, proc.stderr
+        assert f"build tag {BUILD_TAG} written, aliases not" in proc.stderr
+        if not debug:
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+            assert "Traceback" not in proc.stderr
+
+
+def test_status_calls_a_refused_login_an_authentication_failure(make_project, stack):
+    root = make_project(fleet=None, config=_staging_behind(0) | {"environments": {
+        "dev": {"gates": {"require_previous": False}}, "staging": {"gates": {"scan": False}},
+        "prod": {"gates": {"scan": False}}}})
+    ns = yaml.safe_load((root / "bakery.yaml").read_text())["environments"]["dev"]["registry"].rsplit("/", 1)[1]
+    _publish_python(root, stack, ns)
+    assert bakery("promote", "python:3.11", "--to", "staging", cwd=root).returncode == 0
+    proc = bakery("status", "--format", "json", cwd=root, env={"BAKERY_TEST_PASSWORD": "wrong"})
+    assert proc.returncode == 3, proc.stderr
+    rows = json.loads(proc.stdout)["images"]
+    staging = [r for r in rows if r["env"] == "staging"]
+    assert staging and all(r["failure"] == "authentication" and "authentication failed" in r["note"]
+                           and "unreachable" not in r["note"] for r in staging), staging
+    table = bakery("status", cwd=root, env={"BAKERY_TEST_PASSWORD": "wrong"})
+    assert table.returncode == 3 and "refused our credentials" in table.stderr
