@@ -462,7 +462,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     pub = resolve(project, ref, from_env, registry=src)
     name = pub.key.name
     src_repo = cfg.env(from_env).repository(name)
-    integrity.recover(project, led, image=str(pub.key))  # earlier promotions that moved tags unrecorded
+    recovered = integrity.recover(project, led, image=str(pub.key))  # earlier promotions that moved tags unrecorded
     dst_repo = target_env.repository(name)
     tags = [pub.build_tag, *[a for a in alias_tags(project, to_env, pub.key, now.date()) if a != pub.build_tag]]
     from bakery.publish import refuse_build_tag_aliases
@@ -488,6 +488,12 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     if existing == pub.digest and all(dst.head_manifest(dst_repo, t) == pub.digest for t in tags[1:]):
         result.action = "up-to-date"
         result.message = f"{result.target}:{pub.build_tag} already holds {pub.digest[:19]}…; nothing to do"
+        mine = [e for e in recovered if e.digest == pub.digest and e.to_env == to_env]
+        if mine:
+            result.event_id = mine[0].id
+            result.message = (f"{result.target}:{pub.build_tag} already holds {pub.digest[:19]}…; recorded the "
+                              f"earlier promotion by {mine[0].actor} at {mine[0].time:%Y-%m-%d %H:%M:%S} UTC "
+                              f"(recovered)")
         if (target_env.git_tag if git_tag is None else git_tag) and not dry_run:
             result.git_tag = _git_tag(project, to_env, pub, src, src_repo)  # idempotent
         result.seconds = time.monotonic() - started
