@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bakery.config import Project
-from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
+from bakery.errors import DaemonUnavailable, ImmutableTagError, RegistryUnavailable, StepFailed
 from bakery.model import ImageKey, ImageSpec, Published
 from bakery.registry import RegistryClient
 from bakery.tags import build_tag_pattern, image_aliases
@@ -149,9 +149,16 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
         raise StepFailed(f"push {target}:{build_tag}: the daemon reported no digest")
     integrity.confirm_tag(led, client, repo, target=target, image=str(spec.key), env=env, build_tag=build_tag,
                           digest=digest)  # read back before any alias moves
-    manifest = client.get_manifest(repo, digest)
-    for tag in alias_tags:
-        client.put_manifest(repo, tag, manifest.body, manifest.media_type)
+    written = [build_tag]
+    try:
+        manifest = client.get_manifest(repo, digest)
+        for tag in alias_tags:
+            client.put_manifest(repo, tag, manifest.body, manifest.media_type)
+            written.append(tag)
+    except RegistryUnavailable as exc:
+        state = integrity.target_state(written, build_tag, alias_tags)
+        raise RegistryUnavailable(f"push of {spec.key} to {target} interrupted ({state}; not recorded): `bakery build` again "
+                                  f"publishes a complete new build tag: {exc}") from None
     return Published(spec.key, env, target, build_tag, digest, tuple(alias_tags))
 
 
