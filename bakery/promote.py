@@ -844,17 +844,18 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
     cfg = project.config
     now = now or ledger_mod.now()
     led = ledger or ledger_mod.open_ledger(project)
-    integrity.recover(project, led)  # promotions that moved tags unrecorded: recorded before reporting
     envs = [env] if env else cfg.env_order
     for e in envs:
         cfg.env(e)
     name_filter = None
+    selected: str | None = None
     if ref:
         r = parse_ref(ref) if (":" in ref or "@" in ref) else Ref(name=ref)
         name_filter = r.name
-        events = led.events(image=f"{r.name}:{r.tag}" if r.tag else r.name)
-    else:
-        events = led.events()
+        selected = f"{r.name}:{r.tag}" if r.tag else r.name
+    events = led.events(image=selected)
+    if integrity.recover(project, led, events=events):  # promotions that moved tags unrecorded: recorded first
+        events = led.events(image=selected)
     images: list[str] = []
     for e in events:
         if e.image not in images:

@@ -253,12 +253,17 @@ def _promote_bg(root: Path, *args: str) -> subprocess.Popen:
                             env=dict(os.environ, GITHUB_ACTOR="octo-releaser"))
 
 
-def _rerun_records_it_and_prod_soak_passes(root: Path, stack, ns: str, digest: str) -> None:
-    # The rerun (another actor) records the promotion the first run made: once, marked recovered, the first
-    # run's actor and time; then prod's soak gate counts from that arrival.
+def _rerun_records_it_and_prod_soak_passes(root: Path, stack, ns: str, digest: str, *, via: str = "promote") -> None:
+    # The rerun (another actor; `promote` again, or `status`) records the promotion the first run made: once,
+    # marked recovered, the first run's actor and time; then prod's soak gate counts from that arrival.
+    if via == "status":
+        status = bakery("status", "--format", "json", cwd=root, env={"GITHUB_ACTOR": "night-owl"})
+        assert status.returncode == 0, status.stderr
     rerun = bakery("promote", "python:3.11", "--to", "staging", "--format", "json", cwd=root,
                    env={"GITHUB_ACTOR": "night-owl"})
     assert rerun.returncode == 0, rerun.stderr
+    if via == "promote":
+        assert "recovered" in json.loads(rerun.stdout)["message"]
     evs = events(root / "bakery.yaml")
     promotes = [e for e in evs if e.kind == "promote" and e.to_env == "staging"]
     assert len(promotes) == 1, promotes
@@ -321,7 +326,7 @@ def test_a_promotion_whose_s3_ledger_dies_after_the_tags_is_recorded_by_the_reru
         assert "Traceback" not in err
         s3proxy.clear()
         proxy.clear()
-        _rerun_records_it_and_prod_soak_passes(root, stack, ns, digest)
+        _rerun_records_it_and_prod_soak_passes(root, stack, ns, digest, via="status")
 
 
 def test_concurrent_identical_promotions_write_one_promote_row(make_project, stack):
