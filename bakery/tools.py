@@ -124,6 +124,7 @@ def _stop_group(proc: subprocess.Popen, grace: float = GROUP_GRACE_SECONDS) -> N
             return
         end = time.monotonic() + wait
         while time.monotonic() < end:
+            proc.poll()  # reap the leader: a zombie still counts as a member of its group
             try:
                 os.killpg(proc.pid, 0)
             except (ProcessLookupError, PermissionError):
