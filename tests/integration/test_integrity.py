@@ -353,9 +353,13 @@ def test_an_image_of_another_family_under_a_build_tag_is_refused(make_project, s
     cfg["environments"]["staging"]["registry"] = f"{stack.registry('staging')}/{ns}"
     (root / "bakery.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     _publish_python(root, stack, ns)
-    # nginx's image copied (outside bakery) into the python repository under an nginx-shaped build tag.
-    nginx = push_image(stack, f"{stack.registry('dev')}/{ns}/python", "1.22-20260302.1", marker="nginx",
+    # nginx's published image copied (outside bakery) into the python repository under its build tag.
+    nginx = push_image(stack, f"{stack.registry('dev')}/{ns}/nginx", "1.22-20260302.1", marker="nginx",
                        name="nginx", version="1.22")
+    dev = stack.client("dev")
+    dev.copy_image(dev, f"{ns}/nginx", nginx, f"{ns}/python")
+    m = dev.get_manifest(f"{ns}/nginx", nginx)
+    dev.put_manifest(f"{ns}/python", "1.22-20260302.1", m.body, m.media_type)
     proc = bakery("promote", "python:1.22-20260302.1", "--to", "staging", "--format", "json", cwd=root)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert nginx in proc.stdout and "not of python" in proc.stdout
