@@ -88,29 +88,22 @@ def audit(project: Project, ref: str | None = None, env: str | None = None,
                 if found is None:
                     continue
                 ledger_digest = sorted(recorded[tag])[0] if tag in recorded else None
-                held = reserved.get(tag)
-                if ledger_digest is None and held is not None:
-                    if integrity.holds(held, digest=found, config=integrity.config_of(reg, repo, found)):
-                        ledger_digest = found if held.details.get("identity") == "manifest" else None
-                        if ledger_digest is None:
-                            out.append(Disagreement("unrecorded", image, e, tag, found, None,
-                                                    f"{repository}:{tag} was reserved and pushed, but its "
-                                                    f"publish is not recorded"))
-                            continue
-                    else:
+                if ledger_digest is None:  # no publish or promote record: a reservation at most
+                    held = reserved.get(tag)
+                    if held is not None and not integrity.holds(
+                            held, digest=found, config=integrity.config_of(reg, repo, found)):
                         out.append(Disagreement("moved", image, e, tag, found, held.digest,
                                                 f"{repository}:{tag} names {found}; the ledger reserved it for "
                                                 f"{integrity.identity(held)}"))
-                        continue
-                if ledger_digest is None:
-                    if (e, tag, found) in pending:
+                    elif (e, tag, found) in pending:
                         out.append(Disagreement("unrecorded-promotion", image, e, tag, found, None,
                                                 f"{repository}:{tag} was promoted but not recorded; `bakery promote` "
                                                 f"or `bakery status` records it"))
                     else:
                         out.append(Disagreement("unrecorded", image, e, tag, found, None,
-                                                f"{repository}:{tag} ({found}) has no record in the ledger"))
-                elif found not in recorded.get(tag, {ledger_digest}):
+                                                f"{repository}:{tag} ({found}) has no publish or promote record in "
+                                                f"the ledger" + (" (only its reservation)" if held else "")))
+                elif found not in recorded[tag]:
                     out.append(Disagreement("moved", image, e, tag, found, ledger_digest,
                                             f"{repository}:{tag} names {found}; the ledger recorded {ledger_digest}"))
             live = ledger_mod.current(here, image, e)

@@ -854,8 +854,11 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
         name_filter = r.name
         selected = f"{r.name}:{r.tag}" if r.tag else r.name
     events = led.events(image=selected)
-    if integrity.recover(project, led, events=events):  # promotions that moved tags unrecorded: recorded first
-        events = led.events(image=selected)
+    try:  # promotions that moved tags unrecorded: recorded first (a read-only ledger only skips this)
+        if integrity.recover(project, led, events=events):
+            events = led.events(image=selected)
+    except EnvironmentFailure:
+        pass
     images: list[str] = []
     for e in events:
         if e.image not in images:

@@ -326,6 +326,10 @@ def test_a_promotion_whose_s3_ledger_dies_after_the_tags_is_recorded_by_the_reru
         assert "Traceback" not in err
         s3proxy.clear()
         proxy.clear()
+        audit = bakery("audit", "--format", "json", cwd=root)  # read-only: says what is missing, records nothing
+        assert audit.returncode == 1, audit.stdout + audit.stderr
+        assert [(d["kind"], d["env"], d["tag"], d["registry"]) for d in json.loads(audit.stdout)["disagreements"]] \
+            == [("unrecorded-promotion", "staging", BUILD_TAG, digest)]
         _rerun_records_it_and_prod_soak_passes(root, stack, ns, digest, via="status")
 
 
