@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import integrity
 from bakery import ledger as ledger_mod
+from bakery.ref import FleetRef
+from bakery.registries import registry_for
+from bakery.store import key_of
+from bakery.tags import build_tag_pattern, env_alias_tags
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -46,22 +50,19 @@ def audit(project: Project, ref: str | None = None, env: str | None = None,
           ledger: ledger_mod.Ledger | None = None) -> list[Disagreement]:
     """The disagreements (see the module doc); a registry that cannot be reached raises (exit 3). Only images the
     ledger knows are compared (a repository bakery never recorded has nothing to disagree with)."""
-    from bakery.promote import (Ref, _key_of, identifying_aliases, parse_ref, registry_for)
-    from bakery.tags import build_tag_pattern
-
     cfg = project.config
     led = ledger or ledger_mod.open_ledger(project)
     envs = [env] if env else cfg.env_order
     for e in envs:
         cfg.env(e)
-    r = (parse_ref(ref) if (":" in ref or "@" in ref) else Ref(name=ref)) if ref else None
+    r = FleetRef.parse(ref, require_tag_or_digest=False) if ref else None
     events = led.events(image=(f"{r.name}:{r.tag}" if r and r.tag else (r.name if r else None)))
     images = sorted({e.image for e in events if _is_container(e.digest) or e.kind in ("reserve", "intent")})
     now = ledger_mod.now()
     out: list[Disagreement] = []
     clients: dict[str, Any] = {}
     for image in images:
-        key = _key_of(image)
+        key = key_of(image)
         mine = [e for e in events if e.image == image]
         pending = {(i.to_env, i.build_tag, i.digest) for i in integrity.pending(mine)}
         for e in envs:
@@ -113,7 +114,7 @@ def audit(project: Project, ref: str | None = None, env: str | None = None,
                 out.append(Disagreement("missing", image, e, live.build_tag, None, live.digest,
                                         f"the ledger says {e} runs {live.digest}; {repository} does not have it"))
                 continue
-            for alias in identifying_aliases(project, e, key, now.date()):
+            for alias in env_alias_tags(project, e, key, now.date(), identifying_only=True):
                 at = reg.head_manifest(repo, alias)
                 if at is not None and at != live.digest:
                     out.append(Disagreement("alias", image, e, alias, at, live.digest,

@@ -21,10 +21,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from bakery import secrets
 from bakery.errors import InputError, ValidationError
+from bakery.tags import validate_scheme
 from bakery.validation import format_errors, load_yaml
 
 CONFIG_FILE = "bakery.yaml"
-SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _REGISTRY = re.compile(r"^[a-z0-9.-]+(?::(?P<port>\d+))?(/[a-z0-9._/-]+)?$")
@@ -187,8 +187,6 @@ class Tags(_Strict):
     @field_validator("build")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        from bakery.tags import validate_scheme
-
         validate_scheme(v)
         return v
 

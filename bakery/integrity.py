@@ -20,8 +20,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from bakery.errors import EnvironmentFailure
+from bakery.errors import EnvironmentFailure, RegistryError, TagMismatch
 from bakery.ledger import Event, Ledger
+from bakery.model import LABEL_NAME, LABEL_VERSION
+from bakery.registries import registry_for
+from bakery.tags import next_build_tag
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -67,8 +70,6 @@ def reserve_next_build_tag(project: Project, led: Ledger, *, image: str, name: s
     """The first build tag of the scheme that is neither in the registry nor reserved, reserved for image id
     ``config``: (tag, holder, won). A lost race takes the next ``n``; a scheme without ``{n}`` has one tag per
     day, whose holder is returned for the caller to compare."""
-    from bakery.tags import next_build_tag
-
     scheme = project.config.tags.build
     taken = set(existing) | {e.build_tag for e in led.events(image=image)
                              if e.kind == "reserve" and e.details.get("repository") == repository}
@@ -151,8 +152,6 @@ def recover(project: Project, led: Ledger, *, image: str | None = None,
             events: list[Event] | None = None) -> list[Event]:
     """Complete every pending intent whose target holds its digest under its build tag (see the module doc).
     Registries that cannot be reached are left for the next run. Returns the recovered promote events."""
-    from bakery.promote import registry_for
-
     events = led.events(image=image) if events is None else events
     todo = pending(events)
     recovered: list[Event] = []
@@ -200,8 +199,6 @@ def confirm_tag(led: Ledger, client: Any, repo: str, *, target: str, image: str,
                 digest: str, from_env: str | None = None, when: dt.datetime | None = None) -> None:
     """Read ``build_tag`` back after writing it: when it does not name ``digest`` (another writer moved it),
     record what was found (a failed ``immutable-tag`` gate) and stop (exit 1). Nothing else moves after that."""
-    from bakery.errors import TagMismatch
-
     found = client.head_manifest(repo, build_tag)
     if found == digest:
         return
@@ -234,9 +231,6 @@ def target_state(written: list[str], build_tag: str, aliases: list[str]) -> str:
 def verify_source(project: Project, led: Ledger, pub: Any, reg: Any) -> str | None:
     """Why the source cannot be promoted, or None: its build tag is recorded (or reserved) in the ledger for
     another digest, or its labels name another image than the repository it comes from. Both digests named."""
-    from bakery.errors import RegistryError
-    from bakery.model import LABEL_NAME, LABEL_VERSION
-
     where = f"{pub.repository}:{pub.build_tag}"
     repo = pub.repository.split("/", 1)[1]  # the repository the user named (labels may claim another)
     image = str(pub.key)
