@@ -8,7 +8,8 @@ HTTP request lines the client sends (``METHOD PATH HTTP/1.x``) and can
   (a response cut in the middle of its headers);
 * ``refuse``: close the client connection without forwarding anything (the service "died").
 
-Each rule fires at most ``times`` times (None: always). ``seen`` lists every request line with what was done.
+Each rule fires at most ``times`` times (None: always), and with ``after`` only once a request line matching it
+went through. ``seen`` lists every request line with what was done.
 Bounded: at most ``max_connections`` connections at once, every connection closes after ``idle`` seconds of
 silence, and the proxy binds 127.0.0.1 only.
 """
@@ -31,10 +32,13 @@ class Rule:
     seconds: float = 0.0
     keep: int = 40  # cut: bytes of the answer passed on before the cut
     times: int | None = None
+    after: str | None = None  # a regex over earlier request lines ("PUT /v2/…"): the rule waits for one of them
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, seen: list[str]) -> bool:
         if self.times is not None and self.hits >= self.times:
+            return False
+        if self.after is not None and not any(re.search(self.after, line) for line in seen):
             return False
         return (self.method is None or self.method == method) and re.search(self.path, path) is not None
 
@@ -98,7 +102,7 @@ class FaultProxy:
     def _decide(self, method: str, path: str) -> Rule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, path):
+                if rule.matches(method, path, self.seen):
                     rule.hits += 1
                     self.seen.append(f"{method} {path} {rule.action}")
                     return rule

@@ -458,3 +458,30 @@ def test_status_calls_a_refused_login_an_authentication_failure(make_project, st
                            and "unreachable" not in r["note"] for r in staging), staging
     table = bakery("status", cwd=root, env={"BAKERY_TEST_PASSWORD": "wrong"})
     assert table.returncode == 3 and "refused our credentials" in table.stderr
+
+
+def test_a_build_tag_moved_right_after_it_was_written_stops_before_the_aliases(make_project, stack):
+    """The build tag is read back after it is written: another writer's image there is recorded and refused
+    (exit 1, both digests), and no alias moves."""
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        root, ns = _project_with_cut_target(make_project, stack, proxy)
+        digest = _publish_python(root, stack, ns)
+        other = push_image(stack, f"{stack.registry('dev')}/{ns}/python", "other", marker="other")
+        # The read-back (a HEAD of the build tag after its PUT) waits; meanwhile someone overwrites the tag.
+        proxy.add(Rule("delay", method="HEAD", path=rf"/manifests/{BUILD_TAG}$", seconds=3,
+                       after=rf"^PUT \S+/manifests/{BUILD_TAG} "))
+        proc = _promote_bg(root)
+        upstream = RegistryClient(f"127.0.0.1:{stack.ports['dev']}", insecure=True)
+        _wait_for_tag(upstream, f"{ns}-staging/python", BUILD_TAG, digest, proc)
+        dev = stack.client("dev")
+        upstream.copy_image(dev, f"{ns}/python", other, f"{ns}-staging/python")
+        m = dev.get_manifest(f"{ns}/python", other)
+        upstream.put_manifest(f"{ns}-staging/python", BUILD_TAG, m.body, m.media_type)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out + err
+        assert digest in err and other in err and "aliases not moved" in err, err
+        assert sorted(upstream.list_tags(f"{ns}-staging/python")) == [BUILD_TAG]  # no alias written
+        evs = events(root / "bakery.yaml")
+        assert not [e for e in evs if e.kind == "promote"]
+        found = [e for e in evs if e.kind == "gate" and e.details.get("found")]
+        assert [e.details["found"] for e in found] == [other]
