@@ -170,6 +170,10 @@ def recover(project: Project, led: Ledger, *, image: str | None = None,
             tags = [t for t in intent.details.get("tags", []) if reg.head_manifest(repo, t) == intent.digest]
         except EnvironmentFailure:
             continue
+        arrived_before = any(e.kind in ("publish", "promote") and e.digest == intent.digest and e.to_env == env
+                             and e.image == intent.image and e.time <= intent.time for e in events)
+        if arrived_before and len(tags) < len(intent.details.get("tags", [])):
+            continue  # the build tag is an earlier promotion's: this one moved nothing visible yet
         ev = Event(kind="promote", image=intent.image, digest=intent.digest, build_tag=intent.build_tag,
                    from_env=intent.from_env, to_env=env, actor=intent.actor, time=intent.time, gates=intent.gates,
                    details={"source": intent.details.get("source"), "target": intent.details.get("target"),

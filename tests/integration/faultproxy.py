@@ -97,7 +97,11 @@ class FaultProxy:
         self._ready.set()
         async with server:
             await self._stop.wait()
-        server.close()
+            server.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:  # connections still held (a delay, a slow peer): end them with the proxy
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
     def _decide(self, method: str, path: str) -> Rule | None:
         with self._lock:

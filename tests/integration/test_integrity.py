@@ -485,3 +485,38 @@ def test_a_build_tag_moved_right_after_it_was_written_stops_before_the_aliases(m
         assert not [e for e in evs if e.kind == "promote"]
         found = [e for e in evs if e.kind == "gate" and e.details.get("found")]
         assert [e.details["found"] for e in found] == [other]
+
+
+def test_promoting_an_earlier_build_again_is_not_recovered_before_its_aliases_move(make_project, stack):
+    """A promoted, then B, then A again and killed before A's aliases move: A's build tag is an earlier
+    promotion's, so status records nothing; the rerun promotes and records it."""
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        root, ns = _project_with_cut_target(make_project, stack, proxy)
+        a = _publish_python(root, stack, ns, marker="a")
+        assert bakery("promote", f"python:{BUILD_TAG}", "--to", "staging", cwd=root).returncode == 0
+        b = _publish_python(root, stack, ns, marker="b", build_tag="3.11-20260302.2")
+        assert bakery("promote", "python:3.11-20260302.2", "--to", "staging", cwd=root).returncode == 0
+        proxy.add(Rule("delay", method="PUT", path=r"/manifests/(3\.11|staging)$", seconds=60))
+        proc = subprocess.Popen([BAKERY, "promote", f"python:{BUILD_TAG}", "--to", "staging"], cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        def intents_of_a() -> int:
+            return len([e for e in events(root / "bakery.yaml") if e.kind == "intent" and e.digest == a])
+
+        deadline = time.monotonic() + 120
+        while intents_of_a() < 2:  # the first promotion's and this one's
+            alive = proc.poll() is None
+            assert alive, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.0)  # the copy is a no-op (A is there); the alias PUT is held by the proxy
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proxy.clear()
+        assert bakery("status", "--format", "json", cwd=root).returncode == 0
+        promotes = [e.digest for e in events(root / "bakery.yaml") if e.kind == "promote"]
+        assert promotes == [a, b]  # nothing recovered: staging still runs B
+        rerun = bakery("promote", f"python:{BUILD_TAG}", "--to", "staging", "--format", "json", cwd=root)
+        assert rerun.returncode == 0 and json.loads(rerun.stdout)["action"] == "promoted", rerun.stdout
+        assert [e.digest for e in events(root / "bakery.yaml") if e.kind == "promote"] == [a, b, a]
+        client = RegistryClient(f"127.0.0.1:{stack.ports['dev']}", insecure=True)
+        assert client.head_manifest(f"{ns}-staging/python", "3.11") == a

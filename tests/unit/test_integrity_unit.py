@@ -65,3 +65,4 @@ def test_a_build_reservation_holds_for_its_image_id_only(tmp_path):
                                     build_tag="3.11-20260302.1", config=B)
     assert not won2 and again.id == held.id
     assert integrity.identity(again) == f"image {A}"
+
