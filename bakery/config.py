@@ -16,31 +16,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from bakery import secrets
+from bakery import contain, secrets
 from bakery.errors import InputError, ValidationError
 from bakery.tags import validate_scheme
-from bakery.validation import format_errors, load_yaml
+from bakery.text import show
+from bakery.validation import format_errors, host_problem, load_yaml, tag_template_problems
+from bakery.validation import registry_problem as _registry_problem
+from bakery.yamlsafe import load_value
 
 CONFIG_FILE = "bakery.yaml"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_REGISTRY = re.compile(r"^[a-z0-9.-]+(?::(?P<port>\d+))?(/[a-z0-9._/-]+)?$")
-_HOST = re.compile(r"^[a-z0-9.-]+(?::\d+)?$")
 
 
 def registry_problem(value: Any) -> str | None:
     """Why ``value`` is not a registry reference ``host[:port][/namespace]`` (None when it is one)."""
-    if not isinstance(value, str):
-        return f"must be a string host[:port][/namespace], got {type(value).__name__} {value!r}"
-    m = _REGISTRY.match(value)
-    if not m:
-        return f"not a registry reference host[:port][/namespace]: {value!r}"
-    if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
-        return f"port {m.group('port')} is out of range (1..65535): {value!r}"
-    return None
+    return _registry_problem(value)
 
 
 def _registry_ref(value: str) -> str:
@@ -169,7 +162,7 @@ class Scanner(_Strict):
     trivy: str = "trivy"
     cache_dir: str = ".bakery/trivy"
     db_repository: str | None = None
-    timeout: float = 600
+    timeout: float = Field(default=600, gt=0, le=7 * 86400, allow_inf_nan=False)
     push_on_fail: bool = False
     min_version: str = "0.50.0"
 
@@ -193,7 +186,7 @@ class Tags(_Strict):
 
 class DevStack(_Strict):
     data_dir: str = ".bakery/dev"
-    ports: dict[str, Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
+    ports: dict[str, Annotated[int, Field(ge=1, le=65535, strict=True)]] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
                                                              "prod": 5003})
     # env name -> {username_env, password_env} (or the shorthand "USER_ENV:PASSWORD_ENV"): basic auth (htpasswd)
     auth: dict[str, Credentials] = Field(default_factory=dict)
@@ -221,18 +214,46 @@ class DevStack(_Strict):
 
 class Build(_Strict):
     jobs: int = Field(default=2, ge=1, le=64)
-    timeout: float = 1800
+    timeout: float = Field(default=1800, gt=0, le=7 * 86400, allow_inf_nan=False)
     push: bool = True
 
 
 class Packer(_Strict):
     binary: str = "packer"
-    timeout: float = 3600
+    timeout: float = Field(default=3600, gt=0, le=7 * 86400, allow_inf_nan=False)
 
 
 class Aws(_Strict):
     endpoint_url: str | None = None
     region: str = "us-east-1"
+
+
+NOTIFY_EVENTS = ("nightly_failed", "prod_vulnerability", "drift")
+NotifyEvent = Literal["nightly_failed", "prod_vulnerability", "drift"]
+
+
+class Webhook(_Strict):
+    """A webhook bakery calls on an event. Its URL (which usually carries a token) comes from an environment
+    variable only: ``url_env`` names it; the URL never appears in output."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    url_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    format: Literal["json", "slack"] = "json"
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    timeout: float = Field(default=10, gt=0, le=120)
+
+
+class Notify(_Strict):
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique(cls, v: list[Webhook]) -> list[Webhook]:
+        names = [w.name for w in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"webhook names must be unique: {', '.join(dupes)}")
+        return v
 
 
 def _default_envs() -> dict[str, Environment]:
@@ -260,23 +281,13 @@ class Config(_Strict):
     build: Build = Field(default_factory=Build)
     packer: Packer = Field(default_factory=Packer)
     aws: Aws = Field(default_factory=Aws)
+    notify: Notify = Field(default_factory=Notify)
 
     @field_validator("environments")
     @classmethod
     def _envs(cls, v: dict[str, Environment]) -> dict[str, Environment]:
         if not v:
             raise ValueError("at least one environment is required (the first is where builds are pushed)")
-        for name in v:
-            if not re.match(r"^[a-z][a-z0-9-]*$", name):
-                raise ValueError(f"environment name {name!r} must be lowercase letters, digits and '-'")
-        return v
-
-    @field_validator("mirrors")
-    @classmethod
-    def _mirror_hosts(cls, v: dict[str, str]) -> dict[str, str]:
-        for host in v:
-            if not _HOST.match(host):
-                raise ValueError(f"mirror key {host!r} must be an upstream registry host[:port] (e.g. docker.io)")
         return v
 
     @property
@@ -309,6 +320,9 @@ SHORTCUTS = {
     "BAKERY_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
 }
 _NOT_OVERRIDES = {"BAKERY_CONFIG", "BAKERY_DEBUG", "BAKERY_NOW", "BAKERY_ACTOR"}
+# BAKERY_* variables bakery or its workflows read that are not configuration overrides
+_OTHER_VARIABLES = {"BAKERY_CACHE_DIR", "BAKERY_PACKAGE", "BAKERY_SKIP_INTEGRATION", "BAKERY_TEST_PORT_BASE",
+                    "BAKERY_TEST_STACK_DIR"}
 
 
 def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -329,8 +343,8 @@ def env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], Any, s
             continue
         raw = environ[key]
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
+            value = load_value(raw, f"{key} (environment)") if raw.strip() else raw
+        except InputError:
             value = raw
         if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
             value = raw
@@ -352,6 +366,7 @@ class Project:
     root: Path
     config: Config
     config_file: Path | None
+    warnings: tuple[str, ...] = ()  # shown once by the CLI (e.g. an unknown BAKERY_* variable)
 
     @property
     def state_dir(self) -> Path:
@@ -393,7 +408,7 @@ def require_config_file(project: Project, environ: dict[str, str]) -> None:
 def find_config(start: Path) -> Path | None:
     for d in [start, *start.parents]:
         candidate = d / CONFIG_FILE
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # a dangling symlink or a directory is named by load_project, not skipped
             return candidate
     return None
 
@@ -414,24 +429,178 @@ def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path
             raise InputError(f"{config_path}: configuration file not found")
     else:
         path = find_config(cwd)
+        if path is not None:
+            # the repository's own bakery.yaml: a symlink out of the repository, a dangling one or a directory is
+            # refused before anything is read
+            contain.require(path.parent, path, CONFIG_FILE)
     data: Any = {}
     display = CONFIG_FILE
     if path is not None:
-        display = os.path.relpath(path, cwd) if str(path).startswith(str(cwd)) else str(path)
+        display = show(os.path.relpath(path, cwd) if str(path).startswith(str(cwd)) else str(path), quote=False)
+        if path.suffix not in (".yaml", ".yml"):
+            # refused before it is read: a file that is not a bakery.yaml (--config /etc/shadow) is never echoed
+            raise InputError(f"{display}: not a YAML file (a configuration file's name ends in .yaml or .yml)")
         data = load_yaml(path, display=display)
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise InputError(f"{display}: (top level): must be a mapping of settings")
+    file_data = data
+    root = path.parent if path is not None else cwd
     data = _merge_overrides(data, environ)
+    problems = key_problems(data, display)
+    config = None
     try:
         config = Config.model_validate(data)
     except pydantic.ValidationError as err:
-        raise ValidationError(_attribute(format_errors(display, Config, err), err, display, environ)) from None
+        problems += _attribute(format_errors(display, Config, err), err, display, environ)
+    if config is not None:
+        problems += semantic_problems(config, display, data)
+        problems += file_problems(file_data, display, root)
+    if problems:
+        raise ValidationError(problems)
+    assert config is not None
     for env in config.environments.values():
         env.credentials.resolve()  # registers secrets for masking
-    root = path.parent if path is not None else cwd
-    return Project(root=root, config=config, config_file=path)
+    return Project(root=root, config=config, config_file=path, warnings=tuple(variable_warnings(environ, config)))
+
+
+ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def key_problems(data: dict[str, Any], display: str) -> list[str]:
+    """Environment names and mirror hosts: every bad one, one line each (a validator would stop at the first)."""
+    out = []
+    envs = data.get("environments")
+    if isinstance(envs, dict):
+        for name in envs:
+            if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+                out.append(f"{display}: environments: environment name {show(name)} must be lowercase letters, "
+                           f"digits and '-'")
+    mirrors = data.get("mirrors")
+    if isinstance(mirrors, dict):
+        for host in mirrors:
+            if host_problem(host) is not None or not isinstance(host, str) or host != host.lower():
+                out.append(f"{display}: mirrors: mirror key {show(host)} must be an upstream registry host[:port] "
+                           f"(e.g. docker.io)")
+    return out
+
+
+def semantic_problems(config: Config, display: str, data: dict[str, Any]) -> list[str]:
+    """What each field's own check cannot see: environments on distinct registries, dev-stack ports distinct and
+    named after the mirror or an environment, every alias template valid."""
+    import difflib
+
+    out: list[str] = []
+    registries: dict[str, str] = {}
+    for name, env in config.environments.items():
+        key = env.registry.rstrip("/")
+        if key in registries:
+            out.append(f"{display}: environments.{name}.registry: {show(env.registry)} is also the registry of "
+                       f"environment {show(registries[key])}; each environment needs its own registry (promotion "
+                       f"copies between them, and a gate on one would guard the other)")
+        else:
+            registries[key] = name
+        for i, alias in enumerate(env.aliases):
+            out += [f"{display}: environments.{name}.aliases[{i}]: {p}"
+                    for p in tag_template_problems(alias, kind="alias")]
+    for i, alias in enumerate(config.tags.aliases):
+        out += [f"{display}: tags.aliases[{i}]: {p}" for p in tag_template_problems(alias, kind="alias")]
+    known = ["mirror", *config.environments]
+    defaults = ("mirror", *_default_envs())  # a port for a default environment this configuration lacks is unused
+    seen: dict[int, str] = {}
+    for name in config.dev_stack.auth:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            out.append(f"{display}: dev_stack.auth.{show(name, quote=False)}: not the mirror or an environment{hint}")
+    for name, port in config.dev_stack.ports.items():
+        if name not in known and name in defaults:
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            out.append(f"{display}: dev_stack.ports.{show(name, quote=False)}: not the mirror or an environment{hint}")
+        if port in seen:
+            out.append(f"{display}: dev_stack.ports.{show(name, quote=False)}: port {port} is also the port of "
+                       f"{show(seen[port])}; each registry of the dev stack needs its own port")
+        else:
+            seen[port] = name
+    return out
+
+
+# Settings that name a place bakery reads or writes: from bakery.yaml (repository content) they must stay inside
+# the repository. The same setting from a BAKERY_* variable (the CI job's operator) may point elsewhere.
+PATH_SETTINGS = (("definitions",), ("templates",), ("state_dir",), ("scanner", "cache_dir"), ("dev_stack", "data_dir"),
+                 ("ledger", "url"))
+# Settings that name a program bakery runs: from bakery.yaml a command on PATH or an absolute path outside the
+# repository, never a program inside it (a pull request could ship its own); BAKERY_TRIVY / BAKERY_PACKER may.
+PROGRAM_SETTINGS = ((("scanner", "trivy"), "BAKERY_TRIVY"), (("packer", "binary"), "BAKERY_PACKER"))
+
+
+def file_problems(file_data: dict[str, Any], display: str, root: Path) -> list[str]:
+    out = []
+    for keys in PATH_SETTINGS:
+        value = _get(file_data, keys)
+        if not isinstance(value, str):
+            continue
+        field = ".".join(keys)
+        if keys == ("ledger", "url") and "://" in value:
+            continue
+        if not value.strip():
+            out.append(f"{display}: {field}: an empty path")
+        elif os.path.isabs(value) or not contain.inside(root, root / value):
+            out.append(f"{display}: {field}: {show(value)} is outside the repository; a path in {CONFIG_FILE} stays "
+                       f"inside it (relative, no '..' out, no symlink out); set BAKERY_{'__'.join(keys).upper()} in "
+                       f"the environment to use a place outside")
+    for keys, variable in PROGRAM_SETTINGS:
+        value = _get(file_data, keys)
+        if not isinstance(value, str):
+            continue
+        field = ".".join(keys)
+        if not value.strip():
+            out.append(f"{display}: {field}: an empty program name")
+        elif "/" in value and not os.path.isabs(value):
+            out.append(f"{display}: {field}: {show(value)} is a relative path; {CONFIG_FILE} names a command on PATH "
+                       f"or an absolute path outside the repository (set {variable} in the environment otherwise)")
+        elif os.path.isabs(value) and contain.inside(root, Path(value)):
+            out.append(f"{display}: {field}: {show(value)} is inside the repository; a pull request could replace "
+                       f"it, so bakery does not run a program from the repository (set {variable} in the "
+                       f"environment to do so on purpose)")
+    return out
+
+
+def _get(data: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def variable_warnings(environ: dict[str, str], config: Config) -> list[str]:
+    """``BAKERY_*`` variables bakery does not know: a warning with the closest known name (a typo would otherwise
+    be silently ignored). Names a configuration uses for credentials are known."""
+    import difflib
+
+    credentials = set()
+    for env in config.environments.values():
+        credentials |= {env.credentials.username_env, env.credentials.password_env}
+    for cred in config.dev_stack.auth.values():
+        credentials |= {cred.username_env, cred.password_env}
+    known = set(SHORTCUTS) | _NOT_OVERRIDES | _OTHER_VARIABLES
+    fields = [f"BAKERY_{name.upper()}" for name in Config.model_fields]
+    out = []
+    for key in sorted(environ):
+        if not key.startswith("BAKERY_") or key in known or key in credentials or key.startswith("BAKERY_TEST_"):
+            continue
+        rest = key[len("BAKERY_"):]
+        if "__" in rest or rest.lower() in Config.model_fields:
+            continue  # an override: checked (an unknown field is an error naming the variable)
+        close = difflib.get_close_matches(key, sorted(known) + fields, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{show(key, quote=False)}: unknown BAKERY_* variable, ignored{hint}")
+    return out
 
 
 def _attribute(lines: list[str], err: pydantic.ValidationError, display: str, environ: dict[str, str]) -> list[str]:
@@ -440,7 +609,7 @@ def _attribute(lines: list[str], err: pydantic.ValidationError, display: str, en
     out = []
     for line, e in zip(lines, err.errors()):
         loc = tuple(str(p) for p in e["loc"])
-        source = next((key for path, _, key in overrides if loc[:len(path)] == path), None)
+        source = next((key for path, _, key in overrides if loc[:len(path)] == path or path[:len(loc)] == loc), None)
         if source and line.startswith(f"{display}: "):
             line = f"{source} (environment): {line[len(display) + 2:]}"
         out.append(line)

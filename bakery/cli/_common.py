@@ -26,8 +26,12 @@ class Context:
     @cached_property
     def project(self) -> Project:
         from bakery.config import load_project
+        from bakery.text import one_line
 
-        return load_project(self.config_path)
+        project = load_project(self.config_path)
+        for warning in project.warnings:
+            click.echo(f"warning: {one_line(warning)}", err=True)
+        return project
 
     @property
     def repository(self) -> Project:
@@ -73,11 +77,14 @@ def echo(text: str = "", err: bool = False) -> None:
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
     """A rich table on stdout; plain aligned text when stdout is not a terminal."""
     from rich.table import Table
+    from rich.text import Text
+
+    from bakery.text import one_line
 
     t = Table(title=title, show_edge=False, header_style="bold", box=None if not sys.stdout.isatty() else None,
               pad_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*[secrets.mask("" if v is None else str(v)) for v in r])
+    for r in rows:  # Text, not str: '[red]' in a file name is shown as written, never read as rich markup
+        t.add_row(*[Text(one_line(secrets.mask("" if v is None else str(v)))) for v in r])
     out_console().print(t)
