@@ -170,7 +170,7 @@ def _source_configs(root: Path, stack, proxy_port: int, count: int) -> list[tupl
         cfg["environments"]["dev"]["gates"] = {"require_previous": False}
         cfg["environments"]["staging"].update({"registry": f"127.0.0.1:{proxy_port}/{ns}",
                                                  "aliases": ["{version}", "staging"], "gates": {"scan": False}})
-        cfg["ledger"] = {"url": str(root / ".bakery" / "ledger.db")}
+        # no ledger.url: the default .bakery/ledger.db is relative to the project root, one file for all ten
         path = root / f"source{i}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         digest = push_image(stack, f"{stack.registry('dev')}/{ns}-src{i}/python", BUILD_TAG, marker=f"src{i}")
