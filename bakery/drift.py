@@ -16,8 +16,9 @@ Every reference is classified against the ledger: ``current``, ``behind by N bui
 findings that the current build fixes), ``rolled back``, ``ahead by N builds``, ``not promoted to ENV``,
 ``not from bakery``, ``mutable reference (no digest)`` and ``not an image reference``. Anything but ``current`` is drift.
 
-Inputs are untrusted: YAML is read with the safe loader, every file is size-bounded, and only the known fields
-are followed (never a generic walk over a document, so aliases cannot make it explode).
+Inputs are untrusted: every file is read size-bounded by bakery.contain, each YAML document by bakery's one
+strict loader (bakery.yamlsafe: plain data only, aliases within a node budget), and only the known fields are
+followed.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bakery import ami, scan, secrets
+from bakery import ami, scan, secrets, yamlsafe
+from bakery.contain import decode_text, read_file
 from bakery import ledger as ledger_mod
 from bakery.dashboard import drift_dir, publish_order, slug
-from bakery.errors import EnvironmentFailure, InputError
+from bakery.errors import EnvironmentFailure, InputError, ValidationError
 from bakery.ledger import Event
 from bakery.ref import Ref
 
@@ -56,6 +58,7 @@ SOURCE is one of:
   docker:label=K[=V]   those of them with that label"""
 
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_EVENTS = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # only for the document boundaries: no data is built
 _WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"}
 _TF_IMAGE_KEYS = {"image", "ami", "image_id", "image_uri", "container_image"}
 
@@ -184,15 +187,37 @@ def _files(path: Path) -> list[Path]:
 
 
 def _read(path: Path, display: str) -> str:
+    """A regular file, size-bounded, UTF-8 (bakery.contain's reader: a FIFO or device is never opened)."""
+    return decode_text(read_file(path, display, limit=MAX_FILE_BYTES), display)
+
+
+def yaml_documents(text: str, display: str) -> list[Any]:
+    """Every document of a multi-document YAML stream, each read by bakery's one strict loader
+    (:mod:`bakery.yamlsafe`: plain data only, aliases within a node budget, duplicate keys refused).
+    The stream is cut into documents on libyaml's own document events (no text splitting), and each part keeps
+    its line numbers in messages."""
+    spans: list[tuple[int, int]] = []
+    start = 0
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"{display}: {size} bytes, more than the {MAX_FILE_BYTES} a manifest may have")
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{display}: not UTF-8 text") from None
-    except OSError as exc:
-        raise InputError(f"{display}: cannot read: {exc.strerror or exc}") from None
+        for event in yaml.parse(text, Loader=_EVENTS):
+            if isinstance(event, yaml.DocumentStartEvent):
+                start = event.start_mark.index
+            elif isinstance(event, yaml.DocumentEndEvent):
+                spans.append((start, event.end_mark.index))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(top level)"
+        raise InputError(f"{display}: {where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    docs = []
+    problems: list[str] = []
+    for a, b in spans:
+        loaded = yamlsafe.parse("\n" * text.count("\n", 0, a) + text[a:b], display)
+        problems.extend(loaded.problems)
+        if loaded.data is not None:
+            docs.append(loaded.data)
+    if problems:
+        raise ValidationError(problems)
+    return docs
 
 
 def from_path(source: Source) -> list[Deployed]:
@@ -211,12 +236,7 @@ def from_path(source: Source) -> list[Deployed]:
             elif isinstance(data, dict) and "kind" in data:
                 out.extend(kubernetes_refs([data], display))
             continue
-        try:
-            docs = [d for d in yaml.safe_load_all(text) if d is not None]
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise InputError(f"{display}:{where}: not YAML: {getattr(exc, 'problem', None) or exc}") from None
+        docs = yaml_documents(text, display)
         if len(docs) == 1 and isinstance(docs[0], dict) and isinstance(docs[0].get("services"), dict) \
                 and "kind" not in docs[0]:
             out.extend(compose_refs(docs[0], display))
