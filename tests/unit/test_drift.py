@@ -192,7 +192,7 @@ def test_hostile_yaml_is_an_input_error_not_a_crash(fleet: Path, bakery, tmp_pat
     big = fleet / "big.yaml"
     big.write_bytes(b"#" * (17 * 1024 * 1024))
     r = bakery("drift", "--env", "prod", "big.yaml", cwd=fleet)
-    assert r.code == 2 and "more than" in r.err
+    assert r.code == 2 and "larger than bakery's limit" in r.err
 
 
 def test_parse_source_schemes(tmp_path: Path) -> None:
