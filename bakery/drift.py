@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 
 from bakery import ami, scan, secrets, yamlsafe
 from bakery.contain import decode_text, read_file
 from bakery import ledger as ledger_mod
 from bakery.dashboard import drift_dir, publish_order, slug
-from bakery.errors import EnvironmentFailure, InputError, ValidationError
+from bakery.errors import EnvironmentFailure, InputError
 from bakery.ledger import Event
 from bakery.ref import Ref
 
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from bakery.config import Project
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_VALUES = 2_000_000  # values of one manifest file after alias expansion
 MAX_FILES = 5000
 YAML_SUFFIXES = (".yaml", ".yml")
 JSON_SUFFIXES = (".json", ".tfstate")
@@ -58,7 +58,6 @@ SOURCE is one of:
   docker:label=K[=V]   those of them with that label"""
 
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
-_EVENTS = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # only for the document boundaries: no data is built
 _WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"}
 _TF_IMAGE_KEYS = {"image", "ami", "image_id", "image_uri", "container_image"}
 
@@ -191,35 +190,6 @@ def _read(path: Path, display: str) -> str:
     return decode_text(read_file(path, display, limit=MAX_FILE_BYTES), display)
 
 
-def yaml_documents(text: str, display: str) -> list[Any]:
-    """Every document of a multi-document YAML stream, each read by bakery's one strict loader
-    (:mod:`bakery.yamlsafe`: plain data only, aliases within a node budget, duplicate keys refused).
-    The stream is cut into documents on libyaml's own document events (no text splitting), and each part keeps
-    its line numbers in messages."""
-    spans: list[tuple[int, int]] = []
-    start = 0
-    try:
-        for event in yaml.parse(text, Loader=_EVENTS):
-            if isinstance(event, yaml.DocumentStartEvent):
-                start = event.start_mark.index
-            elif isinstance(event, yaml.DocumentEndEvent):
-                spans.append((start, event.end_mark.index))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(top level)"
-        raise InputError(f"{display}: {where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    docs = []
-    problems: list[str] = []
-    for a, b in spans:
-        loaded = yamlsafe.parse("\n" * text.count("\n", 0, a) + text[a:b], display)
-        problems.extend(loaded.problems)
-        if loaded.data is not None:
-            docs.append(loaded.data)
-    if problems:
-        raise ValidationError(problems)
-    return docs
-
-
 def from_path(source: Source) -> list[Deployed]:
     assert source.path is not None
     out: list[Deployed] = []
@@ -236,7 +206,8 @@ def from_path(source: Source) -> list[Deployed]:
             elif isinstance(data, dict) and "kind" in data:
                 out.extend(kubernetes_refs([data], display))
             continue
-        docs = yaml_documents(text, display)
+        # bakery's one YAML loader: plain values only, duplicate keys refused, aliases expanded within a budget
+        docs = [d for d in yamlsafe.parse_all(text, display, max_nodes=MAX_MANIFEST_VALUES) if d is not None]
         if len(docs) == 1 and isinstance(docs[0], dict) and isinstance(docs[0].get("services"), dict) \
                 and "kind" not in docs[0]:
             out.extend(compose_refs(docs[0], display))

@@ -184,7 +184,7 @@ def test_hostile_yaml_is_an_input_error_not_a_crash(fleet: Path, bakery, tmp_pat
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
     write(fleet / "laughs.yaml", "kind: Pod\nspec: {containers: []}\n---\n" + laughs)
     r = bakery("drift", "--env", "prod", "laughs.yaml", cwd=fleet)
-    assert r.code == 2 and "laughs.yaml: line 9" in r.err and "after expanding aliases" in r.err
+    assert r.code == 2 and "laughs.yaml: line 10" in r.err and "after expanding aliases" in r.err
     write(fleet / "dup.yaml", "kind: Pod\n---\nkind: Pod\nkind: Deployment\n")
     r = bakery("drift", "--env", "prod", "dup.yaml", cwd=fleet)
     assert r.code == 2 and r.errors == ["error: dup.yaml: kind: line 4: duplicate key (first at line 3); YAML would "
