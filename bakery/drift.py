@@ -16,8 +16,9 @@ Every reference is classified against the ledger: ``current``, ``behind by N bui
 findings that the current build fixes), ``rolled back``, ``ahead by N builds``, ``not promoted to ENV``,
 ``not from bakery``, ``mutable reference (no digest)`` and ``not an image reference``. Anything but ``current`` is drift.
 
-Inputs are untrusted: YAML is read with the safe loader, every file is size-bounded, and only the known fields
-are followed (never a generic walk over a document, so aliases cannot make it explode).
+Inputs are untrusted: every file is read size-bounded by bakery.contain, each YAML document by bakery's one
+strict loader (bakery.yamlsafe: plain data only, aliases within a node budget), and only the known fields are
+followed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 
 from bakery import ami, scan, secrets, yamlsafe
+from bakery.contain import decode_text, read_file
 from bakery import ledger as ledger_mod
 from bakery.dashboard import drift_dir, publish_order, slug
 from bakery.errors import EnvironmentFailure, InputError
@@ -184,15 +186,8 @@ def _files(path: Path) -> list[Path]:
 
 
 def _read(path: Path, display: str) -> str:
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"{display}: {size} bytes, more than the {MAX_FILE_BYTES} a manifest may have")
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{display}: not UTF-8 text") from None
-    except OSError as exc:
-        raise InputError(f"{display}: cannot read: {exc.strerror or exc}") from None
+    """A regular file, size-bounded, UTF-8 (bakery.contain's reader: a FIFO or device is never opened)."""
+    return decode_text(read_file(path, display, limit=MAX_FILE_BYTES), display)
 
 
 def from_path(source: Source) -> list[Deployed]:
