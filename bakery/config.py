@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bakery import secrets
 from bakery.errors import InputError, ValidationError
@@ -221,10 +221,46 @@ class DevStack(_Strict):
         return v
 
 
+_SECRET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class BuildSecret(_Strict):
+    """Where a build secret's value comes from: an environment variable or a file (never the value itself)."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError(f"not an environment variable name: {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildSecret:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("name exactly one source: env (a variable) or file (a path)")
+        return self
+
+
+def _secret_ids(v: dict[str, BuildSecret]) -> dict[str, BuildSecret]:
+    for key in v:
+        if not _SECRET_ID.match(key):
+            raise ValueError(f"secret id {key!r} must be letters, digits, '_', '.', '-' (as in RUN --mount=id=...)")
+    return v
+
+
 class Build(_Strict):
     jobs: int = Field(default=2, ge=1, le=64)
     timeout: float = 1800
     push: bool = True
+    # auto: BuildKit (the Docker CLI with DOCKER_BUILDKIT=1) where the daemon and a CLI support it, else the
+    # classic builder of the Docker SDK (no RUN --mount, no secrets)
+    engine: Literal["auto", "buildkit", "classic"] = "auto"
+    # id -> {env: VAR} | {file: PATH}: exposed to `RUN --mount=type=secret,id=ID` (BuildKit only)
+    secrets: Annotated[dict[str, BuildSecret], AfterValidator(_secret_ids)] = Field(default_factory=dict)
 
 
 class Packer(_Strict):
@@ -307,6 +343,7 @@ SHORTCUTS = {
     "BAKERY_LEDGER": ("ledger", "url"),
     "BAKERY_PACKER": ("packer", "binary"),
     "BAKERY_JOBS": ("build", "jobs"),
+    "BAKERY_BUILD_ENGINE": ("build", "engine"),
     "BAKERY_DB_REPOSITORY": ("scanner", "db_repository"),
     "BAKERY_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
 }

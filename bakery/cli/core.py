@@ -20,7 +20,8 @@ def config_cmd(ctx: Context, fmt: str) -> None:
     \b
     Environment overrides use double underscores for nesting:
       BAKERY_SCANNER__TIMEOUT=120   BAKERY_ENVIRONMENTS__DEV__REGISTRY=host:5000/team
-    and shortcuts: BAKERY_TRIVY, BAKERY_LEDGER, BAKERY_PACKER, BAKERY_JOBS, BAKERY_DB_REPOSITORY.
+    and shortcuts: BAKERY_TRIVY, BAKERY_LEDGER, BAKERY_PACKER, BAKERY_JOBS, BAKERY_BUILD_ENGINE,
+    BAKERY_DB_REPOSITORY.
     """
     import yaml
 
