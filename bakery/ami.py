@@ -30,6 +30,7 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bakery.errors import EnvironmentFailure, GateFailed, InputError, StepFailed
@@ -97,6 +98,10 @@ def ami_key(project: Project, ref: str) -> ImageKey | None:
     try:
         from bakery.definitions import load_fleet
 
+        # Loading the fleet (YAML, models, template checks) only to learn that no definition builds an AMI
+        # costs a short command most of its time: a definition that does names amazon-ebs in its text.
+        if not _mentions(project.definitions_dir, b"amazon-ebs"):
+            raise LookupError("no amazon-ebs definition")
         for key, spec in load_fleet(project).specs.items():
             if key.name == name and key.tag_version == version:
                 return key if is_ami_spec(spec) else None
@@ -106,6 +111,21 @@ def ami_key(project: Project, ref: str) -> ImageKey | None:
     if any(is_ami_digest(e.digest) for e in events):
         return ImageKey(name, version)
     return None
+
+
+def _mentions(directory: Path, needle: bytes) -> bool:
+    """Whether any definition file under ``directory`` contains ``needle`` (a quick pre-check, no parsing)."""
+    try:
+        files = [p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
+    except OSError:
+        return True
+    for path in files:
+        try:
+            if needle in path.read_bytes():
+                return True
+        except OSError:
+            return True  # unreadable: let the full load say what is wrong
+    return False
 
 
 def text_progress(echo: Callable[[str], None]) -> Progress:

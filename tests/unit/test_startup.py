@@ -1,0 +1,58 @@
+"""Start-up stays small: the modules a short command imports (what `python -X importtime` shows) do not grow back.
+
+Heavy libraries load only on the paths that use them: pydantic and yaml when the project is loaded; rich when a
+table is printed; requests, boto3, docker, jinja2 when a registry, AWS, the daemon or a template is touched.
+Each case runs in a fresh interpreter, as a user's command does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = {"pydantic", "pydantic_core", "yaml", "rich", "requests", "urllib3", "boto3", "botocore", "docker",
+         "jinja2", "cryptography", "sqlite3", "moto"}
+
+PROBE = """
+import json, sys
+sys.argv = ["bakery", *json.loads(sys.argv[1])]
+from bakery.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+sys.stderr.write("\\nMODULES " + json.dumps(sorted({m.split(".")[0] for m in sys.modules})) + "\\n")
+"""
+
+
+def loaded(args: list[str], cwd: Path) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=60)
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES "))
+    return set(json.loads(line[len("MODULES "):])) & HEAVY
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    (tmp_path / "bakery.yaml").write_text("environments: {dev: {registry: '127.0.0.1:9/t'}}\n")
+    (tmp_path / "base-images").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["status", "--help"], ["promote", "--help"],
+                                  ["build", "--help"], ["nightly", "--help"], ["scan", "--help"]])
+def test_help_imports_no_heavy_library(repo: Path, args: list[str]) -> None:
+    assert loaded(args, repo) == set()
+
+
+def test_config_loads_only_what_validating_the_project_needs(repo: Path) -> None:
+    assert loaded(["config"], repo) <= {"pydantic", "pydantic_core", "yaml"}
+
+
+def test_the_probe_sees_a_heavy_import(repo: Path) -> None:
+    """The checks above can fail: a command that does use a registry client shows requests (and pydantic)."""
+    assert {"requests", "pydantic"} <= loaded(["plan", "--format", "json"], repo)
