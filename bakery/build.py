@@ -343,14 +343,45 @@ def _find_buildkit_cli() -> str | None:
         if real in seen:
             continue
         seen.add(real)
-        try:
-            out = tools.run(path, ["build", "--help"], timeout=30, env={"DOCKER_BUILDKIT": "1"}, check=False)
-        except BakeryError:
-            continue
-        text = out.stdout + out.stderr
-        if "--secret" in text and "--iidfile" in text:
+        if _cli_has_buildkit(real):
             return path
     return None
+
+
+def _cli_has_buildkit(path: str) -> bool:
+    """Whether the Docker CLI at ``path`` builds with BuildKit (``--secret``, ``--iidfile``). Asking it costs a
+    process start (~0.1 s); the answer is kept per binary (path, size, mtime) in the user's cache directory."""
+    import json
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bakery" / "docker-cli.json"
+    try:
+        known = json.loads(cache.read_text())
+        if isinstance(known, dict) and isinstance(known.get(key), bool):
+            return known[key]
+    except (OSError, ValueError):
+        known = {}
+    try:
+        out = tools.run(path, ["build", "--help"], timeout=30, env={"DOCKER_BUILDKIT": "1"}, check=False)
+    except BakeryError:
+        return False
+    text = out.stdout + out.stderr
+    answer = "--secret" in text and "--iidfile" in text
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        known = {k: v for k, v in (known if isinstance(known, dict) else {}).items() if k.split(":")[0] != path}
+        known[key] = answer
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(cache)
+    except OSError:
+        pass  # no cache: asked again next time
+    return answer
 
 
 def daemon_supports_buildkit(client: Any) -> bool:

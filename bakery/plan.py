@@ -266,11 +266,17 @@ def _newest(project: Project, clients: _Clients, key: ImageKey) -> Current | Non
     if not tags:
         return None
     tag = tags[-1]
-    top = client.get_manifest(repo, tag)
-    manifest = client.resolve_image_manifest(repo, top.digest) if top.is_index else top
-    clients.count(1 if manifest is top else 3)
-    config = manifest.json().get("config") or {}
-    image_id = str(config.get("digest") or "")
+    known = _cached_build_tag(project, host, repo, tag)
+    if known is not None:  # a build tag is immutable: what it named once, it names for good
+        digest, image_id = known
+    else:
+        top = client.get_manifest(repo, tag)
+        manifest = client.resolve_image_manifest(repo, top.digest) if top.is_index else top
+        clients.count(1 if manifest is top else 3)
+        config = manifest.json().get("config") or {}
+        digest, image_id = top.digest, str(config.get("digest") or "")
+        if image_id:
+            _cache_build_tag(project, host, repo, tag, digest, image_id)
     labels: dict[str, str] = {}
     if image_id:
         labels = _cached_labels(project, image_id)
@@ -279,7 +285,33 @@ def _newest(project: Project, clients: _Clients, key: ImageKey) -> Current | Non
             clients.count(1)
             labels = dict((blob.get("config") or {}).get("Labels") or {})
             _cache_labels(project, image_id, labels)
-    return Current(repository=f"{host}/{repo}", build_tag=tag, digest=top.digest, image_id=image_id, labels=labels)
+    return Current(repository=f"{host}/{repo}", build_tag=tag, digest=digest, image_id=image_id, labels=labels)
+
+
+def _build_tag_path(project: Project, host: str, repo: str, tag: str) -> Path:
+    return project.state_dir / "build-tags" / host.replace(":", "_") / repo / f"{tag}.json"
+
+
+def _cached_build_tag(project: Project, host: str, repo: str, tag: str) -> tuple[str, str] | None:
+    """(manifest digest, config digest) of a build tag read before. bakery never moves a build tag (it refuses
+    to), so a no-op plan needs one request per image (the tag list) instead of two."""
+    try:
+        data = json.loads(_build_tag_path(project, host, repo, tag).read_text())
+        digest, image_id = data["digest"], data["image_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (digest, image_id) if isinstance(digest, str) and isinstance(image_id, str) else None
+
+
+def _cache_build_tag(project: Project, host: str, repo: str, tag: str, digest: str, image_id: str) -> None:
+    path = _build_tag_path(project, host, repo, tag)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"digest": digest, "image_id": image_id}))
+        tmp.replace(path)
+    except OSError:
+        pass  # a cache only
 
 
 def _labels_path(project: Project, image_id: str) -> Path:
@@ -326,16 +358,24 @@ def scope(fleet: Fleet, refs: Sequence[str]) -> list[ImageKey]:
     (a named image is stale when a parent must be rebuilt; up-to-date ancestors are left out of the plan)."""
     keys = scope_named(fleet, refs)
     if refs:
+        seen = set(keys)
         for k in list(keys):
-            keys += [a for a in fleet.ancestors(k) if a not in keys]
+            for a in fleet.ancestors(k):
+                if a not in seen:
+                    seen.add(a)
+                    keys.append(a)
     return [s.key for s in fleet.ordered(keys)]
 
 
 def scope_named(fleet: Fleet, refs: Sequence[str]) -> list[ImageKey]:
     """The named images and their descendants (what a scoped plan always shows)."""
     keys = [s.key for s in fleet.select(refs)]
+    seen = set(keys)
     for k in list(keys):
-        keys += [d for d in fleet.descendants(k) if d not in keys]
+        for d in fleet.descendants(k):
+            if d not in seen:  # a set: list membership made scoping quadratic in the fleet's size
+                seen.add(d)
+                keys.append(d)
     return keys
 
 
