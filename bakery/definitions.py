@@ -569,6 +569,9 @@ def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]]
     looks_built = build_tag_pattern(scheme)
     today = dt.date(2000, 1, 1)  # any date: the templates checked here name the version
     problems: list[str] = []
+    by_file: dict[str, list[ImageSpec]] = {}  # grouped once: a scan of every spec per file was quadratic
+    for spec in specs.values():
+        by_file.setdefault(spec.source_file, []).append(spec)
     for display, d in parsed:
         defs = {v: vd for v, vd in d.versions.items()}
         same: dict[Version, str] = {}
@@ -582,7 +585,7 @@ def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]]
                                 f"(versions.{same[pv]}); keep one")
             else:
                 same[pv] = v
-        family = [s for s in specs.values() if s.source_file == display]
+        family = by_file.get(display, [])
 
         def where(spec: ImageSpec) -> str:
             k = spec.key
