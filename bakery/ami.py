@@ -96,12 +96,12 @@ def ami_key(project: Project, ref: str) -> ImageKey | None:
     if not sep or not version or "@" in ref:
         return None
     try:
-        from bakery.definitions import load_fleet
-
         # Loading the fleet (YAML, models, template checks) only to learn that no definition builds an AMI
         # costs a short command most of its time: a definition that does names amazon-ebs in its text.
         if not _mentions(project.definitions_dir, b"amazon-ebs"):
             raise LookupError("no amazon-ebs definition")
+        from bakery.definitions import load_fleet
+
         for key, spec in load_fleet(project).specs.items():
             if key.name == name and key.tag_version == version:
                 return key if is_ami_spec(spec) else None

@@ -56,3 +56,28 @@ def test_config_loads_only_what_validating_the_project_needs(repo: Path) -> None
 def test_the_probe_sees_a_heavy_import(repo: Path) -> None:
     """The checks above can fail: a command that does use a registry client shows requests (and pydantic)."""
     assert {"requests", "pydantic"} <= loaded(["plan", "--format", "json"], repo)
+
+
+AMI_PROBE = """
+import sys
+from bakery import ami
+from bakery.config import load_project
+project = load_project()
+print(ami.ami_key(project, sys.argv[1]), "bakery.definitions" in sys.modules)
+"""
+
+
+def test_promote_does_not_load_the_fleet_to_rule_out_an_ami(repo: Path) -> None:
+    """`bakery promote` asks whether REF is an AMI first: without an amazon-ebs definition that must not cost a
+    load of every definition (YAML, models, templates: most of a short command's time on a large fleet)."""
+    (repo / "base-images" / "app.yaml").write_text(
+        "name: app\ntemplate: t\nversions:\n  '1.0':\n    parent: docker.io/library/debian:bookworm-slim\n")
+    out = subprocess.run([sys.executable, "-c", AMI_PROBE, "app:1.0"], capture_output=True, text=True, cwd=repo,
+                         timeout=60)
+    assert out.stdout.split() == ["None", "False"], out.stderr
+    # an amazon-ebs definition is still found through the definitions
+    (repo / "base-images" / "ami.yaml").write_text(
+        "name: ami\ntemplate: t\npacker: {kind: amazon-ebs}\nversions:\n  '1.0':\n    parent: ami-123\n")
+    out = subprocess.run([sys.executable, "-c", AMI_PROBE, "app:1.0"], capture_output=True, text=True, cwd=repo,
+                         timeout=60)
+    assert out.stdout.split()[-1] == "True", out.stderr
