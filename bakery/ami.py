@@ -98,7 +98,7 @@ def ami_key(project: Project, ref: str) -> ImageKey | None:
     try:
         # Loading the fleet (YAML, models, template checks) only to learn that no definition builds an AMI
         # costs a short command most of its time: a definition that does names amazon-ebs in its text.
-        if not _mentions(project.definitions_dir, b"amazon-ebs"):
+        if not definitions_mention(project.definitions_dir, b"amazon-ebs"):
             raise LookupError("no amazon-ebs definition")
         from bakery.definitions import load_fleet
 
@@ -113,7 +113,7 @@ def ami_key(project: Project, ref: str) -> ImageKey | None:
     return None
 
 
-def _mentions(directory: Path, needle: bytes) -> bool:
+def definitions_mention(directory: Path, needle: bytes) -> bool:
     """Whether any definition file under ``directory`` contains ``needle`` (a quick pre-check, no parsing)."""
     try:
         files = [p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]

@@ -350,7 +350,8 @@ def _find_buildkit_cli() -> str | None:
 
 def _cli_has_buildkit(path: str) -> bool:
     """Whether the Docker CLI at ``path`` builds with BuildKit (``--secret``, ``--iidfile``). Asking it costs a
-    process start (~0.1 s); the answer is kept per binary (path, size, mtime) in the user's cache directory."""
+    process start (~0.1 s); the answer is kept per binary (path, size, mtime) in $BAKERY_CACHE_DIR (default
+    ~/.cache/bakery)."""
     import json
     import os
 
@@ -359,7 +360,8 @@ def _cli_has_buildkit(path: str) -> bool:
     except OSError:
         return False
     key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bakery" / "docker-cli.json"
+    base = os.environ.get("BAKERY_CACHE_DIR")
+    cache = (Path(base).expanduser() if base else Path.home() / ".cache" / "bakery") / "docker-cli.json"
     try:
         known = json.loads(cache.read_text())
         if isinstance(known, dict) and isinstance(known.get(key), bool):

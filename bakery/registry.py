@@ -274,6 +274,71 @@ class CopyStats:
                                               "blobs_mounted", "blobs_copied", "bytes_copied", "seconds")}
 
 
+class _BlobLocations:
+    """Which repositories of a registry were seen holding a blob (like skopeo's blob-info cache): a blob promoted
+    once into one repository of a registry is mounted, not copied, into the next one. Kept in
+    ``$BAKERY_CACHE_DIR/blob-locations.sqlite`` (default ``~/.cache/bakery``), shared by every bakery process of
+    the user; only a hint — a mount from a repository that no longer holds the blob fails and is forgotten."""
+
+    def __init__(self) -> None:
+        value = os.environ.get("BAKERY_CACHE_DIR")
+        base = Path(value).expanduser() if value else Path.home() / ".cache" / "bakery"
+        self.path = base / "blob-locations.sqlite"
+        self._ready = False
+
+    def _db(self) -> Any:
+        import sqlite3
+
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+        if not self._ready:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS blobs (host TEXT, digest TEXT, repo TEXT, seen REAL, "
+                       "PRIMARY KEY (host, digest, repo))")
+            self._ready = True
+        return db
+
+    def known(self, host: str, digest: str, limit: int = 3) -> list[str]:
+        try:
+            db = self._db()
+            try:
+                rows = db.execute("SELECT repo FROM blobs WHERE host = ? AND digest = ? ORDER BY seen DESC LIMIT ?",
+                                  (host, digest, limit)).fetchall()
+            finally:
+                db.close()
+        except Exception as exc:  # noqa: BLE001 - a hint only
+            log.debug("blob locations: %s", _short(exc))
+            return []
+        return [r[0] for r in rows]
+
+    def update(self, seen: list[tuple[str, str, str]], gone: list[tuple[str, str, str]] = ()) -> None:
+        if not seen and not gone:
+            return
+        try:
+            db = self._db()
+            try:
+                now = time.time()
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", [(*t, now) for t in seen])
+                db.executemany("DELETE FROM blobs WHERE host = ? AND digest = ? AND repo = ?", list(gone))
+                db.execute("COMMIT")
+            finally:
+                db.close()
+        except Exception as exc:  # noqa: BLE001 - a hint only
+            log.debug("blob locations: %s", _short(exc))
+
+
+_blob_locations: _BlobLocations | None = None
+
+
+def blob_locations() -> _BlobLocations:
+    global _blob_locations
+    if _blob_locations is None:
+        _blob_locations = _BlobLocations()
+    return _blob_locations
+
+
 class _SizedStream:
     """A streamed response body with a known length, handed to requests as an iterable with ``__len__``: it
     sends Content-Length, and urllib3 writes each chunk to the socket as it comes (no re-slicing, no copy)."""
@@ -740,15 +805,23 @@ class RegistryClient:
         blobs = [b for b in m.blobs() if not (b.urls and b.media_type in FOREIGN_LAYER_TYPES)]  # foreign: elsewhere
         parent_blobs = {} if m.is_index else self._parent_blobs(src, src_repo, m, dst_repo)
 
+        locations = blob_locations()
+        seen: list[tuple[str, str, str]] = []
+        gone: list[tuple[str, str, str]] = []
+
         def one(blob: Descriptor) -> tuple[str, int]:
+            seen.append((src.host, blob.digest, src_repo))
             parent_repo = parent_blobs.get(blob.digest)
             if parent_repo and self.mount_blob(dst_repo, blob.digest, parent_repo):
                 return "mounted", 0  # the parent image, already here, holds it: no HEAD, no bytes
             if self.blob_exists(dst_repo, blob.digest):
                 return "skipped", 0
-            for repo in candidates:
+            known = [r for r in locations.known(self.host, blob.digest) if r != dst_repo and r not in candidates]
+            for repo in [*candidates, *known]:
                 if self.mount_blob(dst_repo, blob.digest, repo):
                     return "mounted", 0
+                if repo in known:
+                    gone.append((self.host, blob.digest, repo))
             return "copied", self.copy_blob(src, src_repo, blob.digest, dst_repo, blob.size)
 
         if len(blobs) > 1:
@@ -766,6 +839,8 @@ class RegistryClient:
                 outcomes += pool.map(one, ordered[:0:-1])
         else:
             outcomes = [one(b) for b in blobs]
+        seen += [(self.host, b.digest, dst_repo) for b in blobs]
+        locations.update(seen, gone)
         for what, sent in outcomes:
             if what == "skipped":
                 stats.blobs_skipped += 1
