@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bakery import render, secrets, tools
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.definitions import Fleet, mirrored, parse_upstream
 from bakery.errors import (BakeryError, DaemonUnavailable, EnvironmentFailure, GateFailed, InputError, StepFailed,
                            ToolFailed)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,14 +18,16 @@ import pydantic
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bakery import secrets
+from bakery.configview import (CONFIG_FILE, NOT_OVERRIDES, ConfigBehaviour, CredentialsBehaviour,
+                               EnvironmentBehaviour, GatesBehaviour, Project, build, cache_key, effective,
+                               find_config, load_cached, locate, parse_duration, register_secrets,
+                               require_config_file, store)
 from bakery.errors import InputError, ValidationError
 from bakery.validation import format_errors, load_yaml
 
-CONFIG_FILE = "bakery.yaml"
+__all__ = ["CONFIG_FILE", "Project", "effective", "find_config", "load_project", "parse_duration",
+           "require_config_file"]  # re-exported from bakery.configview (pydantic-free)
 SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _REGISTRY = re.compile(r"^[a-z0-9.-]+(?::(?P<port>\d+))?(/[a-z0-9._/-]+)?$")
 _HOST = re.compile(r"^[a-z0-9.-]+(?::\d+)?$")
 
@@ -50,38 +51,19 @@ def _registry_ref(value: str) -> str:
     return value.rstrip("/")
 
 
-def parse_duration(value: str | int | float) -> dt.timedelta:
-    """'90s', '15m', '24h', '7d', '2w' or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return dt.timedelta(seconds=float(value))
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 24h, 7d)")
-    return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Credentials(_Strict):
+class Credentials(CredentialsBehaviour, _Strict):
     """Where registry credentials come from. Values never appear in output."""
 
     username_env: str | None = None
     password_env: str | None = None
     docker_config: bool = True
 
-    def resolve(self) -> tuple[str, str] | None:
-        if self.username_env and self.password_env:
-            user = os.environ.get(self.username_env)
-            password = os.environ.get(self.password_env)
-            if user and password:
-                secrets.register(password)
-                return user, password
-        return None
 
-
-class Gates(_Strict):
+class Gates(GatesBehaviour, _Strict):
     require_previous: bool = True
     scan: bool = True
     max_scan_age: str = "24h"
@@ -94,21 +76,12 @@ class Gates(_Strict):
         parse_duration(v)
         return v
 
-    @property
-    def max_scan_age_delta(self) -> dt.timedelta:
-        return parse_duration(self.max_scan_age)
-
-    @property
-    def soak_delta(self) -> dt.timedelta:
-        return parse_duration(self.soak)
-
-
 class AwsTarget(_Strict):
     account: str = "123456789012"
     regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
 
 
-class Environment(_Strict):
+class Environment(EnvironmentBehaviour, _Strict):
     registry: str
     kind: Literal["registry", "ecr"] = "registry"
     tls_verify: bool | None = None  # None: verify except on loopback
@@ -122,29 +95,6 @@ class Environment(_Strict):
     @classmethod
     def _registry(cls, v: str) -> str:
         return _registry_ref(v)
-
-    @property
-    def host(self) -> str:
-        return self.registry.split("/", 1)[0]
-
-    @property
-    def namespace(self) -> str:
-        return self.registry.split("/", 1)[1] if "/" in self.registry else ""
-
-    def repository(self, name: str) -> str:
-        """Repository path inside the registry for an image family (``team/python``)."""
-        return f"{self.namespace}/{name}" if self.namespace else name
-
-    def image(self, name: str) -> str:
-        return f"{self.registry}/{name}"
-
-    @property
-    def insecure(self) -> bool:
-        if self.tls_verify is not None:
-            return not self.tls_verify
-        h = self.host.split(":")[0]
-        return h in ("localhost", "127.0.0.1", "::1") or h.startswith("127.")
-
 
 class IgnoreEntry(_Strict):
     id: str
@@ -282,7 +232,7 @@ def _default_envs() -> dict[str, Environment]:
     }
 
 
-class Config(_Strict):
+class Config(ConfigBehaviour, _Strict):
     definitions: str = "base-images"
     templates: str = "templates"
     state_dir: str = ".bakery"
@@ -317,27 +267,6 @@ class Config(_Strict):
                 raise ValueError(f"mirror key {host!r} must be an upstream registry host[:port] (e.g. docker.io)")
         return v
 
-    @property
-    def env_order(self) -> list[str]:
-        return list(self.environments)
-
-    @property
-    def first_env(self) -> str:
-        return self.env_order[0]
-
-    def env(self, name: str) -> Environment:
-        try:
-            return self.environments[name]
-        except KeyError:
-            raise InputError(f"unknown environment {name!r} (configured: {', '.join(self.env_order)})") from None
-
-    def previous_env(self, name: str) -> str | None:
-        order = self.env_order
-        self.env(name)
-        i = order.index(name)
-        return order[i - 1] if i > 0 else None
-
-
 SHORTCUTS = {
     "BAKERY_TRIVY": ("scanner", "trivy"),
     "BAKERY_LEDGER": ("ledger", "url"),
@@ -347,7 +276,7 @@ SHORTCUTS = {
     "BAKERY_DB_REPOSITORY": ("scanner", "db_repository"),
     "BAKERY_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
 }
-_NOT_OVERRIDES = {"BAKERY_CONFIG", "BAKERY_DEBUG", "BAKERY_NOW", "BAKERY_ACTOR"}
+_NOT_OVERRIDES = NOT_OVERRIDES
 
 
 def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -384,75 +313,25 @@ def env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], Any, s
     return out
 
 
-@dataclass(frozen=True)
-class Project:
-    """A bakery repository: its root, its configuration and where things live."""
-
-    root: Path
-    config: Config
-    config_file: Path | None
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / self.config.state_dir
-
-    @property
-    def definitions_dir(self) -> Path:
-        return self.root / self.config.definitions
-
-    @property
-    def templates_dir(self) -> Path:
-        return self.root / self.config.templates
-
-    @property
-    def rendered_dir(self) -> Path:
-        return self.state_dir / "rendered"
-
-    def path(self, value: str) -> Path:
-        p = Path(value)
-        return p if p.is_absolute() else self.root / p
-
-    def rel(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
-
-
-def require_config_file(project: Project, environ: dict[str, str]) -> None:
-    """Commands that change registries or the ledger do not run on the built-in defaults by accident."""
-    if project.config_file is not None:
-        return
-    if any(key.startswith("BAKERY_ENVIRONMENTS") for key in environ):
-        return  # configured through the environment on purpose (e.g. a CI job)
-    raise InputError(f"no {CONFIG_FILE} here or above: run this in a bakery repository, or name one with "
-                     f"--config / $BAKERY_CONFIG (the built-in example registries are not used for changes)")
-
-
-def find_config(start: Path) -> Path | None:
-    for d in [start, *start.parents]:
-        candidate = d / CONFIG_FILE
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path | None = None,
                  environ: dict[str, str] | None = None) -> Project:
-    """Load the configuration: explicit path, else $BAKERY_CONFIG, else bakery.yaml here or above."""
+    """Load the configuration: explicit path, else $BAKERY_CONFIG, else bakery.yaml here or above.
+
+    The validated configuration comes back as a view (bakery.configview): read from the cache when the same
+    file and variables were validated before, else validated here and cached."""
     environ = dict(os.environ) if environ is None else environ
     cwd = (cwd or Path.cwd()).resolve()
-    path: Path | None
-    if config_path is None and environ.get("BAKERY_CONFIG"):
-        config_path = environ["BAKERY_CONFIG"]
-    if config_path is not None:
-        path = Path(config_path)
-        if not path.is_absolute():
-            path = cwd / path
-        if not path.is_file():
-            raise InputError(f"{config_path}: configuration file not found")
-    else:
-        path = find_config(cwd)
+    path = locate(config_path, cwd, environ)
+    key = cache_key(path, environ)
+    view = load_cached(path, key)
+    if view is None:
+        view = _validate(path, cwd, environ, key)
+    register_secrets(view)
+    root = path.parent if path is not None else cwd
+    return Project(root=root, config=view, config_file=path)
+
+
+def _validate(path: Path | None, cwd: Path, environ: dict[str, str], key: str | None) -> Any:
     data: Any = {}
     display = CONFIG_FILE
     if path is not None:
@@ -467,10 +346,34 @@ def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path
         config = Config.model_validate(data)
     except pydantic.ValidationError as err:
         raise ValidationError(_attribute(format_errors(display, Config, err), err, display, environ)) from None
-    for env in config.environments.values():
-        env.credentials.resolve()  # registers secrets for masking
-    root = path.parent if path is not None else cwd
-    return Project(root=root, config=config, config_file=path)
+    shape, dumped = shape_of(Config), config.model_dump(mode="json")
+    store(key, shape, dumped)
+    return build(shape, dumped)
+
+
+def shape_of(annotation: Any) -> dict[str, Any]:
+    """What :func:`bakery.configview.build` needs to read a model's JSON back: which values are models (and
+    of which class), dicts or lists of models, or dates."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return shape_of(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {"model": annotation.__name__,
+                "fields": {name: shape_of(f.annotation) for name, f in annotation.model_fields.items()}}
+    if annotation is dt.date:
+        return {"date": True}
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is dict and len(args) == 2:
+        inner = shape_of(args[1])
+        return {"dict_of": inner} if inner else {}
+    if origin is list and len(args) == 1:
+        inner = shape_of(args[0])
+        return {"list_of": inner} if inner else {}
+    if len(args) == 1 and origin is not list and origin is not dict:  # X | None
+        return shape_of(args[0])
+    return {}
 
 
 def _attribute(lines: list[str], err: pydantic.ValidationError, display: str, environ: dict[str, str]) -> list[str]:
@@ -496,15 +399,4 @@ def _merge_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str,
             if "environments" not in data:
                 data["environments"] = {k: v.model_dump(exclude_defaults=True) for k, v in _default_envs().items()}
         _set_path(data, path, value)
-    return data
-
-
-def effective(config: Config) -> dict[str, Any]:
-    """The configuration as plain data, secrets masked (for `bakery config`)."""
-    data = config.model_dump(mode="json")
-    for name, env in config.environments.items():
-        creds = env.credentials.resolve()
-        if creds:
-            data["environments"][name]["credentials"]["resolved"] = {"username": creds[0],
-                                                                     "password": secrets.MASK}
     return data

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.definitions import Fleet
 from bakery.model import ImageSpec
 from bakery.plan import Plan, make_plan

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery import render
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure
 from bakery.model import LABEL_FINGERPRINT, OCI, ImageKey, ImageSpec

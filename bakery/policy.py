@@ -203,10 +203,6 @@ def parse_trivyignore_yaml(path: Path, display: str = ".trivyignore.yaml") -> li
 def effective_policy(project: Project, spec: ImageSpec | None = None) -> EffectivePolicy:
     """The global policy, overridden by the definition's ``policy`` (its ignore entries add to the global ones),
     plus the repository's .trivyignore files."""
-    import pydantic
-
-    from bakery.config import IgnoreEntry
-
     pol = project.config.policy
     severity, fixable_only = pol.severity, pol.fixable_only
     cfg = project.rel(project.config_file) if project.config_file else "bakery.yaml"
@@ -223,6 +219,10 @@ def effective_policy(project: Project, spec: ImageSpec | None = None) -> Effecti
         if override.get("fixable_only") is not None:
             fixable_only = bool(override["fixable_only"])
         for i, raw in enumerate(override.get("ignore") or []):
+            import pydantic  # only for a definition's own ignore entries: start-up of the scan path
+
+            from bakery.config import IgnoreEntry
+
             try:
                 entry = IgnoreEntry.model_validate(raw)
             except pydantic.ValidationError as err:  # one line naming the field

@@ -12,7 +12,7 @@ import string
 from collections.abc import Callable
 from typing import Any
 
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
 from bakery.model import ImageKey, ImageSpec, Published
 from bakery.registry import RegistryClient

@@ -25,6 +25,12 @@ class Context:
 
     @cached_property
     def project(self) -> Project:
+        # Start-up: a configuration validated before comes back from the cache without pydantic or yaml.
+        from bakery.configview import load_project_fast
+
+        project = load_project_fast(self.config_path)
+        if project is not None:
+            return project
         from bakery.config import load_project
 
         return load_project(self.config_path)
@@ -34,7 +40,7 @@ class Context:
         """The project, for commands that change registries or the ledger: a bakery.yaml must be in use."""
         import os
 
-        from bakery.config import require_config_file
+        from bakery.configview import require_config_file
 
         require_config_file(self.project, dict(os.environ))
         return self.project

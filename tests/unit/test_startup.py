@@ -49,8 +49,17 @@ def test_help_imports_no_heavy_library(repo: Path, args: list[str]) -> None:
     assert loaded(args, repo) == set()
 
 
-def test_config_loads_only_what_validating_the_project_needs(repo: Path) -> None:
+def test_config_loads_only_what_validating_the_project_needs(repo: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BAKERY_CACHE_DIR", str(tmp_path / "cache"))
     assert loaded(["config"], repo) <= {"pydantic", "pydantic_core", "yaml"}
+    # validated once: the next command reads the configuration back without pydantic (nor yaml for JSON)
+    assert loaded(["config", "--format", "json"], repo) == set()
+    assert loaded(["config"], repo) == {"yaml"}
+    # a changed file is validated again
+    (repo / "bakery.yaml").write_text("environments: {dev: {registry: '127.0.0.1:9/u'}}\n")
+    assert {"pydantic", "yaml"} <= loaded(["config", "--format", "json"], repo)
+    assert loaded(["config", "--format", "json"], repo) == set()
 
 
 def test_the_probe_sees_a_heavy_import(repo: Path) -> None:
