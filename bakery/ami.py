@@ -98,8 +98,8 @@ def ami_key(project: Project, ref: str) -> ImageKey | None:
     try:
         # Loading the fleet (YAML, models, template checks) only to learn that no definition builds an AMI
         # costs a short command most of its time: a definition that does names amazon-ebs in its text.
-        if not definitions_mention(project.definitions_dir, b"amazon-ebs"):
-            raise LookupError("no amazon-ebs definition")
+        if not definitions_mention(project.definitions_dir, b"amazon-ebs", name.encode()):
+            raise LookupError(f"no amazon-ebs definition mentions {name}")
         from bakery.definitions import load_fleet
 
         for key, spec in load_fleet(project).specs.items():
@@ -113,15 +113,17 @@ def ami_key(project: Project, ref: str) -> ImageKey | None:
     return None
 
 
-def definitions_mention(directory: Path, needle: bytes) -> bool:
-    """Whether any definition file under ``directory`` contains ``needle`` (a quick pre-check, no parsing)."""
+def definitions_mention(directory: Path, *needles: bytes) -> bool:
+    """Whether a definition file under ``directory`` contains every one of ``needles`` (a quick pre-check, no
+    parsing: a definition of image NAME built by amazon-ebs has both words in its text)."""
     try:
         files = [p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
     except OSError:
         return True
     for path in files:
         try:
-            if needle in path.read_bytes():
+            text = path.read_bytes()
+            if all(n in text for n in needles):
                 return True
         except OSError:
             return True  # unreadable: let the full load say what is wrong
