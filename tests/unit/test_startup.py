@@ -84,9 +84,12 @@ def test_promote_does_not_load_the_fleet_to_rule_out_an_ami(repo: Path) -> None:
     out = subprocess.run([sys.executable, "-c", AMI_PROBE, "app:1.0"], capture_output=True, text=True, cwd=repo,
                          timeout=60)
     assert out.stdout.split() == ["None", "False"], out.stderr
-    # an amazon-ebs definition is still found through the definitions
+    # an amazon-ebs definition of another image does not make app's promotion load the fleet; its own does
     (repo / "base-images" / "ami.yaml").write_text(
         "name: ami\ntemplate: t\npacker: {kind: amazon-ebs}\nversions:\n  '1.0':\n    parent: ami-123\n")
     out = subprocess.run([sys.executable, "-c", AMI_PROBE, "app:1.0"], capture_output=True, text=True, cwd=repo,
+                         timeout=60)
+    assert out.stdout.split() == ["None", "False"], out.stderr
+    out = subprocess.run([sys.executable, "-c", AMI_PROBE, "ami:1.0"], capture_output=True, text=True, cwd=repo,
                          timeout=60)
     assert out.stdout.split()[-1] == "True", out.stderr
