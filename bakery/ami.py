@@ -31,14 +31,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bakery.errors import EnvironmentFailure, GateFailed, InputError, StepFailed
+from bakery.config import Environment, Project
+from bakery.definitions import load_fleet
+from bakery.errors import BakeryError, EnvironmentFailure, InputError, StepFailed
+from bakery.ledger import Event, open_ledger
+from bakery.ledger import now as ledger_now
+from bakery.model import ImageKey, ImageSpec, Published
+from bakery.ref import FleetRef, split_image
+from bakery.tags import Scheme
+from bakery.tags import next_build_tag as next_tag
 
-if TYPE_CHECKING:
-    from bakery.config import Environment, Project
-    from bakery.ledger import Event
-    from bakery.model import ImageKey, ImageSpec
+# boto3/botocore are imported where they are used: ~0.3 s of start-up that `bakery list/render/plan` never need.
 
 ORIGIN_PREFIX = "ami:"
 TAG_ENV = "bakery:env"
@@ -72,43 +77,31 @@ class AmiRecord:
                 "time": self.time.isoformat().replace("+00:00", "Z") if self.time else None}
 
 
-@dataclass
-class PromoteOutcome:
-    record: AmiRecord
-    copied: dict[str, str]  # region -> new ami id
-    already: bool = False  # the environment already ran this build: nothing done
-    seconds: float = 0.0
-    gates: list[dict[str, Any]] = field(default_factory=list)
-    dry_run: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": "ami", **self.record.to_json(), "copied": dict(self.copied), "already": self.already,
-                "dry_run": self.dry_run, "gates": list(self.gates), "seconds": round(self.seconds, 3)}
-
-
-def ami_key(project: Project, ref: str) -> ImageKey | None:
-    """The image key when ``ref`` (NAME:VERSION[-VARIANT]) names an AMI image (amazon-ebs definition or AMI
-    records in the ledger), else None: lets `bakery promote/rollback/status` dispatch here."""
-    from bakery.ledger import open_ledger
-    from bakery.model import ImageKey
-
-    name, sep, version = ref.partition(":")
-    if not sep or not version or "@" in ref:
+def ami_key(project: Project, ref: str, *, specs: dict[ImageKey, ImageSpec] | None = None,
+            events: list[Event] | None = None) -> ImageKey | None:
+    """The image key when ``ref`` (NAME:VERSION[-VARIANT] or NAME:BUILD_TAG) names an AMI image (amazon-ebs
+    definition or AMI records in the ledger), else None: how the store layer (bakery.store.artifact_kind)
+    tells the kinds apart. ``specs``/``events``: the fleet's specs and the ledger's events when the caller
+    has them (status asks for every image)."""
+    name, version = split_image(ref)
+    if not version or "@" in ref:
         return None
-    try:
-        # Loading the fleet (YAML, models, template checks) only to learn that no definition builds an AMI
-        # costs a short command most of its time: a definition that does names amazon-ebs in its text.
-        if not definitions_mention(project.definitions_dir, b"amazon-ebs", name.encode()):
-            raise LookupError(f"no amazon-ebs definition mentions {name}")
-        from bakery.definitions import load_fleet
-
-        for key, spec in load_fleet(project).specs.items():
-            if key.name == name and key.tag_version == version:
-                return key if is_ami_spec(spec) else None
-    except Exception:  # noqa: BLE001 - definitions are optional here; the ledger decides then
-        pass
-    events = open_ledger(project).events(image=ref)
-    if any(is_ami_digest(e.digest) for e in events):
+    version = Scheme(project.config.tags.build).version_of(version, name=name) or version  # NAME:BUILD_TAG
+    if specs is None:
+        try:
+            # Loading the fleet (YAML, models, template checks) only to learn that no definition builds this
+            # image as an AMI costs a short command most of its time: a definition that does has both words.
+            mentioned = definitions_mention(project.definitions_dir, b"amazon-ebs", name.encode())
+            specs = load_fleet(project).specs if mentioned else {}
+        except BakeryError:  # definitions are optional here; the ledger decides then
+            specs = {}
+    for key, spec in specs.items():
+        if key.name == name and key.tag_version == version:
+            return key if is_ami_spec(spec) else None
+    image = f"{name}:{version}"
+    if events is None:
+        events = open_ledger(project).events(image=image)
+    if any(e.image == image and is_ami_digest(e.digest) for e in events):
         return ImageKey(name, version)
     return None
 
@@ -128,16 +121,6 @@ def definitions_mention(directory: Path, *needles: bytes) -> bool:
         except OSError:
             return True  # unreadable: let the full load say what is wrong
     return False
-
-
-def text_progress(echo: Callable[[str], None]) -> Progress:
-    """A progress callback printing one line per region and state change (``eu-west-1 ami-1: available``)."""
-    started = time.monotonic()
-
-    def show(region: str, ami_id: str, state: str) -> None:
-        echo(f"  {region} {ami_id}: {state} ({time.monotonic() - started:.0f}s)")
-
-    return show
 
 
 def origin(region: str, ami_id: str) -> str:
@@ -203,7 +186,8 @@ def describe(project: Project, region: str, ami_id: str) -> dict[str, Any] | Non
     try:
         images = ec2.describe_images(ImageIds=[ami_id]).get("Images", [])
     except ClientError as exc:
-        if "NotFound" in exc.response.get("Error", {}).get("Code", "") or "Malformed" in str(exc):
+        code = str(exc.response.get("Error", {}).get("Code", ""))  # InvalidAMIID.NotFound / .Malformed
+        if code.endswith((".NotFound", ".Malformed")):
             return None
         raise
     return images[0] if images else None
@@ -354,8 +338,6 @@ def _record(ev: Event) -> AmiRecord:
 
 
 def _moves(project: Project, image: str, env: str) -> list[Event]:
-    from bakery.ledger import open_ledger
-
     return [e for e in open_ledger(project).events(image=image, env=env)
             if e.kind in ("publish", "promote", "rollback") and is_ami_digest(e.digest)]
 
@@ -371,31 +353,11 @@ def history(project: Project, key: ImageKey | str, env: str) -> list[AmiRecord]:
     return [_record(e) for e in _moves(project, _image(key), env)]
 
 
-def previous_ami(project: Project, key: ImageKey | str, env: str) -> AmiRecord | None:
-    """The build ``env`` ran before its current one (the rollback target)."""
-    moves = _moves(project, _image(key), env)
-    if not moves:
-        return None
-    cur = moves[-1].digest
-    # A build the environment was later rolled back away from is no candidate (a second rollback goes further).
-    rolled: set[str] = set()
-    for ev in reversed(moves):
-        if ev.kind == "rollback":
-            rolled.add(str((ev.details or {}).get("rolled_back_from")))
-        if ev.digest != cur and ev.digest not in rolled:
-            return _record(ev)
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- publish
 
 def next_build_tag(project: Project, spec: ImageSpec, fingerprint: str = "", today: dt.date | None = None) -> str:
     """The next build tag of the configured scheme for an AMI build, unique against the ledger and the
     AMIs already tagged in the build region (a build whose publish failed still holds its name)."""
-    from bakery.ledger import now as ledger_now
-    from bakery.ledger import open_ledger
-    from bakery.tags import next_build_tag as next_tag
-
     existing = {e.build_tag for e in open_ledger(project).events(image=spec.ref)}
     region = build_region(project, spec)
     ec2 = client(project, region)
@@ -431,8 +393,6 @@ def publish_ami(project: Project, key: ImageKey, ami_id: str, region: str, finge
     Packer made (AMI and snapshots), launch permission for the environment's account, a ``publish``
     ledger event. ``build_tag``/``source_ami`` default to the tags Packer put on the AMI; the other
     regions' copies are found by their tags when ``ami_ids`` is not given."""
-    from bakery.ledger import Event, open_ledger
-
     env = env or project.config.first_env
     account, _ = aws_target(project, env)
     image = _call(f"describe {ami_id} in {region}", lambda: describe(project, region, ami_id))
@@ -461,155 +421,169 @@ def publish_ami(project: Project, key: ImageKey, ami_id: str, region: str, finge
     return _record(ev)
 
 
-# ---------------------------------------------------------------------------------------------- gates
-
-def check_gates(project: Project, image: str, to_env: str, source: AmiRecord, *, approved_by: str | None = None,
-                now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """The promotion gates for an AMI, the same as for containers: previous (the build is what the previous
-    environment runs and its AMIs exist), soak and approval (bakery.promote's own gates on the build's
-    origin). The scan gate does not apply: there is no container filesystem for Trivy (said in the result)."""
-    from bakery import ledger as ledger_mod
-    from bakery import promote as pm
-    from bakery.model import Published
-
-    now = now or ledger_mod.now()
-    cfg = project.config
-    from_env = cfg.previous_env(to_env) or to_env
-    results: list[Any] = []
-    if cfg.env(to_env).gates.require_previous:
-        missing = []
-        for region, ami_id in sorted(source.amis.items()):
-            found = _call(f"describe {ami_id} in {region}", lambda r=region, a=ami_id: describe(project, r, a))
-            if not found or found.get("State") != "available":
-                missing.append(f"{ami_id} ({region})")
-        ok = bool(source.amis) and not missing
-        reason = (f"{source.build_tag} is in {from_env}" if ok else
-                  f"the {from_env} AMIs of {source.build_tag} are gone: {', '.join(missing) or 'none recorded'}")
-        results.append(pm.GateResult("previous", ok, reason, {"env": from_env}))
-    events = ledger_mod.open_ledger(project).events(image=image)
-    pub = Published(key=pm._key_of(image), env=from_env, repository="", build_tag=source.build_tag,
-                    digest=source.origin)
-    results.append(pm.gate_soak(project, pub, to_env, events, now))
-    results.append(pm.GateResult("scan", True, "not applicable: an AMI has no container filesystem for Trivy"))
-    results.append(pm.gate_approval(project, to_env, approved_by))
-    return [g.to_json() for g in results]
-
-
-# ---------------------------------------------------------------------------------------------- promote
-
-def promote_ami(project: Project, key: ImageKey | str, to_env: str, *, digest: str | None = None,
-                gates: list[dict[str, Any]] | None = None, approved_by: str | None = None,
-                scan: dict[str, Any] | None = None, on_progress: Progress | None = None,
-                timeout: float = WAIT_TIMEOUT, poll: float = POLL_SECONDS, dry_run: bool = False) -> PromoteOutcome:
-    """Copy the previous environment's AMI into ``to_env``'s regions (never a rebuild).
-
-    ``gates``: results the caller already evaluated; None evaluates :func:`check_gates` here, records a
-    ``gate`` event and raises GateFailed (exit 1) when one fails. ``digest`` (an origin ``ami:REGION:ID``
-    or a build tag) picks the build; default: what the previous environment currently runs.
-    """
-    from bakery.ledger import Event, open_ledger
-
-    started = time.monotonic()
-    image = _image(key)
-    from_env = project.config.previous_env(to_env)
-    if from_env is None:
-        raise InputError(f"{to_env} is the first environment: builds are published there, not promoted")
-    if digest:
-        candidates = [r for r in history(project, image, from_env) if digest in (r.origin, r.build_tag)]
-        if not candidates:
-            raise StepFailed(f"{image}: {digest} was never in {from_env}; promote it there first")
-        source = candidates[-1]
-    else:
-        source = current_ami(project, image, from_env)
-        if source is None:
-            raise StepFailed(f"{image}: no AMI in {from_env} to promote (build and publish it first)")
-    now = current_ami(project, image, to_env)
-    if now is not None and now.origin == source.origin:
-        return PromoteOutcome(record=now, copied={}, already=True, seconds=time.monotonic() - started)
-    if gates is None:
-        gates = check_gates(project, image, to_env, source, approved_by=approved_by)
-        failed = [g for g in gates if not g.get("passed")]
-        if failed:
-            if not dry_run:
-                open_ledger(project).record(Event(
-                    kind="gate", image=image, digest=source.origin, build_tag=source.build_tag, from_env=from_env,
-                    to_env=to_env, gates=gates, details={"passed": False, "builder": "amazon-ebs"}))
-            raise GateFailed(f"{image}: promotion to {to_env} refused: "
-                             + "; ".join(f"{g['name']}: {g['reason']}" for g in failed))
-    if dry_run:
-        return PromoteOutcome(record=source, copied={}, seconds=time.monotonic() - started, gates=gates,
-                              dry_run=True)
-    account, regions = aws_target(project, to_env)
-    src_region = sorted(source.amis)[0] if source.amis else parse_origin(source.origin)[0]
-    for r in (project.config.aws.region, *aws_target(project, from_env)[1]):
-        if r in source.amis:
-            src_region = r
-            break
-    src_ami = source.amis.get(src_region) or parse_origin(source.origin)[1]
-    src_image = _call(f"describe {src_ami} in {src_region}", lambda: describe(project, src_region, src_ami))
-    if not src_image:
-        raise StepFailed(f"{image}: the {from_env} AMI {src_ami} in {src_region} no longer exists")
-    tags = {k: v for k, v in tags_dict(src_image.get("Tags")).items() if k.startswith("bakery:")}
-    tags.update({"bakery:name": tags.get("bakery:name") or key_name(image), TAG_ENV: to_env,
-                 TAG_ORIGIN: source.origin, "bakery:build-tag": source.build_tag,
-                 "bakery:fingerprint": source.fingerprint or tags.get("bakery:fingerprint", ""),
-                 TAG_SOURCE: source.source_ami or tags.get(TAG_SOURCE, "")})
-    name = f"{src_image.get('Name') or key_name(image)}-{to_env}"[:128]
-    copied: dict[str, str] = {}
-    for region in regions:
-        ec2 = client(project, region)
-        resp = _call(f"copy {src_ami} ({src_region}) to {region}",
-                     lambda ec2=ec2, region=region: ec2.copy_image(
-                         SourceImageId=src_ami, SourceRegion=src_region, Name=name,
-                         Description=f"bakery {image} {source.build_tag} for {to_env}"))
-        copied[region] = resp["ImageId"]
-        if on_progress is not None:
-            on_progress(region, resp["ImageId"], "copying")
-    for region, ami_id in copied.items():
-        wait_available(project, region, ami_id, timeout=timeout, poll=poll, on_progress=on_progress)
-        _tag(project, region, ami_id, tags)
-        _grant(project, region, ami_id, account)
-    details = {"builder": "amazon-ebs", "amis": copied, "fingerprint": source.fingerprint,
-               "source_ami": source.source_ami, "account": account, "copied_from": {src_region: src_ami},
-               "tags": tags}
-    ev = Event(kind="promote", image=image, digest=source.origin, build_tag=source.build_tag, from_env=from_env,
-               to_env=to_env, gates=list(gates or []), scan=scan, details=details)
-    open_ledger(project).record(ev)
-    return PromoteOutcome(record=_record(ev), copied=copied, seconds=time.monotonic() - started, gates=gates)
-
-
 def key_name(image: str) -> str:
-    return image.split(":", 1)[0]
-
-
-# ---------------------------------------------------------------------------------------------- rollback
-
-def rollback_ami(project: Project, key: ImageKey | str, env: str, *, reason: str = "") -> AmiRecord:
-    """Re-point ``env``'s current record to the build it ran before (its AMIs must still exist)."""
-    from bakery.ledger import Event, open_ledger
-
-    image = _image(key)
-    cur = current_ami(project, image, env)
-    if cur is None:
-        raise StepFailed(f"{image}: nothing in {env} to roll back")
-    prev = previous_ami(project, image, env)
-    if prev is None:
-        raise StepFailed(f"{image}: {env} has no earlier AMI than {cur.build_tag} to roll back to")
-    account, _ = aws_target(project, env)
-    for region, ami_id in sorted(prev.amis.items()):
-        found = _call(f"describe {ami_id} in {region}", lambda r=region, a=ami_id: describe(project, r, a))
-        if not found or found.get("State") != "available":
-            raise StepFailed(f"{image}: cannot roll {env} back to {prev.build_tag}: AMI {ami_id} in {region} "
-                             f"is gone")
-        _grant(project, region, ami_id, account)
-    details = {"builder": "amazon-ebs", "amis": dict(prev.amis), "fingerprint": prev.fingerprint,
-               "source_ami": prev.source_ami, "account": account, "rolled_back_from": cur.origin,
-               "reason": reason}
-    ev = Event(kind="rollback", image=image, digest=prev.origin, build_tag=prev.build_tag, from_env=env,
-               to_env=env, details=details)
-    open_ledger(project).record(ev)
-    return _record(ev)
+    return split_image(image)[0]
 
 
 def is_ami_spec(spec: ImageSpec) -> bool:
     return spec.builder == "packer" and (spec.packer or {}).get("kind") == "amazon-ebs"
+
+
+# ---------------------------------------------------------------------------------------------- the AMI store
+
+
+class AmiStore:
+    """An environment's machine images (:class:`bakery.store.ArtifactStore`): a build is its origin
+    ``ami:REGION:AMI-ID``; the ledger records which build the environment runs and its AMI in each region."""
+
+    kind = "ami"
+    noun = "AMI"
+    scannable = False  # no container filesystem for trivy
+    uses_aliases = False  # the ledger record says which build an environment runs
+
+    def where(self, name: str) -> str:
+        return f"{self.env} AMIs of {name}"
+
+    def __init__(self, project: Project, env: str):
+        self.project = project
+        self.env = env
+        project.config.env(env)
+
+    def _records(self, key: ImageKey | str) -> list[AmiRecord]:
+        return history(self.project, key, self.env)
+
+    def _record_of(self, key: ImageKey | str, origin_: str) -> AmiRecord | None:
+        found = [r for r in self._records(key) if r.origin == origin_]
+        return found[-1] if found else None
+
+    def _published(self, key: ImageKey, rec: AmiRecord) -> Published:
+        return Published(key=key, env=self.env, repository="", build_tag=rec.build_tag, digest=rec.origin,
+                         created=rec.time)
+
+    def resolve(self, ref: str) -> Published:
+        r = FleetRef.parse(ref)
+        if r.digest or not r.tag:
+            raise InputError(f"{ref}: name an AMI image as NAME:VERSION or NAME:BUILD_TAG")
+        scheme = Scheme(self.project.config.tags.build)
+        version = scheme.version_of(r.tag, name=r.name)
+        key = ImageKey(r.name, version or r.tag)
+        if version:
+            found = [x for x in self._records(key) if x.build_tag == r.tag]
+            if not found:
+                raise StepFailed(f"{key}: {r.tag} was never in {self.env}; promote it there first")
+            return self._published(key, found[-1])
+        rec = current_ami(self.project, key, self.env)
+        if rec is None:
+            raise StepFailed(f"{key}: no AMI in {self.env} to promote (build and publish it first)")
+        return self._published(key, rec)
+
+    def holds(self, pub: Published, aliases: list[str] | None = None) -> bool:
+        if aliases is not None:  # "up to date": the environment runs this very build
+            cur = current_ami(self.project, pub.key, self.env)
+            return cur is not None and cur.origin == pub.digest
+        rec = self._record_of(pub.key, pub.digest)
+        if rec is None or not rec.amis:
+            return False
+        for region, ami_id in sorted(rec.amis.items()):
+            found = _call(f"describe {ami_id} in {region}", lambda r=region, a=ami_id: describe(self.project, r, a))
+            if not found or found.get("State") != "available":
+                return False
+        return True
+
+    def conflict(self, pub: Published) -> tuple[str, dict[str, Any]] | None:
+        return None  # an AMI build has no tag another build could hold
+
+    def aliases(self, key: ImageKey, today: dt.date, *, identifying_only: bool = False) -> list[str]:
+        return []  # the ledger record is the pointer
+
+    def current(self, key: ImageKey, events: list[Event], today: dt.date) -> str | None:
+        rec = current_ami(self.project, key, self.env)
+        return rec.origin if rec else None
+
+    live = current
+
+    def history(self, key: ImageKey, events: list[Event]) -> list[Published]:
+        return [self._published(key, r) for r in self._records(key)]
+
+    def build(self, key: ImageKey, digest: str, events: list[Event], to: str | None = None) -> Published:
+        if to:
+            raise InputError("--to is not supported for AMI images: they roll back to the previous build")
+        rec = self._record_of(key, digest)
+        if rec is None:
+            raise StepFailed(f"{key}: {digest} was never in {self.env}")
+        return self._published(key, rec)
+
+    def build_tag_of(self, key: ImageKey, digest: str, events: list[Event]) -> str:
+        rec = self._record_of(key, digest)
+        return rec.build_tag if rec else ""
+
+    def missing_message(self, pub: Published) -> str:
+        return f"{pub.key}: cannot roll {self.env} back to {pub.build_tag}: its AMIs are gone"
+
+    def labels(self, pub: Published) -> dict[str, str]:
+        return {}
+
+    def describe(self, pub: Published | None, key: ImageKey, events: list[Event]) -> dict[str, Any]:
+        rec = current_ami(self.project, key, self.env)
+        return {"kind": self.kind, "env": self.env,
+                **({"origin": rec.origin, "amis": dict(rec.amis), "source_ami": rec.source_ami,
+                    "account": rec.account} if rec else {})}
+
+    def copy(self, pub: Published, source: Any, aliases: list[str], *,
+             on_progress: Progress | None = None) -> dict[str, Any]:
+        """copy_image from the source environment's AMI into each target region (never a rebuild), wait until
+        ``available``, copy the ``bakery:*`` tags (copy_image copies none), grant launch permission."""
+        project, to_env = self.project, self.env
+        from_env = source.env
+        image = str(pub.key)
+        src_rec = source._record_of(pub.key, pub.digest)
+        if src_rec is None:
+            raise StepFailed(f"{image}: {pub.build_tag} was never in {from_env}; promote it there first")
+        account, regions = aws_target(project, to_env)
+        src_region = sorted(src_rec.amis)[0] if src_rec.amis else parse_origin(src_rec.origin)[0]
+        for r in (project.config.aws.region, *aws_target(project, from_env)[1]):
+            if r in src_rec.amis:
+                src_region = r
+                break
+        src_ami = src_rec.amis.get(src_region) or parse_origin(src_rec.origin)[1]
+        src_image = _call(f"describe {src_ami} in {src_region}", lambda: describe(project, src_region, src_ami))
+        if not src_image:
+            raise StepFailed(f"{image}: the {from_env} AMI {src_ami} in {src_region} no longer exists")
+        tags = {k: v for k, v in tags_dict(src_image.get("Tags")).items() if k.startswith("bakery:")}
+        tags.update({"bakery:name": tags.get("bakery:name") or key_name(image), TAG_ENV: to_env,
+                     TAG_ORIGIN: src_rec.origin, "bakery:build-tag": src_rec.build_tag,
+                     "bakery:fingerprint": src_rec.fingerprint or tags.get("bakery:fingerprint", ""),
+                     TAG_SOURCE: src_rec.source_ami or tags.get(TAG_SOURCE, "")})
+        name = f"{src_image.get('Name') or key_name(image)}-{to_env}"[:128]
+        copied: dict[str, str] = {}
+        for region in regions:
+            ec2 = client(project, region)
+            resp = _call(f"copy {src_ami} ({src_region}) to {region}",
+                         lambda ec2=ec2, region=region: ec2.copy_image(
+                             SourceImageId=src_ami, SourceRegion=src_region, Name=name,
+                             Description=f"bakery {image} {src_rec.build_tag} for {to_env}"))
+            copied[region] = resp["ImageId"]
+            if on_progress is not None:
+                on_progress(region, resp["ImageId"], "copying")
+        for region, ami_id in copied.items():
+            wait_available(project, region, ami_id, timeout=self.timeout, poll=self.poll, on_progress=on_progress)
+            _tag(project, region, ami_id, tags)
+            _grant(project, region, ami_id, account)
+        return {"builder": "amazon-ebs", "amis": copied, "fingerprint": src_rec.fingerprint,
+                "source_ami": src_rec.source_ami, "account": account, "copied_from": {src_region: src_ami},
+                "tags": tags}
+
+    timeout = WAIT_TIMEOUT
+    poll = POLL_SECONDS
+
+    def point_aliases(self, pub: Published, key: ImageKey, *, current: str | None,
+                      today: dt.date) -> tuple[list[str], list[str], dict[str, Any]]:
+        """A rollback re-points the environment's record (the ledger event carries the AMIs); the AMIs get the
+        environment's launch permission again."""
+        rec = self._record_of(key, pub.digest)
+        assert rec is not None
+        account, _ = aws_target(self.project, self.env)
+        for region, ami_id in sorted(rec.amis.items()):
+            _grant(self.project, region, ami_id, account)
+        return [], [], {"builder": "amazon-ebs", "amis": dict(rec.amis), "fingerprint": rec.fingerprint,
+                        "source_ami": rec.source_ami, "account": account, "rolled_back_from": current}

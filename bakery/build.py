@@ -16,19 +16,40 @@ import subprocess
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bakery import render, secrets, tools
+from bakery import ami, packer, render, scan, secrets, tools
 from bakery.configview import Project
-from bakery.definitions import Fleet, mirrored, parse_upstream
-from bakery.errors import (BakeryError, DaemonUnavailable, EnvironmentFailure, GateFailed, InputError, StepFailed,
-                           ToolFailed)
-from bakery.model import (LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, OCI, BuildResult,
-                          ImageKey, ImageSpec, Recipe, Status)
+from bakery.definitions import Fleet, mirrored
+from bakery.errors import (
+    BakeryError,
+    DaemonUnavailable,
+    EnvironmentFailure,
+    GateFailed,
+    ImmutableTagError,
+    InputError,
+    StepFailed,
+    ToolFailed,
+)
+from bakery.model import (
+    LABEL_FINGERPRINT,
+    LABEL_NAME,
+    LABEL_VARIANT,
+    LABEL_VERSION,
+    OCI,
+    BuildResult,
+    ImageKey,
+    ImageSpec,
+    Recipe,
+    Status,
+)
 from bakery.progress import Progress
+from bakery.publish import latest, push_image, record_publish
+from bakery.ref import Ref
+from bakery.registries import registry_for_host
 
 LOG_TAIL = 40
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -90,19 +111,13 @@ def local_tag(project: Project, key: ImageKey) -> str:
 
 def resolve_upstream(project: Project, reference: str, docker_client_: Any | None = None) -> tuple[str, str]:
     """An upstream parent → (reference pinned by digest, digest), through the configured mirror."""
-    from bakery.registry import RegistryClient, docker_config_credentials
-
-    parsed = parse_upstream(mirrored(project, reference))
-    assert parsed is not None
-    repo_full, tag, digest = parsed
-    host, _, repo = repo_full.partition("/")
+    ref = Ref.parse(mirrored(project, reference), require_registry=True)
+    repo_full, tag, digest, host = ref.name, ref.tag, ref.digest, ref.registry
     if digest:
         return f"{repo_full}@{digest}", digest
-    hostname = host.split(":")[0]
-    insecure = hostname in ("localhost", "127.0.0.1") or hostname.startswith("127.")
-    client = RegistryClient(host, insecure=insecure, credentials=docker_config_credentials(host), retries=1)
+    client = registry_for_host(project, host, retries=1)
     try:
-        found = client.head_manifest(repo, tag or "latest")
+        found = client.head_manifest(ref.repository, tag or "latest")
     except EnvironmentFailure as exc:
         found = None
         if docker_client_ is not None:  # offline: a local image of that name still pins exactly
@@ -457,8 +472,6 @@ class Builder:
                 return done.pinned, done.digest, symbolic
             if not self.options.push:
                 return done.image_id, done.image_id, symbolic
-        from bakery.publish import latest
-
         published = latest(self.project, pkey)
         if published is not None:
             return published.pinned, published.digest, symbolic
@@ -495,7 +508,7 @@ class Builder:
             else:
                 result.image_id = self._docker_build(spec, recipe, parent_ref, result.labels, tail)
             result.status = Status.BUILT
-            if result.image_id.startswith("ami:"):
+            if result.digest:  # the builder stored the artifact itself (packer amazon-ebs): no scan, no push
                 result.seconds = time.monotonic() - started
                 self.progress.done(name, "built", result.image_id)
                 return result
@@ -512,7 +525,7 @@ class Builder:
             self.progress.done(name, "failed")
             raise
         except BakeryError as exc:
-            result.status = Status.REFUSED if "immutable" in str(exc) else Status.FAILED
+            result.status = Status.REFUSED if isinstance(exc, ImmutableTagError) else Status.FAILED
             result.error = str(exc)
         except Exception as exc:  # a bug must not take the rest of the fleet down: report it on the image
             result.status = Status.FAILED
@@ -571,8 +584,6 @@ class Builder:
 
     def _packer(self, spec: ImageSpec, recipe: Recipe, parent_ref: str, result: BuildResult,
                 tail: list[str]) -> str:
-        from bakery import packer
-
         name = str(spec.key)
         self.progress.step(name, f"packer build FROM {parent_ref}")
         out = packer.build(self.project, recipe, parent_ref=parent_ref, labels=result.labels,
@@ -582,10 +593,8 @@ class Builder:
             return out.image_id
         amis = getattr(out, "amis", None) or {}
         if amis:
-            from bakery import ami
-
             region, ami_id = next(iter(sorted(amis.items())))
-            result.digest = f"ami:{region}:{ami_id}"
+            result.digest = ami.origin(region, ami_id)
             if self.options.push:
                 published = ami.publish_ami(self.project, spec.key, ami_id, region, result.fingerprint, spec=spec)
                 result.build_tag = getattr(published, "build_tag", "") or ""
@@ -594,8 +603,6 @@ class Builder:
         raise StepFailed(f"{name}: packer produced no artifact")
 
     def _scan(self, spec: ImageSpec, result: BuildResult) -> None:
-        from bakery import scan
-
         _, decision = scan.gate(self.project, result.image_id, remote=False, spec=spec,
                                 rescan=self.options.rescan)
         result.scan = decision.summary()
@@ -610,8 +617,6 @@ class Builder:
             raise GateFailed(f"scan gate failed, not pushed: {reasons}{more}")
 
     def _push(self, spec: ImageSpec, result: BuildResult) -> None:
-        from bakery.publish import push_image, record_publish
-
         published = push_image(self.project, self.docker, spec, result.image_id, fingerprint=result.fingerprint,
                                today=self.today, on_line=lambda ln: self.progress.line(str(spec.key), ln))
         result.repository, result.build_tag, result.digest = published.repository, published.build_tag, \

@@ -23,11 +23,11 @@ from bakery.configview import (CONFIG_FILE, NOT_OVERRIDES, ConfigBehaviour, Cred
                                find_config, load_cached, locate, parse_duration, register_secrets,
                                require_config_file, store)
 from bakery.errors import InputError, ValidationError
+from bakery.tags import validate_scheme
 from bakery.validation import format_errors, load_yaml
 
 __all__ = ["CONFIG_FILE", "Project", "effective", "find_config", "load_project", "parse_duration",
            "require_config_file"]  # re-exported from bakery.configview (pydantic-free)
-SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 _REGISTRY = re.compile(r"^[a-z0-9.-]+(?::(?P<port>\d+))?(/[a-z0-9._/-]+)?$")
 _HOST = re.compile(r"^[a-z0-9.-]+(?::\d+)?$")
 
@@ -137,8 +137,6 @@ class Tags(_Strict):
     @field_validator("build")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        from bakery.tags import validate_scheme
-
         validate_scheme(v)
         return v
 

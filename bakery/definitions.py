@@ -35,17 +35,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from bakery.config import Project
 from bakery.errors import InputError, ValidationError
 from bakery.model import ImageKey, ImageSpec, Parent
+from bakery.ref import NAME_RE, TAG_RE, Ref, split_image
+from bakery.ref import mirrored as ref_mirrored
+from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
 from bakery.validation import format_errors, read_text
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9]*$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # A plain value may hold these characters and nothing else: no newline, no shell or recipe syntax.
 SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._+:/=@,~%-]*$")
-UPSTREAM_RE = re.compile(
-    r"^(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 RESERVED_VARIABLES = ("name", "version", "variant", "parent", "image", "tags", "labels")
 
 
@@ -195,7 +193,7 @@ class Fleet:
     def resolve_ref(self, ref: str) -> list[ImageKey]:
         """``NAME`` (every version and variant), ``NAME:VERSION`` (that version without variant) or
         ``NAME:VERSION-VARIANT``. Unknown → InputError with the closest match."""
-        name, _, rest = ref.partition(":")
+        name, rest = split_image(ref)
         if name not in self.families:
             close = difflib.get_close_matches(name, list(self.families), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -254,11 +252,10 @@ class Fleet:
 
 
 def parse_upstream(reference: str) -> tuple[str, str | None, str | None] | None:
-    """``registry/path:tag@sha256:…`` → (repository, tag, digest); None when it is not a reference."""
-    m = UPSTREAM_RE.match(reference)
-    if not m:
-        return None
-    return m.group("repo"), m.group("tag"), m.group("digest")
+    """``registry/path:tag@sha256:…`` → (registry/path, tag, digest); None when it is not a full reference
+    (bakery.ref.Ref parses it)."""
+    ref = Ref.try_parse(reference, require_registry=True)
+    return (ref.name, ref.tag, ref.digest) if ref is not None else None
 
 
 def template_kind(template_dir: Path) -> str | None:
@@ -336,6 +333,8 @@ def _write_vars_cache(project: Project, entries: dict[str, list[str]]) -> None:
 def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
     from jinja2 import TemplateSyntaxError, meta
 
+    # Deferred (the one late import of a bakery module in core, see tests/unit/test_import_graph.py): render
+    # imports jinja2, ~0.1 s of every command's start-up, needed only when the template-variables cache misses.
     from bakery.render import environment
 
     try:
@@ -346,11 +345,7 @@ def _parse_variables(project: Project, path: Path, source: str) -> set[str]:
 
 def mirrored(project: Project, reference: str) -> str:
     """Rewrite an upstream reference through the configured mirrors (``docker.io/x`` → ``127.0.0.1:5000/x``)."""
-    host, sep, rest = reference.partition("/")
-    aliases = {"index.docker.io": "docker.io", "registry-1.docker.io": "docker.io"}
-    host_key = aliases.get(host, host)
-    mirror = project.config.mirrors.get(host_key)
-    return f"{mirror.rstrip('/')}/{rest}" if mirror and sep else reference
+    return ref_mirrored(reference, project.config.mirrors)
 
 
 def check_value(value: Any) -> str | None:
@@ -559,8 +554,6 @@ def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]]
     are the same PEP 440 version, a version and a variant giving the same NAME:TAG, a definition tag claimed twice
     or equal to another image's version alias, and a definition tag shaped like a build tag are refused."""
     import datetime as dt
-
-    from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
 
     config = project.config
     first = config.env(config.first_env)

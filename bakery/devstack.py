@@ -13,7 +13,6 @@ reports each registry.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -29,10 +28,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import filelock
 import yaml
 
 from bakery import secrets, tools
 from bakery.errors import DaemonUnavailable, EnvironmentFailure, InputError, StepFailed
+from bakery.ref import Ref
+from bakery.registries import client_for_host
+from bakery.registry import Manifest, RegistryClient, sha256_digest
 
 if TYPE_CHECKING:
     from bakery.config import Credentials, Project
@@ -153,10 +156,9 @@ def _port_of(project: Project, name: str) -> int:
 
 
 def _split_image(ref: str) -> tuple[str, str]:
-    repo, _, tag = ref.rpartition(":")
-    if not repo or "/" in tag:
-        return ref, "latest"
-    return repo, tag
+    """``library/debian:bookworm-slim`` → (repository path in the mirror, tag) via bakery.ref."""
+    r = Ref.parse(ref)
+    return r.repository, r.tag or "latest"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -568,10 +570,9 @@ def status(project: Project) -> StackStatus:
     return StackStatus(registries=out, base_image=base_ref)
 
 
-def _client(address: str, creds: tuple[str, str] | None = None):
-    from bakery.registry import RegistryClient
-
-    return RegistryClient(address, insecure=True, credentials=creds, timeout=10, retries=1, backoff=0.2)
+def _client(address: str, creds: tuple[str, str] | None = None) -> RegistryClient:
+    """The stack's own registries: loopback, plain HTTP, the stack's htpasswd credentials (not the config's)."""
+    return client_for_host(None, address, insecure=True, credentials=creds, timeout=10, retries=1, backoff=0.2)
 
 
 def _mirror_client(project: Project):
@@ -616,12 +617,8 @@ def apt_mirror(suite: str = "bookworm") -> str:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with filelock.FileLock(path):
+        yield
 
 
 def _unmount_under(root: Path) -> None:
@@ -739,8 +736,6 @@ def _tarball_stamp(suite: str) -> str | None:
 
 def _load_base_blobs(suite: str) -> tuple[bytes, str, list[tuple[str, Path]]] | None:
     """The base image as pushed once (manifest + blobs), if cached for the current tarball."""
-    from bakery.registry import Manifest, sha256_digest
-
     d = _base_blobs_dir(suite)
     try:
         meta = json.loads((d / "meta.json").read_text())

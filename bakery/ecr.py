@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, ImmutableTagError, RegistryError, RegistryUnavailable
-from bakery.registry import MANIFEST_TYPES, CopyStats, Manifest, media_type_of
+from bakery.ref import is_digest
+from bakery.registry import MANIFEST_TYPES, CopyStats, Manifest, RegistryClient, media_type_of
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -32,10 +33,6 @@ NOT_FOUND = ("ImageNotFoundException", "RepositoryNotFoundException")
 
 def _digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-def _is_digest(ref: str) -> bool:
-    return ref.startswith("sha256:") and len(ref) == 71
 
 
 class EcrRegistry:
@@ -93,7 +90,7 @@ class EcrRegistry:
 
     @staticmethod
     def _image_id(reference: str) -> dict[str, str]:
-        return {"imageDigest": reference} if _is_digest(reference) else {"imageTag": reference}
+        return {"imageDigest": reference} if is_digest(reference) else {"imageTag": reference}
 
     def _once(self) -> Any:
         """A client without retries, for calls whose failure is an answer (moto: not implemented)."""
@@ -143,8 +140,6 @@ class EcrRegistry:
 
     def oci_client(self):
         """A :class:`bakery.registry.RegistryClient` for this ECR registry's OCI endpoint (real AWS only)."""
-        from bakery.registry import RegistryClient
-
         host, user, password = self.authorization()
         return RegistryClient(host, credentials=(user, password))
 
@@ -176,7 +171,7 @@ class EcrRegistry:
     def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
         kw: dict[str, Any] = {"repositoryName": repo, "imageManifest": body.decode(),
                               "imageManifestMediaType": media_type, "imageDigest": _digest(body)}
-        if not _is_digest(reference):
+        if not is_digest(reference):
             kw["imageTag"] = reference
         try:
             out = self._call("put_image", **kw)

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import ami as amis
 from bakery.errors import InputError
+from bakery.ref import split_image
+from bakery.ledger import current, open_ledger
+from bakery.registries import registry_for
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -83,8 +86,6 @@ def _arrivals(events: list[Event]) -> dict[str, list[str]]:
 
 def protected(project: Project, events: list[Event]) -> dict[str, dict[str, str]]:
     """image -> {identity: why} for every build some environment currently runs."""
-    from bakery.ledger import current
-
     out: dict[str, dict[str, str]] = {}
     images = sorted({e.image for e in events})
     for image in images:
@@ -97,8 +98,6 @@ def protected(project: Project, events: list[Event]) -> dict[str, dict[str, str]
 
 def gc(project: Project, env: str, keep: int, dry_run: bool = False, *, image: str | None = None) -> GcReport:
     """Remove builds beyond the ``keep`` newest per version in ``env`` (see the module docstring)."""
-    from bakery.ledger import open_ledger
-
     project.config.env(env)
     if keep < 1:
         raise InputError(f"--keep: must be at least 1 (got {keep})")
@@ -193,10 +192,8 @@ def _decide(item: GcItem, guarded_by: str | None, among_newest: bool, keep: int)
 
 def _gc_tags(project: Project, env: str, keep: int, dry_run: bool, env_events: list[Event],
              tag_images: dict[str, list[str]], guard: dict[str, dict[str, str]], report: GcReport) -> None:
-    from bakery.registry import RegistryClient
-
     env_cfg = project.config.env(env)
-    reg = RegistryClient.for_env(project, env)
+    reg = registry_for(project, env)
     # image -> build tags in order of first arrival (a build tag names one build)
     build_tags: dict[str, list[tuple[str, str]]] = {}
     for ev in env_events:
@@ -207,7 +204,7 @@ def _gc_tags(project: Project, env: str, keep: int, dry_run: bool, env_events: l
             lst.append((ev.build_tag, ev.digest))
     by_repo: dict[str, list[str]] = {}
     for image in tag_images:
-        by_repo.setdefault(env_cfg.repository(image.split(":", 1)[0]), []).append(image)
+        by_repo.setdefault(env_cfg.repository(split_image(image)[0]), []).append(image)
     for repo, images in sorted(by_repo.items()):
         existing = set(reg.list_tags(repo))
         if not existing:

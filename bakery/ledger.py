@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, InputError
+from bakery.ref import split_image
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -92,7 +93,7 @@ class Event:
 
     @property
     def name(self) -> str:
-        return self.image.split(":", 1)[0]
+        return split_image(self.image)[0]
 
     @property
     def passed(self) -> bool | None:
@@ -154,6 +155,12 @@ class Ledger(Protocol):
         ...
 
 
+def _sqlite_busy(exc: BaseException) -> bool:
+    """The database is busy or locked by another connection (by its SQLite result code, not its message)."""
+    return isinstance(exc, sqlite3.OperationalError) and \
+        (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class SqliteLedger:
     """An SQLite file; safe for several processes on one machine (WAL, busy timeout)."""
 
@@ -179,23 +186,24 @@ class SqliteLedger:
     def __init__(self, path: Path):
         self.path = path
         self.url = str(path)
-        import time
 
-        for attempt in range(50):  # several processes opening a new file at once: the schema step can race
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-                self._db.execute("PRAGMA busy_timeout=30000")
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.executescript(self.SCHEMA)
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) and attempt < 49:
-                    time.sleep(0.05 + 0.01 * attempt)
-                    continue
-                raise EnvironmentFailure(f"ledger {path}: cannot open: {exc}") from None
-            except (OSError, sqlite3.Error) as exc:
-                raise EnvironmentFailure(f"ledger {path}: cannot open: {exc}") from None
+        def open_db() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(self.SCHEMA)
+
+        # Several processes opening a new file at once: the schema step can race (SQLITE_BUSY/LOCKED).
+        import tenacity  # deferred: it imports asyncio (~40 ms measured), and every command imports the ledger
+
+        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_sqlite_busy),
+                                     stop=tenacity.stop_after_attempt(50),
+                                     wait=tenacity.wait_incrementing(start=0.05, increment=0.01), reraise=True)
+        try:
+            retrying(open_db)
+        except (OSError, sqlite3.Error) as exc:
+            raise EnvironmentFailure(f"ledger {path}: cannot open: {exc}") from None
 
     def record(self, event: Event) -> None:
         ev = event.masked()
@@ -249,7 +257,7 @@ class S3Ledger:
         return f"{self.prefix}/events/" if self.prefix else "events/"
 
     def _key(self, ev: Event) -> str:
-        name, _, version = ev.image.partition(":")
+        name, version = split_image(ev.image)
         return f"{self._base()}{_safe(name)}/{_safe(version or '_')}/{ev.id}.json"
 
     def record(self, event: Event) -> None:
@@ -278,7 +286,7 @@ class S3Ledger:
 
         prefix = self._base()
         if image:
-            name, _, version = image.partition(":")
+            name, version = split_image(image)
             prefix += f"{_safe(name)}/" + (f"{_safe(version)}/" if version else "")
         out: list[Event] = []
         try:

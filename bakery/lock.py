@@ -1,21 +1,23 @@
 """A run lock: one `bakery nightly` at a time per configuration.
 
-An ``fcntl.flock`` on ``<state_dir>/nightly.lock``: the kernel drops it when the holder exits or crashes,
-so there is never a stale lock to clean up. The file records who holds it (pid, host, user, start time)
-for the message the second run prints.
+A ``filelock.FileLock`` on ``<state_dir>/nightly.lock.lck`` (an OS lock: the kernel drops it when the holder
+exits or crashes, so there is never a stale lock to clean up). ``<state_dir>/nightly.lock`` records who holds
+it (pid, host, user, start time) for the message the second run prints; it is read only while the lock is held
+by someone, so a crashed holder's record is never believed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import getpass
 import json
 import os
 import socket
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+import filelock
 
 from bakery.errors import StepFailed
 
@@ -52,7 +54,8 @@ class RunLock:
         self.wait = wait
         self.timeout = timeout
         self.poll = poll
-        self._fh: IO[str] | None = None
+        self._lock = filelock.FileLock(self.path.with_name(self.path.name + ".lck"))
+        self._held = False
         self.waited = 0.0
 
     def holder(self) -> dict[str, Any]:
@@ -64,42 +67,32 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 - held for the lock's lifetime
         started = time.monotonic()
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not self.wait:
-                    fh.close()
-                    holder = self.holder()
-                    raise LockHeld(f"{self.what} already running ({describe(holder)}); use --wait to wait for it "
-                                   f"(lock: {self.path})", holder) from None
-                if self.timeout is not None and time.monotonic() - started > self.timeout:
-                    fh.close()
-                    holder = self.holder()
-                    raise LockHeld(f"{self.what} still running after waiting {self.timeout:g}s "
-                                   f"({describe(holder)})", holder) from None
-                time.sleep(self.poll)
+        wait = 0 if not self.wait else (-1 if self.timeout is None else self.timeout)
+        try:
+            self._lock.acquire(timeout=wait, poll_interval=self.poll)
+        except filelock.Timeout:
+            holder = self.holder()
+            if not self.wait:
+                raise LockHeld(f"{self.what} already running ({describe(holder)}); use --wait to wait for it "
+                               f"(lock: {self.path})", holder) from None
+            raise LockHeld(f"{self.what} still running after waiting {self.timeout:g}s "
+                           f"({describe(holder)})", holder) from None
+        self._held = True
         self.waited = time.monotonic() - started
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "user": _user(),
-                             "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}))
-        fh.flush()
-        self._fh = fh
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "user": _user(),
+                                   "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}))
+        os.replace(tmp, self.path)  # a reader never sees half a record
 
     def release(self) -> None:
-        if self._fh is None:
+        if not self._held:
             return
         try:
-            self._fh.seek(0)
-            self._fh.truncate()
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self.path.write_text("")
         finally:
-            self._fh.close()
-            self._fh = None
+            self._lock.release()
+            self._held = False
 
     def __enter__(self) -> RunLock:
         self.acquire()

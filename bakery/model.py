@@ -138,9 +138,9 @@ class Published:
 
     key: ImageKey
     env: str
-    repository: str  # host[:port]/path
+    repository: str  # host[:port]/path — a bakery.ref.Ref's ``name`` ("" for an AMI build: see ``digest``)
     build_tag: str
-    digest: str
+    digest: str  # the manifest digest; for an AMI build its origin ``ami:REGION:AMI-ID``
     aliases: tuple[str, ...] = ()
     created: dt.datetime | None = None
 
@@ -148,6 +148,16 @@ class Published:
     def pinned(self) -> str:
         return f"{self.repository}@{self.digest}"
 
+
+def iso_z(t: dt.datetime | None) -> str | None:
+    """A timestamp as UTC ISO 8601 with ``Z`` (None stays None): how every report and record writes time."""
+    if t is None:
+        return None
+    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# Vulnerability severities, lowest first: the one order (scan, policy, reports, nightly, trivydb, config).
+SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 # Label keys every bakery image carries.
 OCI = "org.opencontainers.image."

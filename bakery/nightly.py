@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bakery import secrets
+from bakery.build import BuildOptions, build
 from bakery.configview import Project
 from bakery.definitions import Fleet
-from bakery.model import ImageSpec
-from bakery.plan import Plan, make_plan
-
-SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
+from bakery.errors import BakeryError, EnvironmentFailure, InputError
+from bakery.lock import nightly_lock
+from bakery.model import SEVERITIES, ImageKey, ImageSpec
+from bakery.plan import Current, Plan, PlanItem, Reason, make_plan, matrix_slug
+from bakery.promote import promote
 
 
 def changed_specs(project: Project, fleet: Fleet, refs: Sequence[str] = ()) -> list[ImageSpec]:
@@ -167,7 +170,7 @@ def _status_icon(o: Outcome) -> str:
 def _counts(c: dict[str, int] | None) -> str:
     if c is None:
         return "-"
-    parts = [f"{s[0]}:{c[s]}" for s in SEVERITIES if c.get(s)]
+    parts = [f"{s[0]}:{c[s]}" for s in reversed(SEVERITIES) if c.get(s)]
     return " ".join(parts) or "0"
 
 
@@ -209,9 +212,6 @@ def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequ
         say: Callable[[str], None] | None = None) -> NightlyReport:
     """The whole nightly run under the lock. Environment failures (registry, daemon) end in an aborted report
     (written) and are raised again."""
-    from bakery.errors import EnvironmentFailure
-    from bakery.lock import nightly_lock
-
     say = say or (lambda _m: None)
     if promote_to is not None:
         project.config.env(promote_to)
@@ -236,8 +236,6 @@ def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequ
         promotions: dict[str, list[dict[str, Any]]] = {}  # filled as promotions happen, kept if one aborts
         aborted = ""
         if plan.rebuild and not dry_run:
-            from bakery.build import BuildOptions, build
-
             options = BuildOptions(jobs=jobs or project.config.build.jobs, push=True, scan=True)
             try:
                 for r in build(project, fleet, [i.spec for i in plan.rebuild], options, progress):
@@ -265,9 +263,6 @@ def _promote(project: Project, pushed: list[dict[str, Any]], promote_to: str, sa
 
     Each step is recorded in ``out`` as it happens: when an environment failure stops the run midway, it is
     recorded (``action: aborted``) and raised again, and the promotions already done stay in ``out``."""
-    from bakery.errors import BakeryError, EnvironmentFailure
-    from bakery.promote import promote
-
     order = project.config.env_order
     targets = order[1:order.index(promote_to) + 1]
     out = {} if out is None else out
@@ -306,8 +301,6 @@ def write_report(project: Project, report: NightlyReport) -> tuple[Path, Path]:
     stamp = report.started.strftime("%Y%m%dT%H%M%SZ")
     data = json.dumps(report.to_json(), indent=2)
     md = report.to_markdown()
-    from bakery import secrets
-
     data, md = secrets.mask(data), secrets.mask(md)
     if report.dry_run:
         (d / "dry-run.json").write_text(data)
@@ -326,10 +319,6 @@ def write_report(project: Project, report: NightlyReport) -> tuple[Path, Path]:
 def summarize(project: Project, plan_json: Path, result_files: Sequence[Path]) -> NightlyReport:
     """A report from a plan (``bakery plan --format json``) and ``bakery build --format json`` outputs: what the
     nightly workflow's summary job runs after the matrix builds."""
-    from bakery.errors import InputError
-    from bakery.model import ImageKey
-    from bakery.plan import Current, PlanItem, Reason, matrix_slug
-
     try:
         pdata = json.loads(Path(plan_json).read_text())
     except (OSError, ValueError) as exc:

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bakery import ami as ami_mod
 from bakery import tools
 from bakery.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EnvironmentFailure, InputError, StepFailed, ToolFailed
-from bakery.model import (LABEL_BUILD_TAG, LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION,
-                          Recipe)
+from bakery.model import LABEL_BUILD_TAG, LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, Recipe
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -392,12 +392,8 @@ def build(project: Project, recipe: Recipe, *, parent_ref: str, labels: dict[str
         if parent_ref.startswith("ami-"):
             source_ami = parent_ref
         else:
-            from bakery import ami as ami_mod
-
             source_ami = ami_mod.newest_source_ami(project, recipe.spec)
     if kind == "amazon-ebs" and not labels.get(LABEL_BUILD_TAG):
-        from bakery import ami as ami_mod
-
         tag = ami_mod.next_build_tag(project, recipe.spec, labels.get(LABEL_FINGERPRINT, ""))
         labels = {**labels, LABEL_BUILD_TAG: tag}
     result = PackerResult(template=label, kind=kind, parent_ref=parent_ref, source_ami=source_ami,
@@ -504,14 +500,17 @@ def _remove_containers(ids: list[str]) -> None:
     """Remove containers a failed or killed Packer build left behind (Packer normally cleans up)."""
     if not ids:
         return
+    import docker.errors  # the docker SDK only when Packer's docker builder ran (start-up time)
+
     client = _docker_client()
     for cid in ids:
         try:
             client.api.remove_container(cid, force=True, v=True)
             log.info("removed leftover Packer container %s", cid[:12])
-        except Exception as exc:  # noqa: BLE001 - already gone is the normal case
-            if "No such container" not in str(exc) and "404" not in str(exc):
-                log.warning("could not remove Packer container %s: %s", cid[:12], exc)
+        except docker.errors.NotFound:  # already gone is the normal case
+            pass
+        except Exception as exc:  # noqa: BLE001 - best effort cleanup
+            log.warning("could not remove Packer container %s: %s", cid[:12], exc)
 
 
 def _finish_docker(result: PackerResult, labels: dict[str, str], image_tag: str) -> None:

@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery import render
+from bakery import ami, render, scan
+from bakery.build import resolve_upstream
 from bakery.configview import Project
 from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure
 from bakery.model import LABEL_FINGERPRINT, OCI, ImageKey, ImageSpec
-from bakery.registry import RegistryClient
+from bakery.publish import build_tags, env_repository
+from bakery.registries import Registry, registry_for
 
 REASONS = ("definition", "upstream", "patches", "parent", "forced")
 UP_TO_DATE = "up to date"
@@ -235,9 +237,9 @@ def _pack(units: list[list[ImageKey]], max_jobs: int, pack: int,
 
 # ------------------------------------------------------------------------------------------------ registry
 class _Clients:
-    """One RegistryClient (one HTTP session, kept alive) per worker thread for the first environment's registry."""
+    """One registry client (one HTTP session, kept alive) per worker thread for the first environment's registry."""
 
-    def __init__(self, factory: Callable[[], RegistryClient]):
+    def __init__(self, factory: Callable[[], Registry]):
         self._factory = factory
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -247,7 +249,7 @@ class _Clients:
         with self._lock:
             self.requests += n
 
-    def get(self) -> RegistryClient:
+    def get(self) -> Registry:
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._factory()
@@ -257,8 +259,6 @@ class _Clients:
 
 def _newest(project: Project, clients: _Clients, key: ImageKey) -> Current | None:
     """The newest build tag of ``key`` in the first environment, with its digest and labels."""
-    from bakery.publish import build_tags, env_repository
-
     host, repo = env_repository(project, project.config.first_env, key.name)
     client = clients.get()
     tags = build_tags(project, key, client.list_tags(repo))
@@ -399,7 +399,7 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
             items[k].error = f"cannot render: {exc}"
 
     first = project.config.first_env
-    clients = _Clients(lambda: RegistryClient.for_env(project, first, timeout=15, retries=2, backoff=0.2))
+    clients = _Clients(lambda: registry_for(project, first, timeout=15, retries=2, backoff=0.2))
     upstream_refs = sorted({fleet.specs[k].parent.reference for k in keys
                             if fleet.specs[k].parent.kind == "upstream" and not _is_ami(fleet.specs[k])})
 
@@ -412,8 +412,6 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
             return k, None, f"cannot read the published image: {exc}"
 
     def fetch_upstream(ref: str) -> tuple[str, str, str]:
-        from bakery.build import resolve_upstream
-
         try:
             return ref, resolve_upstream(project, ref)[1], ""
         except EnvironmentFailure:
@@ -519,8 +517,6 @@ def _decide(project: Project, fleet: Fleet, item: PlanItem, recipe: Any, current
 
 def _decide_ami(project: Project, item: PlanItem, recipe: Any) -> None:
     """AMIs live in EC2, not in a registry: the ledger says what was built from which source AMI."""
-    from bakery import ami
-
     try:
         drift = ami.source_drift(project, item.spec)
         rec = ami.current_ami(project, item.key, project.config.first_env)
@@ -532,8 +528,6 @@ def _decide_ami(project: Project, item: PlanItem, recipe: Any) -> None:
         item.reasons.append(Reason("definition", "never published"))
         return
     if recipe is not None and rec.fingerprint:
-        from bakery.build import resolve_upstream
-
         try:
             parent_digest = resolve_upstream(project, item.spec.parent.reference)[1]
         except BakeryError:
@@ -547,8 +541,6 @@ def _decide_ami(project: Project, item: PlanItem, recipe: Any) -> None:
 def _check_patches(project: Project, items: dict[ImageKey, PlanItem], currents: dict[ImageKey, Current | None],
                    *, now: dt.datetime | None) -> list[str]:
     """Fill ``vulns`` and ``fixable`` from the scan store; re-scan by digest when the result is older than the DB."""
-    from bakery import scan
-
     published = [(k, currents.get(k)) for k in items if currents.get(k) is not None and not items[k].error]
     if not published:
         return []

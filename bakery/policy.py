@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bakery.errors import InputError
-from bakery.scan import SEVERITY_ORDER, Finding, ScanResult, _iso
+from bakery.model import SEVERITIES as SEVERITY_ORDER
+from bakery.model import iso_z as _iso
+from bakery.ref import Ref
+from bakery.validation import load_yaml
 
 if TYPE_CHECKING:
     from bakery.config import Project
     from bakery.model import ImageSpec
+    from bakery.scan import Finding, ScanResult
 
 
 @dataclass(frozen=True)
@@ -167,8 +171,6 @@ def _purl_name(purl: str) -> str:
 
 def parse_trivyignore_yaml(path: Path, display: str = ".trivyignore.yaml") -> list[IgnoreRule]:
     """``.trivyignore.yaml``: ``vulnerabilities: [{id, statement, expired_at, purls, paths}]``."""
-    from bakery.validation import load_yaml
-
     data = load_yaml(path, display=display) or {}
     if not isinstance(data, dict):
         raise InputError(f"{display}: (top level): expected a mapping with 'vulnerabilities'")
@@ -219,7 +221,9 @@ def effective_policy(project: Project, spec: ImageSpec | None = None) -> Effecti
         if override.get("fixable_only") is not None:
             fixable_only = bool(override["fixable_only"])
         for i, raw in enumerate(override.get("ignore") or []):
-            import pydantic  # only for a definition's own ignore entries: start-up of the scan path
+            # pydantic only for a definition's own ignore entries: the CLI's start-up (scan, promote) stays
+            # without it (bakery.configview)
+            import pydantic
 
             from bakery.config import IgnoreEntry
 
@@ -247,11 +251,9 @@ def image_names(result: ScanResult, spec: ImageSpec | None = None) -> tuple[str,
     """What an ignore entry's ``image`` glob is matched against."""
     ref = result.image
     names = [ref]
-    repo = ref.split("@", 1)[0]
-    last = repo.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo = repo[: -(len(last) - last.index(":"))]
-    names += [repo, repo.rsplit("/", 1)[-1]]
+    parsed = Ref.try_parse(ref)
+    if parsed is not None:  # the repository as written (with its host when one was written), the family name
+        names += [parsed.name if ref.startswith(parsed.registry + "/") else parsed.repository, parsed.family]
     if spec is not None:
         names += [spec.ref, spec.key.name, f"{spec.key.name}:{spec.key.version}"]
     return tuple(dict.fromkeys(n for n in names if n))

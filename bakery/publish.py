@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import string
 from collections.abc import Callable
 from typing import Any
 
 from bakery.configview import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
+from bakery.ledger import Event, open_ledger
 from bakery.model import ImageKey, ImageSpec, Published
-from bakery.registry import RegistryClient
-from bakery.tags import build_tag_pattern, image_aliases, next_build_tag
+from bakery.registries import Registry, registry_for
+from bakery.tags import Scheme, image_aliases, next_build_tag
 
 
 def env_repository(project: Project, env: str, name: str) -> tuple[str, str]:
@@ -31,43 +31,21 @@ def image_name(project: Project, env: str, name: str) -> str:
 
 
 def scheme_regex(scheme: str, key: ImageKey) -> re.Pattern[str]:
-    """A regex matching the build tags of ``key`` under ``scheme``; numeric fields are captured in order."""
-    out = ""
-    for literal, field, _, _ in string.Formatter().parse(scheme):
-        out += re.escape(literal)
-        if field is None:
-            continue
-        base = field.split(".")[0]
-        if base == "version":
-            out += re.escape(key.tag_version)
-        elif base == "name":
-            out += re.escape(key.name)
-        elif base == "variant":
-            out += re.escape(key.variant or "")
-        elif base in ("yyyymmdd", "yyyy", "mm", "dd", "n"):
-            out += r"(\d+)"
-        else:
-            out += r"[0-9a-f]+"
-    return re.compile(f"^{out}$")
+    """A regex matching the build tags of ``key`` under ``scheme`` (bakery.tags owns the scheme)."""
+    return Scheme(scheme).pattern(name=key.name, tag_version=key.tag_version)
 
 
 def build_tags(project: Project, key: ImageKey, tags: list[str]) -> list[str]:
-    """The build tags of ``key`` among ``tags``, oldest first (by the scheme's numeric fields)."""
-    rx = scheme_regex(project.config.tags.build, key)
-    found = []
-    for t in tags:
-        m = rx.match(t)
-        if m:
-            found.append((tuple(int(g) for g in m.groups()), t))
-    return [t for _, t in sorted(found)]
+    """The build tags of ``key`` among ``tags``, oldest first (bakery.tags orders them: date, then n)."""
+    return Scheme(project.config.tags.build).sorted(tags, name=key.name, tag_version=key.tag_version)
 
 
 def latest(project: Project, key: ImageKey, env: str | None = None,
-           client: RegistryClient | None = None) -> Published | None:
+           client: Registry | None = None) -> Published | None:
     """The newest published build of ``key`` in ``env`` (the first environment by default), or None."""
     env = env or project.config.first_env
     host, repo = env_repository(project, env, key.name)
-    client = client or RegistryClient.for_env(project, env)
+    client = client or registry_for(project, env)
     tags = build_tags(project, key, client.list_tags(repo))
     if not tags:
         return None
@@ -93,7 +71,7 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
     """
     env = project.config.first_env
     host, repo = env_repository(project, env, spec.key.name)
-    client = RegistryClient.for_env(project, env)
+    client = registry_for(project, env)
     existing = client.list_tags(repo)
     if build_tag is None:
         build_tag = next_build_tag(project.config.tags.build, name=spec.key.name, version=spec.key.version,
@@ -147,8 +125,7 @@ def refuse_build_tag_aliases(project: Project, name: str, target: str, alias_tag
     """An alias (a definition's `tags:` or an environment's `aliases:`) that has the form of a build tag would
     move an immutable tag: refused before anything is written."""
     scheme = project.config.tags.build
-    pattern = build_tag_pattern(scheme, name=name)
-    clash = [t for t in alias_tags if pattern.match(t)]
+    clash = [t for t in alias_tags if Scheme(scheme).is_build_tag(t, name=name)]
     if clash:
         raise ImmutableTagError(f"{target}:{clash[0]}: an alias with the form of a build tag ({scheme}) would move "
                                 f"an immutable tag; refused (registry unchanged) — rename the alias")
@@ -169,8 +146,6 @@ def local_repo_digests(docker_client: Any, image_id: str, repository: str) -> se
 
 def record_publish(project: Project, spec: ImageSpec, published: Published, *, fingerprint: str,
                    scan: dict[str, Any] | None, parent: str) -> None:
-    from bakery.ledger import Event, open_ledger
-
     open_ledger(project).record(Event(
         kind="publish", image=str(spec.key), digest=published.digest, build_tag=published.build_tag,
         from_env=None, to_env=published.env, scan=scan,

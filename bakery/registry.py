@@ -10,6 +10,7 @@ Transient failures (connection errors, timeouts, 5xx, 429) are retried with expo
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -19,16 +20,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit, parse_qsl
 
+import docker.auth
+import docker.errors
 import requests
+import tenacity
 
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, RegistryError, RegistryUnavailable
-
-if TYPE_CHECKING:
-    from bakery.config import Project
+from bakery.ref import is_digest, is_loopback, normalise_host
 
 log = logging.getLogger("bakery.registry")
 
@@ -44,7 +46,6 @@ FOREIGN_LAYER_TYPES = frozenset({
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
 })
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
 # Blobs copied at once by copy_image: enough to overlap the round trips and the hashing of a few large layers,
 # few enough not to flood a registry (skopeo copies up to 6 layers at once).
@@ -73,10 +74,6 @@ class _Transient(Exception):
 
 def sha256_digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-def is_digest(reference: str) -> bool:
-    return bool(_DIGEST.match(reference))
 
 
 def is_index(media_type: str) -> bool:
@@ -118,50 +115,43 @@ def parse_link_next(header: str | None) -> str | None:
     return None
 
 
-def _normalise_host(key: str) -> str:
-    if "://" in key:
-        key = urlsplit(key).netloc or key.split("://", 1)[1]
-    return key.split("/", 1)[0].lower()
-
-
 def docker_config_credentials(host: str, *, environ: dict[str, str] | None = None) -> tuple[str, str] | None:
     """``(user, password)`` for ``host`` from ``$DOCKER_CONFIG/config.json`` (default ``~/.docker``), or None.
 
-    Reads ``auths[host].auth`` (base64 ``user:password``) or ``username``/``password``; keys may carry a
-    scheme or path (``https://host/v1/``). Credential helpers are not consulted.
+    Resolved by the docker SDK (``docker.auth``) exactly as ``docker pull`` does: ``credHelpers[host]`` first,
+    then ``credsStore`` (``docker-credential-NAME get`` on PATH), then ``auths`` (``auth`` base64
+    ``user:password`` or ``username``/``password``; keys may carry a scheme or path). A helper that is
+    missing or fails is an environment problem (:class:`RegistryAuthError`, exit 3), as it is for docker.
     """
     environ = os.environ if environ is None else environ
     base = environ.get("DOCKER_CONFIG") or str(Path(environ.get("HOME") or Path.home()) / ".docker")
     path = Path(base) / "config.json"
+    if not path.is_file():
+        return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        for entry in (data.get("auths") or {}).values():  # docker's CLI also reads plain username/password
+            if isinstance(entry, dict) and not entry.get("auth") and entry.get("username") and entry.get("password"):
+                entry["auth"] = base64.b64encode(f"{entry['username']}:{entry['password']}".encode()).decode()
+        config = docker.auth.load_config(config_dict=data, credstore_env=None)
+    except (docker.errors.DockerException, OSError, ValueError, TypeError, AttributeError, binascii.Error) as exc:
+        log.debug("%s: unreadable docker config: %s", path, exc)
         return None
-    auths = data.get("auths") if isinstance(data, dict) else None
-    if not isinstance(auths, dict):
+    wanted = normalise_host(host)
+    helper = config.get_credential_store(wanted) if (config.creds_store or config.cred_helpers) else None
+    try:
+        entry = config.resolve_authconfig(wanted)
+    except docker.errors.DockerException as exc:  # the helper is missing or failed: docker would stop here too
+        raise RegistryAuthError(f"{host}: credential helper docker-credential-{helper} failed: "
+                                f"{secrets.mask(str(exc)).splitlines()[0][:200]}") from None
+    if not entry:
         return None
-    wanted = _normalise_host(host)
-    aliases = {wanted}
-    if wanted in ("docker.io", "index.docker.io", "registry-1.docker.io"):
-        aliases |= {"docker.io", "index.docker.io", "registry-1.docker.io"}
-    for key, entry in auths.items():
-        if _normalise_host(key) not in aliases or not isinstance(entry, dict):
-            continue
-        user = password = None
-        if entry.get("auth"):
-            try:
-                decoded = base64.b64decode(entry["auth"]).decode()
-            except (ValueError, UnicodeDecodeError):
-                continue
-            user, sep, password = decoded.partition(":")
-            if not sep:
-                continue
-        elif entry.get("username") and entry.get("password"):
-            user, password = entry["username"], entry["password"]
-        if user and password:
-            secrets.register(password)
-            return user, password
-    return None
+    user = entry.get("Username") or entry.get("username")
+    password = entry.get("Password") or entry.get("password")
+    if not (user and password):
+        return None  # an identity token alone (no user/password) is not supported
+    secrets.register(password)
+    return str(user), str(password)
 
 
 def _scope(repo: str | None, actions: str, extra: str | None = None) -> str:
@@ -374,34 +364,48 @@ class RegistryClient:
 
     page_size = 1000  # n= for tags/list and _catalog; the registry's Link header gives the next page
 
-    def __init__(self, host: str, *, insecure: bool = False, credentials: tuple[str, str] | None = None,
-                 timeout: float = 30, retries: int = 4, backoff: float = 0.5):
+    def __init__(self, host: str, *, insecure: bool | None = None,
+                 credentials: tuple[str, str] | Callable[[], tuple[str, str] | None] | None = None,
+                 timeout: float = 30, retries: int = 4, backoff: float = 0.5, use_proxy: bool | None = None):
+        """Made by :mod:`bakery.registries` (the one factory), which decides TLS, proxies and credentials per
+        host; the defaults here (plain HTTP and no proxy on loopback) are the same rule, from bakery.ref.
+
+        ``credentials``: a pair, or a function returning one, called only when the registry asks for them (a
+        credential helper runs only for registries that need it)."""
         self.host = host.rstrip("/")
-        self.insecure = insecure
-        self.base = f"{'http' if insecure else 'https'}://{self.host}"
-        self.credentials = credentials
-        if credentials:
-            secrets.register(credentials[1])
+        self.insecure = is_loopback(self.host) if insecure is None else insecure
+        self.base = f"{'http' if self.insecure else 'https'}://{self.host}"
+        self._credentials_source = credentials
+        self._credentials: tuple[str, str] | None = None
+        self._credentials_resolved = not callable(credentials)
+        if not callable(credentials):
+            self._credentials = credentials
+            if credentials:
+                secrets.register(credentials[1])
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "bakery"
-        if self.host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]") or self.host.startswith("127."):
-            self.session.trust_env = False  # loopback registries never go through a proxy
+        self.session.trust_env = (not is_loopback(self.host)) if use_proxy is None else use_proxy
         self._auth = _Auth()
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.host!r}, insecure={self.insecure})"
 
-    @classmethod
-    def for_env(cls, project: Project, env_name: str, **kwargs: Any) -> RegistryClient:
-        """The client for a configured environment (host, TLS, credentials from env vars or docker config)."""
-        env = project.config.env(env_name)
-        creds = env.credentials.resolve()
-        if creds is None and env.credentials.docker_config:
-            creds = docker_config_credentials(env.host)
-        return cls(env.host, insecure=env.insecure, credentials=creds, **kwargs)
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        if not self._credentials_resolved:
+            source = self._credentials_source
+            assert callable(source)
+            self._credentials = source()
+            self._credentials_resolved = True
+            if self._credentials:
+                secrets.register(self._credentials[1])
+        return self._credentials
+
+    def ensure_repository(self, repo: str, aliases: list[str] | None = None) -> None:
+        """Distribution creates repositories on first push: nothing to do (ECR creates them here)."""
 
     # -- plumbing ----------------------------------------------------------------------------------------------
 
@@ -409,23 +413,25 @@ class RegistryClient:
         return path if path.startswith(("http://", "https://")) else self.base + path
 
     def _retry(self, op: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` with exponential backoff on transient failures."""
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if not retryable_exception(exc):
-                    raise
-                if attempt >= self.retries:
-                    reason = _short(exc)
-                    raise RegistryUnavailable(
-                        f"{self.host}: registry unavailable during {op}: {reason} "
-                        f"(after {attempt + 1} attempt{'s' if attempt else ''})") from None
-                delay = self.backoff * (2 ** attempt)
-                log.debug("%s: %s failed (%s); retrying in %.2fs", self.host, op, _short(exc), delay)
-                time.sleep(delay)
-                attempt += 1
+        """Run ``fn`` with exponential backoff (tenacity) on transient failures (:func:`retryable_exception`);
+        when they persist, :class:`RegistryUnavailable` (exit 3). Any other exception passes through at once."""
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.debug("%s: %s failed (%s); retrying in %.2fs", self.host, op, _short(exc) if exc else "?",
+                      state.next_action.sleep if state.next_action else 0.0)
+
+        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(retryable_exception),
+                                     stop=tenacity.stop_after_attempt(self.retries + 1),
+                                     wait=tenacity.wait_exponential(multiplier=self.backoff, exp_base=2),
+                                     before_sleep=before_sleep, reraise=True)
+        try:
+            return retrying(fn)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not retryable_exception(exc):
+                raise
+            attempts = retrying.statistics.get("attempt_number", self.retries + 1)
+            raise RegistryUnavailable(f"{self.host}: registry unavailable during {op}: {_short(exc)} "
+                                      f"(after {attempts} attempt{'s' if attempts > 1 else ''})") from None
 
     def _auth_header(self, scope: str) -> dict[str, str]:
         a = self._auth
@@ -716,6 +722,22 @@ class RegistryClient:
             return True
 
         return self._retry(f"upload blob {digest[:19]} to {repo}", attempt)
+
+    def push_blob(self, repo: str, data: bytes) -> str:
+        """Upload a small blob from memory (monolithic PUT) unless the registry has it; returns its digest."""
+        digest = sha256_digest(data)
+        if self.blob_exists(repo, digest):
+            return digest
+
+        def attempt() -> None:
+            upload_url = self._start_upload(repo, digest)
+            put = self._send("PUT", upload_url, op="upload blob", repo=repo, scope=_scope(repo, "pull,push"),
+                             ok=(201, 204), data=data, headers={"Content-Type": "application/octet-stream"})
+            assert put is not None
+            put.close()
+
+        self._retry(f"upload blob {digest[:19]} to {repo}", attempt)
+        return digest
 
     def list_tags(self, repo: str) -> list[str]:
         """All tags of ``repo`` ([] when the repository does not exist), following Link pagination."""

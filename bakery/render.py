@@ -19,9 +19,10 @@ from pathlib import Path
 import jinja2
 
 from bakery.configview import Project
-from bakery.definitions import mirrored
 from bakery.errors import InputError
 from bakery.model import ImageSpec, Recipe
+from bakery.ref import mirrored
+from bakery.validation import decode_problem
 
 
 @lru_cache(maxsize=8)
@@ -45,7 +46,7 @@ def environment(project: Project) -> jinja2.Environment:
 def parent_reference(project: Project, spec: ImageSpec) -> str:
     """The symbolic parent written into recipes: the mirrored upstream, or the parent in the first registry."""
     if spec.parent.kind == "upstream":
-        return mirrored(project, spec.parent.reference)
+        return mirrored(spec.parent.reference, project.config.mirrors)
     assert spec.parent.key is not None
     env = project.config.environments[project.config.first_env]
     return f"{env.image(spec.parent.key.name)}:{spec.parent.key.tag_version}"
@@ -111,8 +112,6 @@ def _template_error(project: Project, spec: ImageSpec, path: Path, exc: Exceptio
     """``TEMPLATE: line N: what went wrong (rendering IMAGE)`` for an error raised while rendering a template:
     the innermost template line of the traceback (Jinja maps its frames to template lines)."""
     import traceback
-
-    from bakery.validation import decode_problem
 
     root = project.templates_dir.resolve()
     where = project.rel(path)

@@ -9,6 +9,7 @@ from typing import Any
 
 from bakery import __version__
 from bakery.policy import GateDecision
+from bakery.ref import Ref
 from bakery.scan import SEVERITY_ORDER, Finding, ScanResult, _iso
 
 FORMATS = ("table", "json", "sarif", "markdown")
@@ -128,13 +129,8 @@ def markdown(result: ScanResult, decision: GateDecision) -> str:
 # ---------------------------------------------------------------------------------------------- SARIF
 def _artifact_uri(image: str) -> str:
     """``127.0.0.1:5001/team/python:3.12@sha256:…`` → ``team/python`` (a relative URI code scanning accepts)."""
-    repo = image.split("@", 1)[0]
-    first, _, rest = repo.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        repo = rest
-    last = repo.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo = repo[: len(repo) - len(last) + last.index(":")]
+    ref = Ref.try_parse(image)
+    repo = ref.repository if ref is not None else image.split("@", 1)[0]
     return re.sub(r"[^A-Za-z0-9._/-]", "-", repo) or "image"
 
 

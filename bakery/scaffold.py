@@ -12,7 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from bakery.errors import InputError
+from bakery.config import Config, registry_problem
+from bakery.errors import InputError, ValidationError
+from bakery.validation import format_errors
 
 _REGISTRY = re.compile(r"^(?P<host>[a-z0-9.-]+)(?::(?P<port>\d+))?(?:/(?P<ns>[a-z0-9._/-]+))?$")
 
@@ -396,8 +398,6 @@ WORKFLOWS = {"ci.yml": CI_YML, "nightly.yml": NIGHTLY_YML, "promote.yml": PROMOT
 
 
 def _env_registries(dev_registry: str) -> dict[str, str]:
-    from bakery.config import registry_problem
-
     m = _REGISTRY.match(dev_registry)
     if not m:
         raise InputError(f"--dev-registry: {dev_registry!r} is not HOST[:PORT][/NAMESPACE]")
@@ -415,8 +415,6 @@ def _env_registries(dev_registry: str) -> dict[str, str]:
 
 
 def _check_mirror(mirror: str) -> None:
-    from bakery.config import registry_problem
-
     problem = registry_problem(mirror)
     if problem:
         raise InputError(f"--mirror: {problem}")
@@ -450,10 +448,6 @@ def config(dev_registry: str, mirror: str) -> dict:
 def _validate(data: dict) -> None:
     """The bakery.yaml about to be written must load: a bad flag is refused before anything is written."""
     import pydantic
-
-    from bakery.config import Config
-    from bakery.errors import ValidationError
-    from bakery.validation import format_errors
 
     try:
         Config.model_validate(data)

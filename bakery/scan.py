@@ -24,19 +24,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bakery import tools
-from bakery.errors import (BakeryError, InputError, ScannerError, ToolFailed, ToolMissing,
-                           ToolTimeout)
+from bakery import policy, tools
+from bakery.errors import BakeryError, DaemonUnavailable, InputError, ScannerError, ToolFailed, ToolMissing, ToolTimeout
+from bakery.model import SEVERITIES, iso_z
+from bakery.ref import DOCKER_HUB, Ref, is_digest
+from bakery.registries import host_settings, registry_for_ref
+from bakery.trivydb import bucket_names
 
 if TYPE_CHECKING:
     from bakery.config import Project
     from bakery.model import ImageSpec
     from bakery.policy import GateDecision
-    from bakery.registry import RegistryClient
 
-SEVERITY_ORDER = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+SEVERITY_ORDER = SEVERITIES  # bakery.model owns the order
 STORE_SCHEMA = 1
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _VERSION_CACHE: dict[tuple[str, int, int], str] = {}
 _DB_SHA_CACHE: dict[tuple[str, int, int, int, int], str] = {}
 
@@ -145,10 +146,7 @@ class DbInfo:
     next_update: dt.datetime | None = None
 
 
-def _iso(t: dt.datetime | None) -> str | None:
-    if t is None:
-        return None
-    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+_iso = iso_z
 
 
 def _parse_time(value: str) -> dt.datetime:
@@ -311,8 +309,6 @@ def os_bucket(family: str, name: str) -> str | None:
 def check_os_coverage(what: str, os_info: dict[str, Any], db: DbInfo) -> None:
     """ScannerError when the DB has no bucket for the image's OS: trivy would report 0 vulnerabilities for it
     without having had anything to compare with. Unknown families and unreadable bucket lists are not checked."""
-    from bakery.trivydb import bucket_names
-
     bucket = os_bucket(str(os_info.get("Family") or ""), str(os_info.get("Name") or ""))
     if bucket is None:
         return
@@ -333,21 +329,12 @@ def check_os_coverage(what: str, os_info: dict[str, Any], db: DbInfo) -> None:
                        f"scanner.db_repository)")
 
 
-def _env_for_host(project: Project, host: str):
-    for env in project.config.environments.values():
-        if env.host == host:
-            return env
-    return None
-
-
-def _registry_host(image: str) -> str:
-    first = image.split("/", 1)[0]
-    return first if "/" in image and ("." in first or ":" in first or first == "localhost") else "docker.io"
-
-
-def _is_loopback(host: str) -> bool:
-    h = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return h in ("localhost", "::1") or h.startswith("127.")
+def _pushed_ref(image: str) -> Ref | None:
+    """``HOST/REPO[:TAG]@DIGEST`` in a registry other than Docker Hub (None otherwise: trivy's business)."""
+    ref = Ref.try_parse(image)
+    if ref is None or ref.registry == DOCKER_HUB or not ref.digest:
+        return None
+    return ref
 
 
 def _trivy_args(sc: Scanner, project: Project, image: str, remote: bool) -> tuple[list[str], dict[str, str]]:
@@ -356,17 +343,18 @@ def _trivy_args(sc: Scanner, project: Project, image: str, remote: bool) -> tupl
     env: dict[str, str] = {}
     if sc.db_repository:
         args += ["--db-repository", sc.db_repository]
-        if _is_loopback(_registry_host(sc.db_repository + ":x")):
+        db_ref = Ref.try_parse(sc.db_repository)
+        if db_ref is not None and host_settings(project, db_ref.registry).insecure:
             env["TRIVY_INSECURE"] = "true"
     else:  # no repository configured: the DB in the cache dir is used as it is, never fetched from elsewhere
         args.append("--skip-db-update")
     if remote:
-        host = _registry_host(image)
-        e = _env_for_host(project, host)
-        if (e is not None and e.insecure) or (e is None and _is_loopback(host)):
+        ref = Ref.try_parse(image)
+        hs = host_settings(project, ref.registry) if ref is not None else None
+        if hs is not None and hs.insecure:
             args.append("--insecure")
-        creds = e.credentials.resolve() if e is not None else None
-        if creds:  # never on argv
+        creds = hs.credentials.resolve() if hs is not None and hs.credentials is not None else None
+        if creds:  # never on argv; trivy reads the docker config (and its helpers) itself
             env["TRIVY_USERNAME"], env["TRIVY_PASSWORD"] = creds
     return args, env
 
@@ -486,7 +474,7 @@ def _id_for_digest(project: Project, digest: str) -> str | None:
         value = (store_dir(project) / "by-digest" / digest.replace(":", "-")).read_text().strip()
     except OSError:
         return None
-    return value if _DIGEST.match(value) else None
+    return value if is_digest(value) else None
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -523,8 +511,6 @@ def _docker_get(path: str, timeout: float = 30) -> tuple[int, Any]:
 def _inspect_local(image: str) -> _LocalImage:
     from urllib.parse import quote
 
-    from bakery.errors import DaemonUnavailable
-
     if not os.environ.get("DOCKER_HOST", "unix://").startswith("unix://"):
         return _inspect_sdk(image)
     try:
@@ -547,8 +533,6 @@ def _inspect_sdk(image: str) -> _LocalImage:
     import docker
     import docker.errors
 
-    from bakery.errors import DaemonUnavailable
-
     try:
         info = docker.from_env(timeout=30).api.inspect_image(image)
     except docker.errors.ImageNotFound:
@@ -563,13 +547,13 @@ def _remote_image_id(project: Project, image: str) -> str | None:
     """The config digest of ``host/repo@sha256:…`` from its registry (one or two manifest GETs), so that a pushed
     image scanned before under its local ID is served from the store. None when it cannot be read: then trivy
     scans it and reports any access problem itself."""
-    host = _registry_host(image)
-    if host == "docker.io" or "@" not in image:
+    ref = _pushed_ref(image)
+    if ref is None or ref.digest is None:
         return None
-    repo, digest = image.split("/", 1)[1].rsplit("@", 1)
+    repo = ref.repository
     try:
-        client = _client_for(project, host, timeout=10, retries=1)
-        manifest = client.get_manifest(repo, digest)
+        client = registry_for_ref(project, ref, timeout=10, retries=1)
+        manifest = client.get_manifest(repo, ref.digest)
         if manifest.is_index:
             children = manifest.children()
             pick = next((c for c in children if (c.platform or {}).get("os") == "linux"
@@ -578,36 +562,24 @@ def _remote_image_id(project: Project, image: str) -> str | None:
                 return None
             manifest = client.get_manifest(repo, pick.digest)
         config = (manifest.json().get("config") or {}).get("digest", "")
-        return config if _DIGEST.match(config) else None
+        return config if is_digest(config) else None
     except Exception:  # noqa: BLE001 - only an optimisation: trivy is the judge of reachability
         return None
-
-
-def _client_for(project: Project, host: str, **kwargs: Any) -> RegistryClient:
-    """A registry client for an image's host: a configured environment's settings when the host is one, else
-    plain HTTP on loopback and credentials from the docker config (as trivy itself would use)."""
-    from bakery.registry import RegistryClient, docker_config_credentials
-
-    for name in project.config.env_order:
-        if project.config.env(name).host == host:
-            return RegistryClient.for_env(project, name, **kwargs)
-    return RegistryClient(host, insecure=_is_loopback(host), credentials=docker_config_credentials(host), **kwargs)
 
 
 def require_pushed(project: Project, image: str) -> None:
     """HOST/REPO[:TAG]@DIGEST must be in its registry: a typo is bad input (exit 2) found before trivy runs,
     not a scanner failure (exit 3). Docker Hub short names are left to trivy."""
-    host = _registry_host(image)
-    if host == "docker.io" or "@" not in image:
+    ref = _pushed_ref(image)
+    if ref is None or ref.digest is None:
         return
-    repo, digest = image.split("/", 1)[1].rsplit("@", 1)
-    repo = repo.rsplit(":", 1)[0] if ":" in repo.rsplit("/", 1)[-1] else repo
-    if _client_for(project, host, retries=1).head_manifest(repo, digest) is None:
-        raise InputError(f"{image}: no such manifest in {host}/{repo}")
+    if registry_for_ref(project, ref, retries=1).head_manifest(ref.repository, ref.digest) is None:
+        raise InputError(f"{image}: no such manifest in {ref.name}")
 
 
 def _digest_of(image: str) -> str:
-    return image.rsplit("@", 1)[1] if "@" in image else ""
+    """The digest an image reference is pinned by ("" when none); a malformed one is reported by the caller."""
+    return image.rsplit("@", 1)[1] if "@" in image else ""  # not Ref.parse: the caller names a bad digest
 
 
 # ---------------------------------------------------------------------------------------------- scan
@@ -624,7 +596,7 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
                            f"refusing to scan without one (set scanner.db_repository to the registry that serves "
                            f"it, or build one: `bakery scan-db build --help`)")
     digest = _digest_of(image)
-    if digest and not _DIGEST.match(digest):
+    if digest and not is_digest(digest):
         raise InputError(f"{image}: {digest!r} is not a digest (sha256: and 64 hex digits)")
     if remote:
         image_id = (_id_for_digest(project, digest) or _remote_image_id(project, image)) if digest else None
@@ -656,7 +628,7 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
     data, findings = parse_report(res.stdout, what)
     meta = data["Metadata"]
     found_id = str(meta.get("ImageID") or "")
-    if not _DIGEST.match(found_id):
+    if not is_digest(found_id):
         raise ScannerError(f"trivy output for {what} carries no image ID; no result")
     if not remote and image_id and found_id != image_id:
         raise ScannerError(f"{image} changed while it was scanned ({image_id[:19]} → {found_id[:19]}); scan again")
@@ -665,8 +637,9 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
         raise ScannerError(f"trivy scanned {what} but left no vulnerability DB in {sc.cache_dir}; no result")
     if not digest and remote:
         for d in meta.get("RepoDigests") or []:
-            if "@" in d:
-                digest = d.rsplit("@", 1)[1]
+            pinned = Ref.try_parse(d)
+            if pinned is not None and pinned.digest:
+                digest = pinned.digest
                 break
     os_info = meta.get("OS") or {}
     if not isinstance(os_info, dict):
@@ -709,8 +682,6 @@ def write_sbom(project: Project, image: str, path: Path, *, remote: bool = False
 def evaluate(project: Project, result: ScanResult, *, spec: ImageSpec | None = None,
              now: dt.date | None = None) -> GateDecision:
     """Apply the policy (global, overridden per definition, plus .trivyignore files) to a scan result."""
-    from bakery import policy
-
     return policy.evaluate(project, result, spec=spec, now=now)
 
 

@@ -1,4 +1,13 @@
-"""The build tag scheme: `{version}-{yyyymmdd}.{n}` by default; `n` counts up within the day."""
+"""The build tag scheme — its one owner: validate, render, parse and **order** build tags.
+
+The scheme (``tags.build``, default ``{version}-{yyyymmdd}.{n}``) is a ``str.format`` template over
+:data:`FIELDS`. Every reader of build tags goes through :class:`Scheme`: publish (the next tag, the newest
+build), promote (resolve, rollback), status, plan and gc. Build tags are ordered by the scheme's own fields,
+whatever their layout: the date fields (``yyyymmdd``, or ``yyyy``/``mm``/``dd`` anywhere in the tag) compare
+as a date, ``n`` compares as a number, so ``{version}-{dd}{mm}{yyyy}.{n}`` ranks ``01012026.1`` after
+``31122025.9``. A scheme without a date or ``{n}`` (``{version}-{fp}``) has no build order: its tags tie and
+fall back to the tag text.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +15,32 @@ import datetime as dt
 import re
 import string
 from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
+
+from bakery.ref import TAG_RE, is_valid_tag
 
 if TYPE_CHECKING:
     from bakery.config import Project
-    from bakery.model import ImageSpec
+    from bakery.model import ImageKey, ImageSpec
+
+__all__ = ["FIELDS", "BuildTag", "Scheme", "alias_tags", "build_tag_order", "build_tag_pattern", "image_aliases",
+           "is_valid_tag", "newest_build_tag", "next_build_tag", "render_alias", "template_fields",
+           "validate_scheme"]
 
 FIELDS = {"name", "version", "variant", "yyyymmdd", "yyyy", "mm", "dd", "n", "fingerprint", "fp"}
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+DATE_FIELDS = ("yyyymmdd", "yyyy", "mm", "dd")
+_TAG_CHARS = TAG_RE  # the tag grammar lives in bakery.ref
+
+_FIELD_RE = {
+    "yyyymmdd": r"\d{8}", "yyyy": r"\d{4}", "mm": r"\d{2}", "dd": r"\d{2}", "n": r"\d+",
+    "fingerprint": r"[0-9a-f]+", "fp": r"[0-9a-f]+",
+}
+
+
+def _base(field: str) -> str:
+    return field.split(".")[0].split("[")[0]
 
 
 def validate_scheme(scheme: str) -> None:
@@ -21,7 +48,7 @@ def validate_scheme(scheme: str) -> None:
     for _, field, _, _ in string.Formatter().parse(scheme):
         if field is None:
             continue
-        base = field.split(".")[0].split("[")[0]
+        base = _base(field)
         if base not in FIELDS:
             raise ValueError(f"unknown field {{{field}}} in tag scheme {scheme!r} (fields: {', '.join(sorted(FIELDS))})")
         names.append(base)
@@ -31,11 +58,7 @@ def validate_scheme(scheme: str) -> None:
 
 def template_fields(template: str) -> set[str]:
     """The fields a tag template uses (``{version}-{yyyymmdd}`` → {version, yyyymmdd})."""
-    return {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(template) if f}
-
-
-def is_valid_tag(tag: str) -> bool:
-    return bool(_TAG_RE.match(tag))
+    return {_base(f) for _, f, _, _ in string.Formatter().parse(template) if f}
 
 
 def _fields(name: str, version: str, variant: str | None, today: dt.date, fingerprint: str) -> dict[str, str]:
@@ -52,39 +75,126 @@ def render_alias(template: str, *, name: str, version: str, variant: str | None,
     return template.format(n="", **_fields(name, version, variant, today, fingerprint))
 
 
-def next_build_tag(scheme: str, *, name: str, version: str, variant: str | None, today: dt.date,
-                   existing: Iterable[str], fingerprint: str = "") -> str:
-    """The first tag of the scheme not in ``existing`` (``n`` from 1); without ``{n}`` the one tag."""
-    fields = _fields(name, version, variant, today, fingerprint)
-    if "{n}" not in scheme:
-        return scheme.format(n="", **fields)
-    taken = set(existing)
-    n = 1
-    while True:
-        tag = scheme.format(n=n, **fields)
-        if tag not in taken:
-            return tag
-        n += 1
-
-
 # ------------------------------------------------------------------------------------------------------------
-# The build tag scheme, read backwards.
-
-_FIELD_RE = {
-    "yyyymmdd": r"\d{8}", "yyyy": r"\d{4}", "mm": r"\d{2}", "dd": r"\d{2}", "n": r"\d+",
-    "fingerprint": r"[0-9a-f]+", "fp": r"[0-9a-f]+",
-}
+# The scheme, read both ways.
 
 
-def build_tag_pattern(scheme: str, *, name: str | None = None, tag_version: str | None = None) -> re.Pattern[str]:
-    """A regex matching the build tags of ``scheme`` (for one version when ``tag_version`` is given)."""
+@dataclass(frozen=True, order=False)
+class BuildTag:
+    """A tag the scheme produced, read back: its version (``3.11-slim``), date and counter when the scheme has
+    them. ``order`` sorts builds chronologically: (date, n, tag)."""
+
+    tag: str
+    version: str | None
+    date: tuple[int, int, int] | None  # (year, month, day); a field the scheme lacks is 0
+    n: int | None
+
+    @property
+    def order(self) -> tuple[tuple[int, int, int], int, str]:
+        return (self.date or (0, 0, 0), self.n if self.n is not None else 0, self.tag)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One build tag scheme (``tags.build``)."""
+
+    template: str
+
+    def __post_init__(self) -> None:
+        validate_scheme(self.template)
+
+    @property
+    def fields(self) -> set[str]:
+        return template_fields(self.template)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether tags of this scheme carry a build order (a date field or ``{n}``)."""
+        return bool(self.fields & {*DATE_FIELDS, "n"})
+
+    # -- render --------------------------------------------------------------------------------------------
+
+    def render(self, *, name: str, version: str, variant: str | None, today: dt.date, n: int | None = None,
+               fingerprint: str = "") -> str:
+        return self.template.format(n="" if n is None else n,
+                                    **_fields(name, version, variant, today, fingerprint))
+
+    def next_tag(self, *, name: str, version: str, variant: str | None, today: dt.date, existing: Iterable[str],
+                 fingerprint: str = "") -> str:
+        """The tag of the next build: ``n`` one past the highest ``n`` of this version's builds with the same
+        date (1 for the first), so that it sorts after every earlier build — also when the scheme carries the
+        fingerprint (two builds of a day differ in ``{fp}`` but never share ``n``) and when an earlier build tag
+        was deleted (a gap is never refilled). Without ``{n}`` the one tag."""
+        if "n" not in self.fields:
+            return self.render(name=name, version=version, variant=variant, today=today, fingerprint=fingerprint)
+        taken = set(existing)
+        tag_version = f"{version}-{variant}" if variant else version
+        first = self.render(name=name, version=version, variant=variant, today=today, n=1, fingerprint=fingerprint)
+        parsed = self.parse(first, name=name, tag_version=tag_version)
+        day = parsed.date if parsed is not None else None
+        same_day = [b.n or 0 for b in self.builds(taken, name=name, tag_version=tag_version) if b.date == day]
+        n = max(same_day, default=0) + 1
+        while True:
+            tag = self.render(name=name, version=version, variant=variant, today=today, n=n,
+                              fingerprint=fingerprint)
+            if tag not in taken:
+                return tag
+            n += 1
+
+    # -- parse ---------------------------------------------------------------------------------------------
+
+    def pattern(self, *, name: str | None = None, tag_version: str | None = None) -> re.Pattern[str]:
+        """A regex matching the build tags of the scheme (for one image/version when given)."""
+        return _pattern(self.template, name, tag_version)
+
+    def parse(self, tag: str, *, name: str | None = None, tag_version: str | None = None) -> BuildTag | None:
+        """``tag`` read as a build tag of this scheme (of ``name``/``tag_version`` when given), else None."""
+        m = self.pattern(name=name, tag_version=tag_version).match(tag)
+        if not m:
+            return None
+        g = m.groupdict()
+        date: tuple[int, int, int] | None = None
+        if g.get("yyyymmdd"):
+            d = g["yyyymmdd"]
+            date = (int(d[:4]), int(d[4:6]), int(d[6:]))
+        elif any(g.get(f) for f in ("yyyy", "mm", "dd")):
+            date = (int(g.get("yyyy") or 0), int(g.get("mm") or 0), int(g.get("dd") or 0))
+        n = int(g["n"]) if g.get("n") else None
+        return BuildTag(tag=tag, version=g.get("version") or tag_version, date=date, n=n)
+
+    def version_of(self, tag: str, *, name: str | None = None) -> str | None:
+        """The version (``3.11`` or ``3.11-slim``) a build tag names, None when it is no build tag."""
+        parsed = self.parse(tag, name=name)
+        return parsed.version if parsed is not None and parsed.version else None
+
+    def is_build_tag(self, tag: str, *, name: str | None = None) -> bool:
+        return self.parse(tag, name=name) is not None
+
+    # -- order ---------------------------------------------------------------------------------------------
+
+    def builds(self, tags: Iterable[str], *, name: str | None = None, tag_version: str | None = None,
+               ) -> list[BuildTag]:
+        """The build tags among ``tags``, oldest first (by the scheme's date, then ``n``)."""
+        found = [b for t in tags if (b := self.parse(t, name=name, tag_version=tag_version)) is not None]
+        return sorted(found, key=lambda b: b.order)
+
+    def sorted(self, tags: Iterable[str], *, name: str | None = None, tag_version: str | None = None) -> list[str]:
+        return [b.tag for b in self.builds(tags, name=name, tag_version=tag_version)]
+
+    def newest(self, tags: Iterable[str], *, name: str | None = None, tag_version: str | None = None) -> str | None:
+        found = self.builds(tags, name=name, tag_version=tag_version)
+        return found[-1].tag if found else None
+
+
+@lru_cache(maxsize=256)
+def _pattern(scheme: str, name: str | None, tag_version: str | None) -> re.Pattern[str]:
     out = []
     seen: set[str] = set()
     for literal, fld, _spec, _conv in string.Formatter().parse(scheme):
         out.append(re.escape(literal))
         if fld is None:
             continue
-        base = fld.split(".")[0].split("[")[0]
+        base = _base(fld)
         if base == "version":
             rx = re.escape(tag_version) if tag_version is not None else r"[A-Za-z0-9_.-]+?"
         elif base == "name":
@@ -99,6 +209,45 @@ def build_tag_pattern(scheme: str, *, name: str | None = None, tag_version: str 
             seen.add(base)
             out.append(f"(?P<{base}>{rx})")
     return re.compile("^" + "".join(out) + "$")
+
+
+def scheme_of(project: Project) -> Scheme:
+    return Scheme(project.config.tags.build)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Function forms (stable names used across the code base).
+
+
+def next_build_tag(scheme: str, *, name: str, version: str, variant: str | None, today: dt.date,
+                   existing: Iterable[str], fingerprint: str = "") -> str:
+    """The first tag of the scheme not in ``existing`` (``n`` from 1); without ``{n}`` the one tag."""
+    return Scheme(scheme).next_tag(name=name, version=version, variant=variant, today=today, existing=existing,
+                                   fingerprint=fingerprint)
+
+
+def build_tag_pattern(scheme: str, *, name: str | None = None, tag_version: str | None = None) -> re.Pattern[str]:
+    """A regex matching the build tags of ``scheme`` (for one version when ``tag_version`` is given)."""
+    return _pattern(scheme, name, tag_version)
+
+
+def build_tag_order(scheme: str, tag: str) -> tuple[tuple[int, int, int], int, str] | None:
+    """Sort key of a build tag under ``scheme`` (None when it is not one)."""
+    parsed = Scheme(scheme).parse(tag)
+    return parsed.order if parsed else None
+
+
+def newest_build_tag(scheme: str, tags: Iterable[str], *, name: str, tag_version: str) -> str | None:
+    return Scheme(scheme).newest(tags, name=name, tag_version=tag_version)
+
+
+def sorted_build_tags(scheme: str, key: ImageKey, tags: Iterable[str]) -> list[str]:
+    """The build tags of ``key`` among ``tags``, oldest first."""
+    return Scheme(scheme).sorted(tags, name=key.name, tag_version=key.tag_version)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Alias tags.
 
 
 def alias_tags(env_templates: Iterable[str], definition_tags: Iterable[str], *, name: str, version: str,
@@ -116,6 +265,18 @@ def alias_tags(env_templates: Iterable[str], definition_tags: Iterable[str], *, 
         if tag and tag not in (o for o, _ in out):
             out.append((tag, t))
     return out
+
+
+def env_alias_tags(project: Project, env_name: str, key: ImageKey, today: dt.date, *,
+                   identifying_only: bool = False) -> list[str]:
+    """An environment's alias tags for one image (templates rendered, duplicates dropped). With
+    ``identifying_only``, the aliases that name this version only: a template without ``{version}``
+    (``staging``) renders the same for every version, so it cannot tell which one a version runs."""
+    templates = list(project.config.env(env_name).aliases)
+    if identifying_only:
+        templates = [t for t in templates if "version" in template_fields(t)]
+    return [tag for tag, _ in alias_tags(templates, (), name=key.name, version=key.version, variant=key.variant,
+                                         today=today)]
 
 
 def image_aliases(project: Project, spec: ImageSpec, env: str, today: dt.date, fingerprint: str = "") -> list[str]:

@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery.errors import InputError, RegistryError, RegistryUnavailable
+from bakery.errors import InputError
+from bakery.model import SEVERITIES
+from bakery.registry import RegistryClient
 
 PAGE = 4096
 _LEAF, _BRANCH, _META, _FREELIST = 0x02, 0x01, 0x04, 0x10
 _BUCKET_FLAG = 1
-SEVERITY_INT = {"UNKNOWN": 0, "LOW": 1, "MEDIUM": 2, "HIGH": 3, "CRITICAL": 4}
+SEVERITY_INT = {s: i for i, s in enumerate(SEVERITIES)}  # trivy-db stores the rank
 STATUS_AFFECTED = 2
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -339,14 +341,12 @@ def db_archive(db_dir: Path) -> bytes:
     return buf.getvalue()
 
 
-def push_db(cache_dir_or_tar: Path, registry_host: str, repository: str = "trivy-db", tag: str = "2",
-            insecure: bool = True, auth: tuple[str, str] | None = None, timeout: float = 60) -> str:
+def push_db(cache_dir_or_tar: Path, client: RegistryClient, repository: str = "trivy-db", tag: str = "2") -> str:
     """Push the DB as the OCI artifact ``trivy --db-repository HOST/REPOSITORY:TAG`` pulls; return its digest.
 
-    ``cache_dir_or_tar`` is a trivy cache dir (with ``db/``), a ``db`` dir, or a ready ``db.tar.gz``.
+    ``cache_dir_or_tar`` is a trivy cache dir (with ``db/``), a ``db`` dir, or a ready ``db.tar.gz``. ``client``
+    comes from :mod:`bakery.registries` (TLS, proxies, credentials, token auth and retries like every push).
     """
-    import requests
-
     src = Path(cache_dir_or_tar)
     if src.is_file():
         layer = src.read_bytes()
@@ -356,45 +356,14 @@ def push_db(cache_dir_or_tar: Path, registry_host: str, repository: str = "trivy
             raise InputError(f"{src}: no trivy.db found (expected {src}/db/trivy.db)")
         layer = db_archive(db_dir)
     config = b"{}"
-    base = f"{'http' if insecure else 'https'}://{registry_host}/v2/{repository}"
-    session = requests.Session()
-    if auth:
-        from bakery import secrets
-
-        secrets.register(auth[1])
-        session.auth = auth
-
-    def call(method: str, url: str, **kw: Any) -> requests.Response:
-        try:
-            r = session.request(method, url, timeout=timeout, **kw)
-        except requests.RequestException as exc:
-            raise RegistryUnavailable(f"registry {registry_host} unreachable: {type(exc).__name__}") from None
-        if r.status_code >= 400:
-            raise RegistryError(f"registry {registry_host}: {method} {url.split('/v2/', 1)[-1].split('?')[0]} "
-                                f"answered {r.status_code}", status=r.status_code)
-        return r
-
-    def blob(data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if session.head(f"{base}/blobs/{digest}", timeout=timeout).status_code == 200:
-            return digest
-        r = call("POST", f"{base}/blobs/uploads/")
-        loc = r.headers["Location"]
-        if loc.startswith("/"):
-            loc = f"{'http' if insecure else 'https'}://{registry_host}{loc}"
-        sep = "&" if "?" in loc else "?"
-        call("PUT", f"{loc}{sep}digest={digest}", data=data,
-             headers={"Content-Type": "application/octet-stream"})
-        return digest
-
     manifest = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
-        "config": {"mediaType": MEDIA_CONFIG, "digest": blob(config), "size": len(config)},
-        "layers": [{"mediaType": MEDIA_LAYER, "digest": blob(layer), "size": len(layer),
+        "config": {"mediaType": MEDIA_CONFIG, "digest": client.push_blob(repository, config), "size": len(config)},
+        "layers": [{"mediaType": MEDIA_LAYER, "digest": client.push_blob(repository, layer), "size": len(layer),
                     "annotations": {"org.opencontainers.image.title": "db.tar.gz"}}],
         "annotations": {"org.opencontainers.image.created": _stamp(dt.datetime.now(dt.timezone.utc))},
     }
     body = json.dumps(manifest, separators=(",", ":")).encode()
-    call("PUT", f"{base}/manifests/{tag}", data=body, headers={"Content-Type": MEDIA_MANIFEST})
+    client.put_manifest(repository, tag, body, MEDIA_MANIFEST)
     return "sha256:" + hashlib.sha256(body).hexdigest()

@@ -7,6 +7,8 @@ from typing import Any
 
 import pydantic
 
+from bakery.errors import InputError
+
 
 def field_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
@@ -139,8 +141,6 @@ def read_text(path, *, display: str | None = None) -> str:
     """A UTF-8 text file; invalid UTF-8 is an InputError naming the file and line."""
     from pathlib import Path
 
-    from bakery.errors import InputError
-
     data = Path(path).read_bytes()
     try:
         return data.decode("utf-8")
@@ -151,8 +151,6 @@ def read_text(path, *, display: str | None = None) -> str:
 def load_yaml(path, *, display: str | None = None) -> Any:
     """Parse a YAML file; a syntax error is an InputError naming the file and line."""
     import yaml
-
-    from bakery.errors import InputError
 
     name = display or str(path)
     try:

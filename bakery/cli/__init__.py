@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         exit_code = EXIT_FAILED
         name = type(exc).__name__
-        if name in ("DockerException", "APIError") or "docker" in type(exc).__module__:
+        import docker.errors  # deferred: only an unexpected failure pays for it
+
+        if isinstance(exc, docker.errors.DockerException):  # the daemon, by the exception's type
             exit_code = EXIT_ENVIRONMENT
         click.echo(f"error: internal error: {name}: {secrets.mask(str(exc))} (run with --debug for the "
                    f"traceback)", err=True)

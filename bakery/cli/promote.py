@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -44,20 +45,12 @@ def promote_cmd(ctx: Context, ref: str, to_env: str, from_env: str | None, dry_r
       bakery promote python:3.11-20260101.1 --to prod --approved-by alice
       bakery promote python@sha256:… --to prod --dry-run --format json
     """
-    from bakery import ami
     from bakery.promote import promote
 
     if not dry_run:
         ctx.repository  # noqa: B018 - refuses to change registries on the built-in defaults
-    key = ami.ami_key(ctx.project, ref) if not from_env else None
-    if key is not None:  # a machine image (amazon-ebs): copy_image to the target regions, same gates
-        outcome = ami.promote_ami(ctx.project, key, to_env, approved_by=approved_by, dry_run=dry_run,
-                                  on_progress=ami.text_progress(lambda m: echo(m, err=True)))
-        _print_ami(outcome.to_json(), fmt, "already there" if outcome.already else
-                   ("dry run: would copy" if outcome.dry_run else "promoted"))
-        return
     result = promote(ctx.project, ref, to_env, from_env=from_env, dry_run=dry_run, approved_by=approved_by,
-                     git_tag=git_tag)
+                     git_tag=git_tag, on_progress=_progress())
     if fmt == "json":
         emit_json(result.to_json())
     else:
@@ -101,24 +94,17 @@ def rollback_cmd(ctx: Context, ref: str, env: str, to: str | None, fmt: str) -> 
       bakery rollback python:3.11 --env prod
       bakery rollback python:3.11 --env prod --to 3.11-20260101.1
     """
-    from bakery import ami
     from bakery.promote import rollback
 
     ctx.repository  # noqa: B018 - refuses to change registries on the built-in defaults
-    key = ami.ami_key(ctx.project, ref)
-    if key is not None:
-        if to:
-            raise click.UsageError("--to is not supported for AMI images: they roll back to the previous build")
-        record = ami.rollback_ami(ctx.project, key, env)
-        _print_ami(record.to_json(), fmt, "rolled back")
-        return
     result = rollback(ctx.project, ref, env, to=to)
     if fmt == "json":
         emit_json(result.to_json())
     elif result.action == "up-to-date":
         echo(f"{result.image} in {env} already points at {result.build_tag} ({_short(result.digest)})")
     else:
-        echo(f"{result.image} in {env}: {', '.join(result.tags)} → {result.build_tag} ({_short(result.digest)}), "
+        moved = ", ".join(result.tags) or result.target
+        echo(f"{result.image} in {env}: {moved} → {result.build_tag} ({_short(result.digest)}), "
              f"was {_short(result.previous_digest)}")
     if result.left and fmt != "json":
         echo(f"left alone: {', '.join(result.left)} (shared by every version; it points at another version's "
@@ -141,19 +127,17 @@ def history_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> Non
     if env:
         project.config.env(env)
     image = None
+    digest = None
     if ref:
-        from bakery.promote import parse_ref
+        from bakery.ref import FleetRef
 
-        image = ref if ":" not in ref and "@" not in ref else None
-        if image is None:
-            r = parse_ref(ref)
-            image = f"{r.name}:{r.tag}" if r.tag else r.name
+        r = FleetRef.parse(ref, require_tag_or_digest=False)
+        image, digest = r.image, r.digest
     events = open_ledger(project).events(image=image, env=env)
-    if ref and "@" in ref:
-        digest = ref.split("@", 1)[1]
+    if digest:
         events = [e for e in events if e.digest == digest]
     if ref and not events:
-        from bakery.promote import known_to_fleet, unknown_image_message
+        from bakery.store import known_to_fleet, unknown_image_message
 
         if not open_ledger(project).events(image=image) and not known_to_fleet(project, ref):
             raise InputError(unknown_image_message(ref))
@@ -185,22 +169,10 @@ def status_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> None
     Read from the registries and the ledger; when they disagree the registry wins (and the row says so).
     An unreachable registry is shown with the ledger's view and makes the exit status 3.
     """
-    from bakery import ami
-    from bakery.promote import status
+    from bakery.status import status
 
-    key = ami.ami_key(ctx.project, ref) if ref else None
-    if key is not None:
-        envs = [env] if env else ctx.project.config.env_order
-        records = [r for r in (ami.current_ami(ctx.project, key, e) for e in envs) if r is not None]
-        if fmt == "json":
-            emit_json({"images": [{"kind": "ami", **r.to_json()} for r in records]})
-        else:
-            table(["IMAGE", "ENV", "BUILD TAG", "AMIS", "SINCE", "EVENT"],
-                  [[r.image, r.env, r.build_tag, " ".join(f"{k}:{v}" for k, v in sorted(r.amis.items())),
-                    _time(r.time), r.event_kind] for r in records])
-        return
     rows = status(ctx.project, ref, env)
-    unreachable = any((r.note or "").startswith("registry unreachable") for r in rows)
+    unreachable = any(r.unreachable for r in rows)
     if fmt == "json":
         emit_json({"images": [r.to_json() for r in rows]})
         if unreachable:
@@ -218,14 +190,14 @@ def status_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> None
         sys.exit(EXIT_ENVIRONMENT)
 
 
-def _print_ami(data: dict, fmt: str, what: str) -> None:
-    if fmt == "json":
-        emit_json(data)
-        return
-    amis = " ".join(f"{k}:{v}" for k, v in sorted((data.get("amis") or {}).items()))
-    echo(f"{data['image']}  {data['build_tag']}  {data['origin']}  {what} in {data['env']}: {amis}")
-    for g in data.get("gates") or []:
-        echo(f"  gate {g['name']}: {'pass' if g.get('passed') else 'FAIL'} {g.get('reason', '')}", err=True)
+def _progress():
+    """One line per copy state change on stderr (``eu-west-1 ami-1: available (12s)``)."""
+    started = time.monotonic()
+
+    def show(where: str, what: str, state: str) -> None:
+        echo(f"  {where} {what}: {state} ({time.monotonic() - started:.0f}s)", err=True)
+
+    return show
 
 
 commands = [promote_cmd, rollback_cmd, history_cmd, status_cmd]

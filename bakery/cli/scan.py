@@ -162,18 +162,20 @@ def scan_db_build(ctx: Context, advisories: Path, cache_dir: Path | None, push: 
     import tempfile
 
     from bakery.errors import InputError
+    from bakery.ref import Ref
+    from bakery.registries import client_for_host
     from bakery.scan import db_info
     from bakery.trivydb import build_db, push_db
 
     target_ref = None
     if push:
-        host, _, rest = push.partition("/")
-        repo, sep, tag = rest.rpartition(":")
-        if not sep:
-            repo, tag = rest, "2"
-        if not host or not repo or not tag or "/" in tag:
-            raise InputError(f"--push: expected HOST[:PORT]/REPO:TAG, got {push!r}")
-        target_ref = (host, repo, tag)
+        try:
+            target_ref = Ref.parse(push, require_registry=True)
+        except InputError as exc:
+            raise InputError(f"--push: expected HOST[:PORT]/REPO:TAG, got {push!r} ({exc})") from None
+        if target_ref.digest:
+            raise InputError(f"--push: expected HOST[:PORT]/REPO:TAG, got {push!r} (a digest cannot be pushed to)")
+        target_ref = target_ref.with_tag(target_ref.tag or "2")
     project = ctx.project
     with tempfile.TemporaryDirectory(prefix="bakery-trivydb-") as tmp:
         if cache_dir is None and target_ref is None:
@@ -185,12 +187,10 @@ def scan_db_build(ctx: Context, advisories: Path, cache_dir: Path | None, push: 
         if cache_dir is not None:
             echo(f"vulnerability DB written to {db_dir} (UpdatedAt {info.updated_at.isoformat()})")
         if target_ref is not None:
-            host, repo, tag = target_ref
-            h = host.split(":")[0]
-            plain = insecure if insecure is not None else (h in ("localhost", "::1") or h.startswith("127."))
-            digest = push_db(target, host, repository=repo, tag=tag, insecure=plain)
-            echo(f"pushed to {host}/{repo}:{tag} ({digest}, UpdatedAt {info.updated_at.isoformat()}); "
-                 f"use scanner.db_repository: {host}/{repo}:{tag}")
+            client = client_for_host(project, target_ref.registry, insecure=insecure)
+            digest = push_db(target, client, repository=target_ref.repository, tag=target_ref.tag or "2")
+            echo(f"pushed to {target_ref} ({digest}, UpdatedAt {info.updated_at.isoformat()}); "
+                 f"use scanner.db_repository: {target_ref}")
 
 
 commands = [scan_cmd, scan_db]

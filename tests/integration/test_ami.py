@@ -23,9 +23,10 @@ import yaml
 from bakery import ami, packer, render
 from bakery.config import load_project
 from bakery.definitions import load_fleet
-from bakery.errors import GateFailed
 from bakery.ledger import open_ledger
 from bakery.model import LABEL_FINGERPRINT, LABEL_NAME, LABEL_VERSION, ImageKey
+from bakery.promote import promote, rollback
+from bakery.store import store_for
 
 pytestmark = pytest.mark.integration
 
@@ -124,42 +125,46 @@ def test_build_publish_promote_rollback_gc(project_dir: Path) -> None:
     assert (pub.kind, pub.to_env, pub.digest) == ("publish", "dev", f"ami:us-east-1:{dev_ami}")
     assert pub.details["source_ami"] == "ami-760aaa0f" and pub.details["amis"] == {"us-east-1": dev_ami}
 
-    assert ami.ami_key(project, "ami-test:1") == KEY  # `bakery promote` dispatches AMIs by this
-    dry = ami.promote_ami(project, KEY, "staging", dry_run=True)
-    assert dry.dry_run and not dry.copied and {g["name"] for g in dry.gates} == {"previous", "soak", "scan",
-                                                                                  "approval"}
-    assert all(g["passed"] for g in dry.gates) and ami.current_ami(project, KEY, "staging") is None
+    assert ami.ami_key(project, "ami-test:1") == KEY  # the store layer recognises AMI images by this
+    assert store_for(project, "staging", "ami-test:1").kind == "ami"
+    dry = promote(project, "ami-test:1", "staging", dry_run=True)
+    assert dry.action == "would-promote" and not dry.copy and {g.name for g in dry.gates} == {
+        "previous", "soak", "scan", "approval"}
+    assert all(g.passed for g in dry.gates) and ami.current_ami(project, KEY, "staging") is None
 
-    # promote build 1 to staging: two regions, another account
+    # promote build 1 to staging: two regions, another account (the one promote, over the AMI store)
     states: list[tuple[str, str, str]] = []
-    outcome = ami.promote_ami(project, KEY, "staging", on_progress=lambda *a: states.append(a), poll=0.2)
-    assert set(outcome.copied) == {"us-east-1", "eu-west-1"}
-    assert ("eu-west-1", outcome.copied["eu-west-1"], "available") in states
-    for region, copy_id in outcome.copied.items():
+    outcome = promote(project, "ami-test:1", "staging", on_progress=lambda *a: states.append(a))
+    assert outcome.action == "promoted" and outcome.extra["kind"] == "ami"
+    copied = outcome.extra["amis"]
+    assert set(copied) == {"us-east-1", "eu-west-1"}
+    assert ("eu-west-1", copied["eu-west-1"], "available") in states
+    for region, copy_id in copied.items():
         assert copy_id != dev_ami
         t = _tags(project, region, copy_id)
         assert t["bakery:build-tag"] == first.build_tag
         assert t["bakery:fingerprint"] == f"sha256:{1:064x}"
         assert t["bakery:env"] == "staging" and t["bakery:origin"] == first.origin
         assert STAGING_ACCOUNT in ami.launch_permissions(project, region, copy_id)
-    assert ami.current_ami(project, KEY, "staging").amis == outcome.copied
-    again = ami.promote_ami(project, KEY, "staging")
-    assert again.already and not again.copied  # idempotent: no second copy
+    assert ami.current_ami(project, KEY, "staging").amis == copied
+    again = promote(project, "ami-test:1", "staging")
+    assert again.action == "up-to-date" and again.copy is None  # idempotent: no second copy
+    assert ami.current_ami(project, KEY, "staging").amis == copied
 
     # build 2, promote it; then roll staging back to build 1 (no rebuild, no copy)
     second = _bake(project, 2)
     assert second.build_tag.endswith(".2") and second.origin != first.origin
-    promoted = ami.promote_ami(project, KEY, "staging", poll=0.2)
+    promoted = promote(project, "ami-test:1", "staging").extra["amis"]
     assert ami.current_ami(project, KEY, "staging").origin == second.origin
-    back = ami.rollback_ami(project, KEY, "staging", reason="test")
-    assert back.origin == first.origin and back.amis == outcome.copied
+    back = rollback(project, "ami-test:1", "staging")
+    assert back.digest == first.origin and back.extra["amis"] == copied
     assert ami.current_ami(project, KEY, "staging").origin == first.origin
-    kinds = [e.kind for e in open_ledger(project).events(image=str(KEY), env="staging")]
+    kinds = [e.kind for e in open_ledger(project).events(image=str(KEY), env="staging") if e.kind != "gate"]
     assert kinds == ["promote", "promote", "rollback"]
 
     # prod needs an approver: refused, recorded, nothing copied
-    with pytest.raises(GateFailed, match="approval"):
-        ami.promote_ami(project, KEY, "prod")
+    refused = promote(project, "ami-test:1", "prod")
+    assert refused.action == "refused" and "approval" in refused.message
     gate = open_ledger(project).events(image=str(KEY), env="prod")[-1]
     assert gate.kind == "gate" and gate.details["passed"] is False
     assert ami.current_ami(project, KEY, "prod") is None
@@ -182,9 +187,9 @@ def test_build_publish_promote_rollback_gc(project_dir: Path) -> None:
     left = {s["SnapshotId"] for s in _ec2(project, "us-east-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]}
     assert snap2 and not set(snap2) & left
     # staging's copies are untouched by dev's gc; the promoted build 2 copies stay until staging's own gc
-    assert all(_exists(project, r, a) for r, a in promoted.copied.items())
+    assert all(_exists(project, r, a) for r, a in promoted.items())
     st = gc(project, "staging", 1)  # build 1 is current there, build 2 the newest arrival: both stay
-    assert st.deleted == [] and {i.ref for i in st.kept} == {*outcome.copied.values(), *promoted.copied.values()}
+    assert st.deleted == [] and {i.ref for i in st.kept} == {*copied.values(), *promoted.values()}
 
 
 def test_source_ami_change_detection(project_dir: Path) -> None:

@@ -189,16 +189,20 @@ def _ev(kind: str, digest: str, env: str, minute: int, **details) -> Event:
 
 
 def test_rollback_target_skips_builds_rolled_back_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one rollback (promote.rollback_candidates) reads AMI records too, including those written before
+    issue 9 (``rolled_back_from`` instead of ``previous_digest``)."""
+    from bakery.promote import rollback_candidates
+
     events = [_ev("promote", "ami:r:a", "staging", 1), _ev("promote", "ami:r:b", "staging", 2),
               _ev("promote", "ami:r:c", "staging", 3),
               _ev("rollback", "ami:r:b", "staging", 4, rolled_back_from="ami:r:c")]
     monkeypatch.setattr(ami, "_moves", lambda project, image, env: list(events))
     assert ami.current_ami(None, "img:1", "staging").origin == "ami:r:b"  # type: ignore[arg-type]
-    assert ami.previous_ami(None, "img:1", "staging").origin == "ami:r:a"  # type: ignore[arg-type]
+    assert rollback_candidates(events, "img:1", "staging", "ami:r:b")[0] == "ami:r:a"
     events.append(_ev("promote", "ami:r:d", "staging", 5))
-    assert ami.previous_ami(None, "img:1", "staging").origin == "ami:r:b"  # type: ignore[arg-type]
+    assert rollback_candidates(events, "img:1", "staging", "ami:r:d")[0] == "ami:r:b"
     del events[1:]
-    assert ami.previous_ami(None, "img:1", "staging") is None  # type: ignore[arg-type]
+    assert rollback_candidates(events, "img:1", "staging", "ami:r:a") == []
 
 
 def test_gc_arrival_order_counts_each_build_once() -> None:

@@ -11,7 +11,8 @@ from bakery import ledger
 from bakery.config import Config, Environment, Gates, Project
 from bakery.errors import InputError
 from bakery.model import ImageKey, Published
-from bakery.promote import (GateResult, Promotion, alias_tags, build_tag_pattern, gate_approval, gate_soak,
+from bakery.tags import build_tag_pattern
+from bakery.promote import (GateResult, Promotion, alias_tags, gate_approval, gate_soak,
                             newest_build_tag, parse_ref)
 
 UTC = dt.timezone.utc

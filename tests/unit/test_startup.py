@@ -71,8 +71,11 @@ AMI_PROBE = """
 import sys
 from bakery import ami
 from bakery.config import load_project
+loads = []
+real = ami.load_fleet
+ami.load_fleet = lambda project: loads.append(1) or real(project)
 project = load_project()
-print(ami.ami_key(project, sys.argv[1]), "bakery.definitions" in sys.modules)
+print(ami.ami_key(project, sys.argv[1]), bool(loads))
 """
 
 

@@ -89,7 +89,7 @@ def project(scheme: str = DEFAULT) -> Project:
 def test_scheme_regex_matches_only_this_image() -> None:
     rx = scheme_regex(DEFAULT, ImageKey("python", "3.11"))
     assert rx.match("3.11-20261126.1")
-    assert rx.match("3.11-20261126.12").groups() == ("20261126", "12")
+    assert rx.match("3.11-20261126.12").group("yyyymmdd", "n") == ("20261126", "12")
     for other in ("3.11", "3.1-20261126.1", "3.11-full-20261126.1", "3x11-20261126.1", "3.11-20261126.1x"):
         assert not rx.match(other), other
     assert scheme_regex(DEFAULT, ImageKey("python", "3.11", "full")).match("3.11-full-20261126.1")
@@ -116,3 +116,16 @@ def test_next_tag_is_newest_by_build_tags() -> None:
             existing.append(nxt(existing, today=day))
     ordered = build_tags(project(), ImageKey("python", "3.11"), list(reversed(existing)))
     assert ordered == existing
+
+
+def test_day_first_scheme_readers_agree_on_the_newest_build() -> None:
+    """Regression (issue 9): with ``{version}-{dd}{mm}{yyyy}.{n}`` publish ranked 31122025.1 newest while promote
+    ranked 01012026.1 newest, so `build`/`plan`/`scan` and `promote` picked different "latest" builds."""
+    from bakery.promote import newest_build_tag
+
+    scheme = "{version}-{dd}{mm}{yyyy}.{n}"
+    validate_scheme(scheme)
+    tags = ["3.11-01012026.1", "3.11-31122025.1", "3.11-31122025.2"]
+    ordered = build_tags(project(scheme), ImageKey("python", "3.11"), tags)
+    assert ordered == ["3.11-31122025.1", "3.11-31122025.2", "3.11-01012026.1"]
+    assert newest_build_tag(scheme, tags, name="python", tag_version="3.11") == "3.11-01012026.1"

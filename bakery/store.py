@@ -1,0 +1,433 @@
+"""Artifact stores: where an environment keeps its builds. One protocol, one implementation per artifact kind.
+
+* :class:`RegistryStore` — container images in an OCI registry (or ECR): a build is a manifest digest under an
+  immutable build tag; the environment's alias tags point at what it runs.
+* :class:`bakery.ami.AmiStore` — machine images: a build is identified by its origin ``ami:REGION:AMI-ID``;
+  the environment's copies (one AMI per region) are recorded in the ledger, which says what it runs.
+
+Promotion (:func:`bakery.promote.promote`), rollback, the gates (:mod:`bakery.gates`) and status
+(:mod:`bakery.status`) are written once against :class:`ArtifactStore`; :func:`store_for` picks the kind. Nothing
+outside this layer branches on the kind of an artifact. Adding an artifact kind: implement the protocol (see
+``AmiStore``), teach :func:`artifact_kind` to recognise it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, Protocol
+
+from bakery import ami as ami_mod
+from bakery import ledger as ledger_mod
+from bakery.config import Project
+from bakery.definitions import load_fleet
+from bakery.errors import BakeryError, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
+from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey, Published
+from bakery.ref import FleetRef, is_digest, split_image
+from bakery.registries import Registry, registry_for
+from bakery.registry import Manifest
+from bakery.tags import Scheme, env_alias_tags
+
+Progress = Callable[[str, str, str], None]  # (where, what, state)
+
+
+class ArtifactStore(Protocol):
+    """One environment's store of builds of one artifact kind."""
+
+    kind: str  # registry | ami
+    env: str
+    noun: str  # what one build is called in messages ("promotion", "AMI")
+    scannable: bool  # whether the scan gate applies (a container filesystem trivy can read)
+    uses_aliases: bool  # whether the environment points at builds with alias tags (else: the ledger record)
+
+    def where(self, name: str) -> str:
+        """Where an image family lives in this store, for messages and reports."""
+        ...
+
+    def resolve(self, ref: str) -> Published:
+        """REF (NAME:VERSION → the newest build; NAME:BUILD_TAG; NAME@DIGEST) as a build in this store."""
+        ...
+
+    def holds(self, pub: Published, aliases: list[str] | None = None) -> bool:
+        """Whether this store has the build (and every alias in ``aliases`` points at it)."""
+        ...
+
+    def conflict(self, pub: Published) -> tuple[str, dict[str, Any]] | None:
+        """Why the build cannot come here (an immutable build tag on another build) and the details for the
+        record, else None."""
+        ...
+
+    def aliases(self, key: ImageKey, today: dt.date, *, identifying_only: bool = False) -> list[str]:
+        """The moving pointers this environment keeps for an image."""
+        ...
+
+    def copy(self, pub: Published, source: ArtifactStore, aliases: list[str], *,
+             on_progress: Progress | None = None) -> dict[str, Any]:
+        """Bring the build here from ``source`` (never a rebuild), aliases last; what was done, for the ledger."""
+        ...
+
+    def point_aliases(self, pub: Published, key: ImageKey, *, current: str | None,
+                      today: dt.date) -> tuple[list[str], list[str], dict[str, Any]]:
+        """Point the environment back at ``pub`` (a rollback): (moved, left alone, details for the ledger)."""
+        ...
+
+    def current(self, key: ImageKey, events: list[ledger_mod.Event], today: dt.date) -> str | None:
+        """The build this environment runs for ``key`` now (its digest or origin), None when none: what a
+        rollback moves away from."""
+        ...
+
+    def live(self, key: ImageKey, events: list[ledger_mod.Event], today: dt.date) -> str | None:
+        """What the store itself says runs (status reads this; the ledger's view is shown beside it)."""
+        ...
+
+    def build_tag_of(self, key: ImageKey, digest: str, events: list[ledger_mod.Event]) -> str:
+        """The build tag of a build held here."""
+        ...
+
+    def missing_message(self, pub: Published) -> str:
+        """Why a recorded build cannot be gone back to: it is gone from the store."""
+        ...
+
+    def history(self, key: ImageKey, events: list[ledger_mod.Event]) -> list[Published]:
+        """Every arrival of a build of ``key`` here, oldest first."""
+        ...
+
+    def build(self, key: ImageKey, digest: str, events: list[ledger_mod.Event], to: str | None = None) -> Published:
+        """The build ``digest`` (or ``to``: a digest or build tag the user named) of ``key`` in this store."""
+        ...
+
+    def labels(self, pub: Published) -> dict[str, str]:
+        """The build's labels (empty when the kind has none)."""
+        ...
+
+    def describe(self, pub: Published | None, key: ImageKey, events: list[ledger_mod.Event]) -> dict[str, Any]:
+        """Kind-specific fields for JSON reports (``kind`` at least)."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Choosing the store
+
+
+def artifact_kind(project: Project, ref: str, *, specs: dict[ImageKey, Any] | None = None,
+                  events: list[ledger_mod.Event] | None = None) -> str:
+    """``ami`` when REF (NAME:VERSION[-VARIANT]) names a machine image (an amazon-ebs definition, or AMI records in
+    the ledger), else ``registry``. ``specs``/``events`` when the caller has them loaded already."""
+    return "ami" if ami_mod.ami_key(project, ref, specs=specs, events=events) is not None else "registry"
+
+
+def store_for(project: Project, env: str, ref: str | None = None, *, kind: str | None = None,
+              registry: Registry | None = None) -> ArtifactStore:
+    """The store of ``env`` for the artifact REF names (its kind decided here, once)."""
+    kind = kind or (artifact_kind(project, ref) if ref else "registry")
+    if kind == "ami":
+        return ami_mod.AmiStore(project, env)
+    return RegistryStore(project, env, registry=registry)
+
+
+def unknown_image_message(ref: str) -> str:
+    return f"{ref}: unknown image: not in the fleet and no event in the ledger (`bakery list` shows the fleet)"
+
+
+def known_to_fleet(project: Project, ref: str) -> bool:
+    """Whether REF names an image of the fleet (False too when there are no definitions here)."""
+    try:
+        load_fleet(project).select([ref.split("@", 1)[0]])
+    except BakeryError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Container images in a registry
+
+
+class RegistryStore:
+    """An environment's registry: builds are digests under immutable build tags, aliases move."""
+
+    kind = "registry"
+    noun = "promotion"
+    scannable = True
+    uses_aliases = True
+
+    def __init__(self, project: Project, env: str, *, registry: Registry | None = None):
+        self.project = project
+        self.env = env
+        self.environment = project.config.env(env)
+        self.registry = registry or registry_for(project, env)
+        self.scheme = project.config.tags.build
+
+    def repo(self, name: str) -> str:
+        return self.environment.repository(name)
+
+    def where(self, name: str) -> str:
+        return self.environment.image(name)
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> Published:
+        """NAME:VERSION → newest build tag of that version (by the scheme); NAME:BUILD_TAG → that tag;
+        IMAGE@DIGEST → that digest and its build tag (label, else a tag search)."""
+        project, env, reg, scheme = self.project, self.env, self.registry, self.scheme
+        environment = self.environment
+        if ":" not in ref and "@" not in ref and "/" not in ref:
+            ref = self._name_for_bare_build_tag(ref)
+        r = FleetRef.parse(ref)
+        repo = environment.repository(r.name)
+        where = f"{environment.registry}/{r.name}"
+
+        if r.digest:
+            if reg.head_manifest(repo, r.digest) is None:
+                raise StepFailed(f"{where}@{r.digest}: not found in {env}")
+            labels = self._safe_labels(repo, r.digest)
+            build_tag = labels.get(LABEL_BUILD_TAG) or ""
+            if not build_tag or reg.head_manifest(repo, build_tag) != r.digest:
+                build_tag = self._find_build_tag(repo, r.digest, r.name) or build_tag
+            if not build_tag:
+                raise StepFailed(f"{where}@{r.digest}: no build tag in {env} points at this digest")
+            version = r.tag if r.tag and not Scheme(scheme).is_build_tag(r.tag, name=r.name) else None
+            key = key_from_labels(labels, r.name, version or Scheme(scheme).version_of(build_tag, name=r.name))
+            wanted = (Scheme(scheme).version_of(r.tag, name=r.name) or r.tag) if r.tag else None
+            if wanted and key.tag_version != wanted:
+                raise InputError(f"{ref}: that digest is {key}, not {r.name}:{wanted}")
+            return Published(key=key, env=env, repository=environment.image(r.name), build_tag=build_tag,
+                             digest=r.digest)
+
+        assert r.tag is not None
+        tag_version = Scheme(scheme).version_of(r.tag, name=r.name)
+        if tag_version is not None:
+            digest = reg.head_manifest(repo, r.tag)
+            if digest is not None:
+                labels = self._safe_labels(repo, digest)
+                return Published(key=key_from_labels(labels, r.name, tag_version), env=env,
+                                 repository=environment.image(r.name), build_tag=r.tag, digest=digest)
+        tags = reg.list_tags(repo)
+        build_tag = Scheme(scheme).newest(tags, name=r.name, tag_version=r.tag)
+        if build_tag is None:
+            if tag_version is not None:
+                raise StepFailed(f"{where}:{r.tag}: build tag not found in {env}")
+            if not known_to_fleet(project, f"{r.name}:{r.tag}") and \
+                    not ledger_mod.open_ledger(project).events(image=f"{r.name}:{r.tag}"):
+                raise InputError(unknown_image_message(f"{r.name}:{r.tag}"))
+            raise StepFailed(f"{where}: no build of version {r.tag!r} in {env}"
+                             + (" (the repository is empty or missing)" if not tags else ""))
+        digest = reg.head_manifest(repo, build_tag)
+        if digest is None:  # deleted between list and head
+            raise StepFailed(f"{where}:{build_tag}: vanished from {env}")
+        labels = self._safe_labels(repo, digest)
+        return Published(key=key_from_labels(labels, r.name, r.tag), env=env, repository=environment.image(r.name),
+                         build_tag=build_tag, digest=digest)
+
+    def _name_for_bare_build_tag(self, tag: str) -> str:
+        """A bare BUILD_TAG: the fleet's images whose version it names, the one that has it in this env."""
+        version = Scheme(self.scheme).version_of(tag)
+        if not version:
+            raise InputError(f"{tag}: name a version, a build tag or a digest (e.g. NAME:VERSION)")
+        try:
+            fleet = load_fleet(self.project)
+        except BakeryError as exc:  # no definitions here
+            raise InputError(f"{tag}: a bare build tag needs the definitions to find its image; use NAME:{tag}"
+                             f" ({exc})") from None
+        names = sorted({k.name for k in fleet.specs if k.tag_version == version})
+        found = [n for n in names if self.registry.head_manifest(self.repo(n), tag) is not None]
+        if len(found) == 1:
+            return f"{found[0]}:{tag}"
+        if not found:
+            raise StepFailed(f"{tag}: no image of the fleet has this build tag in {self.env}")
+        raise InputError(f"{tag}: ambiguous build tag ({', '.join(found)} have it in {self.env}); use NAME:{tag}")
+
+    def _safe_labels(self, repo: str, digest: str) -> dict[str, str]:
+        try:
+            return self.registry.labels(repo, digest)
+        except RegistryError:
+            return {}
+
+    def _find_build_tag(self, repo: str, digest: str, name: str) -> str | None:
+        for tag in reversed(Scheme(self.scheme).sorted(self.registry.list_tags(repo), name=name)):
+            if self.registry.head_manifest(repo, tag) == digest:
+                return tag
+        return None
+
+    def labels(self, pub: Published) -> dict[str, str]:
+        return self._safe_labels(self.repo(pub.key.name), pub.digest)
+
+    def holds(self, pub: Published, aliases: list[str] | None = None) -> bool:
+        repo = self.repo(pub.key.name)
+        if aliases is None:
+            return self.registry.head_manifest(repo, pub.digest) == pub.digest
+        return (self.registry.head_manifest(repo, pub.build_tag) == pub.digest
+                and all(self.registry.head_manifest(repo, t) == pub.digest for t in aliases))
+
+    def conflict(self, pub: Published) -> tuple[str, dict[str, Any]] | None:
+        existing = self.registry.head_manifest(self.repo(pub.key.name), pub.build_tag)
+        if existing is not None and existing != pub.digest:
+            return (f"{self.where(pub.key.name)}:{pub.build_tag} already points at {existing[:19]}…, refusing to "
+                    f"move an immutable tag", {"existing": existing})
+        return None
+
+    def aliases(self, key: ImageKey, today: dt.date, *, identifying_only: bool = False) -> list[str]:
+        return env_alias_tags(self.project, self.env, key, today, identifying_only=identifying_only)
+
+    def _own(self, key: ImageKey, today: dt.date) -> tuple[list[str], str | None]:
+        """(the identifying aliases, what the first of them that exists points at)."""
+        repo = self.repo(key.name)
+        own = self.aliases(key, today, identifying_only=True)
+        for pointer in own:
+            live = self.registry.head_manifest(repo, pointer)
+            if live:
+                return own, live
+        return own, None
+
+    def current(self, key: ImageKey, events: list[ledger_mod.Event], today: dt.date) -> str | None:
+        """What the identifying aliases point at; with only shared aliases, what the ledger says."""
+        own, live = self._own(key, today)
+        if own:
+            return live
+        live_event = ledger_mod.current(events, str(key), self.env)
+        return live_event.digest if live_event else None
+
+    def live(self, key: ImageKey, events: list[ledger_mod.Event], today: dt.date) -> str | None:
+        """What the registry says runs: the identifying aliases, else the newest build tag of the version."""
+        own, live = self._own(key, today)
+        if own:
+            return live
+        repo = self.repo(key.name)
+        bt = Scheme(self.scheme).newest(self.registry.list_tags(repo), name=key.name, tag_version=key.tag_version)
+        return self.registry.head_manifest(repo, bt) if bt else None
+
+    def history(self, key: ImageKey, events: list[ledger_mod.Event]) -> list[Published]:
+        out = []
+        for e in events:
+            if e.image == str(key) and e.to_env == self.env and e.kind in ("publish", "promote", "rollback"):
+                out.append(Published(key=key, env=self.env, repository=self.where(key.name), build_tag=e.build_tag,
+                                     digest=e.digest, created=e.time))
+        return out
+
+    def build(self, key: ImageKey, digest: str, events: list[ledger_mod.Event], to: str | None = None) -> Published:
+        if to:
+            digest, build_tag = self._rollback_target(key, to, events)
+        else:
+            image = str(key)
+            build_tag = next(e.build_tag for e in reversed(events) if e.digest == digest and e.image == image)
+        return Published(key=key, env=self.env, repository=self.where(key.name), build_tag=build_tag, digest=digest)
+
+    def missing_message(self, pub: Published) -> str:
+        return (f"{pub.repository}@{pub.digest}: recorded in the ledger but missing from the registry (the "
+                f"registry is the truth)")
+
+    def _rollback_target(self, key: ImageKey, to: str, events: list[ledger_mod.Event]) -> tuple[str, str]:
+        """``--to``: a digest or build tag that is a build of this very version, present in this env."""
+        reg, env, scheme = self.registry, self.env, self.scheme
+        repo, where, image = self.repo(key.name), self.where(key.name), str(key)
+        if to.startswith("sha256:") or "@" in to:
+            digest = to.split("@", 1)[-1]
+            if not is_digest(digest):
+                raise InputError(f"--to {to}: not a sha256 digest (sha256: and 64 hex digits)")
+            if reg.head_manifest(repo, digest) is None:
+                raise StepFailed(f"{where}@{digest}: not in {env}; can only roll back to something promoted there")
+            recorded = {e.image for e in events if e.digest == digest}
+            if recorded and image not in recorded:
+                raise InputError(f"--to {to}: that digest is {', '.join(sorted(recorded))}, not {image}")
+            build_tag = next((e.build_tag for e in reversed(events) if e.digest == digest and e.image == image), "")
+            if not build_tag:
+                labels = self._safe_labels(repo, digest)
+                if labels.get(LABEL_VERSION):
+                    other = key_from_labels(labels, key.name, None)
+                    if other.tag_version != key.tag_version:
+                        raise InputError(f"--to {to}: that digest is {other}, not {image}")
+                build_tag = self._find_build_tag(repo, digest, key.name) or ""
+                tag_version = Scheme(scheme).version_of(build_tag, name=key.name) if build_tag else None
+                if tag_version is not None and tag_version != key.tag_version:
+                    raise InputError(f"--to {to}: that digest is {key.name}:{tag_version}, not {image}")
+            return digest, build_tag
+        build_tag = to.split(":", 1)[-1]
+        tag_version = Scheme(scheme).version_of(build_tag, name=key.name)
+        if tag_version is None:
+            raise InputError(f"--to {to}: not a build tag ({scheme}) nor a digest")
+        if tag_version != key.tag_version:
+            raise InputError(f"--to {to}: a build of {key.name}:{tag_version}, not of {image}")
+        found = reg.head_manifest(repo, build_tag)
+        if found is None:
+            raise StepFailed(f"{where}:{build_tag}: not in {env}")
+        return found, build_tag
+
+    def describe(self, pub: Published | None, key: ImageKey, events: list[ledger_mod.Event]) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    def build_tag_of(self, key: ImageKey, digest: str, events: list[ledger_mod.Event]) -> str:
+        """The build tag of a live digest: the ledger's, else the image's label."""
+        found = next((x.build_tag for x in reversed(events) if x.digest == digest and x.build_tag), "")
+        return found or self._safe_labels(self.repo(key.name), digest).get(LABEL_BUILD_TAG, "")
+
+    # -- writing -----------------------------------------------------------------------------------------------
+
+    def copy(self, pub: Published, source: ArtifactStore, aliases: list[str], *,
+             on_progress: Progress | None = None) -> dict[str, Any]:
+        """Manifests and blobs BY DIGEST (no tag written; blobs the target has are skipped, same-host blobs
+        mounted), then the build tag, then the aliases: an interruption leaves no new tag, a rerun completes it."""
+        assert isinstance(source, RegistryStore)
+        name = pub.key.name
+        src_repo, dst_repo = source.repo(name), self.repo(name)
+        self.registry.ensure_repository(dst_repo, aliases=aliases)
+        tagged = False
+        try:
+            stats = self.registry.copy_image(source.registry, src_repo, pub.digest, dst_repo)
+            manifest = source.registry.get_manifest(src_repo, pub.digest)  # byte-identical by its digest
+            tagged = True
+            write_tags(self.registry, dst_repo, manifest, pub.build_tag, aliases, target=self.where(name))
+        except RegistryUnavailable as exc:
+            state = ("some tags may be missing" if tagged else "no tag was written in the target")
+            raise RegistryUnavailable(f"promotion of {pub.key} {pub.build_tag} to {self.env} interrupted ({state}); "
+                                      f"run the same command again to complete it: {exc}") from None
+        return {"copy": stats.as_dict()}
+
+    def point_aliases(self, pub: Published, key: ImageKey, *, current: str | None,
+                      today: dt.date) -> tuple[list[str], list[str], dict[str, Any]]:
+        """Move the aliases back to ``pub``. An alias shared by every version (``staging``) moves only when it
+        pointed at this version's current build."""
+        repo = self.repo(key.name)
+        aliases = self.aliases(key, today)
+        own = self.aliases(key, today, identifying_only=True)
+        moving: list[str] = []
+        left: list[str] = []
+        for alias in aliases:
+            at = self.registry.head_manifest(repo, alias)
+            if at == pub.digest:
+                continue
+            if alias not in own and at is not None and at != current:
+                left.append(alias)  # another version's: promoted there after this one
+            else:
+                moving.append(alias)
+        if moving:
+            manifest = self.registry.get_manifest(repo, pub.digest)
+            for alias in moving:
+                self.registry.put_manifest(repo, alias, manifest.body, manifest.media_type)
+        return moving, left, {}
+
+
+def key_from_labels(labels: dict[str, str], name: str, tag_version: str | None) -> ImageKey:
+    if labels.get(LABEL_NAME) and labels.get(LABEL_VERSION):
+        return ImageKey(labels[LABEL_NAME], labels[LABEL_VERSION], labels.get(LABEL_VARIANT) or None)
+    if tag_version:
+        return ImageKey(name, tag_version)
+    raise InputError(f"{name}: cannot tell the version of this image (no {LABEL_VERSION} label); "
+                     f"name it as NAME:VERSION or NAME:BUILD_TAG")
+
+
+def key_of(image: str) -> ImageKey:
+    """The ledger's ``NAME:VERSION[-VARIANT]`` as a key (the variant stays in the version)."""
+    name, tag_version = split_image(image)
+    return ImageKey(name, tag_version)
+
+
+def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, aliases: list[str], *,
+               target: str) -> None:
+    """The immutable build tag first (re-checked right before writing), then the moving aliases."""
+    current = dst.head_manifest(repo, build_tag)
+    if current is not None and current != manifest.digest:
+        raise ImmutableTagError(f"{target}:{build_tag} already points at {current[:19]}…, refusing to move an "
+                                f"immutable tag")
+    if current is None:
+        dst.put_manifest(repo, build_tag, manifest.body, manifest.media_type)
+    for alias in aliases:
+        if dst.head_manifest(repo, alias) != manifest.digest:
+            dst.put_manifest(repo, alias, manifest.body, manifest.media_type)
