@@ -31,10 +31,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bakery.config import Environment, Project
-from bakery.definitions import load_fleet
+from bakery.configview import Project
 from bakery.errors import BakeryError, EnvironmentFailure, InputError, StepFailed
 from bakery.ledger import Event, open_ledger
 from bakery.ledger import now as ledger_now
@@ -42,6 +41,9 @@ from bakery.model import ImageKey, ImageSpec, Published
 from bakery.ref import FleetRef, split_image
 from bakery.tags import Scheme
 from bakery.tags import next_build_tag as next_tag
+
+if TYPE_CHECKING:
+    from bakery.config import Environment
 
 # boto3/botocore are imported where they are used: ~0.3 s of start-up that `bakery list/render/plan` never need.
 
@@ -92,7 +94,12 @@ def ami_key(project: Project, ref: str, *, specs: dict[ImageKey, ImageSpec] | No
             # Loading the fleet (YAML, models, template checks) only to learn that no definition builds this
             # image as an AMI costs a short command most of its time: a definition that does has both words.
             mentioned = definitions_mention(project.definitions_dir, b"amazon-ebs", name.encode())
-            specs = load_fleet(project).specs if mentioned else {}
+            if mentioned:
+                from bakery.definitions import load_fleet  # start-up: only when a definition may be an AMI
+
+                specs = load_fleet(project).specs
+            else:
+                specs = {}
         except BakeryError:  # definitions are optional here; the ledger decides then
             specs = {}
     for key, spec in specs.items():

@@ -32,7 +32,7 @@ import yaml
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field
 
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.errors import InputError, ValidationError
 from bakery.model import ImageKey, ImageSpec, Parent
 from bakery.ref import NAME_RE, TAG_RE, Ref, split_image

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bakery import ledger as ledger_mod
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.errors import InputError, StepFailed
 from bakery.gates import GateResult, ScanFn, arrivals_and_rollbacks, evaluate, gate_approval, gate_previous, \
     gate_scan, gate_soak, human, scan_summary

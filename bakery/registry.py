@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit, parse_qsl
 
-import docker.auth
-import docker.errors
 import requests
 import tenacity
 
@@ -128,6 +126,10 @@ def docker_config_credentials(host: str, *, environ: dict[str, str] | None = Non
     path = Path(base) / "config.json"
     if not path.is_file():
         return None
+    # The docker SDK (~0.1 s to import: most of a short command's start-up) only when there is a config to read.
+    import docker.auth
+    import docker.errors
+
     try:
         data = json.loads(path.read_text())
         for entry in (data.get("auths") or {}).values():  # docker's CLI also reads plain username/password

@@ -18,8 +18,7 @@ from typing import Any, Callable, Protocol
 
 from bakery import ami as ami_mod
 from bakery import ledger as ledger_mod
-from bakery.config import Project
-from bakery.definitions import load_fleet
+from bakery.configview import Project
 from bakery.errors import BakeryError, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
 from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey, Published
 from bakery.ref import FleetRef, is_digest, split_image
@@ -130,6 +129,8 @@ def unknown_image_message(ref: str) -> str:
 
 def known_to_fleet(project: Project, ref: str) -> bool:
     """Whether REF names an image of the fleet (False too when there are no definitions here)."""
+    from bakery.definitions import load_fleet  # start-up: promote/status load definitions only when asked
+
     try:
         load_fleet(project).select([ref.split("@", 1)[0]])
     except BakeryError:
@@ -222,6 +223,8 @@ class RegistryStore:
         version = Scheme(self.scheme).version_of(tag)
         if not version:
             raise InputError(f"{tag}: name a version, a build tag or a digest (e.g. NAME:VERSION)")
+        from bakery.definitions import load_fleet  # start-up: see known_to_fleet
+
         try:
             fleet = load_fleet(self.project)
         except BakeryError as exc:  # no definitions here

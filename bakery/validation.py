@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any
-
-import pydantic
+from typing import TYPE_CHECKING, Any
 
 from bakery.errors import InputError
+
+if TYPE_CHECKING:
+    import pydantic  # at run time only where an error is formatted: start-up of commands on a cached config
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
@@ -18,6 +19,8 @@ def field_path(loc: tuple[Any, ...]) -> str:
 def _inner_model(annotation: Any) -> Any:
     """For dict[str, M], list[M], M | None: return M (the model a key path descends into)."""
     import typing
+
+    import pydantic
 
     origin = typing.get_origin(annotation)
     if origin is None:
@@ -48,6 +51,8 @@ class _ListOf:
 
 
 def allowed_keys(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    import pydantic
+
     current: Any = model
     for part in loc[:-1]:
         if isinstance(current, (_DictOf, _ListOf)):

@@ -69,11 +69,11 @@ def test_the_probe_sees_a_heavy_import(repo: Path) -> None:
 
 AMI_PROBE = """
 import sys
-from bakery import ami
+from bakery import ami, definitions
 from bakery.config import load_project
 loads = []
-real = ami.load_fleet
-ami.load_fleet = lambda project: loads.append(1) or real(project)
+real = definitions.load_fleet
+definitions.load_fleet = lambda project: loads.append(1) or real(project)
 project = load_project()
 print(ami.ami_key(project, sys.argv[1]), bool(loads))
 """
