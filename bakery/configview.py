@@ -33,6 +33,7 @@ NOT_OVERRIDES = frozenset({"BAKERY_CONFIG", "BAKERY_DEBUG", "BAKERY_NOW", "BAKER
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 CACHE_FORMAT = 1
+CACHE_ENTRIES = 200  # validated configurations kept (one per file, variables and bakery version seen)
 
 
 def parse_duration(value: str | int | float) -> dt.timedelta:
@@ -319,6 +320,9 @@ def store(key: str | None, shape: dict[str, Any], data: Any) -> None:
         tmp = d / f".{key}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"format": CACHE_FORMAT, "shape": shape, "data": data}))
         tmp.replace(d / f"{key}.json")
+        entries = sorted(d.glob("*.json"), key=lambda f: f.stat().st_mtime)
+        for old in entries[:-CACHE_ENTRIES]:  # the oldest go: a cache of recent inputs, not an archive
+            old.unlink(missing_ok=True)
     except OSError:
         pass  # a cache only
 
