@@ -27,6 +27,7 @@ Where moto differs from AWS (tests run against moto in server mode):
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,15 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 from bakery.configview import Project
 from bakery.errors import BakeryError, EnvironmentFailure, InputError, StepFailed
-from bakery.ledger import Event, open_ledger
+from bakery.ledger import Event, arrival_order, open_ledger
 from bakery.ledger import now as ledger_now
-from bakery.model import ImageKey, ImageSpec, Published
+from bakery.model import Held, ImageKey, ImageSpec, Published, Reason, StoredBuild
 from bakery.ref import FleetRef, split_image
 from bakery.tags import Scheme
 from bakery.tags import next_build_tag as next_tag
 
 if TYPE_CHECKING:
     from bakery.config import Environment
+    from bakery.plan import Judging, PlanItem
 
 # boto3/botocore are imported where they are used: ~0.3 s of start-up that `bakery list/render/plan` never need.
 
@@ -55,6 +57,8 @@ WAIT_TIMEOUT = 1800.0
 POLL_SECONDS = 5.0
 
 Progress = Callable[[str, str, str], None]  # (region, ami id, state)
+
+log = logging.getLogger("bakery.ami")
 
 
 @dataclass(frozen=True)
@@ -594,3 +598,103 @@ class AmiStore:
             _grant(self.project, region, ami_id, account)
         return [], [], {"builder": "amazon-ebs", "amis": dict(rec.amis), "fingerprint": rec.fingerprint,
                         "source_ami": rec.source_ami, "account": account, "rolled_back_from": current}
+
+    # -- planning (bakery plan) --------------------------------------------------------------------------------
+
+    requests = 0  # no registry requests
+
+    def held(self, key: ImageKey) -> Held | None:
+        """The ledger's record of what this environment runs (AMIs live in EC2, not in a registry): its build tag,
+        origin, fingerprint and source AMI."""
+        rec = current_ami(self.project, key, self.env)
+        if rec is None:
+            return None
+        return Held(repository=self.where(key.name), build_tag=rec.build_tag, digest=rec.origin, image_id="",
+                    labels={"bakery:fingerprint": rec.fingerprint, TAG_SOURCE: rec.source_ami})
+
+    def upstream_ref(self, spec: ImageSpec) -> str | None:
+        return None  # what an AMI is built from is its source AMI, found by judge
+
+    def judge(self, item: PlanItem, recipe: Any, judging: Judging) -> None:
+        """``definition`` when the recipe (on the upstream parent now) gives another fingerprint than the ledger
+        recorded; ``upstream`` when a newer source AMI matches the definition's filter."""
+        spec = item.spec
+        try:
+            newest = newest_source_ami(self.project, spec)
+        except BakeryError as exc:
+            item.error = f"cannot check the AMI: {exc}"
+            return
+        held = judging.currents.get(item.key)
+        drift = SourceDrift(image=spec.ref, built_from=held.labels.get(TAG_SOURCE, "") if held else "",
+                            newest=newest)
+        item.upstream_digest = drift.newest
+        if held is None:
+            item.reasons.append(Reason("definition", "never published"))
+            return
+        fingerprint = held.labels.get("bakery:fingerprint", "")
+        if recipe is not None and fingerprint:
+            try:
+                parent_digest = judging.resolve_upstream(spec.parent.reference)
+            except BakeryError:
+                parent_digest = ""
+            if parent_digest and judging.fingerprint(recipe, parent_digest) != fingerprint:
+                item.reasons.append(Reason("definition", "recipe changed since the published AMI"))
+        if drift.changed:
+            item.reasons.append(Reason("upstream", drift.reason()))
+
+    # -- retention (bakery gc) ---------------------------------------------------------------------------------
+
+    def stored(self, events: list[Event], only: str | None = None) -> list[StoredBuild]:
+        """Every AMI of this environment (found by its ``bakery:env`` tag in each region), per image oldest first:
+        by first arrival of its origin in ``events``, then CreationDate, then build tag. Nothing is asked of
+        EC2 when the environment has no ``aws`` settings and ``events`` hold no AMI."""
+        order = arrival_order(events)
+        if self.project.config.env(self.env).aws is None and \
+                not any(is_ami_digest(x) for ids in order.values() for x in ids):
+            return []
+        _, regions = aws_target(self.project, self.env)
+        found: list[tuple[str, dict[str, Any]]] = []
+        for region in regions:
+            ec2 = client(self.project, region)
+            images = _call(f"list {self.env} AMIs in {region}", lambda ec2=ec2: ec2.describe_images(
+                Owners=["self"], Filters=[{"Name": f"tag:{TAG_ENV}", "Values": [self.env]}]).get("Images", []))
+            found += [(region, i) for i in images]
+        by_image: dict[str, list[tuple[str, dict[str, Any], dict[str, str]]]] = {}
+        for region, img in found:
+            tags = tags_dict(img.get("Tags"))
+            name, version = tags.get("bakery:name"), tags.get("bakery:version")
+            if not name or not version:
+                continue
+            key = f"{name}:{version}"
+            if only and key != only and name != only:
+                continue
+            by_image.setdefault(key, []).append((region, img, tags))
+        out: list[StoredBuild] = []
+        for image, entries in sorted(by_image.items()):
+            known = order.get(image, [])
+
+            def rank(entry: tuple[str, dict[str, Any], dict[str, str]]) -> tuple[int, str, str]:
+                ident = entry[2].get(TAG_ORIGIN, "")
+                pos = known.index(ident) if ident in known else -1
+                return pos, entry[1].get("CreationDate", ""), entry[2].get("bakery:build-tag", "")
+
+            for region, img, tags in sorted(entries, key=rank):
+                ident = tags.get(TAG_ORIGIN) or origin(region, img["ImageId"])
+                snaps = [bd["Ebs"]["SnapshotId"] for bd in img.get("BlockDeviceMappings", [])
+                         if bd.get("Ebs", {}).get("SnapshotId")]
+                out.append(StoredBuild(kind="ami", image=image, ref=img["ImageId"], where=region,
+                                       build_tag=tags.get("bakery:build-tag", ""), identity=ident, build=ident,
+                                       snapshots=snaps))
+        return out
+
+    def kept_anyway(self, build: StoredBuild, doomed: list[StoredBuild]) -> str | None:
+        return None  # each regional AMI goes on its own
+
+    def delete(self, build: StoredBuild) -> None:
+        """Deregister the AMI, then delete its snapshots."""
+        ec2 = client(self.project, build.where)
+        _call(f"deregister {build.ref} in {build.where}", lambda: ec2.deregister_image(ImageId=build.ref))
+        for snap in build.snapshots:
+            _call(f"delete snapshot {snap} in {build.where}",
+                  lambda snap=snap: ec2.delete_snapshot(SnapshotId=snap))
+        log.info("deregistered %s in %s (snapshots: %s)", build.ref, build.where, ", ".join(build.snapshots) or "none")

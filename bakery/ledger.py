@@ -330,6 +330,18 @@ def arrivals(events: list[Event], digest: str, env: str) -> list[Event]:
                                                                                           "rollback")]
 
 
+def arrival_order(events: list[Event]) -> dict[str, list[str]]:
+    """image -> identities (digest / AMI origin) in order of first arrival (publish, promote or rollback)."""
+    out: dict[str, list[str]] = {}
+    for ev in events:
+        if ev.kind not in ("publish", "promote", "rollback"):
+            continue
+        lst = out.setdefault(ev.image, [])
+        if ev.digest not in lst:
+            lst.append(ev.digest)
+    return out
+
+
 def first_seen(events: list[Event], digest: str, env: str) -> dt.datetime | None:
     hits = arrivals(events, digest, env)
     return hits[0].time if hits else None

@@ -166,3 +166,47 @@ LABEL_VERSION = "dev.bakery.version"
 LABEL_VARIANT = "dev.bakery.variant"
 LABEL_FINGERPRINT = "dev.bakery.fingerprint"
 LABEL_BUILD_TAG = "dev.bakery.build-tag"
+
+
+@dataclass
+class StoredBuild:
+    """One build an environment keeps, as retention (``bakery gc``) sees it: listed by
+    :meth:`bakery.store.ArtifactStore.stored`, removed by :meth:`~bakery.store.ArtifactStore.delete`."""
+
+    kind: str  # what the report calls it: "ami" (one regional AMI) | "tag" (one build tag)
+    image: str  # NAME:VERSION[-VARIANT]
+    ref: str  # what goes: an AMI id, a build tag
+    where: str  # a region, a repository
+    build_tag: str
+    identity: str  # the build's identity (AMI origin, manifest digest); "" when unknown
+    build: str  # the unit ``--keep`` counts (an AMI origin: every regional copy of it; a build tag)
+    snapshots: list[str] = field(default_factory=list)  # removed with it (an AMI's EBS snapshots)
+    also_named: list[str] = field(default_factory=list)  # other names in ``where`` for the same identity
+
+
+@dataclass
+class Held:
+    """What an environment currently holds for an image (its newest build), as ``bakery plan`` compares it:
+    :meth:`bakery.store.ArtifactStore.held`. A registry fills it from the manifest and config blob, the AMI store
+    from the ledger record (``labels``: its ``bakery:*`` fields)."""
+
+    repository: str  # host[:port]/namespace/name (registry); where the AMIs are (AMI)
+    build_tag: str
+    digest: str  # the build's identity
+    image_id: str  # config digest ("" when the kind has none)
+    labels: dict[str, str]
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why ``bakery plan`` rebuilds an image."""
+
+    kind: str  # one of bakery.plan.REASONS
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "detail": self.detail}

@@ -18,52 +18,28 @@ otherwise up to date. The images to rebuild form a DAG in levels (parents first)
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from bakery import ami, render, scan
+from bakery import render, scan
 from bakery.build import resolve_upstream
 from bakery.configview import Project
 from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure
-from bakery.model import LABEL_FINGERPRINT, OCI, ImageKey, ImageSpec
-from bakery.publish import build_tags, env_repository
-from bakery.registries import Registry, registry_for
+from bakery.model import LABEL_FINGERPRINT, OCI, Held, ImageKey, ImageSpec, Reason
+from bakery.store import ArtifactStore, spec_kind, store_for
 
 REASONS = ("definition", "upstream", "patches", "parent", "forced")
 UP_TO_DATE = "up to date"
 LABEL_BASE_DIGEST = OCI + "base.digest"
 LABEL_CREATED = OCI + "created"
-
-
-@dataclass(frozen=True)
-class Reason:
-    kind: str  # one of REASONS
-    detail: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"kind": self.kind, "detail": self.detail}
-
-
-@dataclass
-class Current:
-    """The newest published build of one image, as the registry describes it."""
-
-    repository: str  # host[:port]/namespace/name
-    build_tag: str
-    digest: str
-    image_id: str  # config digest
-    labels: dict[str, str]
-
-    @property
-    def pinned(self) -> str:
-        return f"{self.repository}@{self.digest}"
+Current = Held  # the newest published build of one image (bakery.model.Held; nightly and tests use this name)
+__all__ = ["LABEL_BASE_DIGEST", "LABEL_CREATED", "REASONS", "Current", "Judging", "Plan", "PlanItem", "Reason",
+           "make_plan", "matrix_slug", "scope", "scope_named"]
 
 
 @dataclass
@@ -235,107 +211,36 @@ def _pack(units: list[list[ImageKey]], max_jobs: int, pack: int,
     return [b for b in bins if b]
 
 
-# ------------------------------------------------------------------------------------------------ registry
-class _Clients:
-    """One registry client (one HTTP session, kept alive) per worker thread for the first environment's registry."""
+# ------------------------------------------------------------------------------------------------ stores
+class _Stores:
+    """One store per artifact kind and worker thread for the first environment (a registry store holds one HTTP
+    session, kept alive): what plan reads every image's current build through."""
 
-    def __init__(self, factory: Callable[[], Registry]):
-        self._factory = factory
+    def __init__(self, project: Project, env: str):
+        self._project = project
+        self._env = env
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.requests = 0
+        self._made: list[ArtifactStore] = []
 
-    def count(self, n: int) -> None:
+    def get(self, spec: ImageSpec) -> ArtifactStore:
+        mine: dict[str, ArtifactStore] | None = getattr(self._local, "stores", None)
+        if mine is None:
+            mine = self._local.stores = {}
+        kind = spec_kind(spec)  # an opaque key: which store serves this image is the store layer's decision
+        store = mine.get(kind)
+        if store is None:
+            store = store_for(self._project, self._env, spec=spec,
+                              client_options={"timeout": 15, "retries": 2, "backoff": 0.2})
+            mine[kind] = store
+            with self._lock:
+                self._made.append(store)
+        return store
+
+    @property
+    def requests(self) -> int:
         with self._lock:
-            self.requests += n
-
-    def get(self) -> Registry:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._factory()
-            self._local.client = client
-        return client
-
-
-def _newest(project: Project, clients: _Clients, key: ImageKey) -> Current | None:
-    """The newest build tag of ``key`` in the first environment, with its digest and labels."""
-    host, repo = env_repository(project, project.config.first_env, key.name)
-    client = clients.get()
-    tags = build_tags(project, key, client.list_tags(repo))
-    clients.count(1)
-    if not tags:
-        return None
-    tag = tags[-1]
-    known = _cached_build_tag(project, host, repo, tag)
-    if known is not None:  # a build tag is immutable: what it named once, it names for good
-        digest, image_id = known
-    else:
-        top = client.get_manifest(repo, tag)
-        manifest = client.resolve_image_manifest(repo, top.digest) if top.is_index else top
-        clients.count(1 if manifest is top else 3)
-        config = manifest.json().get("config") or {}
-        digest, image_id = top.digest, str(config.get("digest") or "")
-        if image_id:
-            _cache_build_tag(project, host, repo, tag, digest, image_id)
-    labels: dict[str, str] = {}
-    if image_id:
-        labels = _cached_labels(project, image_id)
-        if labels is None:
-            blob = json.loads(client.get_blob(repo, image_id))
-            clients.count(1)
-            labels = dict((blob.get("config") or {}).get("Labels") or {})
-            _cache_labels(project, image_id, labels)
-    return Current(repository=f"{host}/{repo}", build_tag=tag, digest=digest, image_id=image_id, labels=labels)
-
-
-def _build_tag_path(project: Project, host: str, repo: str, tag: str) -> Path:
-    return project.state_dir / "build-tags" / host.replace(":", "_") / repo / f"{tag}.json"
-
-
-def _cached_build_tag(project: Project, host: str, repo: str, tag: str) -> tuple[str, str] | None:
-    """(manifest digest, config digest) of a build tag read before. bakery never moves a build tag (it refuses
-    to), so a no-op plan needs one request per image (the tag list) instead of two."""
-    try:
-        data = json.loads(_build_tag_path(project, host, repo, tag).read_text())
-        digest, image_id = data["digest"], data["image_id"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return (digest, image_id) if isinstance(digest, str) and isinstance(image_id, str) else None
-
-
-def _cache_build_tag(project: Project, host: str, repo: str, tag: str, digest: str, image_id: str) -> None:
-    path = _build_tag_path(project, host, repo, tag)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"digest": digest, "image_id": image_id}))
-        tmp.replace(path)
-    except OSError:
-        pass  # a cache only
-
-
-def _labels_path(project: Project, image_id: str) -> Path:
-    return project.state_dir / "labels" / f"{image_id.replace(':', '-')}.json"
-
-
-def _cached_labels(project: Project, image_id: str) -> dict[str, str] | None:
-    """Labels of a config blob read before: the blob is content-addressed, so they never change."""
-    try:
-        data = json.loads(_labels_path(project, image_id).read_text())
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _cache_labels(project: Project, image_id: str, labels: dict[str, str]) -> None:
-    path = _labels_path(project, image_id)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(labels, sort_keys=True))
-        tmp.replace(path)
-    except OSError:
-        pass  # a cache only
+            return sum(s.requests for s in self._made)
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -398,18 +303,17 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
         except BakeryError as exc:
             items[k].error = f"cannot render: {exc}"
 
-    first = project.config.first_env
-    clients = _Clients(lambda: registry_for(project, first, timeout=15, retries=2, backoff=0.2))
-    upstream_refs = sorted({fleet.specs[k].parent.reference for k in keys
-                            if fleet.specs[k].parent.kind == "upstream" and not _is_ami(fleet.specs[k])})
+    stores = _Stores(project, project.config.first_env)
+    upstream_refs = sorted({ref for k in keys if (ref := stores.get(fleet.specs[k]).upstream_ref(fleet.specs[k]))})
 
-    def fetch_current(k: ImageKey) -> tuple[ImageKey, Current | None, str]:
+    def fetch_current(k: ImageKey) -> tuple[ImageKey, ArtifactStore, Held | None, str]:
+        store = stores.get(fleet.specs[k])
         try:
-            return k, _newest(project, clients, k), ""
+            return k, store, store.held(k), ""
         except EnvironmentFailure:
             raise
         except BakeryError as exc:
-            return k, None, f"cannot read the published image: {exc}"
+            return k, store, None, f"cannot read the published image: {exc}"
 
     def fetch_upstream(ref: str) -> tuple[str, str, str]:
         try:
@@ -419,37 +323,36 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
         except BakeryError as exc:
             return ref, "", str(exc)
 
-    currents: dict[ImageKey, Current | None] = {}
+    currents: dict[ImageKey, Held | None] = {}
     upstream: dict[str, tuple[str, str]] = {}
-    registry_keys = [k for k in sorted(context, key=fleet.sort_key) if not _is_ami(fleet.specs[k])]
+    judges: dict[ImageKey, ArtifactStore] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         up_futs = [pool.submit(fetch_upstream, r) for r in upstream_refs]
-        cur_futs = [pool.submit(fetch_current, k) for k in registry_keys]
+        cur_futs = [pool.submit(fetch_current, k) for k in sorted(context, key=fleet.sort_key)]
         for fut in up_futs:
             ref, digest, err = fut.result()
             upstream[ref] = (digest, err)
-        for fut in cur_futs:
-            k, cur, err = fut.result()
+        for cfut in cur_futs:
+            k, store, cur, err = cfut.result()
             currents[k] = cur
+            judges[k] = store
             if err and k in items:
                 items[k].error = err
-    requests = clients.requests + len(upstream_refs)
+    requests = stores.requests + len(upstream_refs)
 
     # The published images' scans, for the `patches` reason.
     notes: list[str] = []
     if check_patches:
-        notes += _check_patches(project, items, currents, now=now)
+        notes += _check_patches(project, items, {k: c for k, c in currents.items() if judges[k].scannable}, now=now)
 
     rebuild: set[ImageKey] = set()
+    judging = Judging(project=project, fleet=fleet, currents=currents, upstream=upstream, rebuild=rebuild)
     for level in fleet.levels(keys):
         for spec in level:
             item = items[spec.key]
             if item.error:
                 continue
-            if _is_ami(spec):
-                _decide_ami(project, item, recipes.get(spec.key))
-            else:
-                _decide(project, fleet, item, recipes[spec.key], currents, upstream, rebuild)
+            judges[spec.key].judge(item, recipes.get(spec.key), judging)
             if spec.key in forced:
                 item.reasons.append(Reason("forced", "named with --force"))
             item.reasons.sort(key=lambda r: REASONS.index(r.kind))
@@ -467,11 +370,32 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
     return plan
 
 
-def _is_ami(spec: ImageSpec) -> bool:
-    return spec.builder == "packer" and (spec.packer or {}).get("kind") == "amazon-ebs"
+@dataclass
+class Judging:
+    """What plan knows when a store judges one image (:meth:`bakery.store.ArtifactStore.judge`)."""
+
+    project: Project
+    fleet: Fleet
+    currents: dict[ImageKey, Held | None]  # what the first environment holds for each image in scope and parents
+    upstream: dict[str, tuple[str, str]]  # upstream reference -> (digest now, error)
+    rebuild: set[ImageKey]  # decided so far (parents first)
+
+    def resolve_upstream(self, reference: str) -> str:
+        """The digest an upstream reference resolves to now (a BakeryError when it cannot)."""
+        return resolve_upstream(self.project, reference)[1]
+
+    @staticmethod
+    def fingerprint(recipe: Any, parent_digest: str) -> str:
+        """What a build of ``recipe`` on ``parent_digest`` would be fingerprinted."""
+        return render.fingerprint(recipe, parent_digest)
+
+    def from_labels(self, item: PlanItem, recipe: Any) -> None:
+        """The decision for builds that carry their recipe's fingerprint and their parent's digest as labels:
+        definition, upstream, parent, patches."""
+        _decide(self.project, self.fleet, item, recipe, self.currents, self.upstream, self.rebuild)
 
 
-def _decide(project: Project, fleet: Fleet, item: PlanItem, recipe: Any, currents: dict[ImageKey, Current | None],
+def _decide(project: Project, fleet: Fleet, item: PlanItem, recipe: Any, currents: dict[ImageKey, Held | None],
             upstream: dict[str, tuple[str, str]], rebuild: set[ImageKey]) -> None:
     spec = item.spec
     cur = currents.get(item.key)
@@ -515,30 +439,7 @@ def _decide(project: Project, fleet: Fleet, item: PlanItem, recipe: Any, current
         item.reasons.append(Reason("patches", f"{len(item.fixable)} fixable finding(s) in {cur.build_tag}: {shown}"))
 
 
-def _decide_ami(project: Project, item: PlanItem, recipe: Any) -> None:
-    """AMIs live in EC2, not in a registry: the ledger says what was built from which source AMI."""
-    try:
-        drift = ami.source_drift(project, item.spec)
-        rec = ami.current_ami(project, item.key, project.config.first_env)
-    except BakeryError as exc:
-        item.error = f"cannot check the AMI: {exc}"
-        return
-    item.upstream_digest = drift.newest
-    if rec is None:
-        item.reasons.append(Reason("definition", "never published"))
-        return
-    if recipe is not None and rec.fingerprint:
-        try:
-            parent_digest = resolve_upstream(project, item.spec.parent.reference)[1]
-        except BakeryError:
-            parent_digest = ""
-        if parent_digest and render.fingerprint(recipe, parent_digest) != rec.fingerprint:
-            item.reasons.append(Reason("definition", "recipe changed since the published AMI"))
-    if drift.changed:
-        item.reasons.append(Reason("upstream", drift.reason()))
-
-
-def _check_patches(project: Project, items: dict[ImageKey, PlanItem], currents: dict[ImageKey, Current | None],
+def _check_patches(project: Project, items: dict[ImageKey, PlanItem], currents: dict[ImageKey, Held | None],
                    *, now: dt.datetime | None) -> list[str]:
     """Fill ``vulns`` and ``fixable`` from the scan store; re-scan by digest when the result is older than the DB."""
     published = [(k, currents.get(k)) for k in items if currents.get(k) is not None and not items[k].error]

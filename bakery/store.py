@@ -5,28 +5,40 @@
 * :class:`bakery.ami.AmiStore` — machine images: a build is identified by its origin ``ami:REGION:AMI-ID``;
   the environment's copies (one AMI per region) are recorded in the ledger, which says what it runs.
 
-Promotion (:func:`bakery.promote.promote`), rollback, the gates (:mod:`bakery.gates`) and status
-(:mod:`bakery.status`) are written once against :class:`ArtifactStore`; :func:`store_for` picks the kind. Nothing
-outside this layer branches on the kind of an artifact. Adding an artifact kind: implement the protocol (see
-``AmiStore``), teach :func:`artifact_kind` to recognise it.
+Promotion (:func:`bakery.promote.promote`), rollback, the gates (:mod:`bakery.gates`), status
+(:mod:`bakery.status`), retention (:mod:`bakery.gc`: ``stored``/``kept_anyway``/``delete``) and the rebuild plan
+(:mod:`bakery.plan`: ``held``/``upstream_ref``/``judge``) are written once against :class:`ArtifactStore`;
+:func:`store_for` picks the kind, :func:`stores_of` gives one store of each kind. Nothing outside this layer
+branches on the kind of an artifact. Adding an artifact kind: implement the protocol (see ``AmiStore``), teach
+:func:`artifact_kind` and :func:`spec_kind` to recognise it (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable, Protocol
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bakery import ami as ami_mod
 from bakery import ledger as ledger_mod
 from bakery.configview import Project
 from bakery.errors import BakeryError, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
-from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey, Published
+from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, Held, ImageKey, ImageSpec, Published, \
+    StoredBuild
 from bakery.ref import FleetRef, is_digest, split_image
 from bakery.registries import Registry, registry_for
 from bakery.registry import Manifest
 from bakery.tags import Scheme, env_alias_tags
 
+if TYPE_CHECKING:
+    from bakery.plan import Judging, PlanItem
+
 Progress = Callable[[str, str, str], None]  # (where, what, state)
+
+log = logging.getLogger("bakery.store")
 
 
 class ArtifactStore(Protocol):
@@ -102,6 +114,37 @@ class ArtifactStore(Protocol):
         """Kind-specific fields for JSON reports (``kind`` at least)."""
         ...
 
+    # planning (bakery plan)
+
+    requests: int  # registry requests ``held`` made (plan reports the total)
+
+    def held(self, key: ImageKey) -> Held | None:
+        """What this environment currently holds for an image (its newest build), None when nothing."""
+        ...
+
+    def upstream_ref(self, spec: ImageSpec) -> str | None:
+        """The upstream reference plan resolves (in bulk, in parallel) before judging this image, if any."""
+        ...
+
+    def judge(self, item: PlanItem, recipe: Any, judging: Judging) -> None:
+        """Whether the image must be rebuilt and why: fill ``item`` (reasons, notes, error, what it is built on)."""
+        ...
+
+    # retention (bakery gc)
+
+    def stored(self, events: list[ledger_mod.Event], only: str | None = None) -> list[StoredBuild]:
+        """The builds of this kind the environment keeps (``events``: the ledger's events into it), per image
+        oldest first; ``only``: one image (NAME or NAME:VERSION). Empty when the environment keeps none."""
+        ...
+
+    def kept_anyway(self, build: StoredBuild, doomed: list[StoredBuild]) -> str | None:
+        """Why ``build`` cannot go although retention would delete it (with ``doomed``), else None."""
+        ...
+
+    def delete(self, build: StoredBuild) -> None:
+        """Remove one build from the environment (and what goes with it)."""
+        ...
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Choosing the store
@@ -114,13 +157,25 @@ def artifact_kind(project: Project, ref: str, *, specs: dict[ImageKey, Any] | No
     return "ami" if ami_mod.ami_key(project, ref, specs=specs, events=events) is not None else "registry"
 
 
+def stores_of(project: Project, env: str) -> list[ArtifactStore]:
+    """A store of every artifact kind for ``env`` (what retention walks)."""
+    return [ami_mod.AmiStore(project, env), RegistryStore(project, env)]
+
+
+def spec_kind(spec: ImageSpec) -> str:
+    """The artifact kind a definition builds."""
+    return "ami" if ami_mod.is_ami_spec(spec) else "registry"
+
+
 def store_for(project: Project, env: str, ref: str | None = None, *, kind: str | None = None,
-              registry: Registry | None = None) -> ArtifactStore:
-    """The store of ``env`` for the artifact REF names (its kind decided here, once)."""
-    kind = kind or (artifact_kind(project, ref) if ref else "registry")
+              spec: ImageSpec | None = None, registry: Registry | None = None,
+              client_options: dict[str, Any] | None = None) -> ArtifactStore:
+    """The store of ``env`` for the artifact REF (or the definition ``spec``) names (its kind decided here, once).
+    ``client_options``: for the registry client the store makes (timeout, retries, backoff)."""
+    kind = kind or (spec_kind(spec) if spec is not None else artifact_kind(project, ref) if ref else "registry")
     if kind == "ami":
         return ami_mod.AmiStore(project, env)
-    return RegistryStore(project, env, registry=registry)
+    return RegistryStore(project, env, registry=registry, client_options=client_options)
 
 
 def unknown_image_message(ref: str) -> str:
@@ -150,12 +205,14 @@ class RegistryStore:
     scannable = True
     uses_aliases = True
 
-    def __init__(self, project: Project, env: str, *, registry: Registry | None = None):
+    def __init__(self, project: Project, env: str, *, registry: Registry | None = None,
+                 client_options: dict[str, Any] | None = None):
         self.project = project
         self.env = env
         self.environment = project.config.env(env)
-        self.registry = registry or registry_for(project, env)
+        self.registry = registry or registry_for(project, env, **(client_options or {}))
         self.scheme = project.config.tags.build
+        self.requests = 0
 
     def repo(self, name: str) -> str:
         return self.environment.repository(name)
@@ -405,6 +462,144 @@ class RegistryStore:
             for alias in moving:
                 self.registry.put_manifest(repo, alias, manifest.body, manifest.media_type)
         return moving, left, {}
+
+
+    # -- planning (bakery plan) --------------------------------------------------------------------------------
+
+    def held(self, key: ImageKey) -> Held | None:
+        """The newest build tag of ``key`` (by the scheme), its digest and its config's labels: the tag list, the
+        manifest (and the platform's, for an index) and the config blob, unless its labels are cached."""
+        repo = self.repo(key.name)
+        tags = Scheme(self.scheme).sorted(self.registry.list_tags(repo), name=key.name, tag_version=key.tag_version)
+        self.requests += 1
+        if not tags:
+            return None
+        tag = tags[-1]
+        host = self.environment.host
+        known = _cached_build_tag(self.project, host, repo, tag)
+        if known is not None:  # a build tag is immutable: what it named once, it names for good
+            digest, image_id = known
+        else:
+            top = self.registry.get_manifest(repo, tag)
+            manifest = self.registry.resolve_image_manifest(repo, top.digest) if top.is_index else top
+            self.requests += 1 if manifest is top else 3
+            config = manifest.json().get("config") or {}
+            digest, image_id = top.digest, str(config.get("digest") or "")
+            if image_id:
+                _cache_build_tag(self.project, host, repo, tag, digest, image_id)
+        labels: dict[str, str] = {}
+        if image_id:
+            cached = _cached_labels(self.project, image_id)
+            if cached is None:
+                blob = json.loads(self.registry.get_blob(repo, image_id))
+                self.requests += 1
+                cached = dict((blob.get("config") or {}).get("Labels") or {})
+                _cache_labels(self.project, image_id, cached)
+            labels = cached
+        return Held(repository=f"{host}/{repo}", build_tag=tag, digest=digest, image_id=image_id, labels=labels)
+
+    def upstream_ref(self, spec: ImageSpec) -> str | None:
+        return spec.parent.reference if spec.parent.kind == "upstream" else None
+
+    def judge(self, item: PlanItem, recipe: Any, judging: Judging) -> None:
+        """A container image carries its fingerprint and its parent's digest as labels: plan's label decision."""
+        judging.from_labels(item, recipe)
+
+    # -- retention (bakery gc) ---------------------------------------------------------------------------------
+
+    def stored(self, events: list[ledger_mod.Event], only: str | None = None) -> list[StoredBuild]:
+        """The build tags the ledger recorded arriving here that the registry still has, per image in order of
+        first arrival. Tags the ledger never saw are not listed (never touched)."""
+        moves = [e for e in events if e.kind in ("publish", "promote", "rollback") and is_digest(e.digest)]
+        build_tags: dict[str, list[tuple[str, str]]] = {}  # image -> (build tag, digest) by first arrival
+        for ev in moves:
+            if not ev.build_tag:
+                continue
+            lst = build_tags.setdefault(ev.image, [])
+            if all(t != ev.build_tag for t, _ in lst):
+                lst.append((ev.build_tag, ev.digest))
+        by_repo: dict[str, list[str]] = {}
+        for image in sorted({e.image for e in moves}):
+            by_repo.setdefault(self.repo(split_image(image)[0]), []).append(image)
+        out: list[StoredBuild] = []
+        for repo, images in sorted(by_repo.items()):
+            existing = set(self.registry.list_tags(repo))
+            if not existing:
+                continue
+            digests = {t: self.registry.head_manifest(repo, t) for t in sorted(existing)}
+            for image in images:
+                for tag, recorded in build_tags.get(image, []):
+                    if tag not in existing:
+                        continue
+                    digest = digests.get(tag) or recorded
+                    out.append(StoredBuild(kind="tag", image=image, ref=tag, where=repo, build_tag=tag,
+                                           identity=digest or "", build=tag,
+                                           also_named=sorted(t for t, d in digests.items() if d == digest
+                                                             and t != tag)))
+        return out
+
+    def kept_anyway(self, build: StoredBuild, doomed: list[StoredBuild]) -> str | None:
+        """The registry deletes by digest only: a build tag goes only when every tag on its digest goes too."""
+        going = {d.ref for d in doomed if d.where == build.where}
+        sharing = [t for t in build.also_named if t not in going]
+        if sharing:
+            return f"its digest is also tagged {', '.join(sharing)} (the registry deletes by digest only)"
+        return None
+
+    def delete(self, build: StoredBuild) -> None:
+        """Delete the build's manifest by digest (every tag on it goes; a digest already gone is no error)."""
+        if self.registry.delete_manifest(build.where, build.identity):
+            log.info("deleted %s@%s (%s)", build.where, build.identity, build.ref)
+
+
+def _build_tag_path(project: Project, host: str, repo: str, tag: str) -> Path:
+    return project.state_dir / "build-tags" / host.replace(":", "_") / repo / f"{tag}.json"
+
+
+def _cached_build_tag(project: Project, host: str, repo: str, tag: str) -> tuple[str, str] | None:
+    """(manifest digest, config digest) of a build tag read before. bakery never moves a build tag (it refuses
+    to), so a no-op plan needs one request per image (the tag list) instead of two."""
+    try:
+        data = json.loads(_build_tag_path(project, host, repo, tag).read_text())
+        digest, image_id = data["digest"], data["image_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (digest, image_id) if isinstance(digest, str) and isinstance(image_id, str) else None
+
+
+def _cache_build_tag(project: Project, host: str, repo: str, tag: str, digest: str, image_id: str) -> None:
+    path = _build_tag_path(project, host, repo, tag)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"digest": digest, "image_id": image_id}))
+        tmp.replace(path)
+    except OSError:
+        pass  # a cache only
+
+
+def _labels_path(project: Project, image_id: str) -> Path:
+    return project.state_dir / "labels" / f"{image_id.replace(':', '-')}.json"
+
+
+def _cached_labels(project: Project, image_id: str) -> dict[str, str] | None:
+    """Labels of a config blob read before: the blob is content-addressed, so they never change."""
+    try:
+        data = json.loads(_labels_path(project, image_id).read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _cache_labels(project: Project, image_id: str, labels: dict[str, str]) -> None:
+    path = _labels_path(project, image_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(labels, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass  # a cache only
 
 
 def key_from_labels(labels: dict[str, str], name: str, tag_version: str | None) -> ImageKey:

@@ -208,6 +208,33 @@ def test_source_ami_change_detection(project_dir: Path) -> None:
     assert "ami-760aaa0f" in drift.reason() and newer in drift.reason()
 
 
+def test_plan_reads_an_ami_from_its_store(project_dir: Path) -> None:
+    """`bakery plan` on an amazon-ebs definition: never published → definition; published from the newest source
+    AMI → up to date; a newer source AMI → upstream. The AMI is judged by its store (no registry read, no scan)."""
+    from bakery.plan import make_plan
+
+    project = load_project(cwd=project_dir)
+    fleet = load_fleet(project)
+    plan = make_plan(project, fleet, ["ami-test:1"])
+    item = plan.items[KEY]
+    assert [(r.kind, r.detail) for r in item.reasons] == [("definition", "never published")]
+    assert item.upstream_digest == "ami-760aaa0f" and plan.requests == 0
+    rec = _bake(project, 1)
+    plan = make_plan(project, fleet, ["ami-test:1"])
+    item = plan.items[KEY]
+    assert item.reason == "up to date" and not item.error, item.describe()
+    assert plan.notes == [] and item.vulns is None  # an AMI is not sent to the scanner
+    assert item.to_json()["published"] is None and plan.requests == 0
+    ec2 = _ec2(project, "us-east-1")
+    time.sleep(1.1)  # moto's CreationDate has one-second resolution
+    inst = ec2.run_instances(ImageId="ami-760aaa0f", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    newer = ec2.create_image(InstanceId=inst, Name="amzn-ami-hvm-2017.09.1.20991231-x86_64-gp2")["ImageId"]
+    plan = make_plan(project, fleet, ["ami-test:1"])
+    item = plan.items[KEY]
+    assert [r.kind for r in item.reasons] == ["upstream"] and plan.rebuild == [item]
+    assert item.reasons[0].detail == f"source AMI moved {rec.source_ami} → {newer}"
+
+
 def test_cli_gc_and_amis_json(project_dir: Path) -> None:
     project = load_project(cwd=project_dir)
     rec = _bake(project, 1)

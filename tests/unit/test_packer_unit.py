@@ -206,8 +206,8 @@ def test_rollback_target_skips_builds_rolled_back_from(monkeypatch: pytest.Monke
 
 
 def test_gc_arrival_order_counts_each_build_once() -> None:
-    from bakery.gc import _arrivals
+    from bakery.ledger import arrival_order
 
     events = [_ev("publish", "ami:r:a", "dev", 1), _ev("gate", "ami:r:x", "dev", 2),
               _ev("publish", "ami:r:b", "dev", 3), _ev("rollback", "ami:r:a", "dev", 4)]
-    assert _arrivals(events) == {"img:1": ["ami:r:a", "ami:r:b"]}
+    assert arrival_order(events) == {"img:1": ["ami:r:a", "ami:r:b"]}

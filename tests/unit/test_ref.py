@@ -17,7 +17,7 @@ D = "sha256:" + "ab" * 32
 
 COMPONENT = st.from_regex(r"[a-z0-9]{1,8}([._-][a-z0-9]{1,6})?", fullmatch=True)
 HOST = st.one_of(
-    st.from_regex(r"[a-z](?:[a-z0-9-]{0,9}[a-z0-9])?\.[a-z]{2,6}(:[1-9][0-9]{1,4})?", fullmatch=True),
+    st.from_regex(r"[a-z]([a-z0-9-]{0,9}[a-z0-9])?\.[a-z]{2,6}(:[1-9][0-9]{1,4})?", fullmatch=True),  # a DNS label ends alnum
     st.from_regex(r"127\.0\.0\.[1-9]:[1-9][0-9]{3}", fullmatch=True),
     st.just("localhost:5000"),
 )
