@@ -15,33 +15,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bakery.configview import (CONFIG_FILE, NOT_OVERRIDES, ConfigBehaviour, CredentialsBehaviour,
-                               EnvironmentBehaviour, GatesBehaviour, Project, build, cache_key, effective,
-                               find_config, load_cached, locate, parse_duration, register_secrets,
-                               require_config_file, store)
+from bakery.configview import (CONFIG_FILE, NOT_OVERRIDES, PATH_SETTINGS, PROGRAM_SETTINGS, ConfigBehaviour,
+                               CredentialsBehaviour, EnvironmentBehaviour, GatesBehaviour, Project, build, cache_key,
+                               effective, file_problems, find_config, load_project_fast, locate, parse_duration,
+                               register_secrets, require_config_file, shown_path, store)
 from bakery.errors import InputError, ValidationError
 from bakery.tags import validate_scheme
-from bakery.validation import format_errors, load_yaml
+from bakery.text import show
+from bakery.validation import format_errors, host_problem, load_yaml, tag_template_problems
+from bakery.validation import registry_problem as _registry_problem
+from bakery.yamlsafe import load_value
 
-__all__ = ["CONFIG_FILE", "Project", "effective", "find_config", "load_project", "parse_duration",
-           "require_config_file"]  # re-exported from bakery.configview (pydantic-free)
-_REGISTRY = re.compile(r"^[a-z0-9.-]+(?::(?P<port>\d+))?(/[a-z0-9._/-]+)?$")
-_HOST = re.compile(r"^[a-z0-9.-]+(?::\d+)?$")
+__all__ = ["CONFIG_FILE", "PATH_SETTINGS", "PROGRAM_SETTINGS", "Project", "effective", "file_problems",
+           "find_config", "load_project", "parse_duration", "require_config_file"]  # from bakery.configview
 
 
 def registry_problem(value: Any) -> str | None:
     """Why ``value`` is not a registry reference ``host[:port][/namespace]`` (None when it is one)."""
-    if not isinstance(value, str):
-        return f"must be a string host[:port][/namespace], got {type(value).__name__} {value!r}"
-    m = _REGISTRY.match(value)
-    if not m:
-        return f"not a registry reference host[:port][/namespace]: {value!r}"
-    if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
-        return f"port {m.group('port')} is out of range (1..65535): {value!r}"
-    return None
+    return _registry_problem(value)
 
 
 def _registry_ref(value: str) -> str:
@@ -119,7 +112,7 @@ class Scanner(_Strict):
     trivy: str = "trivy"
     cache_dir: str = ".bakery/trivy"
     db_repository: str | None = None
-    timeout: float = 600
+    timeout: float = Field(default=600, gt=0, le=7 * 86400, allow_inf_nan=False)
     push_on_fail: bool = False
     min_version: str = "0.50.0"
 
@@ -143,7 +136,7 @@ class Tags(_Strict):
 
 class DevStack(_Strict):
     data_dir: str = ".bakery/dev"
-    ports: dict[str, Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
+    ports: dict[str, Annotated[int, Field(ge=1, le=65535, strict=True)]] = Field(default_factory=lambda: {"mirror": 5000, "dev": 5001, "staging": 5002,
                                                              "prod": 5003})
     # env name -> {username_env, password_env} (or the shorthand "USER_ENV:PASSWORD_ENV"): basic auth (htpasswd)
     auth: dict[str, Credentials] = Field(default_factory=dict)
@@ -202,7 +195,7 @@ def _secret_ids(v: dict[str, BuildSecret]) -> dict[str, BuildSecret]:
 
 class Build(_Strict):
     jobs: int = Field(default=2, ge=1, le=64)
-    timeout: float = 1800
+    timeout: float = Field(default=1800, gt=0, le=7 * 86400, allow_inf_nan=False)
     push: bool = True
     # auto: BuildKit (the Docker CLI with DOCKER_BUILDKIT=1) where the daemon and a CLI support it, else the
     # classic builder of the Docker SDK (no RUN --mount, no secrets)
@@ -213,12 +206,40 @@ class Build(_Strict):
 
 class Packer(_Strict):
     binary: str = "packer"
-    timeout: float = 3600
+    timeout: float = Field(default=3600, gt=0, le=7 * 86400, allow_inf_nan=False)
 
 
 class Aws(_Strict):
     endpoint_url: str | None = None
     region: str = "us-east-1"
+
+
+NOTIFY_EVENTS = ("nightly_failed", "prod_vulnerability", "drift")
+NotifyEvent = Literal["nightly_failed", "prod_vulnerability", "drift"]
+
+
+class Webhook(_Strict):
+    """A webhook bakery calls on an event. Its URL (which usually carries a token) comes from an environment
+    variable only: ``url_env`` names it; the URL never appears in output."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    url_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    format: Literal["json", "slack"] = "json"
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    timeout: float = Field(default=10, gt=0, le=120)
+
+
+class Notify(_Strict):
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique(cls, v: list[Webhook]) -> list[Webhook]:
+        names = [w.name for w in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"webhook names must be unique: {', '.join(dupes)}")
+        return v
 
 
 def _default_envs() -> dict[str, Environment]:
@@ -246,23 +267,13 @@ class Config(ConfigBehaviour, _Strict):
     build: Build = Field(default_factory=Build)
     packer: Packer = Field(default_factory=Packer)
     aws: Aws = Field(default_factory=Aws)
+    notify: Notify = Field(default_factory=Notify)
 
     @field_validator("environments")
     @classmethod
     def _envs(cls, v: dict[str, Environment]) -> dict[str, Environment]:
         if not v:
             raise ValueError("at least one environment is required (the first is where builds are pushed)")
-        for name in v:
-            if not re.match(r"^[a-z][a-z0-9-]*$", name):
-                raise ValueError(f"environment name {name!r} must be lowercase letters, digits and '-'")
-        return v
-
-    @field_validator("mirrors")
-    @classmethod
-    def _mirror_hosts(cls, v: dict[str, str]) -> dict[str, str]:
-        for host in v:
-            if not _HOST.match(host):
-                raise ValueError(f"mirror key {host!r} must be an upstream registry host[:port] (e.g. docker.io)")
         return v
 
 SHORTCUTS = {
@@ -275,6 +286,9 @@ SHORTCUTS = {
     "BAKERY_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
 }
 _NOT_OVERRIDES = NOT_OVERRIDES
+# BAKERY_* variables bakery or its workflows read that are not configuration overrides
+_OTHER_VARIABLES = {"BAKERY_CACHE_DIR", "BAKERY_PACKAGE", "BAKERY_SKIP_INTEGRATION", "BAKERY_TEST_PORT_BASE",
+                    "BAKERY_TEST_STACK_DIR"}
 
 
 def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -295,8 +309,8 @@ def env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], Any, s
             continue
         raw = environ[key]
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
+            value = load_value(raw, f"{key} (environment)") if raw.strip() else raw
+        except InputError:
             value = raw
         if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
             value = raw
@@ -319,34 +333,44 @@ def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path
     file and variables were validated before, else validated here and cached."""
     environ = dict(os.environ) if environ is None else environ
     cwd = (cwd or Path.cwd()).resolve()
+    cached = load_project_fast(config_path, cwd=cwd, environ=environ)  # contained, file paths checked again
+    if cached is not None:
+        return cached
     path = locate(config_path, cwd, environ)
     key = cache_key(path, environ)
-    view = load_cached(path, key)
-    if view is None:
-        view = _validate(path, cwd, environ, key)
-    register_secrets(view)
-    root = path.parent if path is not None else cwd
-    return Project(root=root, config=view, config_file=path)
-
-
-def _validate(path: Path | None, cwd: Path, environ: dict[str, str], key: str | None) -> Any:
     data: Any = {}
     display = CONFIG_FILE
     if path is not None:
-        display = os.path.relpath(path, cwd) if str(path).startswith(str(cwd)) else str(path)
+        display = shown_path(path, cwd)
+        if path.suffix not in (".yaml", ".yml"):
+            # refused before it is read: a file that is not a bakery.yaml (--config /etc/shadow) is never echoed
+            raise InputError(f"{display}: not a YAML file (a configuration file's name ends in .yaml or .yml)")
         data = load_yaml(path, display=display)
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise InputError(f"{display}: (top level): must be a mapping of settings")
+    file_data = data
+    root = path.parent if path is not None else cwd
     data = _merge_overrides(data, environ)
+    problems = key_problems(data, display)
+    config = None
     try:
         config = Config.model_validate(data)
     except pydantic.ValidationError as err:
-        raise ValidationError(_attribute(format_errors(display, Config, err), err, display, environ)) from None
+        problems += _attribute(format_errors(display, Config, err), err, display, environ)
+    if config is not None:
+        problems += semantic_problems(config, display, data)
+        problems += file_problems(file_data, display, root)
+    if problems:
+        raise ValidationError(problems)
+    assert config is not None
+    warnings = tuple(variable_warnings(environ, config))
     shape, dumped = shape_of(Config), config.model_dump(mode="json")
-    store(key, shape, dumped)
-    return build(shape, dumped)
+    store(key, shape, dumped, warnings=warnings, file_data=file_data)
+    view = build(shape, dumped)
+    register_secrets(view)
+    return Project(root=root, config=view, config_file=path, warnings=warnings)
 
 
 def shape_of(annotation: Any) -> dict[str, Any]:
@@ -374,13 +398,102 @@ def shape_of(annotation: Any) -> dict[str, Any]:
     return {}
 
 
+ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def key_problems(data: dict[str, Any], display: str) -> list[str]:
+    """Environment names and mirror hosts: every bad one, one line each (a validator would stop at the first)."""
+    out = []
+    envs = data.get("environments")
+    if isinstance(envs, dict):
+        for name in envs:
+            if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+                out.append(f"{display}: environments: environment name {show(name)} must be lowercase letters, "
+                           f"digits and '-'")
+    mirrors = data.get("mirrors")
+    if isinstance(mirrors, dict):
+        for host in mirrors:
+            if host_problem(host) is not None or not isinstance(host, str) or host != host.lower():
+                out.append(f"{display}: mirrors: mirror key {show(host)} must be an upstream registry host[:port] "
+                           f"(e.g. docker.io)")
+    return out
+
+
+def semantic_problems(config: Config, display: str, data: dict[str, Any]) -> list[str]:
+    """What each field's own check cannot see: environments on distinct registries, dev-stack ports distinct and
+    named after the mirror or an environment, every alias template valid."""
+    import difflib
+
+    out: list[str] = []
+    registries: dict[str, str] = {}
+    for name, env in config.environments.items():
+        key = env.registry.rstrip("/")
+        if key in registries:
+            out.append(f"{display}: environments.{name}.registry: {show(env.registry)} is also the registry of "
+                       f"environment {show(registries[key])}; each environment needs its own registry (promotion "
+                       f"copies between them, and a gate on one would guard the other)")
+        else:
+            registries[key] = name
+        for i, alias in enumerate(env.aliases):
+            out += [f"{display}: environments.{name}.aliases[{i}]: {p}"
+                    for p in tag_template_problems(alias, kind="alias")]
+    for i, alias in enumerate(config.tags.aliases):
+        out += [f"{display}: tags.aliases[{i}]: {p}" for p in tag_template_problems(alias, kind="alias")]
+    known = ["mirror", *config.environments]
+    defaults = ("mirror", *_default_envs())  # a port for a default environment this configuration lacks is unused
+    seen: dict[int, str] = {}
+    for name in config.dev_stack.auth:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            out.append(f"{display}: dev_stack.auth.{show(name, quote=False)}: not the mirror or an environment{hint}")
+    for name, port in config.dev_stack.ports.items():
+        if name not in known and name in defaults:
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            out.append(f"{display}: dev_stack.ports.{show(name, quote=False)}: not the mirror or an environment{hint}")
+        if port in seen:
+            out.append(f"{display}: dev_stack.ports.{show(name, quote=False)}: port {port} is also the port of "
+                       f"{show(seen[port])}; each registry of the dev stack needs its own port")
+        else:
+            seen[port] = name
+    return out
+
+
+def variable_warnings(environ: dict[str, str], config: Config) -> list[str]:
+    """``BAKERY_*`` variables bakery does not know: a warning with the closest known name (a typo would otherwise
+    be silently ignored). Names a configuration uses for credentials are known."""
+    import difflib
+
+    credentials = set()
+    for env in config.environments.values():
+        credentials |= {env.credentials.username_env, env.credentials.password_env}
+    for cred in config.dev_stack.auth.values():
+        credentials |= {cred.username_env, cred.password_env}
+    known = set(SHORTCUTS) | _NOT_OVERRIDES | _OTHER_VARIABLES
+    fields = [f"BAKERY_{name.upper()}" for name in Config.model_fields]
+    out = []
+    for key in sorted(environ):
+        if not key.startswith("BAKERY_") or key in known or key in credentials or key.startswith("BAKERY_TEST_"):
+            continue
+        rest = key[len("BAKERY_"):]
+        if "__" in rest or rest.lower() in Config.model_fields:
+            continue  # an override: checked (an unknown field is an error naming the variable)
+        close = difflib.get_close_matches(key, sorted(known) + fields, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{show(key, quote=False)}: unknown BAKERY_* variable, ignored{hint}")
+    return out
+
+
 def _attribute(lines: list[str], err: pydantic.ValidationError, display: str, environ: dict[str, str]) -> list[str]:
     """Name the BAKERY_* variable, not the file, when a bad value came from the environment."""
     overrides = env_overrides(environ)
     out = []
     for line, e in zip(lines, err.errors()):
         loc = tuple(str(p) for p in e["loc"])
-        source = next((key for path, _, key in overrides if loc[:len(path)] == path), None)
+        source = next((key for path, _, key in overrides if loc[:len(path)] == path or path[:len(loc)] == loc), None)
         if source and line.startswith(f"{display}: "):
             line = f"{source} (environment): {line[len(display) + 2:]}"
         out.append(line)

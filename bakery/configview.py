@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bakery import secrets
-from bakery.errors import InputError
+from bakery import contain, secrets
+from bakery.errors import InputError, ValidationError
+from bakery.text import show
 
 CONFIG_FILE = "bakery.yaml"
 # Environment variables that are not configuration overrides (see bakery.config.env_overrides).
@@ -203,6 +204,7 @@ class Project:
     root: Path
     config: Any  # bakery.config.Config, or its view read back from the cache (the same fields and behaviour)
     config_file: Path | None
+    warnings: tuple[str, ...] = ()  # shown once by the CLI (e.g. an unknown BAKERY_* variable)
 
     @property
     def state_dir(self) -> Path:
@@ -244,7 +246,7 @@ def require_config_file(project: Project, environ: dict[str, str]) -> None:
 def find_config(start: Path) -> Path | None:
     for d in [start, *start.parents]:
         candidate = d / CONFIG_FILE
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # a dangling symlink or a directory is named by load_project, not skipped
             return candidate
     return None
 
@@ -260,7 +262,17 @@ def locate(config_path: str | os.PathLike[str] | None, cwd: Path, environ: dict[
         if not path.is_file():
             raise InputError(f"{config_path}: configuration file not found")
         return path
-    return find_config(cwd)
+    path = find_config(cwd)
+    if path is not None:
+        # the repository's own bakery.yaml: a symlink out of the repository, a dangling one or a directory is
+        # refused before anything is read
+        contain.require(path.parent, path, CONFIG_FILE)
+    return path
+
+
+def shown_path(path: Path, cwd: Path) -> str:
+    """How messages name the configuration file."""
+    return show(os.path.relpath(path, cwd) if str(path).startswith(str(cwd)) else str(path), quote=False)
 
 
 def effective(config: Any) -> dict[str, Any]:
@@ -298,32 +310,45 @@ def cache_key(path: Path | None, environ: dict[str, str]) -> str | None:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def load_cached(path: Path | None, key: str | None) -> Any | None:
-    """The configuration view stored under ``key``, or None."""
+def load_cached(path: Path | None, key: str | None) -> tuple[Any, tuple[str, ...], dict[str, Any]] | None:
+    """(configuration view, variable warnings, the file's path/program settings) stored under ``key``, or None."""
     if key is None:
         return None
     try:
         stored = json.loads((cache_dir() / f"{key}.json").read_text())
         if stored.get("format") != CACHE_FORMAT:
             return None
-        return build(stored["shape"], stored["data"])
+        file_data: dict[str, Any] = {}
+        for keys, value in stored.get("file_settings") or []:
+            cur = file_data
+            for k in keys[:-1]:
+                cur = cur.setdefault(k, {})
+            cur[keys[-1]] = value
+        return build(stored["shape"], stored["data"]), tuple(stored.get("warnings") or ()), file_data
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def store(key: str | None, shape: dict[str, Any], data: Any) -> None:
+def store(key: str | None, shape: dict[str, Any], data: Any, *, warnings: tuple[str, ...] = (),
+          file_data: dict[str, Any] | None = None) -> None:
+    """Keep a validated configuration: its data, the shape of its models, the variable warnings (a function of
+    the same inputs) and the file's own path and program settings (checked again at every load: the files they
+    name may have changed since)."""
     if key is None:
         return
+    settings = [[list(keys), _get(file_data or {}, keys)] for keys in (*PATH_SETTINGS, *(k for k, _ in PROGRAM_SETTINGS))
+                if isinstance(_get(file_data or {}, keys), str)]
     d = cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "shape": shape, "data": data}))
+        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "shape": shape, "data": data, "warnings": list(warnings),
+                                   "file_settings": settings}))
         tmp.replace(d / f"{key}.json")
         entries = sorted(d.glob("*.json"), key=lambda f: f.stat().st_mtime)
         for old in entries[:-CACHE_ENTRIES]:  # the oldest go: a cache of recent inputs, not an archive
             old.unlink(missing_ok=True)
-    except OSError:
+    except (OSError, TypeError, ValueError):
         pass  # a cache only
 
 
@@ -334,12 +359,67 @@ def register_secrets(config: Any) -> None:
 
 def load_project_fast(config_path: str | os.PathLike[str] | None = None, *, cwd: Path | None = None,
                       environ: dict[str, str] | None = None) -> Project | None:
-    """The project from the cache, without pydantic or yaml; None when it must be validated."""
+    """The project from the cache, without pydantic or yaml; None when it must be validated. The file's path
+    and program settings are checked again (what they name on disk may have changed)."""
     environ = dict(os.environ) if environ is None else environ
     cwd = (cwd or Path.cwd()).resolve()
     path = locate(config_path, cwd, environ)
-    config = load_cached(path, cache_key(path, environ))
-    if config is None:
+    cached = load_cached(path, cache_key(path, environ))
+    if cached is None:
         return None
+    config, warnings, file_data = cached
+    root = path.parent if path is not None else cwd
+    problems = file_problems(file_data, shown_path(path, cwd) if path is not None else CONFIG_FILE, root)
+    if problems:
+        raise ValidationError(problems)
     register_secrets(config)
-    return Project(root=path.parent if path is not None else cwd, config=config, config_file=path)
+    return Project(root=root, config=config, config_file=path, warnings=warnings)
+
+
+# Settings that name a place bakery reads or writes: from bakery.yaml (repository content) they must stay inside
+# the repository. The same setting from a BAKERY_* variable (the CI job's operator) may point elsewhere.
+PATH_SETTINGS = (("definitions",), ("templates",), ("state_dir",), ("scanner", "cache_dir"), ("dev_stack", "data_dir"),
+                 ("ledger", "url"))
+# Settings that name a program bakery runs: from bakery.yaml a command on PATH or an absolute path outside the
+# repository, never a program inside it (a pull request could ship its own); BAKERY_TRIVY / BAKERY_PACKER may.
+PROGRAM_SETTINGS = ((("scanner", "trivy"), "BAKERY_TRIVY"), (("packer", "binary"), "BAKERY_PACKER"))
+
+
+def file_problems(file_data: dict[str, Any], display: str, root: Path) -> list[str]:
+    out = []
+    for keys in PATH_SETTINGS:
+        value = _get(file_data, keys)
+        if not isinstance(value, str):
+            continue
+        field = ".".join(keys)
+        if keys == ("ledger", "url") and "://" in value:
+            continue
+        if not value.strip():
+            out.append(f"{display}: {field}: an empty path")
+        elif os.path.isabs(value) or not contain.inside(root, root / value):
+            out.append(f"{display}: {field}: {show(value)} is outside the repository; a path in {CONFIG_FILE} stays "
+                       f"inside it (relative, no '..' out, no symlink out); set BAKERY_{'__'.join(keys).upper()} in "
+                       f"the environment to use a place outside")
+    for keys, variable in PROGRAM_SETTINGS:
+        value = _get(file_data, keys)
+        if not isinstance(value, str):
+            continue
+        field = ".".join(keys)
+        if not value.strip():
+            out.append(f"{display}: {field}: an empty program name")
+        elif "/" in value and not os.path.isabs(value):
+            out.append(f"{display}: {field}: {show(value)} is a relative path; {CONFIG_FILE} names a command on PATH "
+                       f"or an absolute path outside the repository (set {variable} in the environment otherwise)")
+        elif os.path.isabs(value) and contain.inside(root, Path(value)):
+            out.append(f"{display}: {field}: {show(value)} is inside the repository; a pull request could replace "
+                       f"it, so bakery does not run a program from the repository (set {variable} in the "
+                       f"environment to do so on purpose)")
+    return out
+
+
+def _get(data: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data

@@ -28,22 +28,27 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
-import yaml
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field
 
+from bakery import contain
+from bakery.config import IgnoreEntry
 from bakery.configview import Project
 from bakery.errors import InputError, ValidationError
-from bakery.model import ImageKey, ImageSpec, Parent
-from bakery.ref import NAME_RE, TAG_RE, Ref, split_image
+from bakery.model import SEVERITIES, ImageKey, ImageSpec, Parent
+from bakery.ref import TAG_RE, Ref, split_image
 from bakery.ref import mirrored as ref_mirrored
 from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
-from bakery.validation import format_errors, read_text
+from bakery.text import show
+from bakery.validation import (MAX_REPOSITORY, component_problem, format_errors, host_problem,
+                               packer_settings_problems)
+from bakery.yamlsafe import decode, load
 
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9]*$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A plain value may hold these characters and nothing else: no newline, no shell or recipe syntax.
 SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._+:/=@,~%-]*$")
+MAX_TEMPLATE_BYTES = 1024 * 1024
 RESERVED_VARIABLES = ("name", "version", "variant", "parent", "image", "tags", "labels")
 
 
@@ -92,52 +97,13 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-# libyaml's parser when PyYAML has it (about 10x faster on a large fleet); same constructors either way.
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """A YAML loader that refuses duplicate keys instead of silently keeping the last one."""
-
-    problems: list[str]
-    raw_keys: dict[Any, str]  # non-string keys (3.10 read as a float) -> the text as written
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, str) and isinstance(key_node, yaml.ScalarNode):
-            loader.raw_keys[key] = key_node.value
-        if key in seen:
-            loader.problems.append(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
-                                   f"(first at line {seen[key] + 1})")
-        else:
-            seen[key] = key_node.start_mark.line
-    return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _load(path: Path, display: str) -> tuple[Any, list[str], dict[Any, str]]:
+def _load(path: Path, display: str, root: Path | None = None) -> tuple[Any, list[str]]:
+    """One definition file through bakery's strict YAML loader: (data or None, problems)."""
     try:
-        text = read_text(path, display=display)
+        loaded = load(path, display, root=root)
     except InputError as exc:
-        return None, [str(exc)], {}
-    loader = _UniqueKeyLoader(text)
-    loader.problems = []
-    loader.raw_keys = {}
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(top level)"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        return None, [f"{display}: {where}: invalid YAML: {problem}"], {}
-    finally:
-        loader.dispose()
-    return data, [f"{display}: {p}" for p in loader.problems], loader.raw_keys
+        return None, [str(exc)]
+    return loaded.data, loaded.problems
 
 
 @dataclass
@@ -258,6 +224,24 @@ def parse_upstream(reference: str) -> tuple[str, str | None, str | None] | None:
     return (ref.name, ref.tag, ref.digest) if ref is not None else None
 
 
+TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+
+
+def template_problem(project: Project, template: str) -> str | None:
+    """Why ``template`` cannot name a template directory (None when it can): a relative name under templates/
+    (no ``..``, not absolute), resolving to a real directory inside the repository."""
+    if not isinstance(template, str) or not TEMPLATE_NAME_RE.match(template) or len(template) > 200:
+        return (f"template {show(template)} must be a directory name under "
+                f"{project.rel(project.templates_dir)}/ (letters, digits, '_', '.', '-', '/'; no '..', not absolute)")
+    why = contain.problem(project.root, project.templates_dir, project.rel(project.templates_dir), want="dir")
+    if why:
+        return why
+    tdir = project.templates_dir / template
+    if not os.path.lexists(tdir):
+        return f"template {show(template)} not found under {project.rel(project.templates_dir)}/ (no such directory)"
+    return contain.problem(project.root, tdir, project.rel(tdir), want="dir")
+
+
 def template_kind(template_dir: Path) -> str | None:
     if (template_dir / "Dockerfile.j2").is_file():
         return "docker"
@@ -283,7 +267,8 @@ def template_variables(project: Project, template: str, known: dict[str, list[st
     size = len(entries)
     names: set[str] = set()
     for path in sorted((project.templates_dir / template).glob("*.j2")):
-        source = read_text(path, display=project.rel(path))
+        display = project.rel(path)
+        source = decode(contain.read_bytes(project.root, path, display, limit=MAX_TEMPLATE_BYTES), display)
         digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
         cached = entries.get(digest)
         if isinstance(cached, list) and all(isinstance(n, str) for n in cached):
@@ -363,27 +348,42 @@ def check_value(value: Any) -> str | None:
     items = value if isinstance(value, list) else [value]
     for item in items:
         if not isinstance(item, str):
-            return f"list items must be strings, got {type(item).__name__} {item!r}"
+            return f"list items must be strings, got {type(item).__name__} {show(repr(item), quote=False)}"
         if "\n" in item or "\r" in item:
-            return f"value {item!r} contains a newline, which would inject an instruction into the recipe"
+            return f"value {show(item)} contains a newline, which would inject an instruction into the recipe"
         if not SAFE_VALUE_RE.match(item):
             bad = next(c for c in item if not SAFE_VALUE_RE.match(c))
-            return (f"value {item!r} contains {bad!r}, which a recipe would read as syntax; plain values may hold "
+            return (f"value {show(item)} contains {bad!r}, which a recipe would read as syntax; plain values may hold "
                     f"letters, digits, space and . _ + : / = @ , ~ % -")
+        option = next((w for w in item.split() if w.startswith("-")), None)
+        if option is not None:
+            return (f"value {show(item)} has the word {show(option)}, which would be read as an option by the command "
+                    f"it lands in (e.g. apt-get install); a value's words may not start with '-'")
     return None
 
 
 def load_fleet(project: Project) -> Fleet:
     """Load and validate every definition; raise ValidationError listing every problem."""
     ddir = project.definitions_dir
-    if not ddir.is_dir():
+    if not ddir.is_dir() and not ddir.is_symlink():
         raise InputError(f"{project.rel(ddir)}: definitions directory not found (set `definitions:` in bakery.yaml)")
+    contain.require(project.root, ddir, project.rel(ddir), want="dir")
     problems: list[str] = []
     parsed: list[tuple[str, DefinitionFile]] = []
-    files = sorted(p for p in ddir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    files = []
+    for path in sorted(ddir.iterdir()):
+        if path.suffix not in (".yaml", ".yml"):
+            continue
+        # a *.yaml that is a directory, FIFO, dangling symlink or a symlink out of the repository is named, not
+        # skipped; it is refused before anything is read from it, so its content never reaches a message
+        why = contain.problem(project.root, path, project.rel(path))
+        if why:
+            problems.append(why)
+        else:
+            files.append(path)
     for path in files:
-        display = project.rel(path)
-        data, dup, raw_keys = _load(path, display)
+        display = show(project.rel(path), quote=False)
+        data, dup = _load(path, display, project.root)
         problems += dup
         if data is None and not dup:
             problems.append(f"{display}: (top level): file is empty")
@@ -393,25 +393,22 @@ def load_fleet(project: Project) -> Fleet:
         if not isinstance(data, dict):
             problems.append(f"{display}: (top level): must be a mapping with name, template and versions")
             continue
-        # YAML turns `versions: {3.10: …}` into a float key: name it precisely.
-        versions = data.get("versions")
-        if isinstance(versions, dict):
-            for k in list(versions):
-                if not isinstance(k, str):
-                    raw = raw_keys.get(k, str(k))
-                    read = f"; YAML reads {raw} as the number {k!r}" if raw != str(k) else ""
-                    problems.append(f"{display}: versions.{raw}: version keys must be strings{read}; "
-                                    f"quote it: \"{raw}\"")
-                    versions[raw] = versions.pop(k)
         try:
             parsed.append((display, DefinitionFile.model_validate(data)))
         except pydantic.ValidationError as err:
             problems += format_errors(display, DefinitionFile, err)
     seen: dict[str, str] = {}
     for display, d in parsed:
-        if not NAME_RE.match(d.name):
-            problems.append(f"{display}: name: {d.name!r} is not a valid image name (lowercase letters, digits, "
-                            f"'.', '_', '-')")
+        problems += _check_policy(display, d)
+        problems += _check_packer(display, d)
+        name_problem = component_problem(d.name)
+        if name_problem:
+            problems.append(f"{display}: name: {name_problem}")
+        else:
+            longest = max(project.config.environments.values(), key=lambda e: len(e.registry))
+            if len(longest.image(d.name)) > MAX_REPOSITORY:
+                problems.append(f"{display}: name: {longest.image(d.name)[:60]!r}… is longer than Docker's "
+                                f"{MAX_REPOSITORY} characters for a repository name")
         if d.name in seen:
             problems.append(f"{display}: name: duplicate image family {d.name!r} (also defined in {seen[d.name]})")
         else:
@@ -443,6 +440,7 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
             for variant in vd.variants:
                 all_keys.add((d.name, f"{v}-{variant}"))
     template_cache: dict[str, set[str] | None] = {}
+    tproblems: dict[str, str | None] = {}  # template -> why it cannot be used (checked once, not per version)
     context_cache: dict[str, tuple[str, ...]] = {}  # template -> its files/ (walked once, not per version)
     vars_cache = _read_vars_cache(project)  # template source digest -> its variables (read once, saved once)
     vars_cached = len(vars_cache)
@@ -461,13 +459,21 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                 problems.append(f"{display}: {where}: {tag_problem}")
                 continue
             template = vd.template or d.template
-            tdir = project.templates_dir / template
-            kind = template_kind(tdir) if tdir.is_dir() else None
             tfield = f"{where}.template" if vd.template else "template"
-            if kind is None:
-                reason = "no such directory" if not tdir.is_dir() else "it holds no Dockerfile.j2 or *.pkr.hcl.j2"
-                problems.append(f"{display}: {tfield}: template {template!r} not found under "
-                                f"{project.rel(project.templates_dir)}/ ({reason})")
+            if template not in tproblems:
+                tproblems[template] = template_problem(project, template)
+            tproblem = tproblems[template]
+            if tproblem:
+                problems.append(f"{display}: {tfield}: {tproblem}")
+                kind = None
+                tdir = project.templates_dir
+            else:
+                tdir = project.templates_dir / template
+                kind = template_kind(tdir)
+                if kind is None:
+                    problems.append(f"{display}: {tfield}: template {show(template)} not found under "
+                                    f"{project.rel(project.templates_dir)}/ (it holds no Dockerfile.j2 or "
+                                    f"*.pkr.hcl.j2)")
             parent, pproblem = _parent(vd.parent, names, all_keys)
             if pproblem:
                 problems.append(f"{display}: {where}.parent: {pproblem}")
@@ -496,8 +502,13 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                 variants.append((vname, vardef))
             if kind is not None:
                 if template not in template_cache:
-                    template_cache[template] = template_variables(project, template, vars_cache)
-                    context_cache[template] = _context_files(tdir)
+                    try:
+                        template_cache[template] = template_variables(project, template, vars_cache)
+                    except InputError as exc:
+                        problems.append(str(exc))
+                        template_cache[template] = None
+                    context_cache[template], cproblems = contain.context_files(project.root, tdir, project.rel)
+                    problems += cproblems
                 used = template_cache[template] or set()
             else:
                 used = set()
@@ -629,11 +640,33 @@ def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]]
     return list(dict.fromkeys(problems))
 
 
-def _context_files(tdir: Path) -> tuple[str, ...]:
-    files_dir = tdir / "files"
-    if not files_dir.is_dir():
-        return ()
-    return tuple(sorted(str(p.relative_to(tdir)) for p in files_dir.rglob("*") if p.is_file()))
+def _check_policy(display: str, d: DefinitionFile) -> list[str]:
+    """A definition's own ``policy`` is checked when it is loaded (by `list`, `render`, `plan`), not at scan."""
+    if d.policy is None:
+        return []
+    out = []
+    sev = d.policy.severity
+    if sev is not None and str(sev).upper() not in SEVERITIES:
+        out.append(f"{display}: policy.severity: {show(sev)} is not one of {', '.join(SEVERITIES)}")
+    for i, raw in enumerate(d.policy.ignore):
+        try:
+            IgnoreEntry.model_validate(raw)
+        except pydantic.ValidationError as err:
+            out += format_errors(display, IgnoreEntry, err, prefix=("policy", f"ignore[{i}]"))
+    return out
+
+
+def _check_packer(display: str, d: DefinitionFile) -> list[str]:
+    """``packer`` settings of the definition and its versions, checked at load time (not at build)."""
+    out = packer_settings_problems(display, "packer", d.packer)
+    for v, vd in d.versions.items():
+        out += packer_settings_problems(display, f"versions.{v}.packer", vd.packer)
+        merged = {**(d.packer or {}), **(vd.packer or {})} if isinstance(d.packer or {}, dict) and isinstance(
+            vd.packer or {}, dict) else {}
+        if merged.get("kind") == "amazon-ebs" and merged.get("source_ami_filter") is None:
+            out.append(f"{display}: versions.{v}: packer.source_ami_filter: an amazon-ebs definition needs "
+                       f"{{owners: [...], filters: {{name: ...}}}}")
+    return list(dict.fromkeys(out))
 
 
 def _check_var(display: str, where: str, name: str, value: Any) -> list[str]:
@@ -667,8 +700,13 @@ def _parent(ref: str, names: set[str], all_keys: set[tuple[str, str]]) -> tuple[
         return Parent("bakery", ref, key=ImageKey(name, version, variant)), None
     parsed = parse_upstream(ref)
     if parsed is None:
-        return None, f"{ref!r} is not a valid image reference (registry/path[:tag][@sha256:…])"
+        return None, f"{show(ref)} is not a valid image reference (registry/path[:tag][@sha256:…])"
     repo, tag, digest = parsed
+    host = repo.split("/", 1)[0]
+    if ("." in host or ":" in host or host == "localhost") and host_problem(host):
+        return None, f"{show(ref)}: registry {host_problem(host)}"
+    if len(repo) > MAX_REPOSITORY:
+        return None, f"{show(ref, limit=60)} is longer than Docker's {MAX_REPOSITORY} characters for a repository"
     if tag is None and digest is None:
         return None, f"{ref!r} names no tag or digest; pin it (e.g. {ref}:bookworm-slim)"
     return Parent("upstream", ref, pinned_digest=digest), None

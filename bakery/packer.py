@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import ami as ami_mod
 from bakery import tools
+from bakery.validation import PACKER_KINDS
 from bakery.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EnvironmentFailure, InputError, StepFailed, ToolFailed
 from bakery.model import LABEL_BUILD_TAG, LABEL_FINGERPRINT, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, Recipe
 
@@ -47,7 +48,7 @@ log = logging.getLogger("bakery.packer")
 
 MIN_VERSION = (1, 6, 0)
 TESTED_VERSIONS = ("1.6.6",)
-KINDS = ("docker", "amazon-ebs")
+KINDS = PACKER_KINDS  # the builders bakery drives (definitions are checked against them at load time)
 VALIDATE_TIMEOUT = 120.0
 # Environment for every Packer run: no phoning home, no colour, no prompts.
 PACKER_ENV = {"CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1", "PACKER_LOG": "0"}
@@ -534,3 +535,4 @@ def _finish_docker(result: PackerResult, labels: dict[str, str], image_tag: str)
 __all__ = ["Artifact", "MachineOutput", "PackerFailed", "PackerResult", "ami_ids", "ami_tags", "build",
            "builder_kind", "check_version", "declared_variables", "label_changes", "packer_version",
            "parse_machine_readable", "split_image_tag"]
+

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bakery import contain
 from bakery.errors import InputError
 from bakery.model import SEVERITIES as SEVERITY_ORDER
 from bakery.model import iso_z as _iso
 from bakery.ref import Ref
-from bakery.validation import load_yaml
+from bakery.validation import load_yaml, read_text
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -145,7 +147,7 @@ _TRIVYIGNORE_LINE = re.compile(r"^(?P<id>\S+)(?:\s+exp:(?P<exp>\d{4}-\d{2}-\d{2}
 def parse_trivyignore(path: Path, display: str = ".trivyignore") -> list[IgnoreRule]:
     """``.trivyignore``: one ID per line, ``#`` comments, optional ``exp:YYYY-MM-DD``."""
     rules: list[IgnoreRule] = []
-    for n, raw in enumerate(path.read_text().splitlines(), 1):
+    for n, raw in enumerate(read_text(path, display=display).splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -237,7 +239,8 @@ def effective_policy(project: Project, spec: ImageSpec | None = None) -> Effecti
     for name, parser in ((".trivyignore", parse_trivyignore), (".trivyignore.yaml", parse_trivyignore_yaml),
                          (".trivyignore.yml", parse_trivyignore_yaml)):
         path = project.root / name
-        if path.is_file():
+        if os.path.lexists(path):
+            contain.require(project.root, path, name)  # not a symlink out of the repository, not a FIFO
             rules.extend(parser(path, name))
     return EffectivePolicy(severity=severity, fixable_only=fixable_only, ignore=tuple(rules))
 

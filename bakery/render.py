@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -22,25 +23,23 @@ from bakery.configview import Project
 from bakery.errors import InputError
 from bakery.model import ImageSpec, Recipe
 from bakery.ref import mirrored
-from bakery.validation import decode_problem
+from bakery import contain, sandbox
+from bakery.contain import decode_problem
+
+
+# Limits of one recipe's rendering (every template of one image). Exceeding either is exit 2 naming the template
+# and the image. They are far above what a real Dockerfile or Packer template needs (milliseconds, kilobytes).
+RENDER_SECONDS = 10.0
+RENDER_MAX_BYTES = 8 * 1024 * 1024
 
 
 @lru_cache(maxsize=8)
-def _environment(templates_dir: str) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["words"] = lambda v: " ".join(v) if isinstance(v, list) else v
-    return env
+def _environment(templates_dir: str, root: str | None = None) -> jinja2.Environment:
+    return sandbox.RecipeSandbox.for_templates(templates_dir, root or templates_dir)
 
 
 def environment(project: Project) -> jinja2.Environment:
-    return _environment(str(project.templates_dir))
+    return _environment(str(project.templates_dir), str(project.root))
 
 
 def parent_reference(project: Project, spec: ImageSpec) -> str:
@@ -64,10 +63,15 @@ def context(project: Project, spec: ImageSpec) -> dict[str, object]:
     }
 
 
-class _TemplateFiles:
-    """Per render run: each template directory's *.j2 names and context file bytes, read once."""
+MAX_CONTEXT_FILE = 64 * 1024 * 1024  # one file under a template's files/
 
-    def __init__(self) -> None:
+
+class _TemplateFiles:
+    """Per render run: each template directory's *.j2 names and context file bytes, read once (through
+    bakery.contain: inside the repository, regular files only)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
         self._j2: dict[Path, list[Path]] = {}
         self._bytes: dict[Path, bytes] = {}
 
@@ -76,36 +80,51 @@ class _TemplateFiles:
             self._j2[tdir] = sorted(tdir.glob("*.j2"))
         return self._j2[tdir]
 
-    def read(self, path: Path) -> bytes:
+    def read(self, path: Path, display: str) -> bytes:
         if path not in self._bytes:
-            self._bytes[path] = path.read_bytes()
+            self._bytes[path] = contain.read_bytes(self.root, path, display, limit=MAX_CONTEXT_FILE)
         return self._bytes[path]
 
 
 def render(project: Project, spec: ImageSpec, files_cache: _TemplateFiles | None = None) -> Recipe:
     """Render one image's recipe in memory."""
-    cache = files_cache or _TemplateFiles()
+    cache = files_cache or _TemplateFiles(project.root)
     env = environment(project)
     tdir = project.templates_dir / spec.template
     ctx = context(project, spec)
     files: dict[str, bytes] = {}
-    for path in cache.j2(tdir):
-        out_name = path.name[:-3]
-        rel = f"{spec.template}/{path.name}"
-        try:
-            text = env.get_template(rel).render(ctx)
-        except jinja2.UndefinedError as exc:
-            raise InputError(f"{spec.source_file}: versions.{spec.key.version}: template {rel}: {exc.message}") from None
-        except jinja2.TemplateSyntaxError as exc:
-            where = project.rel(Path(exc.filename)) if exc.filename else project.rel(tdir / path.name)
-            raise InputError(f"{where}: line {exc.lineno}: template syntax error: {exc.message}") from None
-        except Exception as exc:  # noqa: BLE001 - anything a template can raise is a problem of that template
-            raise _template_error(project, spec, tdir / path.name, exc) from None
-        files[out_name] = text.encode()
+    budget = [RENDER_MAX_BYTES]
+    sandbox.start(RENDER_SECONDS)
+    try:
+        for path in cache.j2(tdir):
+            out_name = path.name[:-3]
+            files[out_name] = _render_one(project, spec, env, tdir, path, ctx, budget).encode()
+    finally:
+        sandbox.stop()
     for rel in spec.context_files:
-        files[rel] = cache.read(tdir / rel)
+        files[rel] = cache.read(tdir / rel, project.rel(tdir / rel))
     return Recipe(spec=spec, directory=output_dir(project.rendered_dir, spec), files=files,
                   recipe_digest=digest_files(files))
+
+
+def _render_one(project: Project, spec: ImageSpec, env: jinja2.Environment, tdir: Path, path: Path,
+                ctx: dict[str, object], budget: list[int]) -> str:
+    rel = f"{spec.template}/{path.name}"
+    try:
+        return sandbox.render_limited(env.get_template(rel), ctx, budget)
+    except sandbox.RenderLimit as exc:
+        raise InputError(f"{project.rel(path)}: {exc.message} (rendering {spec.key}; limits per recipe: "
+                         f"{RENDER_SECONDS:g}s, {RENDER_MAX_BYTES} bytes)") from None
+    except jinja2.UndefinedError as exc:
+        raise InputError(f"{spec.source_file}: versions.{spec.key.version}: template {rel}: {exc.message}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        where = project.rel(Path(exc.filename)) if exc.filename else project.rel(tdir / path.name)
+        raise InputError(f"{where}: line {exc.lineno}: template syntax error: {exc.message}") from None
+    except (RecursionError, MemoryError) as exc:
+        raise InputError(f"{project.rel(path)}: {type(exc).__name__} (rendering {spec.key}): the template "
+                         f"recurses too deep or builds too much") from None
+    except Exception as exc:  # noqa: BLE001 - anything a template can raise is a problem of that template
+        raise _template_error(project, spec, tdir / path.name, exc) from None
 
 
 def _template_error(project: Project, spec: ImageSpec, path: Path, exc: Exception) -> InputError:
@@ -120,7 +139,9 @@ def _template_error(project: Project, spec: ImageSpec, path: Path, exc: Exceptio
         if frame_path.suffix == ".j2" and frame_path.resolve().is_relative_to(root):
             where = f"{project.rel(frame_path)}: line {frame.lineno}"
             break
-    if isinstance(exc, jinja2.TemplateNotFound):
+    if isinstance(exc, sandbox.UnsafeTemplateFile):
+        what = f"the included template {exc.message}"
+    elif isinstance(exc, jinja2.TemplateNotFound):
         what = f"template {exc.name!r} not found under {project.rel(project.templates_dir)}/"
     elif isinstance(exc, UnicodeDecodeError):
         problem = decode_problem(exc.object, exc) if isinstance(exc.object, bytes) else "not valid UTF-8"
@@ -152,47 +173,108 @@ def output_dir(root: Path, spec: ImageSpec) -> Path:
 
 
 def write(recipe: Recipe, directory: Path | None = None) -> Path:
-    """Make a directory hold exactly the recipe's files: stale files, empty directories and symlinks go,
-    files whose bytes already match are left alone (re-rendering an unchanged fleet writes nothing)."""
+    """Make a recipe directory (``OUT/NAME/VERSION[-VARIANT]``) hold exactly the recipe's files, safely.
+
+    Nothing below the output directory is followed: a symlink where the family or recipe directory should be is
+    removed (the link, never its target) and a real directory takes its place. The files are written into a
+    fresh temporary directory beside the recipe directory and swapped in by rename; the previous recipe directory
+    (bakery's own output) is then removed without following any symlink in it. Nothing outside the recipe
+    directory is touched, so a file of the user's elsewhere in the output directory stays. A recipe directory
+    that already holds exactly these files is left alone (re-rendering an unchanged fleet writes nothing).
+    An unwritable destination is an InputError (exit 2) naming it."""
+    import stat
+    import tempfile
+
     target = directory or recipe.directory
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        target.unlink()
-    existed = target.is_dir()
-    if existed:
-        for dirpath, dirnames, filenames in os.walk(target, topdown=False):
-            here = Path(dirpath)
-            for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
-                path = here / name
-                if path.is_symlink() or path.relative_to(target).as_posix() not in recipe.files:
-                    path.unlink()
-            for name in dirnames:
-                path = here / name
-                if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
-                    path.rmdir()
-    made: set[Path] = set()
-    for rel, data in recipe.files.items():
-        path = target / rel
-        if path.parent not in made:  # one mkdir per directory, not per file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            made.add(path.parent)
-        if not existed:  # a new directory: nothing to compare with
-            pass
-        elif path.is_dir():
-            shutil.rmtree(path)
-        elif path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
-            continue
-        path.write_bytes(data)
+    family = target.parent
+    try:
+        kinds: list[int | None] = []
+        for path in (family, target):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                kinds.append(None)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                path.unlink()  # the link only: its target is never read, written or deleted
+                kinds.append(None)
+            elif not stat.S_ISDIR(st.st_mode):
+                raise InputError(f"{path}: is {_kind(st.st_mode)} where bakery writes a recipe directory; move it "
+                                 f"away (bakery does not delete what it did not write)")
+            else:
+                kinds.append(st.st_mode)
+        if kinds[0] is None:
+            family.mkdir(parents=True, exist_ok=True)
+        elif kinds[1] is not None and _holds_exactly(target, recipe.files):
+            return target
+        fresh = Path(tempfile.mkdtemp(prefix=".bakery-new-", dir=family))
+        try:
+            os.chmod(fresh, 0o755)
+            made = {fresh}
+            for rel, data in sorted(recipe.files.items()):
+                path = fresh / rel
+                if path.parent not in made:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(path.parent)
+                with open(path, "xb") as fh:  # a fresh directory: nothing to follow or overwrite
+                    fh.write(data)
+            if kinds[1] is not None:
+                old = Path(tempfile.mkdtemp(prefix=".bakery-old-", dir=family))
+                os.rename(target, old / "recipe")
+                os.rename(fresh, target)
+                shutil.rmtree(old)  # symlink-safe: links inside are removed, never followed
+            else:
+                os.rename(fresh, target)
+        finally:
+            if fresh.exists():
+                shutil.rmtree(fresh, ignore_errors=True)
+    except OSError as exc:
+        where = exc.filename or target
+        raise InputError(f"{where}: cannot write the recipe there ({exc.strerror or type(exc).__name__})") from None
     return target
 
 
+def _kind(mode: int) -> str:
+    return contain.describe_mode(mode)
+
+
+def _holds_exactly(directory: Path, files: dict[str, bytes]) -> bool:
+    """Whether DIRECTORY holds exactly FILES: regular files with these bytes, no other entry, no symlink."""
+    import stat
+
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(directory):
+        here = Path(dirpath)
+        if not dirnames and not filenames and here != directory:
+            return False  # an empty directory
+        for name in dirnames:
+            if (here / name).is_symlink():
+                return False
+        for name in filenames:
+            path = here / name
+            rel = path.relative_to(directory).as_posix()
+            st = os.lstat(path)
+            want = files.get(rel)
+            if want is None or not stat.S_ISREG(st.st_mode) or st.st_size != len(want) or path.read_bytes() != want:
+                return False
+            seen.add(rel)
+    return seen == set(files)
+
+
 def render_all(project: Project, specs: Iterable[ImageSpec], out: Path | None = None) -> list[Recipe]:
+    """Render every spec in memory first (a template problem stops before anything is written), then write each
+    recipe directory safely (see ``write``)."""
     root = out or project.rendered_dir
-    recipes = []
-    cache = _TemplateFiles()
-    for spec in specs:
-        recipe = render(project, spec, cache)
-        write(recipe, output_dir(root, spec))
-        recipes.append(recipe)
+    cache = _TemplateFiles(project.root)
+    recipes = [render(project, spec, cache) for spec in specs]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{root}: cannot write there ({exc.strerror or type(exc).__name__})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise InputError(f"{root}: cannot write there (permission denied)")
+    for recipe in recipes:
+        write(recipe, output_dir(root, recipe.spec))
     return recipes
 
 
@@ -203,7 +285,7 @@ def check(project: Project, specs: Iterable[ImageSpec], directory: Path, *, whol
     file, an empty directory, a symlink). With ``whole`` (the whole fleet was selected), files and
     directories of DIRECTORY outside every recipe directory count too: a recipe of an image that is gone."""
     diff: list[str] = []
-    cache = _TemplateFiles()
+    cache = _TemplateFiles(project.root)
     specs = list(specs)
 
     def label(path: Path) -> str:
@@ -213,7 +295,9 @@ def check(project: Project, specs: Iterable[ImageSpec], directory: Path, *, whol
         recipe = render(project, spec, cache)
         base = output_dir(directory, spec)
         on_disk: dict[str, bytes] = {}
-        if base.is_symlink() or (base.exists() and not base.is_dir()):
+        if base.parent.is_symlink():  # never followed: what it points to is not bakery's output
+            diff.append(f"{label(base.parent)}: a symlink (`render --out` would replace it)\n")
+        elif base.is_symlink() or (base.exists() and not base.is_dir()):
             diff.append(f"{label(base)}: not a directory (`render --out` would replace it)\n")
         elif base.is_dir():
             for dirpath, dirnames, filenames in os.walk(base):
@@ -226,6 +310,9 @@ def check(project: Project, specs: Iterable[ImageSpec], directory: Path, *, whol
                         if name in dirnames:
                             dirnames.remove(name)
                     elif name in filenames:
+                        if not stat.S_ISREG(os.lstat(p).st_mode):  # a FIFO would block a read forever
+                            diff.append(f"{label(p)}: not a regular file (`render --out` would remove it)\n")
+                            continue
                         on_disk[rel] = p.read_bytes()
                     elif not any(p.iterdir()):
                         diff.append(f"{label(p)}/: an empty directory (`render --out` would remove it)\n")

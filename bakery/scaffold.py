@@ -170,6 +170,7 @@ _NIGHTLY_HEAD = r'''# Nightly rebuilds: plan → one matrix of build jobs per st
 # most 256 jobs, wider levels are packed several images to a job) → a summary (Markdown in the run's
 # summary, JSON as an artifact). Each job bakes, scans and publishes its images to the first environment.
 # The repository variable BAKERY_NIGHTLY_PACK packs that many images into one job (fewer runner set-ups).
+# Then the fleet dashboard (`bakery report html`) as an artifact and, with the variable BAKERY_PAGES=true, on Pages.
 # The registries are those in bakery.yaml; their credentials come from the repository secrets named there
 # (credentials.username_env / password_env), never from this file, and reach only the steps that run bakery
 # against the registries. The ledger is the S3 bucket in the repository variable BAKERY_LEDGER_URL.
@@ -311,13 +312,51 @@ _NIGHTLY_TAIL = r'''  summary:
           pattern: nightly-*
           path: nightly
           merge-multiple: true
+@LEDGER@
       - name: Report (rebuilt, why, vulnerabilities before and after, failures)
+        env:
+          # `notify:` webhooks in bakery.yaml name the variable that holds their URL (url_env); a webhook
+          # that is down is a warning, never a failure of this step.
+          NOTIFY_WEBHOOK_URL: ${{ secrets.NOTIFY_WEBHOOK_URL }}
+          REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
+          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
         run: bakery nightly --summarize nightly --format markdown
       - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
         if: ${{ !cancelled() }}
         with:
           name: nightly-report
-          path: .bakery/nightly/last.*
+          path: .bakery/nightly/
+      - name: Dashboard (static site of what runs where)
+        if: ${{ !cancelled() }}
+        env:
+          REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
+          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
+        run: bakery report html --out site
+      - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
+        if: ${{ !cancelled() }}
+        with:
+          name: fleet-dashboard
+          path: site/
+      - uses: actions/upload-pages-artifact@56afc609e74202658d3ffba0e8f6dda462b719fa # v3.0.1
+        if: ${{ !cancelled() && vars.BAKERY_PAGES == 'true' }}
+        with:
+          path: site/
+
+  # Optional: publish the dashboard to GitHub Pages (set the repository variable BAKERY_PAGES to "true" and
+  # Settings → Pages → Source to "GitHub Actions").
+  pages:
+    needs: [summary]
+    if: ${{ !cancelled() && vars.BAKERY_PAGES == 'true' }}
+    runs-on: ubuntu-24.04
+    permissions:
+      pages: write
+      id-token: write
+    environment:
+      name: github-pages
+      url: ${{ steps.deployment.outputs.page_url }}
+    steps:
+      - id: deployment
+        uses: actions/deploy-pages@d6db90164ac5ed86f2b6aed7e0febac5b3c0c03e # v4.0.5
 '''
 NIGHTLY_LEVELS = 6
 

@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from bakery.ref import TAG_RE, is_valid_tag
+from bakery.validation import tag_template_problems
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -44,16 +45,11 @@ def _base(field: str) -> str:
 
 
 def validate_scheme(scheme: str) -> None:
-    names = []
-    for _, field, _, _ in string.Formatter().parse(scheme):
-        if field is None:
-            continue
-        base = _base(field)
-        if base not in FIELDS:
-            raise ValueError(f"unknown field {{{field}}} in tag scheme {scheme!r} (fields: {', '.join(sorted(FIELDS))})")
-        names.append(base)
-    if not names:
-        raise ValueError(f"tag scheme {scheme!r} has no fields: every build would get the same tag")
+    """ValueError naming every problem of a build tag scheme (the restricted language of
+    bakery.validation.tag_template_problems)."""
+    problems = tag_template_problems(scheme, kind="build")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def template_fields(template: str) -> set[str]:

@@ -31,6 +31,7 @@ from typing import Any
 
 from bakery.errors import InputError
 from bakery.model import SEVERITIES
+from bakery.validation import load_yaml
 from bakery.registry import RegistryClient
 
 PAGE = 4096
@@ -241,14 +242,9 @@ def _utc(value: Any, where: str) -> dt.datetime:
 
 def load_advisories(path: Path) -> AdvisoryFile:
     """Read and check an advisory YAML file; problems name the file, entry and field."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: advisory file not found") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{path}: advisory file not found")
+    data = load_yaml(path, display=str(path), large=True)
     if not isinstance(data, dict) or not isinstance(data.get("advisories"), list):
         raise InputError(f"{path}: advisories: expected a list of advisories")
     os_name = str(data.get("os", "debian 12"))

@@ -97,7 +97,7 @@ def bakery_in_process(project_root: Path, out: Path, fresh: bool = True) -> dict
     fleet = load_fleet(project)
     specs = fleet.select([])
     w1 = time.perf_counter()
-    cache = render._TemplateFiles()
+    cache = render._TemplateFiles(project.root)
     recipes = [render.render(project, spec, cache) for spec in specs]
     w2 = time.perf_counter()
     for recipe in recipes:

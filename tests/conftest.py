@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,6 +34,13 @@ def _trivy_on_path() -> None:
 
 
 _trivy_on_path()
+
+
+# Property tests: in CI (CI=true) the examples are derandomized so a run is reproducible, and no per-example
+# deadline applies (a loaded 2-core runner must not turn slowness into a failure). Locally they stay random.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 # Tests call .venv/bin/bakery by name too.
 if str(Path(sys.executable).parent) not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])

@@ -6,6 +6,7 @@ Every command module in this package (``bakery/cli/*.py``, not starting with ``_
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -79,27 +80,56 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         if debug:
             raise
-        for line in exc.problems:
-            click.echo(f"error: {secrets.mask(line)}", err=True)
+        problems = list(dict.fromkeys(exc.problems))
+        for line in problems[:MAX_PROBLEMS]:
+            click.echo(f"error: {_printable(line)}", err=True)
+        if len(problems) > MAX_PROBLEMS:
+            click.echo(f"error: … and {len(problems) - MAX_PROBLEMS} more problems", err=True)
         sys.exit(exc.exit_code)
     except BakeryError as exc:
         if debug:
             raise
-        click.echo(f"error: {secrets.mask(str(exc))}", err=True)
+        click.echo(f"error: {_printable(str(exc))}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # a destination bakery cannot write (unwritable state_dir, --out, init target; a name too long): the user's
+        # input names a place that does not work, so exit 2 naming it, not an internal error
+        if debug or exc.errno not in _INPUT_ERRNOS:
+            if debug:
+                raise
+            _internal(exc)
+        where = exc.filename if exc.filename is not None else "(a path)"
+        click.echo(f"error: {_printable(str(where))}: {exc.strerror}", err=True)
+        sys.exit(EXIT_INPUT)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: still one line, traceback with --debug
         if debug:
             raise
-        exit_code = EXIT_FAILED
-        name = type(exc).__name__
-        import docker.errors  # deferred: only an unexpected failure pays for it
-
-        if isinstance(exc, docker.errors.DockerException):  # the daemon, by the exception's type
-            exit_code = EXIT_ENVIRONMENT
-        click.echo(f"error: internal error: {name}: {secrets.mask(str(exc))} (run with --debug for the "
-                   f"traceback)", err=True)
-        sys.exit(exit_code)
+        _internal(exc)
     sys.exit(0)
+
+
+MAX_PROBLEMS = 200  # lines printed for one ValidationError; the rest are counted
+_INPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR,
+                 errno.ELOOP, errno.EEXIST, errno.ENOENT}
+
+
+def _printable(text: str) -> str:
+    """Secrets masked, and every control or escape character escaped: one problem is one printed line."""
+    from bakery.text import one_line
+
+    return one_line(secrets.mask(text))
+
+
+def _internal(exc: BaseException) -> None:
+    exit_code = EXIT_FAILED
+    name = type(exc).__name__
+    import docker.errors  # deferred: only an unexpected failure pays for it
+
+    if isinstance(exc, docker.errors.DockerException):  # the daemon, by the exception's type
+        exit_code = EXIT_ENVIRONMENT
+    click.echo(f"error: internal error: {name}: {_printable(str(exc))[:500]} (run with --debug for the "
+               f"traceback)", err=True)
+    sys.exit(exit_code)

@@ -29,11 +29,15 @@ class Context:
         from bakery.configview import load_project_fast
 
         project = load_project_fast(self.config_path)
-        if project is not None:
-            return project
-        from bakery.config import load_project
+        if project is None:
+            from bakery.config import load_project
 
-        return load_project(self.config_path)
+            project = load_project(self.config_path)
+        from bakery.text import one_line
+
+        for warning in project.warnings:
+            click.echo(f"warning: {one_line(warning)}", err=True)
+        return project
 
     @property
     def repository(self) -> Project:
@@ -79,11 +83,14 @@ def echo(text: str = "", err: bool = False) -> None:
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
     """A rich table on stdout; plain aligned text when stdout is not a terminal."""
     from rich.table import Table
+    from rich.text import Text
+
+    from bakery.text import one_line
 
     t = Table(title=title, show_edge=False, header_style="bold", box=None if not sys.stdout.isatty() else None,
               pad_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*[secrets.mask("" if v is None else str(v)) for v in r])
+    for r in rows:  # Text, not str: '[red]' in a file name is shown as written, never read as rich markup
+        t.add_row(*[Text(one_line(secrets.mask("" if v is None else str(v)))) for v in r])
     out_console().print(t)

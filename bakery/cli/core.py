@@ -78,15 +78,18 @@ def list_cmd(ctx: Context, refs: tuple[str, ...], fmt: str) -> None:
 
 @click.command("render")
 @click.argument("refs", nargs=-1, metavar="[REF]...")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write to (default: .bakery/rendered).")
-@click.option("--check", "check_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_arg", type=click.Path(file_okay=False),
+              help="Directory to write to (default: .bakery/rendered). Each recipe directory is written into a "
+                   "fresh temporary directory and swapped in; nothing else in DIR is touched.")
+@click.option("--check", "check_arg", type=click.Path(file_okay=False),
               help="Do not write; exit 1 with a diff when DIR differs from what would be rendered.")
 @pass_ctx
-def render_cmd(ctx: Context, refs: tuple[str, ...], out: Path | None, check_dir: Path | None) -> None:
+def render_cmd(ctx: Context, refs: tuple[str, ...], out_arg: str | None, check_arg: str | None) -> None:
     """Render definitions into recipes: NAME/VERSION[-VARIANT]/Dockerfile (and *.pkr.hcl).
 
     Output is deterministic: the same definitions and templates give byte-identical files.
+    Templates are untrusted input: they render in Jinja's immutable sandbox, within 10 s and 8 MiB per
+    recipe, and read only files inside the repository (README: Security model).
     REF is NAME (all its versions) or NAME:VERSION[-VARIANT]; none means the whole fleet.
 
     \b
@@ -98,6 +101,13 @@ def render_cmd(ctx: Context, refs: tuple[str, ...], out: Path | None, check_dir:
     from bakery import render
     from bakery.definitions import load_fleet
 
+    from bakery.errors import InputError
+
+    for flag, value in (("--out", out_arg), ("--check", check_arg)):
+        if value is not None and not value.strip():
+            raise InputError(f"{flag}: an empty path; name a directory (e.g. {flag} recipes/)")
+    out = Path(out_arg) if out_arg is not None else None
+    check_dir = Path(check_arg) if check_arg is not None else None
     if out and check_dir:
         raise click.UsageError("--out and --check cannot be combined")
     project = ctx.project

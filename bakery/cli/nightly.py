@@ -102,6 +102,10 @@ def nightly_cmd(ctx: Context, refs: tuple[str, ...], dry_run: bool, jobs: int | 
     still writes its (aborted) report.
 
     \b
+    The `notify:` webhooks of bakery.yaml are called for a failed run and for new fixable CRITICAL/HIGH
+    findings in what the last environment runs; a webhook that is down is one warning line, never a failure.
+
+    \b
     Exit codes: 0 everything planned was rebuilt (or nothing to do), 1 something failed — or another
     nightly run on this configuration holds the lock (the message names its pid, user and start time;
     --wait waits instead), 2 bad input, 3 registry/daemon/scanner unavailable.
@@ -136,6 +140,12 @@ def nightly_cmd(ctx: Context, refs: tuple[str, ...], dry_run: bool, jobs: int | 
         for problem in report.problems:
             echo(f"failed: {problem}", err=True)
         echo(report.headline())
+    if not dry_run:
+        from bakery import notify
+
+        warn = lambda m: echo(m, err=True)  # noqa: E731
+        notify.notify(project, "nightly_failed", lambda: notify.nightly_message(report), warn=warn)
+        notify.notify(project, "prod_vulnerability", lambda: notify.prod_vulnerability_message(project), warn=warn)
     if not report.ok:
         sys.exit(1)
 

@@ -41,6 +41,18 @@ def _spec_for_labels(project, image: str):
         return None
 
 
+def _check_reference(target: str) -> None:
+    """An image reference (it has '/' or '@') by the Docker grammar: exit 2 before the daemon, a registry or the
+    scanner is asked anything."""
+    if _is_image(target):
+        from bakery.errors import InputError
+        from bakery.validation import reference_problem
+
+        problem = reference_problem(target)
+        if problem:
+            raise InputError(problem)
+
+
 def resolve_target(project, target: str, env: str | None, remote: bool | None):
     """TARGET → (image reference to scan, remote?, ImageSpec or None).
 
@@ -48,6 +60,7 @@ def resolve_target(project, target: str, env: str | None, remote: bool | None):
     from its registry unless ``--local``. Otherwise TARGET is a definition ``NAME:VERSION`` and its latest
     published build in ENV (default: the first environment) is scanned by digest.
     """
+    _check_reference(target)
     if _is_image(target) or _local_exists(target):
         is_remote = ("@sha256:" in target and "/" in target) if remote is None else remote
         if is_remote and "@sha256:" in target:
@@ -111,6 +124,7 @@ def scan_cmd(ctx: Context, target: str, fmt: str, output: Path | None, sbom: Pat
     from bakery.scan import gate, scanner
 
     project = ctx.project
+    _check_reference(target)  # bad input is exit 2 even when trivy is missing (exit 3)
     sc = scanner(project)  # fails closed (exit 3) before anything else when trivy is missing or too old
     if not ctx.quiet:
         click.echo(f"scanner: {sc.describe()}", err=True)

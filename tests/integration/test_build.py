@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -92,13 +93,15 @@ def test_example_fleet_builds_pushes_and_the_registry_agrees(make_project, stack
 
 
 def test_an_immutable_tag_is_never_overwritten(make_project, stack):
-    root = make_project(fleet=None, config={"tags": {"build": "{version}-{yyyymmdd}"}})
+    # A scheme without {n} must hold a fingerprint (bakery refuses `{version}-{yyyymmdd}` at load time): the same
+    # recipe rebuilt gets the same build tag, and a rebuild a second later has another org.opencontainers.image.
+    # created label, so another digest → refused, registry unchanged.
+    root = make_project(fleet=None, config={"tags": {"build": "{version}-{fp}"}})
     write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "one")})
     first = bakery("build", "app", "--no-scan", "--format", "json", cwd=root)
     assert first.returncode == 0, first.stderr
     r1 = json.loads(first.stdout)["results"][0]
-    # Change the image: same day, same build tag, different digest → refused, registry unchanged.
-    write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "two")})
+    time.sleep(1.1)  # not a timing assertion: the next build's `created` label must differ
     second = bakery("build", "app", "--no-scan", "--format", "json", cwd=root)
     assert second.returncode == 1
     r2 = json.loads(second.stdout)["results"][0]

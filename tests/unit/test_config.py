@@ -24,7 +24,7 @@ CONFIG_CASES: list[tuple[str, str, list[str]]] = [
     ("bad-duration", ENV_DEV % ", gates: {soak: 3 days}", [
         f"{C}: environments.dev.gates.soak: not a duration: '3 days' (use e.g. 90s, 15m, 24h, 7d)"]),
     ("bad-tag-scheme-field", "tags: {build: '{version}-{date}'}\n", [
-        f"{C}: tags.build: unknown field {{date}} in tag scheme '{{version}}-{{date}}' (fields: dd, fingerprint, fp, "
+        f"{C}: tags.build: tag template '{{version}}-{{date}}': unknown field {{date}} (fields: dd, fingerprint, fp, "
         f"mm, n, name, variant, version, yyyy, yyyymmdd)"]),
     ("tag-scheme-without-fields", "tags: {build: latest}\n", [
         f"{C}: tags.build: tag scheme 'latest' has no fields: every build would get the same tag"]),
@@ -62,7 +62,7 @@ CONFIG_CASES: list[tuple[str, str, list[str]]] = [
         f"{C}: environments.dev.registry: port 99999 is out of range (1..65535): '127.0.0.1:99999/b'"]),
     ("dev-stack-port-out-of-range", "dev_stack: {ports: {mirror: 0}}\n", [
         f"{C}: dev_stack.ports.mirror: must be >= 1, got int 0"]),
-    ("yaml-syntax-error", "build: {jobs: 0\n", [f"{C}: line 2: invalid YAML: expected ',' or '}}', but got '<stream end>'"]),
+    ("yaml-syntax-error", "build: {jobs: 0\n", [f"{C}: line 2: invalid YAML: did not find expected ',' or '}}'"]),
     ("top-level-list", "- a\n", [f"{C}: (top level): must be a mapping of settings"]),
 ]
 

@@ -74,7 +74,7 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
     ("duplicate-family", {F: GOOD_DEF, "base-images/b.yaml": GOOD_DEF}, [
         "base-images/b.yaml: name: duplicate image family 'a' (also defined in base-images/a.yaml)"]),
     ("duplicate-yaml-key", {F: defn(f'  "1":\n    parent: {UP}\n  "1":\n    parent: {UP}\n')}, [
-        f"{F}: line 7: duplicate key '1' (first at line 5)"]),
+        f"{F}: versions.1: line 7: duplicate key (first at line 5); YAML would silently keep the last one"]),
     ("undefined-template-variable", {F: one().replace("variables: {user: app}\n", "")}, [
         f"{F}: versions.1.variables: template 't' uses undefined variable 'user'"]),
     ("undefined-variable-per-variant", {"templates/v/Dockerfile.j2": "FROM {{ parent }}\nRUN {{ extra }}\n",
@@ -117,9 +117,9 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
     ("not-pep440", {F: defn(f'  "bookworm":\n    parent: {UP}\n')}, [
         f"{F}: versions.bookworm: 'bookworm' is not a PEP 440 version (e.g. 12, 3.11, 1.25.0)"]),
     ("unquoted-float-version", {F: defn(f'  3.10:\n    parent: {UP}\n')}, [
-        f'{F}: versions.3.10: version keys must be strings; YAML reads 3.10 as the number 3.1; quote it: "3.10"']),
+        f'{F}: versions.3.10: keys must be strings; YAML reads 3.10 as the number 3.1; quote it: "3.10"']),
     ("unquoted-int-version", {F: defn(f'  12:\n    parent: {UP}\n')}, [
-        f'{F}: versions.12: version keys must be strings; quote it: "12"']),
+        f'{F}: versions.12: keys must be strings; YAML reads 12 as the number 12; quote it: "12"']),
     ("invalid-variant-name", {F: one(extra="    variants:\n      Slim: {}\n")}, [
         f"{F}: versions.1.variants.Slim: variant names are lowercase letters and digits, starting with a letter"]),
     ("invalid-tag", {F: one(extra='    tags: ["-bad"]\n')}, [f"{F}: versions.1.tags: '-bad' is not a valid image tag"]),
@@ -165,7 +165,7 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
     ("invalid-variable-name", {F: var('app, my-var: "2"')}, [
         f"{F}: variables.my-var: 'my-var' is not a valid variable name (letters, digits, '_')"]),
     ("invalid-image-name", {F: one().replace("name: a", "name: My_Image")}, [
-        f"{F}: name: 'My_Image' is not a valid image name (lowercase letters, digits, '.', '_', '-')"]),
+        f"{F}: name: 'My_Image' is not a valid image name (lowercase letters, digits, '.', '_', '-'; a separator only between two letters or digits, and never '..')"]),
     ("empty-file", {F: ""}, [f"{F}: (top level): file is empty"]),
     ("comments-only", {F: "# nothing yet\n"}, [f"{F}: (top level): file is empty"]),
     ("yaml-syntax-error", {F: "name: a\ntemplate: t\nversions:\n  '1':\n    parent: [x\n"}, [
@@ -221,8 +221,8 @@ def test_template_syntax_error_names_template_and_line(make_project, bakery) -> 
                  "templates/ (rendering a:1)", id="include-not-found"),
     pytest.param("RUN echo {{ 1/0 }}", "templates/t/Dockerfile.j2: line 2: ZeroDivisionError: division by zero "
                  "(rendering a:1)", id="zero-division"),
-    pytest.param('{% include "bad.j2" %}', "templates/t/Dockerfile.j2: line 2: the included template: line 2: "
-                 "not valid UTF-8 (byte 0xff at column 3) (rendering a:1)", id="include-invalid-utf8"),
+    pytest.param('{% include "bad.j2" %}', "templates/t/Dockerfile.j2: line 2: the included template templates/bad.j2: "
+                 "line 2: not valid UTF-8 (byte 0xff at column 3) (rendering a:1)", id="include-invalid-utf8"),
 ])
 def test_template_runtime_errors_are_bad_input(make_project, bakery, line: str, expected: str) -> None:
     """Whatever a template raises while rendering is a problem of that template: its file and line, exit 2."""

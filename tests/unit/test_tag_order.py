@@ -36,7 +36,7 @@ def schemes(draw: st.DrawFn, *, with_n: bool = True) -> str:
         n_first = draw(st.booleans())
         sep = draw(st.sampled_from([".", "-", "_"]))
         body = f"{{n}}{sep}{body}" if n_first else f"{body}{sep}{{n}}"
-    if draw(st.booleans()):
+    if not with_n or draw(st.booleans()):  # without {n} a scheme must hold a fingerprint (issue 11: unique per build)
         body += draw(st.sampled_from(["-{fp}", ".{fingerprint}"]))
     head = draw(st.sampled_from(["{version}-", "{name}-{version}-", "v{version}_", "{version}."]))
     scheme = head + body if draw(st.booleans()) else body + "-" + head.rstrip("-_.")

@@ -54,7 +54,9 @@ def test_variant_is_part_of_the_version_field() -> None:
 def test_scheme_without_n_is_one_tag() -> None:
     fp = "sha256:" + "ab" * 32
     assert nxt(["3.11-abababababab"], scheme="{version}-{fp}", fingerprint=fp) == "3.11-abababababab"
-    assert nxt([], scheme="{name}-{yyyy}.{mm}.{dd}") == "python-2026.11.26"
+    assert nxt([], scheme="{name}-{yyyy}.{mm}.{dd}-{fp}", fingerprint=fp) == "python-2026.11.26-abababababab"
+    with pytest.raises(ValueError, match="is not unique per build"):  # no {n}, no fingerprint: refused (issue 11)
+        nxt([], scheme="{name}-{yyyy}.{mm}.{dd}")
 
 
 def test_render_alias() -> None:

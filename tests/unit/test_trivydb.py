@@ -116,7 +116,7 @@ def test_db_archive_holds_both_files(tmp_path):
     ("advisories: [{id: X, package: zlib, fixd: '1'}]", "unknown field 'fixd'"),
     ("advisories: [{package: zlib}]", "advisories[0].id: required"),
     ("advisories: 3", "advisories: expected a list"),
-    ("advisories: [\n", "not valid YAML"),
+    ("advisories: [\n", "invalid YAML"),
 ])
 def test_bad_advisory_files_name_file_and_field(tmp_path, text, needle):
     path = tmp_path / "adv.yaml"

@@ -141,6 +141,8 @@ def test_scaffolded_jobs_install_trivy_and_point_bakery_at_it(scaffolded: Path) 
     for name, wf in _scaffolded_workflows(scaffolded).items():
         for job_name, job in wf["jobs"].items():
             steps = job["steps"]
+            if not any(_runs_bakery(s) for s in steps):
+                continue  # e.g. the Pages deployment: no bakery in it
             installs = [i for i, s in enumerate(steps) if "pip install \"$BAKERY_PACKAGE\"" in str(s.get("run", ""))]
             assert len(installs) == 1, f"{name}:{job_name}"
             run = steps[installs[0]]["run"]
@@ -280,3 +282,23 @@ def test_nightly_builds_a_fleet_of_any_depth_in_its_stage_jobs(tmp_path: Path) -
             assert len(include) <= 256
             built += [ref for entry in include for ref in entry["refs"].split()]
         assert sorted(built) == sorted(f"{n}:1" for n in parents), name
+
+
+@pytest.mark.parametrize("source", ["repository", "scaffolded"])
+def test_nightly_publishes_the_dashboard_as_an_artifact_and_optionally_to_pages(source: str, tmp_path: Path) -> None:
+    if source == "repository":
+        wf = _load(REPO / ".github" / "workflows" / "nightly.yml")
+    else:
+        scaffold(tmp_path / "repo")
+        wf = _load(tmp_path / "repo" / ".github" / "workflows" / "nightly.yml")
+    steps = wf["jobs"]["summary"]["steps"]
+    site = [i for i, s in enumerate(steps) if "bakery report html --out site" in str(s.get("run", ""))]
+    assert len(site) == 1
+    uploads = [s for s in steps[site[0]:] if "upload-artifact" in str(s.get("uses", ""))]
+    assert uploads and uploads[0]["with"]["path"] == "site/"
+    pages_upload = [s for s in steps if "upload-pages-artifact" in str(s.get("uses", ""))]
+    assert len(pages_upload) == 1 and "vars.BAKERY_PAGES == 'true'" in pages_upload[0]["if"]
+    pages = wf["jobs"]["pages"]
+    assert pages["needs"] == ["summary"] and "vars.BAKERY_PAGES == 'true'" in pages["if"]
+    assert pages["permissions"] == {"pages": "write", "id-token": "write"}
+    assert "deploy-pages@" in pages["steps"][0]["uses"]
