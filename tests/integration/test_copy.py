@@ -131,7 +131,7 @@ sys.stderr.write("\\nMODULES " + json.dumps(sorted({m.split(".")[0] for m in sys
 """
 
 
-def test_a_promotion_starts_without_pydantic_yaml_or_docker(make_project, stack):
+def test_a_promotion_starts_without_pydantic_or_docker(make_project, stack):
     """Once its configuration was validated, `bakery promote` runs on the cached view: what it imports is the
     registry client, not the models (the start-up that separates it from skopeo)."""
     import sys
@@ -153,4 +153,5 @@ def test_a_promotion_starts_without_pydantic_yaml_or_docker(make_project, stack)
     assert result["action"] == "promoted", out.stderr
     modules = set(json.loads(next(ln for ln in out.stderr.splitlines() if ln.startswith("MODULES "))[8:]))
     assert "requests" in modules  # the probe sees what was imported
-    assert not modules & {"pydantic", "yaml", "docker", "jinja2", "rich", "boto3"}, modules
+    heavy = {"pydantic", "docker", "jinja2", "rich", "boto3"}  # (yaml, ~10 ms, comes with the policy's YAML reader)
+    assert not modules & heavy, sorted(modules & heavy)
