@@ -451,6 +451,7 @@ class AmiStore:
     noun = "AMI"
     scannable = False  # no container filesystem for trivy
     uses_aliases = False  # the ledger record says which build an environment runs
+    write_ahead = False  # no reservations or intents for AMIs yet (bakery.integrity covers registries)
 
     def where(self, name: str) -> str:
         return f"{self.env} AMIs of {name}"
@@ -541,9 +542,10 @@ class AmiStore:
                     "account": rec.account} if rec else {})}
 
     def copy(self, pub: Published, source: Any, aliases: list[str], *,
-             on_progress: Progress | None = None) -> dict[str, Any]:
+             on_progress: Progress | None = None, confirm: Callable[[], None] | None = None) -> dict[str, Any]:
         """copy_image from the source environment's AMI into each target region (never a rebuild), wait until
-        ``available``, copy the ``bakery:*`` tags (copy_image copies none), grant launch permission."""
+        ``available``, copy the ``bakery:*`` tags (copy_image copies none), grant launch permission. (``confirm``
+        reads a registry build tag back: AMIs have none, it is not called.)"""
         project, to_env = self.project, self.env
         from_env = source.env
         image = str(pub.key)

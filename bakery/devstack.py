@@ -173,9 +173,14 @@ def _read_state(member: _Member) -> dict[str, Any] | None:
 
 
 def _write_state(member: _Member, state: dict[str, Any]) -> None:
+    """The state file, owner-only (0600) from its creation: it names the registry's process and configuration."""
     tmp = member.state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(state, indent=2))
     tmp.replace(member.state_file)
+    member.state_file.chmod(0o600)
     (member.directory / "registry.pid").write_text(f"{state.get('pid') or ''}\n")
 
 
@@ -296,11 +301,14 @@ def _htpasswd(member: _Member) -> tuple[str, str] | None:
     return user, password
 
 
-def _auth_fingerprint(creds: tuple[str, str] | None) -> str | None:
-    """A hash of user and password (never the password itself) to notice changed credentials."""
-    if creds is None:
-        return None
-    return hashlib.sha256(f"{creds[0]}\0{hashlib.sha256(creds[1].encode()).hexdigest()}".encode()).hexdigest()
+def _htpasswd_matches(path: Path, creds: tuple[str, str]) -> bool:
+    """Whether the htpasswd file already accepts these credentials (``htpasswd -v``: the file's own salted bcrypt
+    is the only password-derived value kept anywhere)."""
+    if not path.exists():
+        return False
+    result = tools.run("htpasswd", ["-vi", str(path), creds[0]], timeout=60, input_text=creds[1] + "\n",
+                       check=False, hint=" (install apache2-utils)")
+    return result.returncode == 0
 
 
 def _registry_config(member: _Member, *, root: str, addr: str, htpasswd_path: str | None) -> dict[str, Any]:
@@ -322,15 +330,18 @@ def _prepare(member: _Member, *, docker_mode: bool) -> str:
     (member.directory / "data").mkdir(exist_ok=True)
     creds = _htpasswd(member)
     hpath = member.directory / "htpasswd"
-    fp = hashlib.sha256((_auth_fingerprint(creds) or "").encode())
+    fp = hashlib.sha256()
     if creds:
         user, password = creds
-        old = _read_state(member) or {}
-        if old.get("auth_fingerprint") != _auth_fingerprint(creds) or not hpath.exists():
+        if not _htpasswd_matches(hpath, creds):
             result = tools.run("htpasswd", ["-niB", user], timeout=60, input_text=password + "\n",
                                hint=" (install apache2-utils)")
-            hpath.write_text(result.stdout.strip() + "\n")
-            hpath.chmod(0o600)
+            hpath.unlink(missing_ok=True)
+            fd = os.open(hpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(result.stdout.strip() + "\n")
+        hpath.chmod(0o600)
+        fp.update(f"{user}\0{hpath.stat().st_mtime_ns}\0".encode())  # a new htpasswd file restarts the registry
     else:
         hpath.unlink(missing_ok=True)
     if docker_mode:
@@ -479,7 +490,6 @@ def _ensure_running(member: _Member, docker_mode: bool, progress: Progress, imag
     new.update({"name": member.name, "port": member.port, "fingerprint": fingerprint,
                 "auth": member.credentials is not None, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                 time.gmtime())})
-    new["auth_fingerprint"] = _auth_fingerprint(_htpasswd(member))
     _write_state(member, new)
     _wait_ready(member, new)
     return True

@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bakery import secrets
-from bakery.errors import EnvironmentFailure, ImmutableTagError, RegistryError, RegistryUnavailable
+from bakery.errors import AuthenticationFailed, ImmutableTagError, RegistryError, RegistryUnavailable
 from bakery.ref import is_digest
 from bakery.registry import MANIFEST_TYPES, CopyStats, Manifest, RegistryClient, media_type_of
 
@@ -79,7 +79,7 @@ class EcrRegistry:
             message = secrets.mask(err.get("Message", ""))
             if code in ("UnrecognizedClientException", "AccessDeniedException", "ExpiredTokenException",
                         "InvalidSignatureException"):
-                raise EnvironmentFailure(f"ECR {self.host}: {op}: not authorised ({code})") from None
+                raise AuthenticationFailed(f"ECR {self.host}: {op}: authentication failed ({code})") from None
             if status and (status >= 500 or status == 429):
                 raise RegistryUnavailable(f"ECR {self.host}: {op}: {code or status} (after retries)") from None
             raise _EcrError(f"ECR {self.host}: {op}: {code}: {message}", code=code, status=status) from None

@@ -35,6 +35,11 @@ class ImmutableTagError(StepFailed):
     """Refused to point an existing immutable tag at a different digest."""
 
 
+class TagMismatch(ImmutableTagError):
+    """A build tag read back (or resolved) names another digest than the ledger's reservation or the named image:
+    refused, both digests in the message."""
+
+
 class InputError(BakeryError):
     """Bad user input: definitions, configuration, references or flags."""
 
@@ -53,6 +58,10 @@ class EnvironmentFailure(BakeryError):
     """Something bakery depends on is missing or unreachable (daemon, registry, scanner, tool)."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+class AuthenticationFailed(EnvironmentFailure):
+    """A registry or cloud API refused our credentials (401/403, AccessDenied): a setup problem, exit 3."""
 
 
 class ToolMissing(EnvironmentFailure):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
 import itertools
 import json
 import os
@@ -29,8 +30,10 @@ from bakery.ref import split_image
 if TYPE_CHECKING:
     from bakery.config import Project
 
-EventKind = Literal["publish", "promote", "rollback", "gate"]
-KINDS = ("publish", "promote", "rollback", "gate")
+EventKind = Literal["publish", "promote", "rollback", "gate", "reserve", "intent"]
+# reserve: a build tag claimed for one image in one repository (bakery.integrity); intent: a promotion about to
+# copy (write-ahead; its completion is the promote event)
+KINDS = ("publish", "promote", "rollback", "gate", "reserve", "intent")
 
 
 def now() -> dt.datetime:
@@ -149,6 +152,15 @@ class Ledger(Protocol):
 
     def record(self, event: Event) -> None: ...
 
+    def claim(self, event: Event, key: str) -> bool:
+        """Record ``event`` only if no event holds ``key`` yet (an atomic conditional write); False when another
+        event holds it (nothing recorded then)."""
+        ...
+
+    def claimed(self, key: str, image: str) -> Event | None:
+        """The event that holds ``key`` (recorded by :meth:`claim` for ``image``), or None."""
+        ...
+
     def events(self, image: str | None = None, env: str | None = None) -> list[Event]:
         """Events oldest first; ``image`` is NAME:VERSION (exact) or NAME (all versions); ``env`` matches
         the event's target environment."""
@@ -181,6 +193,10 @@ class SqliteLedger:
     );
     CREATE INDEX IF NOT EXISTS events_image ON events(image, time);
     CREATE INDEX IF NOT EXISTS events_name ON events(name, time);
+    CREATE TABLE IF NOT EXISTS claims (
+        key TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL
+    );
     """
 
     def __init__(self, path: Path):
@@ -205,17 +221,47 @@ class SqliteLedger:
         except (OSError, sqlite3.Error) as exc:
             raise EnvironmentFailure(f"ledger {path}: cannot open: {exc}") from None
 
-    def record(self, event: Event) -> None:
-        ev = event.masked()
+    def _insert(self, ev: Event) -> None:
         body = json.dumps(ev.to_json(), sort_keys=True)
+        self._db.execute(
+            "INSERT INTO events (id, kind, image, name, digest, build_tag, from_env, to_env, actor, time, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ev.id, ev.kind, ev.image, ev.name, ev.digest, ev.build_tag, ev.from_env, ev.to_env, ev.actor,
+             ev.to_json()["time"], body))
+
+    def record(self, event: Event) -> None:
         try:
-            self._db.execute(
-                "INSERT INTO events (id, kind, image, name, digest, build_tag, from_env, to_env, actor, time, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (ev.id, ev.kind, ev.image, ev.name, ev.digest, ev.build_tag, ev.from_env, ev.to_env, ev.actor,
-                 ev.to_json()["time"], body))
+            self._insert(event.masked())
         except sqlite3.Error as exc:
             raise EnvironmentFailure(f"ledger {self.path}: cannot record event: {exc}") from None
+
+    def claim(self, event: Event, key: str) -> bool:
+        """The claim and its event in one transaction: the primary key on ``claims.key`` decides the race."""
+        ev = event.masked()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO claims (key, event_id) VALUES (?, ?)", (key, ev.id))
+            except sqlite3.IntegrityError:
+                self._db.execute("ROLLBACK")
+                return False
+            try:
+                self._insert(ev)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return True
+        except sqlite3.Error as exc:
+            raise EnvironmentFailure(f"ledger {self.path}: cannot record event: {exc}") from None
+
+    def claimed(self, key: str, image: str) -> Event | None:
+        try:
+            row = self._db.execute("SELECT e.body FROM claims c JOIN events e ON e.id = c.event_id WHERE c.key = ?",
+                                   (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise EnvironmentFailure(f"ledger {self.path}: cannot read: {exc}") from None
+        return Event.from_json(json.loads(row[0])) if row else None
 
     def events(self, image: str | None = None, env: str | None = None) -> list[Event]:
         sql, args = "SELECT body FROM events", []
@@ -280,6 +326,44 @@ class S3Ledger:
             except BotoCoreError as exc:
                 raise EnvironmentFailure(f"ledger {self.url}: cannot record event: {exc}") from None
         raise EnvironmentFailure(f"ledger {self.url}: cannot record event: id collisions")
+
+    def _claim_key(self, key: str, image: str) -> str:
+        name, _, version = image.partition(":")
+        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+        return f"{self._base()}{_safe(name)}/{_safe(version or '_')}/claim-{digest}.json"
+
+    def claim(self, event: Event, key: str) -> bool:
+        """One object per key, written with ``If-None-Match: *``: across processes and machines one writer wins.
+        The object is the event itself (listed with the image's other events)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        ev = event.masked()
+        body = json.dumps(ev.to_json(), sort_keys=True).encode()
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=self._claim_key(key, ev.image), Body=body, IfNoneMatch="*",
+                               ContentType="application/json")
+            return True
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise EnvironmentFailure(f"ledger {self.url}: cannot record event: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise EnvironmentFailure(f"ledger {self.url}: cannot record event: {exc}") from None
+
+    def claimed(self, key: str, image: str) -> Event | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self._claim_key(key, image))["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise EnvironmentFailure(f"ledger {self.url}: cannot read: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise EnvironmentFailure(f"ledger {self.url}: cannot read: {exc}") from None
+        return Event.from_json(json.loads(body))
 
     def events(self, image: str | None = None, env: str | None = None) -> list[Event]:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery import secrets
+from bakery import integrity, secrets
 from bakery.build import BuildOptions, build
 from bakery.configview import Project
 from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure, InputError
+from bakery.ledger import open_ledger
 from bakery.lock import nightly_lock
 from bakery.model import SEVERITIES, ImageKey, ImageSpec
 from bakery.plan import Current, Plan, PlanItem, Reason, make_plan, matrix_slug
@@ -232,6 +233,9 @@ def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequ
             write_report(project, report)
             raise
         say(f"plan: {len(plan.rebuild)} of {len(plan.items)} images to rebuild ({plan.seconds:.2f}s)")
+        if not dry_run:  # promotions an earlier run made but could not record (bakery.integrity)
+            for ev in integrity.recover(project, open_ledger(project)):
+                say(f"recorded an unrecorded promotion: {ev.image} {ev.build_tag} → {ev.to_env} (recovered)")
         results: dict[str, dict[str, Any]] = {}
         promotions: dict[str, list[dict[str, Any]]] = {}  # filled as promotions happen, kept if one aborts
         aborted = ""

@@ -21,9 +21,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bakery import integrity
 from bakery import ledger as ledger_mod
 from bakery.configview import Project
-from bakery.errors import InputError, StepFailed
+from bakery.errors import EnvironmentFailure, InputError, StepFailed
 from bakery.gates import GateResult, ScanFn, arrivals_and_rollbacks, evaluate, gate_approval, gate_previous, \
     gate_scan, gate_soak, human, scan_summary
 from bakery.gitrefs import tag_promotion
@@ -145,6 +146,8 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     dst = store_for(project, to_env, kind=src.kind)
     pub = src.resolve(ref)
     name = pub.key.name
+    writes_ahead = src.write_ahead  # build tags reserved in the ledger, intents before copies (bakery.integrity)
+    recovered = integrity.recover(project, led, image=str(pub.key)) if writes_ahead else []
     aliases = [a for a in dst.aliases(pub.key, now.date()) if a != pub.build_tag]
     tags = [pub.build_tag, *aliases]
     target = dst.where(name)
@@ -159,8 +162,9 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         result.seconds = time.monotonic() - started
         return result
 
-    # Immutable build tag, and the no-op.
-    conflict = dst.conflict(pub)
+    # Immutable build tag (the source agrees with the ledger and its labels; the target), and the no-op.
+    disagreement = integrity.verify_source(project, led, pub, src.registry) if writes_ahead else None
+    conflict = (disagreement, {}) if disagreement else dst.conflict(pub)
     if conflict is not None:
         result.gates = [GateResult("immutable-tag", False, conflict[0], conflict[1])]
         result.message = conflict[0]
@@ -169,6 +173,11 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         return finish("would-refuse" if dry_run else "refused")
     if dst.holds(pub, aliases):
         result.message = f"{target}:{pub.build_tag} already holds {pub.digest[:19]}…; nothing to do"
+        mine = [e for e in recovered if e.digest == pub.digest and e.to_env == to_env]
+        if mine:
+            result.event_id = mine[0].id
+            result.message = (f"{target}:{pub.build_tag} already holds {pub.digest[:19]}…; recorded the earlier "
+                              f"promotion by {mine[0].actor} at {mine[0].time:%Y-%m-%d %H:%M:%S} UTC (recovered)")
         if (target_env.git_tag if git_tag is None else git_tag) and not dry_run:
             result.git_tag = tag_promotion(project, to_env, pub, src.labels(pub))  # idempotent
         return finish("up-to-date")
@@ -187,8 +196,29 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         result.message = f"gate{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}; nothing copied"
         return finish("refused")
 
-    # Copy, then the tags (the store does both, in that order).
-    done = dst.copy(pub, src, aliases, on_progress=on_progress)
+    # Reserve the build tag in the target for this digest (a lost race is refused), then record the intent.
+    intent = None
+    if writes_ahead:
+        holder, _won = integrity.reserve(led, image=result.image, env=to_env, repository=target,
+                                         build_tag=pub.build_tag, digest=pub.digest, when=stamp())
+        if not integrity.holds(holder, digest=pub.digest):
+            result.gates.append(GateResult("immutable-tag", False, f"{target}:{pub.build_tag} is reserved in the "
+                                           f"ledger for {integrity.identity(holder)}; refusing {pub.digest}",
+                                           {"existing": holder.digest}))
+            result.message = result.gates[-1].reason
+            result.event_id = _record(led, "gate", result, stamp(), passed=False)
+            return finish("refused")
+        intent = integrity.record_intent(
+            led, image=result.image, digest=pub.digest, build_tag=pub.build_tag, from_env=from_env, to_env=to_env,
+            source=result.source, target=target, tags=tags, gates=[g.to_json() for g in result.gates],
+            after=integrity.epoch(events, result.image, to_env, pub.digest), when=stamp(), approved_by=approved_by)
+
+    # Copy, then the tags (the store does both, in that order; the build tag is read back before any alias).
+    def confirm() -> None:
+        integrity.confirm_tag(led, dst.registry, dst.repo(name), target=target, image=result.image, env=to_env,
+                              build_tag=pub.build_tag, digest=pub.digest, from_env=from_env, when=stamp())
+
+    done = dst.copy(pub, src, aliases, on_progress=on_progress, confirm=confirm if writes_ahead else None)
     result.copy = done.pop("copy", None)
     want_git = target_env.git_tag if git_tag is None else git_tag
     git_error: StepFailed | None = None
@@ -199,7 +229,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
             git_error = exc
             result.message = f"git tag not created: {exc}"
     result.seconds = time.monotonic() - started
-    result.event_id = _record(led, "promote", result, stamp(), extra=done)
+    result.event_id = _record(led, "promote", result, stamp(), extra=done, intent=intent)
     finish("promoted")
     if git_error is not None:
         raise StepFailed(f"{result.image} {pub.build_tag} promoted to {to_env} (recorded), but the git tag was "
@@ -208,7 +238,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
 
 
 def _record(led: ledger_mod.Ledger, kind: str, p: Promotion, now: dt.datetime, passed: bool | None = None,
-            extra: dict[str, Any] | None = None) -> str:
+            extra: dict[str, Any] | None = None, intent: ledger_mod.Event | None = None) -> str:
     details: dict[str, Any] = {"source": p.source, "target": p.target, "tags": p.tags, **(extra or {})}
     if passed is not None:
         details["passed"] = passed
@@ -223,7 +253,18 @@ def _record(led: ledger_mod.Ledger, kind: str, p: Promotion, now: dt.datetime, p
     ev = ledger_mod.Event(kind=kind, image=p.image, digest=p.digest, build_tag=p.build_tag, from_env=p.from_env,
                           to_env=p.to_env, time=now, gates=[g.to_json() for g in p.gates], scan=p.scan,
                           details=details)
-    led.record(ev)
+    if intent is None:
+        led.record(ev)
+        return ev.id
+    try:  # the completion of a write-ahead intent: one promote row per promotion, whoever records it first
+        if not integrity.complete(led, intent, ev):
+            held = led.claimed(intent.details["claim"], p.image)
+            p.message = (p.message + "; " if p.message else "") + "already recorded by a concurrent promotion"
+            return held.id if held else ev.id
+    except EnvironmentFailure as exc:
+        raise EnvironmentFailure(f"{p.image} {p.build_tag} is in {p.target} (build tag and aliases written) but the "
+                                 f"promotion could not be recorded: {exc}; run the same command again to record "
+                                 f"it") from None
     return ev.id
 
 

@@ -11,12 +11,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from bakery import integrity
 from bakery.configview import Project
-from bakery.errors import DaemonUnavailable, ImmutableTagError, StepFailed
+from bakery.errors import DaemonUnavailable, ImmutableTagError, RegistryUnavailable, StepFailed
 from bakery.ledger import Event, open_ledger
 from bakery.model import ImageKey, ImageSpec, Published
 from bakery.registries import Registry, registry_for
-from bakery.tags import Scheme, image_aliases, next_build_tag
+from bakery.tags import Scheme, image_aliases
 
 
 def env_repository(project: Project, env: str, name: str) -> tuple[str, str]:
@@ -72,21 +73,28 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
     env = project.config.first_env
     host, repo = env_repository(project, env, spec.key.name)
     client = registry_for(project, env)
+    led = open_ledger(project)
     existing = client.list_tags(repo)
-    if build_tag is None:
-        build_tag = next_build_tag(project.config.tags.build, name=spec.key.name, version=spec.key.version,
-                                   variant=spec.key.variant, today=today, existing=existing,
-                                   fingerprint=fingerprint)
     target = f"{host}/{repo}"
+    # Reserve before writing: the build tag is claimed in the ledger for this image id before anything is pushed.
+    if build_tag is None:
+        build_tag, holder, _won = integrity.reserve_next_build_tag(
+            project, led, image=str(spec.key), name=spec.key.name, version=spec.key.version,
+            variant=spec.key.variant, env=env, repository=target, config=image_id, existing=existing, today=today,
+            fingerprint=fingerprint)
+    else:
+        holder, _won = integrity.reserve(led, image=str(spec.key), env=env, repository=target, build_tag=build_tag,
+                                         config=image_id)
     alias_tags = aliases(project, spec, env, today, fingerprint)
     refuse_build_tag_aliases(project, spec.key.name, target, [t for t in alias_tags if t != build_tag])
-    if build_tag in existing:
-        held = client.head_manifest(repo, build_tag)
-        ours = local_repo_digests(docker_client, image_id, target)
-        if held and held in ours:
-            return Published(spec.key, env, target, build_tag, held, ())
-        raise ImmutableTagError(f"{target}:{build_tag} already holds {held}; refusing to overwrite an immutable "
-                                f"tag with a different image (registry unchanged)")
+    held = client.head_manifest(repo, build_tag) if build_tag in existing or not _won else None
+    same = held is not None and integrity.config_of(client, repo, held) == image_id
+    if not integrity.holds(holder, config=image_id) or (held is not None and not same):
+        raise ImmutableTagError(f"{target}:{build_tag} already holds {held or 'nothing yet'} (reserved in the ledger "
+                                f"for {integrity.identity(holder)}); refusing to overwrite an immutable tag with a "
+                                f"different image (registry unchanged)")
+    if same:
+        return Published(spec.key, env, target, build_tag, held, ())
     digest = ""
     try:
         image = docker_client.images.get(image_id)
@@ -115,9 +123,18 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
             pass
     if not digest:
         raise StepFailed(f"push {target}:{build_tag}: the daemon reported no digest")
-    manifest = client.get_manifest(repo, digest)
-    for tag in alias_tags:
-        client.put_manifest(repo, tag, manifest.body, manifest.media_type)
+    integrity.confirm_tag(led, client, repo, target=target, image=str(spec.key), env=env, build_tag=build_tag,
+                          digest=digest)  # read back before any alias moves
+    written = [build_tag]
+    try:
+        manifest = client.get_manifest(repo, digest)
+        for tag in alias_tags:
+            client.put_manifest(repo, tag, manifest.body, manifest.media_type)
+            written.append(tag)
+    except RegistryUnavailable as exc:
+        state = integrity.target_state(written, build_tag, alias_tags)
+        raise RegistryUnavailable(f"push of {spec.key} to {target} interrupted ({state}; not recorded): `bakery build` again "
+                                  f"publishes a complete new build tag: {exc}") from None
     return Published(spec.key, env, target, build_tag, digest, tuple(alias_tags))
 
 

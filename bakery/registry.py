@@ -27,7 +27,7 @@ import requests
 import tenacity
 
 from bakery import secrets
-from bakery.errors import EnvironmentFailure, RegistryError, RegistryUnavailable
+from bakery.errors import AuthenticationFailed, RegistryError, RegistryUnavailable
 from bakery.ref import is_digest, is_loopback, normalise_host
 
 log = logging.getLogger("bakery.registry")
@@ -44,6 +44,9 @@ FOREIGN_LAYER_TYPES = frozenset({
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
 })
+_ANY_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+_UPLOAD_LOCATION = re.compile(r"/blobs/uploads/[^/]+$")
+_LOST_UPLOAD = frozenset({"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"})
 _CHUNK = 1024 * 1024
 # Blobs copied at once by copy_image: enough to overlap the round trips and the hashing of a few large layers,
 # few enough not to flood a registry (skopeo copies up to 6 layers at once).
@@ -54,7 +57,7 @@ _LABEL_BASE_DIGEST = "org.opencontainers.image.base.digest"
 T = TypeVar("T")
 
 
-class RegistryAuthError(EnvironmentFailure):
+class RegistryAuthError(AuthenticationFailed):
     """The registry refused our credentials (401/403): a setup problem, exit 3."""
 
     def __init__(self, message: str, status: int | None = None):
@@ -510,6 +513,9 @@ class RegistryClient:
             if resp.status_code == 403:
                 resp.close()
                 raise RegistryAuthError(f"{self.host}: authentication failed for {repo or '(registry)'} (403)", 403)
+            if _headers_cut(resp):  # a response cut mid-headers: a transport fault, retried like a reset
+                resp.close()
+                raise _Transient("response headers cut short")
             if resp.status_code in ok:
                 return resp
             if resp.status_code == 404 and missing_ok:
@@ -520,6 +526,8 @@ class RegistryClient:
                 raise _Transient(f"HTTP {resp.status_code}")
             detail = _error_detail(resp)
             resp.close()
+            if detail.split(" ", 1)[0] in _LOST_UPLOAD:  # the upload session is gone: start a new one
+                raise _Transient(f"upload session lost ({detail.split(' ', 1)[0]})")
             target = f" {repo}" if repo else ""
             raise RegistryError(f"{self.host}: {op}{target} failed ({resp.status_code}{': ' + detail if detail else ''})",
                                 resp.status_code)
@@ -640,8 +648,8 @@ class RegistryClient:
         assert start is not None
         start.close()
         location = start.headers.get("Location")
-        if not location:
-            raise RegistryError(f"{self.host}: upload for {repo} returned no Location")
+        if not location or not _UPLOAD_LOCATION.search(urlsplit(location).path):
+            raise _Transient(f"upload for {repo} returned no usable Location")  # cut headers: retried
         return _with_query(urljoin(self.base + "/", location), digest=digest)
 
     def copy_blob(self, src: RegistryClient, src_repo: str, digest: str, repo: str,
@@ -953,6 +961,25 @@ def _short(exc: BaseException) -> str:
     if isinstance(exc, requests.Timeout):
         return "timed out"
     return secrets.mask(str(exc)) or type(exc).__name__
+
+
+def _headers_cut(resp: requests.Response) -> bool:
+    """Whether the header block arrived damaged: unparsable lines (what urllib3 would only log as a warning), or
+    a digest header cut short. A cut between two whole lines is caught where a header is needed (Location)."""
+    digest = resp.headers.get("Docker-Content-Digest")
+    if digest is not None and not _ANY_DIGEST.match(digest):
+        return True
+    message = getattr(getattr(resp.raw, "_original_response", None), "msg", None)
+    if message is None:
+        return False
+    from urllib3.exceptions import HeaderParsingError
+    from urllib3.util.response import assert_header_parsing
+
+    try:
+        assert_header_parsing(message)
+    except HeaderParsingError:
+        return True
+    return False
 
 
 def _error_detail(resp: requests.Response) -> str:

@@ -361,7 +361,7 @@ def _trivy_args(sc: Scanner, project: Project, image: str, remote: bool) -> tupl
 
 def _run_trivy(sc: Scanner, args: list[str], env: dict[str, str], what: str) -> tools.ToolResult:
     try:
-        return tools.run(sc.path, args, timeout=sc.timeout, env=env, check=True,
+        return tools.run(sc.path, args, timeout=sc.timeout, env=env, check=True, process_group=True,
                          failure_exit_code=ScannerError.exit_code)
     except ToolTimeout:
         raise ScannerError(f"trivy timed out after {sc.timeout:g}s scanning {what} (scanner.timeout); "
@@ -645,11 +645,18 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
     if not isinstance(os_info, dict):
         raise ScannerError(f"trivy output for {what}: Metadata.OS is not an object; no result")
     check_os_coverage(what, os_info, db_after)
+    os_name = f"{os_info.get('Family', '')} {os_info.get('Name', '')}".strip()
+    if not os_name and not data.get("Results"):  # an empty view: a verdict only when the image has no packages
+        evidence = os_package_files(project, image, remote)
+        if evidence:
+            raise ScannerError(f"trivy detected no OS and reported nothing for {what}, but the image has "
+                               f"{evidence}: that is not '0 vulnerabilities'; no result")
+        os_name = NO_OS_PACKAGES
     result = ScanResult(
         image=image, image_id=found_id, digest=digest, trivy_version=sc.version,
         db_updated_at=db_after.updated_at, db_sha256=db_sha256(project, db_after), scanned_at=now,
         findings=findings, cached=False,
-        trivy_seconds=res.seconds, os=f"{os_info.get('Family', '')} {os_info.get('Name', '')}".strip(),
+        trivy_seconds=res.seconds, os=os_name,
         remote=remote, rescanned=was_stored,
     )
     save(project, result)
@@ -657,6 +664,97 @@ def scan_image(project: Project, image: str, *, remote: bool = False, rescan: bo
         write_sbom(project, image, sbom, remote=remote, sc=sc)
     result.seconds = time.monotonic() - started
     return result
+
+
+NO_OS_PACKAGES = "none: no OS packages by construction (no package database in any layer)"
+# What an OS package manager leaves in a filesystem: one of these in any layer means trivy should have seen an OS.
+_PACKAGE_DBS = ("var/lib/dpkg/status", "lib/apk/db/installed", "var/lib/rpm/", "usr/lib/sysimage/rpm/",
+                "etc/os-release", "usr/lib/os-release", "var/lib/dpkg/status.d/")
+
+
+def os_package_files(project: Project, image: str, remote: bool) -> str:
+    """The first package database or OS release file found in the image's layers ("" when there is none), read
+    from the daemon (``docker save``) or the registry. Called only when trivy saw no OS and no results."""
+    import tarfile
+
+    def first_hit(names: Any) -> str:
+        for name in names:
+            name = name.lstrip("./")
+            if any(name == p.rstrip("/") or name.startswith(p) for p in _PACKAGE_DBS):
+                return f"/{name}"
+        return ""
+
+    try:
+        if remote:
+            ref = Ref.try_parse(image)
+            if ref is None:
+                raise ScannerError(f"trivy saw no OS in {image} and its layers cannot be located to confirm "
+                                   f"that; no result")
+            client = registry_for_ref(project, ref)
+            repo = ref.repository
+            manifest = client.resolve_image_manifest(repo, ref.digest or ref.tag or "latest")
+            import tempfile
+
+            for layer in manifest.blobs()[1:]:
+                with tempfile.NamedTemporaryFile() as tmp:
+                    client.download_blob(repo, layer.digest, tmp.name)
+                    with tarfile.open(tmp.name, mode="r:*") as tar:
+                        hit = first_hit(tar.getnames())
+                        if hit:
+                            return hit
+            return ""
+        import docker
+
+        client = docker.from_env(timeout=600)
+        stream = client.api.get_image(image)
+        with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as outer:
+            for member in outer:
+                if not member.isfile():
+                    continue
+                inner = outer.extractfile(member)
+                if inner is None:
+                    continue
+                try:
+                    with tarfile.open(fileobj=inner, mode="r|*") as layer:
+                        hit = first_hit(m.name for m in layer)
+                        if hit:
+                            return hit
+                except tarfile.TarError:
+                    continue  # the config JSON, the manifest: not a layer
+        return ""
+    except (OSError, tarfile.TarError) as exc:
+        raise ScannerError(f"trivy saw no OS in {image} and its layers cannot be read to confirm that: {exc}; "
+                           f"no result") from None
+    except Exception as exc:  # noqa: BLE001 - the daemon or the registry could not be asked: fail closed
+        if isinstance(exc, BakeryError):
+            raise
+        raise ScannerError(f"trivy saw no OS in {image} and its layers cannot be read to confirm that "
+                           f"({type(exc).__name__}); no result") from None
+
+
+class _ChunkReader:
+    """A read()-able view of an iterator of byte chunks (the daemon's image export stream)."""
+
+    def __init__(self, chunks: Any):
+        self._chunks = iter(chunks)
+        self._buf = b""
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        parts: list[bytes] = []
+        want = n
+        while want != 0:
+            if self._pos >= len(self._buf):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._buf, self._pos = chunk, 0
+            take = len(self._buf) - self._pos if want < 0 else min(want, len(self._buf) - self._pos)
+            parts.append(self._buf[self._pos:self._pos + take])
+            self._pos += take
+            if want > 0:
+                want -= take
+        return b"".join(parts)
 
 
 def write_sbom(project: Project, image: str, path: Path, *, remote: bool = False, sc: Scanner | None = None) -> Path:

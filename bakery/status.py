@@ -11,7 +11,8 @@ from typing import Any
 from bakery import ledger as ledger_mod
 from bakery.configview import Project
 from bakery.definitions import load_fleet
-from bakery.errors import BakeryError, EnvironmentFailure, InputError
+from bakery import integrity
+from bakery.errors import AuthenticationFailed, BakeryError, EnvironmentFailure, InputError
 from bakery.gates import human
 from bakery.ref import FleetRef
 from bakery.store import ArtifactStore, artifact_kind, key_of, store_for, unknown_image_message
@@ -31,12 +32,13 @@ class StatusRow:
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # the store's own fields (kind; AMI: origin, amis)
     unreachable: bool = False  # the store could not be read: the row shows the ledger's view only
+    failure: str | None = None  # why not: "unreachable" or "authentication" (credentials refused)
 
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image, "env": self.env, "build_tag": self.build_tag, "digest": self.digest,
                 "age": self.age, "since": self.since.isoformat().replace("+00:00", "Z") if self.since else None,
                 "vulnerabilities": self.vulnerabilities, "gate": self.gate, "ledger_digest": self.ledger_digest,
-                "note": self.note or None, **self.extra}
+                "note": self.note or None, "failure": self.failure, **self.extra}
 
 
 def status(project: Project, ref: str | None = None, env: str | None = None, *, now: dt.datetime | None = None,
@@ -49,12 +51,17 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
     for e in envs:
         cfg.env(e)
     name_filter = None
+    selected: str | None = None
     if ref:
         r = FleetRef.parse(ref, require_tag_or_digest=False)
         name_filter = r.name
-        events = led.events(image=f"{r.name}:{r.tag}" if r.tag else r.name)
-    else:
-        events = led.events()
+        selected = f"{r.name}:{r.tag}" if r.tag else r.name
+    events = led.events(image=selected)
+    try:  # promotions that moved tags unrecorded: recorded first (a read-only ledger only skips this)
+        if integrity.recover(project, led, events=events):
+            events = led.events(image=selected)
+    except EnvironmentFailure:
+        pass
     images: list[str] = []
     for e in events:
         if e.image not in images:
@@ -73,7 +80,7 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
         raise InputError(unknown_image_message(ref))
     rows: list[StatusRow] = []
     stores: dict[tuple[str, str], ArtifactStore] = {}
-    down: dict[str, str] = {}
+    down: dict[tuple[str, str], EnvironmentFailure] = {}
     for image in images:
         key = key_of(image)
         kind = artifact_kind(project, image, specs=specs, events=events)
@@ -83,14 +90,17 @@ def status(project: Project, ref: str | None = None, env: str | None = None, *, 
             ledger_now = ledger_mod.current(mine, image, e)
             try:
                 if (kind, e) in down:
-                    raise EnvironmentFailure(down[(kind, e)])
+                    raise down[(kind, e)]
                 live = store.live(key, events, now.date())
             except EnvironmentFailure as exc:  # one registry down: say so, keep the ledger's view of it
-                down[(kind, e)] = str(exc)
+                down[(kind, e)] = exc
+                failure = "authentication" if isinstance(exc, AuthenticationFailed) else "unreachable"
+                note = "authentication failed" if failure == "authentication" else "registry unreachable"
                 rows.append(StatusRow(image=image, env=e, build_tag=ledger_now.build_tag if ledger_now else "",
                                       digest=None, age="-", since=None, vulnerabilities=None, gate="-",
                                       ledger_digest=ledger_now.digest if ledger_now else None,
-                                      note=f"registry unreachable: {exc}", extra={"kind": kind}, unreachable=True))
+                                      note=f"{note}: {exc}", extra={"kind": kind}, unreachable=True,
+                                      failure=failure))
                 continue
             if live is None and not ledger_now:
                 continue

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bakery import ami as ami_mod
+from bakery import integrity
 from bakery import ledger as ledger_mod
 from bakery.configview import Project
 from bakery.errors import BakeryError, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
@@ -49,6 +50,7 @@ class ArtifactStore(Protocol):
     noun: str  # what one build is called in messages ("promotion", "AMI")
     scannable: bool  # whether the scan gate applies (a container filesystem trivy can read)
     uses_aliases: bool  # whether the environment points at builds with alias tags (else: the ledger record)
+    write_ahead: bool  # build tags reserved in the ledger and promotions recorded write-ahead (bakery.integrity)
 
     def where(self, name: str) -> str:
         """Where an image family lives in this store, for messages and reports."""
@@ -72,7 +74,7 @@ class ArtifactStore(Protocol):
         ...
 
     def copy(self, pub: Published, source: ArtifactStore, aliases: list[str], *,
-             on_progress: Progress | None = None) -> dict[str, Any]:
+             on_progress: Progress | None = None, confirm: Callable[[], None] | None = None) -> dict[str, Any]:
         """Bring the build here from ``source`` (never a rebuild), aliases last; what was done, for the ledger."""
         ...
 
@@ -204,6 +206,7 @@ class RegistryStore:
     noun = "promotion"
     scannable = True
     uses_aliases = True
+    write_ahead = True  # build tags reserved in the ledger, promotions recorded write-ahead (bakery.integrity)
 
     def __init__(self, project: Project, env: str, *, registry: Registry | None = None,
                  client_options: dict[str, Any] | None = None):
@@ -421,21 +424,22 @@ class RegistryStore:
     # -- writing -----------------------------------------------------------------------------------------------
 
     def copy(self, pub: Published, source: ArtifactStore, aliases: list[str], *,
-             on_progress: Progress | None = None) -> dict[str, Any]:
+             on_progress: Progress | None = None, confirm: Callable[[], None] | None = None) -> dict[str, Any]:
         """Manifests and blobs BY DIGEST (no tag written; blobs the target has are skipped, same-host blobs
-        mounted), then the build tag, then the aliases: an interruption leaves no new tag, a rerun completes it."""
+        mounted), then the build tag (read back by ``confirm``), then the aliases: an interruption leaves no new
+        tag, a rerun completes it; the error says which tags were written."""
         assert isinstance(source, RegistryStore)
         name = pub.key.name
         src_repo, dst_repo = source.repo(name), self.repo(name)
         self.registry.ensure_repository(dst_repo, aliases=aliases)
-        tagged = False
+        written: list[str] = []
         try:
             stats = self.registry.copy_image(source.registry, src_repo, pub.digest, dst_repo)
             manifest = source.registry.get_manifest(src_repo, pub.digest)  # byte-identical by its digest
-            tagged = True
-            write_tags(self.registry, dst_repo, manifest, pub.build_tag, aliases, target=self.where(name))
+            write_tags(self.registry, dst_repo, manifest, pub.build_tag, aliases, target=self.where(name),
+                       written=written, confirm=confirm)
         except RegistryUnavailable as exc:
-            state = ("some tags may be missing" if tagged else "no tag was written in the target")
+            state = integrity.target_state(written, pub.build_tag, aliases)
             raise RegistryUnavailable(f"promotion of {pub.key} {pub.build_tag} to {self.env} interrupted ({state}); "
                                       f"run the same command again to complete it: {exc}") from None
         return {"copy": stats.as_dict()}
@@ -618,14 +622,20 @@ def key_of(image: str) -> ImageKey:
 
 
 def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, aliases: list[str], *,
-               target: str) -> None:
-    """The immutable build tag first (re-checked right before writing), then the moving aliases."""
+               target: str, written: list[str] | None = None, confirm: Callable[[], None] | None = None) -> None:
+    """The immutable build tag first (re-checked right before writing, read back by ``confirm`` after), then
+    the moving aliases. ``written`` collects the tags that hold the digest so far."""
+    written = [] if written is None else written
     current = dst.head_manifest(repo, build_tag)
     if current is not None and current != manifest.digest:
-        raise ImmutableTagError(f"{target}:{build_tag} already points at {current[:19]}…, refusing to move an "
-                                f"immutable tag")
+        raise ImmutableTagError(f"{target}:{build_tag} already points at {current}, refusing to move an "
+                                f"immutable tag to {manifest.digest}")
     if current is None:
         dst.put_manifest(repo, build_tag, manifest.body, manifest.media_type)
+    if confirm is not None:
+        confirm()
+    written.append(build_tag)
     for alias in aliases:
         if dst.head_manifest(repo, alias) != manifest.digest:
             dst.put_manifest(repo, alias, manifest.body, manifest.media_type)
+        written.append(alias)

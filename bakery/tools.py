@@ -66,9 +66,9 @@ def run(
 
     ``on_line`` streams stdout line by line (for progress); stderr is captured either way.
     ``check`` raises :class:`ToolFailed` (with ``failure_exit_code``) on a non-zero exit.
-    ``process_group`` (with ``on_line``): run the tool in its own process group and, on timeout or
-    interruption, send the whole group SIGTERM (then SIGKILL after a grace period) so that tools with
-    helper processes (Packer's plugins) stop and clean up instead of holding the output pipe open.
+    ``process_group``: run the tool in its own session (process group) and, on timeout or interruption, send
+    the whole group SIGTERM (then SIGKILL after a grace period) so that tools with helper processes (Packer's
+    plugins, a scanner wrapper's children) stop instead of outliving bakery or holding the output pipe open.
     ``merge_stderr`` (with ``on_line``): stream stderr with stdout (tools that report progress on stderr,
     like ``docker build --progress=plain``); the result's ``stderr`` is then empty.
     """
@@ -84,7 +84,9 @@ def run(
     name = os.path.basename(path)
     started = time.monotonic()
     try:
-        if on_line is None:
+        if on_line is None and process_group:
+            stdout, stderr, code = _run_group(argv, timeout, full_env, cwd, input_text)
+        elif on_line is None:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full_env,
                                   cwd=cwd, input=input_text, errors="replace")
             stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
@@ -126,11 +128,30 @@ def _stop_group(proc: subprocess.Popen, grace: float = GROUP_GRACE_SECONDS) -> N
             return
         end = time.monotonic() + wait
         while time.monotonic() < end:
+            proc.poll()  # reap the leader: a zombie still counts as a member of its group
             try:
                 os.killpg(proc.pid, 0)
             except (ProcessLookupError, PermissionError):
                 return
             time.sleep(0.2)
+
+
+def _run_group(argv, timeout, env, cwd, input_text):
+    """Collect stdout and stderr of a tool running in its own session; on timeout or interruption the whole
+    group is stopped (a child the tool started does not survive it)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                            errors="replace", start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(input_text, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        proc.communicate()
+        raise
+    except BaseException:
+        _stop_group(proc)
+        raise
+    return stdout, stderr, proc.returncode
 
 
 def _run_streaming(argv, timeout, env, cwd, on_line, process_group=False, merge_stderr=False):

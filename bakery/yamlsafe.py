@@ -89,6 +89,24 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{part}" if path else part
 
 
+def parse_all(text: str, display: str, *, max_nodes: int = MAX_NODES) -> list[Any]:
+    """Every document of a multi-document stream (Kubernetes manifests), by the same rules, the value budget
+    shared by all documents; any problem (a duplicate key too) is an InputError."""
+    try:
+        loaded = _parse(text, display, max_nodes, multi=True)
+    except _Fatal as exc:
+        where = f"line {exc.line}" if exc.line else "(top level)"
+        raise InputError(f"{display}: {where}: {exc.message}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(top level)"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{display}: {where}: invalid YAML: {show(problem, quote=False)}") from None
+    if loaded.problems:
+        raise InputError(loaded.problems[0])
+    return list(loaded.data)
+
+
 def parse(text: str, display: str, *, max_nodes: int = MAX_NODES) -> Loaded:
     """Parse one YAML document. Fatal problems (syntax, tags, budget, several documents) raise InputError;
     the others (duplicate or non-string keys) are returned in ``Loaded.problems`` with the data built anyway."""
@@ -104,7 +122,7 @@ def parse(text: str, display: str, *, max_nodes: int = MAX_NODES) -> Loaded:
         raise InputError(f"{display}: {where}: invalid YAML: {show(problem, quote=False)}") from None
 
 
-def _parse(text: str, display: str, max_nodes: int) -> Loaded:
+def _parse(text: str, display: str, max_nodes: int, multi: bool = False) -> Loaded:
     loader = _Loader(text)
     problems: list[str] = []
     anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, expanded size)
@@ -113,6 +131,7 @@ def _parse(text: str, display: str, max_nodes: int) -> Loaded:
     have_root = False
     documents = 0
     total = 0
+    roots: list[Any] = []
 
     def count(n: int, line: int | None) -> None:
         nonlocal total
@@ -169,8 +188,12 @@ def _parse(text: str, display: str, max_nodes: int) -> Loaded:
             continue
         if isinstance(event, yaml.DocumentStartEvent):
             documents += 1
-            if documents > 1:
+            if documents > 1 and not multi:
                 raise _Fatal(_line(event), "more than one YAML document (---); a bakery file holds one")
+            if multi and have_root:
+                roots.append(root)
+            root, have_root = None, False
+            anchors.clear()  # anchors belong to their document
             continue
         line = _line(event)
         if isinstance(event, yaml.AliasEvent):
@@ -239,6 +262,10 @@ def _parse(text: str, display: str, max_nodes: int) -> Loaded:
                 continue
             place(c.value, c.size, c.line)
             continue
+    if multi:
+        if have_root:
+            roots.append(root)
+        return Loaded(roots, problems)
     if not have_root:
         return Loaded(None, problems)
     return Loaded(root, problems)

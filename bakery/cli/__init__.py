@@ -12,6 +12,7 @@ import logging
 import os
 import pkgutil
 import sys
+import traceback
 
 # bakery uses no pydantic plugins; looking for them scans every installed package's entry points, ~40 ms of
 # each command's start-up. The CLI owns its process, so it opts out (a value the user set still wins).
@@ -47,6 +48,12 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, quiet: bool) -
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not debug:  # a library's warning (urllib3 on a damaged response) is handled by bakery, not shown
+        for noisy in ("urllib3", "botocore", "boto3", "docker"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        import warnings
+
+        warnings.filterwarnings("ignore", module="urllib3")
     ctx.obj = Context(config_path=config_path, debug=debug, quiet=quiet)
 
 
@@ -78,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(EXIT_INPUT)
     except ValidationError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same lines and the same exit code as without --debug
+            traceback.print_exc()
         problems = list(dict.fromkeys(exc.problems))
         for line in problems[:MAX_PROBLEMS]:
             click.echo(f"error: {_printable(line)}", err=True)
@@ -87,16 +94,16 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(f"error: … and {len(problems) - MAX_PROBLEMS} more problems", err=True)
         sys.exit(exc.exit_code)
     except BakeryError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and the same exit code as without --debug
+            traceback.print_exc()
         click.echo(f"error: {_printable(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except OSError as exc:
         # a destination bakery cannot write (unwritable state_dir, --out, init target; a name too long): the user's
         # input names a place that does not work, so exit 2 naming it, not an internal error
-        if debug or exc.errno not in _INPUT_ERRNOS:
-            if debug:
-                raise
+        if debug:
+            traceback.print_exc()
+        if exc.errno not in _INPUT_ERRNOS:
             _internal(exc)
         where = exc.filename if exc.filename is not None else "(a path)"
         click.echo(f"error: {_printable(str(where))}: {exc.strerror}", err=True)
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: still one line, traceback with --debug
         if debug:
-            raise
+            traceback.print_exc()
         _internal(exc)
     sys.exit(0)
 

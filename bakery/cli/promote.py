@@ -114,12 +114,15 @@ def rollback_cmd(ctx: Context, ref: str, env: str, to: str | None, fmt: str) -> 
 @click.command("history")
 @click.argument("ref", metavar="REF", required=False)
 @click.option("--env", "env", metavar="ENV", help="Only events into this environment.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also the build tag reservations and promotion intents (the write-ahead records).")
 @format_option("table", "json")
 @pass_ctx
-def history_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> None:
+def history_cmd(ctx: Context, ref: str | None, env: str | None, show_all: bool, fmt: str) -> None:
     """List the ledger's events (publish, gate, promote, rollback), oldest first.
 
-    REF is NAME or NAME:VERSION[-VARIANT]; without it, every image.
+    REF is NAME or NAME:VERSION[-VARIANT]; without it, every image. A promotion recorded by recovery (the
+    process stopped between writing the tags and recording them) shows "recovered".
     """
     from bakery.ledger import open_ledger
 
@@ -134,6 +137,8 @@ def history_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> Non
         r = FleetRef.parse(ref, require_tag_or_digest=False)
         image, digest = r.image, r.digest
     events = open_ledger(project).events(image=image, env=env)
+    if not show_all:
+        events = [e for e in events if e.kind not in ("reserve", "intent")]
     if digest:
         events = [e for e in events if e.digest == digest]
     if ref and not events:
@@ -151,6 +156,8 @@ def history_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> Non
             result = "passed" if e.passed else f"failed: {', '.join(failed)}"
         elif e.kind == "rollback":
             result = f"was {_short(e.details.get('previous_digest'))}"
+        elif e.details.get("recovered"):
+            result = "recovered"
         else:
             result = ""
         rows.append([_time(e.time), e.kind, e.image, e.build_tag, _short(e.digest),
@@ -186,7 +193,9 @@ def status_cmd(ctx: Context, ref: str | None, env: str | None, fmt: str) -> None
         out.append([r.image, r.env, r.build_tag or "-", _short(r.digest), r.age, vulns, r.gate, r.note])
     table(["IMAGE", "ENV", "BUILD TAG", "DIGEST", "AGE", "VULNS", "GATE", "NOTE"], out)
     if unreachable:
-        echo("error: a registry is unreachable; its rows show the ledger's view only", err=True)
+        what = ("refused our credentials" if all(r.failure == "authentication" for r in rows if r.failure)
+                else "is unreachable")
+        echo(f"error: a registry {what}; its rows show the ledger's view only", err=True)
         sys.exit(EXIT_ENVIRONMENT)
 
 

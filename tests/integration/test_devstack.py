@@ -232,3 +232,20 @@ def test_docker_runtime_runs_registries_as_containers(stack, tmp_path):
     assert down.returncode == 0 and "stopped: mirror, dev" in down.stderr
     assert client.containers.list(all=True, filters={"label": f"dev.bakery.stack={(proj / '.bakery/dev/dev').resolve()}"}) == []
     client.images.remove(image)
+
+
+def test_state_files_are_owner_only_and_hold_no_password_hash(stack):
+    """D9: the stack's state files are 0600 and no password-derived value is kept outside the htpasswd file."""
+    import hashlib
+    import re
+
+    states = sorted(stack.root.rglob("state.json"))
+    assert states, "no state file under the stack"
+    inner = hashlib.sha256(stack.password.encode()).hexdigest()
+    derived = {inner, hashlib.sha256(f"{stack.user}\0{inner}".encode()).hexdigest()}
+    for path in states:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+        text = path.read_text()
+        assert stack.password not in text and not derived & set(re.findall(r"[0-9a-f]{64}", text)), path
+    for ht in stack.root.rglob("htpasswd"):
+        assert ht.stat().st_mode & 0o777 == 0o600, ht

@@ -342,6 +342,63 @@ def test_fail_closed_bad_trivy_output(scan_project, base_image, tmp_path, body, 
     _assert_failed_closed(proc, root, needle)
 
 
+def test_fail_closed_on_an_empty_view_of_an_image_with_packages(scan_project, base_image, tmp_path):
+    """A scanner that reports no OS and no results for a Debian image is no verdict (D8)."""
+    root = scan_project()
+    strip = (f"{sys.executable} -c 'import json,sys; d=json.load(sys.stdin); d[\"Metadata\"].pop(\"OS\", None); "
+             f"d[\"Results\"]=[]; print(json.dumps(d))'")
+    body = f'out=$({TRIVY} "$@") || exit $?\nprintf "%s" "$out" | {strip}'
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root,
+                  env={"BAKERY_TRIVY": _wrapper(tmp_path, body)})
+    _assert_failed_closed(proc, root, "trivy detected no OS and reported nothing")
+    assert "/var/lib/dpkg/status" in proc.stderr or "os-release" in proc.stderr
+
+
+def test_an_image_without_os_packages_by_construction_passes_and_says_so(scan_project, tmp_path):
+    import io
+    import tarfile
+
+    import docker
+
+    root = scan_project()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("Dockerfile", b"FROM scratch\nCOPY hello.txt /hello.txt\n"), ("hello.txt", b"hi\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    client = docker.from_env(timeout=120)
+    image_id = None
+    for item in client.api.build(fileobj=buf, custom_context=True, rm=True, forcerm=True, pull=False, decode=True):
+        assert "error" not in item, item
+        image_id = (item.get("aux") or {}).get("ID") or image_id
+    try:
+        proc = bakery("scan", image_id, "--format", "json", cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["scan"]["os"].startswith("none: no OS packages by construction"), report["scan"]
+        table = bakery("scan", image_id, cwd=root)
+        assert "no OS packages by construction" in " ".join(table.stdout.split())
+    finally:
+        client.api.remove_image(image_id, force=True)
+
+
+def test_a_scanner_timeout_kills_the_scanners_children_too(scan_project, base_image, tmp_path):
+    root = scan_project()
+    marker = f"{uuid.uuid4().int % 90000 + 10000}.{os.getpid()}"
+    proc = bakery("scan", base_image["image_id"], "--format", "json", cwd=root,
+                  env={"BAKERY_TRIVY": _wrapper(tmp_path, f"sleep {marker} >/dev/null 2>&1 &\nwait"),
+                       "BAKERY_SCANNER__TIMEOUT": "1"})
+    try:
+        _assert_failed_closed(proc, root, "timed out after 1s")
+        left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout.split()
+        assert left == [], "the scanner's child outlived the timeout"
+    finally:
+        for pid in subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout.split():
+            os.kill(int(pid), 9)
+
+
 def test_fail_closed_trivy_too_old(scan_project, base_image, tmp_path):
     root = scan_project()
     old = tmp_path / "old-trivy"

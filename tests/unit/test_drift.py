@@ -175,16 +175,16 @@ def test_bad_sources_are_input_errors(fleet: Path, bakery, source: str, message:
 def test_hostile_yaml_is_an_input_error_not_a_crash(fleet: Path, bakery, tmp_path: Path) -> None:  # noqa: F811
     write(fleet / "bad.yaml", "kind: Pod\nspec: {containers: [\n")
     r = bakery("drift", "--env", "prod", "bad.yaml", cwd=fleet)
-    assert r.code == 2 and r.errors and "bad.yaml" in r.errors[0] and "not YAML" in r.errors[0]
+    assert r.code == 2 and r.errors and "bad.yaml" in r.errors[0] and "invalid YAML" in r.errors[0]
     write(fleet / "obj.yaml", "!!python/object/apply:os.system ['echo pwned']\n")
     r = bakery("drift", "--env", "prod", "obj.yaml", cwd=fleet)
-    assert r.code == 2 and "not YAML" in r.err
-    # a billion-laughs document: aliases are shared, never expanded, and only known fields are followed
+    assert r.code == 2 and "is not allowed (only plain values, lists and mappings)" in r.err
+    # a billion-laughs document: bakery's one YAML loader refuses it (alias expansion is bounded), briefly
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
     write(fleet / "laughs.yaml", "kind: Pod\nspec: {containers: []}\nx:\n" + textwrap.indent(laughs, "  "))
     r = bakery("drift", "--env", "prod", "laughs.yaml", "--format", "json", cwd=fleet)
-    assert r.code == 0 and json.loads(r.out)["references"] == []
+    assert r.code == 2 and "values after expanding aliases" in r.err and len(r.err) < 1000
     big = fleet / "big.yaml"
     big.write_bytes(b"#" * (17 * 1024 * 1024))
     r = bakery("drift", "--env", "prod", "big.yaml", cwd=fleet)

@@ -143,3 +143,29 @@ def test_sqlite_file_is_plain_sqlite(tmp_path):
     ledger.open_ledger(_project(tmp_path)).record(_ev())
     rows = sqlite3.connect(tmp_path / ".bakery" / "ledger.db").execute("SELECT kind, image FROM events").fetchall()
     assert rows == [("promote", "python:3.11")]
+
+
+def test_a_claim_is_won_once_across_threads_and_names_its_holder(tmp_path):
+    """Eight writers (own connections) claim one build tag at once: exactly one wins, all see the same holder."""
+    from bakery import integrity
+
+    path = tmp_path / "ledger.db"
+    outcomes: list[tuple[str, bool]] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        led = ledger.SqliteLedger(path)
+        holder, won = integrity.reserve(led, image="python:3.11", env="dev", repository="reg/ns/python",
+                                        build_tag="3.11-20260101.1", digest=f"sha256:{i:064d}")
+        with lock:
+            outcomes.append((holder.digest, won))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [won for _, won in outcomes].count(True) == 1
+    assert len({d for d, _ in outcomes}) == 1
+    evs = ledger.SqliteLedger(path).events()
+    assert [e.kind for e in evs] == ["reserve"]  # a lost claim records nothing
