@@ -31,11 +31,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bakery import ami_evidence
-from bakery.config import Environment, Project
-from bakery.definitions import load_fleet
+from bakery.configview import Project
 from bakery.errors import BakeryError, EnvironmentFailure, InputError, StepFailed
 from bakery.evidence import Report
 from bakery.ledger import Event, arrival_order, open_ledger
@@ -46,6 +46,7 @@ from bakery.tags import Scheme
 from bakery.tags import next_build_tag as next_tag
 
 if TYPE_CHECKING:
+    from bakery.config import Environment
     from bakery.plan import Judging, PlanItem
 
 # boto3/botocore are imported where they are used: ~0.3 s of start-up that `bakery list/render/plan` never need.
@@ -96,7 +97,15 @@ def ami_key(project: Project, ref: str, *, specs: dict[ImageKey, ImageSpec] | No
     version = Scheme(project.config.tags.build).version_of(version, name=name) or version  # NAME:BUILD_TAG
     if specs is None:
         try:
-            specs = load_fleet(project).specs
+            # Loading the fleet (YAML, models, template checks) only to learn that no definition builds this
+            # image as an AMI costs a short command most of its time: a definition that does has both words.
+            mentioned = definitions_mention(project.definitions_dir, b"amazon-ebs", name.encode())
+            if mentioned:
+                from bakery.definitions import load_fleet  # start-up: only when a definition may be an AMI
+
+                specs = load_fleet(project).specs
+            else:
+                specs = {}
         except BakeryError:  # definitions are optional here; the ledger decides then
             specs = {}
     for key, spec in specs.items():
@@ -108,6 +117,23 @@ def ami_key(project: Project, ref: str, *, specs: dict[ImageKey, ImageSpec] | No
     if any(e.image == image and is_ami_digest(e.digest) for e in events):
         return ImageKey(name, version)
     return None
+
+
+def definitions_mention(directory: Path, *needles: bytes) -> bool:
+    """Whether a definition file under ``directory`` contains every one of ``needles`` (a quick pre-check, no
+    parsing: a definition of image NAME built by amazon-ebs has both words in its text)."""
+    try:
+        files = [p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
+    except OSError:
+        return True
+    for path in files:
+        try:
+            text = path.read_bytes()
+            if all(n in text for n in needles):
+                return True
+        except OSError:
+            return True  # unreadable: let the full load say what is wrong
+    return False
 
 
 def origin(region: str, ami_id: str) -> str:

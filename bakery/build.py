@@ -1,4 +1,5 @@
-"""Bake images with the Docker engine (Docker SDK) or Packer, parents before children, in parallel.
+"""Bake images with BuildKit (the Docker CLI), the classic Docker builder (Docker SDK) or Packer, parents
+before children, in parallel.
 
 Each image: resolve the parent to an exact digest → render → fingerprint → build with OCI labels →
 scan gate → push to the first environment under an immutable build tag. A failure stops that image's
@@ -8,19 +9,31 @@ descendants only; everything else goes on.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 import subprocess
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
-from bakery import ami, ami_evidence, evidence, packer, render, scan
-from bakery.config import Project
+from bakery import ami, ami_evidence, evidence, packer, render, scan, secrets, tools
+from bakery.configview import Project
 from bakery.definitions import Fleet, mirrored
-from bakery.errors import BakeryError, DaemonUnavailable, EnvironmentFailure, GateFailed, ImmutableTagError, StepFailed
+from bakery.errors import (
+    BakeryError,
+    DaemonUnavailable,
+    EnvironmentFailure,
+    GateFailed,
+    ImmutableTagError,
+    InputError,
+    StepFailed,
+    ToolFailed,
+)
 from bakery.model import (
     LABEL_FINGERPRINT,
     LABEL_NAME,
@@ -51,6 +64,8 @@ class BuildOptions:
     rescan: bool = False
     no_cache: bool = False
     today: dt.date | None = None
+    engine: str | None = None  # auto | buildkit | classic; None: build.engine of the configuration
+    secrets: list[SecretSource] = field(default_factory=list)  # on top of build.secrets (same id: this wins)
 
 
 def docker_client(timeout: float = 1800) -> Any:
@@ -118,6 +133,308 @@ def resolve_upstream(project: Project, reference: str, docker_client_: Any | Non
     return f"{repo_full}@{found}", found
 
 
+# -- build engines --------------------------------------------------------------------------------------------
+ENGINES = ("auto", "buildkit", "classic")
+BUILDKIT_MIN_API = (1, 39)  # Docker 18.09: the first daemon with BuildKit built in
+_RUN_MOUNT = re.compile(r"^\s*RUN\s+(?:--\S+\s+)*--mount=", re.MULTILINE | re.IGNORECASE)
+_SECRET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Candidates for the BuildKit CLI, in order: Debian's docker.io CLI (BuildKit with --secret and --iidfile),
+# then whatever `docker` is on PATH. A newer static CLI without buildx falls back to the legacy builder and
+# rejects --secret: it is recognised by its `build --help` and skipped.
+DOCKER_CLIS = ("/usr/bin/docker", "docker")
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """A build secret: its id (``RUN --mount=type=secret,id=ID``) and where its value comes from."""
+
+    id: str
+    env: str | None = None
+    file: str | None = None
+
+    @property
+    def cli_arg(self) -> str:
+        return f"id={self.id},env={self.env}" if self.env else f"id={self.id},src={self.file}"
+
+    def describe(self) -> str:
+        return f"{self.id} (from ${self.env})" if self.env else f"{self.id} (from {self.file})"
+
+
+def parse_secret(text: str) -> SecretSource:
+    """``id=ID,env=VAR`` or ``id=ID,src=PATH`` (the Docker CLI's syntax; ``file=`` is accepted for ``src=``)."""
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in ("id", "env", "src", "file", "source") or not value:
+            raise InputError(f"--secret {text!r}: use id=ID,env=VARIABLE or id=ID,src=FILE")
+        fields["src" if key.strip() in ("file", "source") else key.strip()] = value
+    sid = fields.get("id", "")
+    if not _SECRET_ID.match(sid):
+        raise InputError(f"--secret {text!r}: id {sid!r} must be letters, digits, '_', '.', '-'")
+    if ("env" in fields) == ("src" in fields):
+        raise InputError(f"--secret {text!r}: name exactly one source, env=VARIABLE or src=FILE")
+    if "env" in fields and not _ENV_NAME.match(fields["env"]):
+        raise InputError(f"--secret {text!r}: env {fields['env']!r} is not an environment variable name")
+    return SecretSource(id=sid, env=fields.get("env"), file=fields.get("src"))
+
+
+def resolve_secrets(project: Project, extra: list[SecretSource]) -> list[SecretSource]:
+    """build.secrets of the configuration plus ``extra`` (same id: ``extra`` wins), each checked to exist and its
+    value registered for masking. Files are made absolute (relative to the project root)."""
+    import os
+
+    merged: dict[str, tuple[SecretSource, str]] = {}
+    for sid, conf in project.config.build.secrets.items():
+        merged[sid] = SecretSource(id=sid, env=conf.env, file=conf.file), f"build.secrets.{sid}"
+    for src in extra:
+        merged[src.id] = src, f"--secret id={src.id}"
+    out = []
+    for sid, (src, origin) in sorted(merged.items()):
+        if src.env:
+            value = os.environ.get(src.env)
+            if value is None:
+                raise InputError(f"{origin}: environment variable {src.env} is not set")
+            secrets.register(value)
+            out.append(src)
+        else:
+            assert src.file is not None
+            path = project.path(os.path.expanduser(src.file))
+            try:
+                secrets.register(path.read_text(errors="replace").strip() or None)
+            except OSError as exc:
+                raise InputError(f"{origin}: file {src.file}: cannot read it ({exc.strerror or exc})") from None
+            out.append(SecretSource(id=sid, file=str(path)))
+    return out
+
+
+@dataclass
+class BuildJob:
+    """What an engine needs to build one image."""
+
+    name: str
+    recipe: Recipe
+    tag: str
+    parent_ref: str
+    labels: dict[str, str]
+    no_cache: bool
+    on_line: Callable[[str], None]
+
+
+class Engine(Protocol):
+    name: str
+
+    def build(self, job: BuildJob) -> str:
+        """Build ``job`` and return the image ID (``sha256:…``)."""
+        ...
+
+
+class ClassicEngine:
+    """The Docker SDK's build API: the classic builder (no ``RUN --mount``, no secrets)."""
+
+    name = "classic"
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def build(self, job: BuildJob) -> str:
+        if _RUN_MOUNT.search(job.recipe.files.get("Dockerfile", b"").decode(errors="replace")):
+            raise StepFailed(f"{job.name}: the recipe uses RUN --mount, which the classic builder cannot build; "
+                             f"use the BuildKit engine (build.engine: buildkit, or --engine buildkit)")
+        buffer = ""
+        image_id = ""
+        error = ""
+        try:
+            stream = self.client.api.build(
+                path=str(job.recipe.directory), tag=job.tag, buildargs={"BASE_IMAGE": job.parent_ref},
+                labels=job.labels, rm=True, forcerm=True, pull=False, decode=True, nocache=job.no_cache)
+            for item in stream:
+                if "stream" in item:
+                    buffer += item["stream"]
+                    *lines, buffer = buffer.split("\n")
+                    for ln in lines:
+                        job.on_line(ln)
+                if "aux" in item and isinstance(item["aux"], dict) and item["aux"].get("ID"):
+                    image_id = item["aux"]["ID"]
+                if "error" in item:
+                    error = (item.get("errorDetail") or {}).get("message") or item["error"]
+        except Exception as exc:
+            from docker.errors import DockerException
+
+            # The SDK's own refusals (an invalid reference format, an API error answer) are DockerExceptions:
+            # the daemon answered. Only a transport failure (requests/socket) means the daemon is gone.
+            if isinstance(exc, DockerException):
+                raise StepFailed(f"{job.name}: docker build failed: {_short(exc)}") from None
+            raise DaemonUnavailable(f"{job.name}: lost the Docker daemon during the build: {_short(exc)}") from None
+        if buffer:
+            job.on_line(buffer)
+        if error:
+            raise StepFailed(f"{job.name}: build failed: {secrets.mask(error.strip())}")
+        if not image_id:
+            raise StepFailed(f"{job.name}: the daemon reported no image id")
+        return image_id
+
+
+class BuildKitEngine:
+    """BuildKit through the Docker CLI (``DOCKER_BUILDKIT=1 docker build``): ``RUN --mount=type=cache``,
+    ``RUN --mount=type=secret`` and multi-stage builds that skip unused stages. The image ID comes back
+    through ``--iidfile``; secrets are passed by reference (``env=VAR`` / ``src=FILE``), never by value."""
+
+    name = "buildkit"
+
+    def __init__(self, cli: str, client: Any, build_secrets: list[SecretSource], timeout: float):
+        self.cli = cli
+        self.client = client
+        self.secrets = build_secrets
+        self.timeout = timeout
+
+    def _local_parent(self, ref: str) -> str:
+        """BuildKit reads ``FROM sha256:<id>`` as a Docker Hub name: a local parent (a build without --push) is
+        given a tag that names exactly that ID instead."""
+        if not ref.startswith("sha256:"):
+            return ref
+        tag = f"bakery-parent:{ref.split(':', 1)[1]}"
+        try:
+            self.client.images.get(ref).tag(tag)
+        except Exception as exc:
+            raise StepFailed(f"local parent {ref[:19]} is gone from the daemon: {_short(exc)}") from None
+        return tag
+
+    def build(self, job: BuildJob) -> str:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="bakery-iid-") as tmp:
+            iidfile = Path(tmp) / "iid"
+            args = ["build", "--progress=plain", "--iidfile", str(iidfile), "--tag", job.tag,
+                    "--build-arg", f"BASE_IMAGE={self._local_parent(job.parent_ref)}"]
+            for key, value in job.labels.items():
+                args += ["--label", f"{key}={value}"]
+            for src in self.secrets:
+                args += ["--secret", src.cli_arg]
+            if job.no_cache:
+                args.append("--no-cache")
+            args.append(str(job.recipe.directory))
+            try:
+                tools.run(self.cli, args, timeout=self.timeout, env={"DOCKER_BUILDKIT": "1"},
+                          on_line=lambda ln: job.on_line(secrets.mask(ln)), merge_stderr=True)
+            except ToolFailed as exc:
+                text = exc.stdout or ""
+                if "Cannot connect to the Docker daemon" in text or "Is the docker daemon running" in text:
+                    raise DaemonUnavailable(f"{job.name}: lost the Docker daemon during the build") from None
+                reason = _buildkit_error(text) or str(exc)
+                raise StepFailed(f"{job.name}: build failed: {secrets.mask(reason)}") from None
+            try:
+                image_id = iidfile.read_text().strip()
+            except OSError:
+                image_id = ""
+        if not image_id.startswith("sha256:"):
+            raise StepFailed(f"{job.name}: docker build wrote no image id to --iidfile")
+        return image_id
+
+
+def _buildkit_error(text: str) -> str:
+    """The line that says why a BuildKit build failed (``error: …``, ``failed to solve …``, ``executor failed …``)."""
+    for line in reversed(text.strip().splitlines()):
+        line = ANSI.sub("", line).strip()
+        if line.startswith(("error:", "ERROR:", "failed to solve", "executor failed")) or "did not complete" in line:
+            return line[:400]
+    return ""
+
+
+def find_buildkit_cli() -> str | None:
+    """The first Docker CLI that builds with BuildKit and knows ``--secret`` and ``--iidfile``, or None."""
+    return _find_buildkit_cli()
+
+
+@functools.lru_cache(maxsize=1)
+def _find_buildkit_cli() -> str | None:
+    seen: set[str] = set()
+    for candidate in DOCKER_CLIS:
+        try:
+            path = tools.resolve(candidate)
+        except BakeryError:
+            continue
+        real = str(Path(path).resolve())
+        if real in seen:
+            continue
+        seen.add(real)
+        if _cli_has_buildkit(real):
+            return path
+    return None
+
+
+def _cli_has_buildkit(path: str) -> bool:
+    """Whether the Docker CLI at ``path`` builds with BuildKit (``--secret``, ``--iidfile``). Asking it costs a
+    process start (~0.1 s); the answer is kept per binary (path, size, mtime) in $BAKERY_CACHE_DIR (default
+    ~/.cache/bakery)."""
+    import json
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    base = os.environ.get("BAKERY_CACHE_DIR")
+    cache = (Path(base).expanduser() if base else Path.home() / ".cache" / "bakery") / "docker-cli.json"
+    try:
+        known = json.loads(cache.read_text())
+        if isinstance(known, dict) and isinstance(known.get(key), bool):
+            return known[key]
+    except (OSError, ValueError):
+        known = {}
+    try:
+        out = tools.run(path, ["build", "--help"], timeout=30, env={"DOCKER_BUILDKIT": "1"}, check=False)
+    except BakeryError:
+        return False
+    text = out.stdout + out.stderr
+    answer = "--secret" in text and "--iidfile" in text
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        known = {k: v for k, v in (known if isinstance(known, dict) else {}).items() if k.split(":")[0] != path}
+        known[key] = answer
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(cache)
+    except OSError:
+        pass  # no cache: asked again next time
+    return answer
+
+
+def daemon_supports_buildkit(client: Any) -> bool:
+    try:
+        version = client.version()
+    except Exception:
+        return False
+    api = tuple(int(p) for p in re.findall(r"\d+", str(version.get("ApiVersion", "0.0")))[:2])
+    return api >= BUILDKIT_MIN_API and str(version.get("Os", "linux")).lower() == "linux"
+
+
+def select_engine(project: Project, client: Any, requested: str | None = None,
+                  extra_secrets: list[SecretSource] | None = None) -> Engine:
+    """The engine for this build: ``requested`` (or build.engine); ``auto`` is BuildKit where the daemon and a
+    Docker CLI support it, else the classic builder."""
+    wanted = requested or project.config.build.engine
+    if wanted not in ENGINES:
+        raise InputError(f"build engine {wanted!r}: use one of {', '.join(ENGINES)}")
+    build_secrets = resolve_secrets(project, list(extra_secrets or []))
+    if wanted == "classic":
+        if build_secrets:
+            raise InputError(f"build secrets ({', '.join(s.id for s in build_secrets)}) need the BuildKit engine; "
+                             f"the classic builder cannot mount them (use --engine buildkit)")
+        return ClassicEngine(client)
+    supported = daemon_supports_buildkit(client)
+    cli = find_buildkit_cli() if supported else None
+    if cli is not None:
+        return BuildKitEngine(cli, client, build_secrets, project.config.build.timeout)
+    why = ("the Docker daemon does not support BuildKit (API < 1.39 or not Linux)" if not supported else
+           "no Docker CLI with BuildKit (--secret, --iidfile) was found; Debian's docker.io provides /usr/bin/docker")
+    if wanted == "buildkit" or build_secrets:
+        raise EnvironmentFailure(f"cannot build with BuildKit: {why}")
+    log.info("build engine: classic (%s)", why)
+    return ClassicEngine(client)
+
+
 class Builder:
     """Runs one build: a fleet, a selection, options; produces BuildResults."""
 
@@ -130,6 +447,8 @@ class Builder:
         self.results: dict[ImageKey, BuildResult] = {}
         self._lock = threading.Lock()
         self._docker: Any = None
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
         self._git = git_info(project)
         self._scans: dict[ImageKey, tuple[Any, Any]] = {}  # key -> (ScanResult, GateDecision), for attestations
         self._facts: dict[ImageKey, dict[str, Any]] = {}  # key -> what the provenance records
@@ -247,40 +566,18 @@ class Builder:
     def _docker_build(self, spec: ImageSpec, recipe: Recipe, parent_ref: str, labels: dict[str, str],
                       tail: list[str]) -> str:
         name = str(spec.key)
-        self.progress.step(name, f"building FROM {parent_ref}")
-        buffer = ""
-        image_id = ""
-        error = ""
-        try:
-            stream = self.docker.api.build(
-                path=str(recipe.directory), tag=local_tag(self.project, spec.key),
-                buildargs={"BASE_IMAGE": parent_ref}, labels=labels, rm=True, forcerm=True, pull=False,
-                decode=True, nocache=self.options.no_cache)
-            for item in stream:
-                if "stream" in item:
-                    buffer += item["stream"]
-                    *lines, buffer = buffer.split("\n")
-                    for ln in lines:
-                        self._log(name, tail, ln)
-                if "aux" in item and isinstance(item["aux"], dict) and item["aux"].get("ID"):
-                    image_id = item["aux"]["ID"]
-                if "error" in item:
-                    error = (item.get("errorDetail") or {}).get("message") or item["error"]
-        except Exception as exc:
-            from docker.errors import DockerException
+        engine = self.engine
+        self.progress.step(name, f"building FROM {parent_ref} ({engine.name})")
+        return engine.build(BuildJob(name=name, recipe=recipe, tag=local_tag(self.project, spec.key),
+                                     parent_ref=parent_ref, labels=labels, no_cache=self.options.no_cache,
+                                     on_line=lambda ln: self._log(name, tail, ln)))
 
-            # The SDK's own refusals (an invalid reference format, an API error answer) are DockerExceptions:
-            # the daemon answered. Only a transport failure (requests/socket) means the daemon is gone.
-            if isinstance(exc, DockerException):
-                raise StepFailed(f"{name}: docker build failed: {_short(exc)}") from None
-            raise DaemonUnavailable(f"{name}: lost the Docker daemon during the build: {_short(exc)}") from None
-        if buffer:
-            self._log(name, tail, buffer)
-        if error:
-            raise StepFailed(f"{name}: build failed: {error.strip()}")
-        if not image_id:
-            raise StepFailed(f"{name}: the daemon reported no image id")
-        return image_id
+    @property
+    def engine(self) -> Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = select_engine(self.project, self.docker, self.options.engine, self.options.secrets)
+            return self._engine
 
     def _log(self, name: str, tail: list[str], line: str) -> None:
         line = ANSI.sub("", line).rstrip()
@@ -379,6 +676,8 @@ class Builder:
     def run(self, specs: list[ImageSpec]) -> list[BuildResult]:
         """Build ``specs`` in dependency order, independent images in parallel up to ``jobs``."""
         wanted = {s.key: s for s in specs}
+        if any(s.builder != "packer" for s in specs):
+            self.engine  # noqa: B018 - bad engine settings or secrets are input errors before anything is built
         for s in specs:
             self.progress.add(str(s.key))
         pending = dict(wanted)

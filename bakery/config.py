@@ -11,14 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bakery import contain, secrets
+from bakery.configview import (CONFIG_FILE, NOT_OVERRIDES, PATH_SETTINGS, PROGRAM_SETTINGS, ConfigBehaviour,
+                               CredentialsBehaviour, EnvironmentBehaviour, GatesBehaviour, Project, build, cache_key,
+                               effective, file_problems, find_config, load_project_fast, locate, parse_duration,
+                               register_secrets, require_config_file, shown_path, store)
 from bakery.errors import InputError, ValidationError
 from bakery.tags import validate_scheme
 from bakery.text import show
@@ -26,9 +28,8 @@ from bakery.validation import format_errors, host_problem, load_yaml, tag_templa
 from bakery.validation import registry_problem as _registry_problem
 from bakery.yamlsafe import load_value
 
-CONFIG_FILE = "bakery.yaml"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+__all__ = ["CONFIG_FILE", "PATH_SETTINGS", "PROGRAM_SETTINGS", "Project", "effective", "file_problems",
+           "find_config", "load_project", "parse_duration", "require_config_file"]  # from bakery.configview
 
 
 def registry_problem(value: Any) -> str | None:
@@ -43,38 +44,19 @@ def _registry_ref(value: str) -> str:
     return value.rstrip("/")
 
 
-def parse_duration(value: str | int | float) -> dt.timedelta:
-    """'90s', '15m', '24h', '7d', '2w' or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return dt.timedelta(seconds=float(value))
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 24h, 7d)")
-    return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Credentials(_Strict):
+class Credentials(CredentialsBehaviour, _Strict):
     """Where registry credentials come from. Values never appear in output."""
 
     username_env: str | None = None
     password_env: str | None = None
     docker_config: bool = True
 
-    def resolve(self) -> tuple[str, str] | None:
-        if self.username_env and self.password_env:
-            user = os.environ.get(self.username_env)
-            password = os.environ.get(self.password_env)
-            if user and password:
-                secrets.register(password)
-                return user, password
-        return None
 
-
-class Gates(_Strict):
+class Gates(GatesBehaviour, _Strict):
     require_previous: bool = True
     scan: bool = True
     max_scan_age: str = "24h"
@@ -95,21 +77,12 @@ class Gates(_Strict):
         parse_duration(v)
         return v
 
-    @property
-    def max_scan_age_delta(self) -> dt.timedelta:
-        return parse_duration(self.max_scan_age)
-
-    @property
-    def soak_delta(self) -> dt.timedelta:
-        return parse_duration(self.soak)
-
-
 class AwsTarget(_Strict):
     account: str = "123456789012"
     regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
 
 
-class Environment(_Strict):
+class Environment(EnvironmentBehaviour, _Strict):
     registry: str
     kind: Literal["registry", "ecr"] = "registry"
     tls_verify: bool | None = None  # None: verify except on loopback
@@ -140,28 +113,6 @@ class Environment(_Strict):
             raise ValueError(f"gates.require_attestations ({', '.join(self.gates.require_attestations)}) needs "
                              f"trusted_keys: the public keys whose signatures this environment accepts")
         return self
-
-    @property
-    def host(self) -> str:
-        return self.registry.split("/", 1)[0]
-
-    @property
-    def namespace(self) -> str:
-        return self.registry.split("/", 1)[1] if "/" in self.registry else ""
-
-    def repository(self, name: str) -> str:
-        """Repository path inside the registry for an image family (``team/python``)."""
-        return f"{self.namespace}/{name}" if self.namespace else name
-
-    def image(self, name: str) -> str:
-        return f"{self.registry}/{name}"
-
-    @property
-    def insecure(self) -> bool:
-        if self.tls_verify is not None:
-            return not self.tls_verify
-        h = self.host.split(":")[0]
-        return h in ("localhost", "127.0.0.1", "::1") or h.startswith("127.")
 
 
 class IgnoreEntry(_Strict):
@@ -266,10 +217,46 @@ class Signing(_Strict):
         return v
 
 
+_SECRET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class BuildSecret(_Strict):
+    """Where a build secret's value comes from: an environment variable or a file (never the value itself)."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError(f"not an environment variable name: {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildSecret:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("name exactly one source: env (a variable) or file (a path)")
+        return self
+
+
+def _secret_ids(v: dict[str, BuildSecret]) -> dict[str, BuildSecret]:
+    for key in v:
+        if not _SECRET_ID.match(key):
+            raise ValueError(f"secret id {key!r} must be letters, digits, '_', '.', '-' (as in RUN --mount=id=...)")
+    return v
+
+
 class Build(_Strict):
     jobs: int = Field(default=2, ge=1, le=64)
     timeout: float = Field(default=1800, gt=0, le=7 * 86400, allow_inf_nan=False)
     push: bool = True
+    # auto: BuildKit (the Docker CLI with DOCKER_BUILDKIT=1) where the daemon and a CLI support it, else the
+    # classic builder of the Docker SDK (no RUN --mount, no secrets)
+    engine: Literal["auto", "buildkit", "classic"] = "auto"
+    # id -> {env: VAR} | {file: PATH}: exposed to `RUN --mount=type=secret,id=ID` (BuildKit only)
+    secrets: Annotated[dict[str, BuildSecret], AfterValidator(_secret_ids)] = Field(default_factory=dict)
 
 
 class Packer(_Strict):
@@ -319,7 +306,7 @@ def _default_envs() -> dict[str, Environment]:
     }
 
 
-class Config(_Strict):
+class Config(ConfigBehaviour, _Strict):
     definitions: str = "base-images"
     templates: str = "templates"
     state_dir: str = ".bakery"
@@ -345,37 +332,17 @@ class Config(_Strict):
             raise ValueError("at least one environment is required (the first is where builds are pushed)")
         return v
 
-    @property
-    def env_order(self) -> list[str]:
-        return list(self.environments)
-
-    @property
-    def first_env(self) -> str:
-        return self.env_order[0]
-
-    def env(self, name: str) -> Environment:
-        try:
-            return self.environments[name]
-        except KeyError:
-            raise InputError(f"unknown environment {name!r} (configured: {', '.join(self.env_order)})") from None
-
-    def previous_env(self, name: str) -> str | None:
-        order = self.env_order
-        self.env(name)
-        i = order.index(name)
-        return order[i - 1] if i > 0 else None
-
-
 SHORTCUTS = {
     "BAKERY_TRIVY": ("scanner", "trivy"),
     "BAKERY_LEDGER": ("ledger", "url"),
     "BAKERY_PACKER": ("packer", "binary"),
     "BAKERY_JOBS": ("build", "jobs"),
+    "BAKERY_BUILD_ENGINE": ("build", "engine"),
     "BAKERY_DB_REPOSITORY": ("scanner", "db_repository"),
     "BAKERY_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
     "BAKERY_SIGNING_KEY": ("signing", "key"),
 }
-_NOT_OVERRIDES = {"BAKERY_CONFIG", "BAKERY_DEBUG", "BAKERY_NOW", "BAKERY_ACTOR", "BAKERY_CI_ENVIRONMENT"}
+_NOT_OVERRIDES = NOT_OVERRIDES
 # BAKERY_* variables bakery or its workflows read that are not configuration overrides
 _OTHER_VARIABLES = {"BAKERY_CACHE_DIR", "BAKERY_PACKAGE", "BAKERY_SKIP_INTEGRATION", "BAKERY_TEST_PORT_BASE",
                     "BAKERY_TEST_STACK_DIR"}
@@ -415,84 +382,23 @@ def env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], Any, s
     return out
 
 
-@dataclass(frozen=True)
-class Project:
-    """A bakery repository: its root, its configuration and where things live."""
-
-    root: Path
-    config: Config
-    config_file: Path | None
-    warnings: tuple[str, ...] = ()  # shown once by the CLI (e.g. an unknown BAKERY_* variable)
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / self.config.state_dir
-
-    @property
-    def definitions_dir(self) -> Path:
-        return self.root / self.config.definitions
-
-    @property
-    def templates_dir(self) -> Path:
-        return self.root / self.config.templates
-
-    @property
-    def rendered_dir(self) -> Path:
-        return self.state_dir / "rendered"
-
-    def path(self, value: str) -> Path:
-        p = Path(value)
-        return p if p.is_absolute() else self.root / p
-
-    def rel(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
-
-
-def require_config_file(project: Project, environ: dict[str, str]) -> None:
-    """Commands that change registries or the ledger do not run on the built-in defaults by accident."""
-    if project.config_file is not None:
-        return
-    if any(key.startswith("BAKERY_ENVIRONMENTS") for key in environ):
-        return  # configured through the environment on purpose (e.g. a CI job)
-    raise InputError(f"no {CONFIG_FILE} here or above: run this in a bakery repository, or name one with "
-                     f"--config / $BAKERY_CONFIG (the built-in example registries are not used for changes)")
-
-
-def find_config(start: Path) -> Path | None:
-    for d in [start, *start.parents]:
-        candidate = d / CONFIG_FILE
-        if os.path.lexists(candidate):  # a dangling symlink or a directory is named by load_project, not skipped
-            return candidate
-    return None
-
-
 def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path | None = None,
                  environ: dict[str, str] | None = None) -> Project:
-    """Load the configuration: explicit path, else $BAKERY_CONFIG, else bakery.yaml here or above."""
+    """Load the configuration: explicit path, else $BAKERY_CONFIG, else bakery.yaml here or above.
+
+    The validated configuration comes back as a view (bakery.configview): read from the cache when the same
+    file and variables were validated before, else validated here and cached."""
     environ = dict(os.environ) if environ is None else environ
     cwd = (cwd or Path.cwd()).resolve()
-    path: Path | None
-    if config_path is None and environ.get("BAKERY_CONFIG"):
-        config_path = environ["BAKERY_CONFIG"]
-    if config_path is not None:
-        path = Path(config_path)
-        if not path.is_absolute():
-            path = cwd / path
-        if not path.is_file():
-            raise InputError(f"{config_path}: configuration file not found")
-    else:
-        path = find_config(cwd)
-        if path is not None:
-            # the repository's own bakery.yaml: a symlink out of the repository, a dangling one or a directory is
-            # refused before anything is read
-            contain.require(path.parent, path, CONFIG_FILE)
+    cached = load_project_fast(config_path, cwd=cwd, environ=environ)  # contained, file paths checked again
+    if cached is not None:
+        return cached
+    path = locate(config_path, cwd, environ)
+    key = cache_key(path, environ)
     data: Any = {}
     display = CONFIG_FILE
     if path is not None:
-        display = show(os.path.relpath(path, cwd) if str(path).startswith(str(cwd)) else str(path), quote=False)
+        display = shown_path(path, cwd)
         if path.suffix not in (".yaml", ".yml"):
             # refused before it is read: a file that is not a bakery.yaml (--config /etc/shadow) is never echoed
             raise InputError(f"{display}: not a YAML file (a configuration file's name ends in .yaml or .yml)")
@@ -516,9 +422,37 @@ def load_project(config_path: str | os.PathLike[str] | None = None, *, cwd: Path
     if problems:
         raise ValidationError(problems)
     assert config is not None
-    for env in config.environments.values():
-        env.credentials.resolve()  # registers secrets for masking
-    return Project(root=root, config=config, config_file=path, warnings=tuple(variable_warnings(environ, config)))
+    warnings = tuple(variable_warnings(environ, config))
+    shape, dumped = shape_of(Config), config.model_dump(mode="json")
+    store(key, shape, dumped, warnings=warnings, file_data=file_data)
+    view = build(shape, dumped)
+    register_secrets(view)
+    return Project(root=root, config=view, config_file=path, warnings=warnings)
+
+
+def shape_of(annotation: Any) -> dict[str, Any]:
+    """What :func:`bakery.configview.build` needs to read a model's JSON back: which values are models (and
+    of which class), dicts or lists of models, or dates."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return shape_of(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {"model": annotation.__name__,
+                "fields": {name: shape_of(f.annotation) for name, f in annotation.model_fields.items()}}
+    if annotation is dt.date:
+        return {"date": True}
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is dict and len(args) == 2:
+        inner = shape_of(args[1])
+        return {"dict_of": inner} if inner else {}
+    if origin is list and len(args) == 1:
+        inner = shape_of(args[0])
+        return {"list_of": inner} if inner else {}
+    if len(args) == 1 and origin is not list and origin is not dict:  # X | None
+        return shape_of(args[0])
+    return {}
 
 
 ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -585,55 +519,6 @@ def semantic_problems(config: Config, display: str, data: dict[str, Any]) -> lis
     return out
 
 
-# Settings that name a place bakery reads or writes: from bakery.yaml (repository content) they must stay inside
-# the repository. The same setting from a BAKERY_* variable (the CI job's operator) may point elsewhere.
-PATH_SETTINGS = (("definitions",), ("templates",), ("state_dir",), ("scanner", "cache_dir"), ("dev_stack", "data_dir"),
-                 ("ledger", "url"))
-# Settings that name a program bakery runs: from bakery.yaml a command on PATH or an absolute path outside the
-# repository, never a program inside it (a pull request could ship its own); BAKERY_TRIVY / BAKERY_PACKER may.
-PROGRAM_SETTINGS = ((("scanner", "trivy"), "BAKERY_TRIVY"), (("packer", "binary"), "BAKERY_PACKER"))
-
-
-def file_problems(file_data: dict[str, Any], display: str, root: Path) -> list[str]:
-    out = []
-    for keys in PATH_SETTINGS:
-        value = _get(file_data, keys)
-        if not isinstance(value, str):
-            continue
-        field = ".".join(keys)
-        if keys == ("ledger", "url") and "://" in value:
-            continue
-        if not value.strip():
-            out.append(f"{display}: {field}: an empty path")
-        elif os.path.isabs(value) or not contain.inside(root, root / value):
-            out.append(f"{display}: {field}: {show(value)} is outside the repository; a path in {CONFIG_FILE} stays "
-                       f"inside it (relative, no '..' out, no symlink out); set BAKERY_{'__'.join(keys).upper()} in "
-                       f"the environment to use a place outside")
-    for keys, variable in PROGRAM_SETTINGS:
-        value = _get(file_data, keys)
-        if not isinstance(value, str):
-            continue
-        field = ".".join(keys)
-        if not value.strip():
-            out.append(f"{display}: {field}: an empty program name")
-        elif "/" in value and not os.path.isabs(value):
-            out.append(f"{display}: {field}: {show(value)} is a relative path; {CONFIG_FILE} names a command on PATH "
-                       f"or an absolute path outside the repository (set {variable} in the environment otherwise)")
-        elif os.path.isabs(value) and contain.inside(root, Path(value)):
-            out.append(f"{display}: {field}: {show(value)} is inside the repository; a pull request could replace "
-                       f"it, so bakery does not run a program from the repository (set {variable} in the "
-                       f"environment to do so on purpose)")
-    return out
-
-
-def _get(data: Any, keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
 def variable_warnings(environ: dict[str, str], config: Config) -> list[str]:
     """``BAKERY_*`` variables bakery does not know: a warning with the closest known name (a typo would otherwise
     be silently ignored). Names a configuration uses for credentials are known."""
@@ -682,15 +567,4 @@ def _merge_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str,
             if "environments" not in data:
                 data["environments"] = {k: v.model_dump(exclude_defaults=True) for k, v in _default_envs().items()}
         _set_path(data, path, value)
-    return data
-
-
-def effective(config: Config) -> dict[str, Any]:
-    """The configuration as plain data, secrets masked (for `bakery config`)."""
-    data = config.model_dump(mode="json")
-    for name, env in config.environments.items():
-        creds = env.credentials.resolve()
-        if creds:
-            data["environments"][name]["credentials"]["resolved"] = {"username": creds[0],
-                                                                     "password": secrets.MASK}
     return data

@@ -48,14 +48,7 @@ MAX_MANIFEST_VALUES = 2_000_000  # values of one manifest file after alias expan
 MAX_FILES = 5000
 YAML_SUFFIXES = (".yaml", ".yml")
 JSON_SUFFIXES = (".json", ".tfstate")
-SOURCE_HELP = """\b
-SOURCE is one of:
-  PATH                 a file or directory: Kubernetes manifests (multi-document YAML, rendered Helm or
-                       kustomize output), Compose files, Terraform state (`terraform show -json` output or
-                       a .tfstate); directories are searched for *.yaml, *.yml, *.json and *.tfstate
-  ec2:tag:KEY=VALUE    the AMIs of the running EC2 instances tagged KEY=VALUE
-  docker:              the containers running on the Docker daemon (DOCKER_HOST)
-  docker:label=K[=V]   those of them with that label"""
+
 
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"}

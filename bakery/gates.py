@@ -15,8 +15,7 @@ from typing import Any, Callable
 
 from bakery import ledger as ledger_mod
 from bakery import scan as scan_mod
-from bakery.config import Project
-from bakery.definitions import load_fleet
+from bakery.configview import Project
 from bakery.errors import BakeryError
 from bakery.model import Published
 from bakery.store import ArtifactStore, store_for
@@ -100,6 +99,8 @@ def gate_scan(project: Project, pub: Published, to_env: str, now: dt.datetime) -
         return GateResult("scan", True, "scan gate disabled"), None
     spec = None
     try:  # the definition's own policy override, when the definitions are here
+        from bakery.definitions import load_fleet  # start-up: only a scan gate needs the definitions
+
         spec = load_fleet(project).specs.get(pub.key)
     except BakeryError:  # no definitions: the global policy applies
         spec = None

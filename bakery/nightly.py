@@ -18,7 +18,7 @@ from typing import Any
 
 from bakery import integrity, secrets
 from bakery.build import BuildOptions, build
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure, InputError
 from bakery.ledger import open_ledger

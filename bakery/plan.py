@@ -20,14 +20,14 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from bakery import render, scan
 from bakery.build import resolve_upstream
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure
 from bakery.model import LABEL_FINGERPRINT, OCI, Held, ImageKey, ImageSpec, Reason
@@ -86,6 +86,9 @@ class PlanItem:
         }
 
 
+MAX_MATRIX_JOBS = 256  # GitHub Actions: a matrix generates at most 256 jobs per workflow run
+
+
 def matrix_slug(ref: str) -> str:
     """A matrix entry's ``slug``: the nightly workflow names its result files ``result-SLUG.json``."""
     return ref.replace(":", "-").replace(".", "_")
@@ -116,43 +119,96 @@ class Plan:
             "seconds": round(self.seconds, 3), "requests": self.requests, "notes": list(self.notes),
         }
 
-    def github_matrix(self, max_levels: int | None = None) -> dict[str, Any]:
-        """``{"count": N, "levels": [{"include": [...]}, ...]}``: one GitHub Actions matrix per level.
+    def github_matrix(self, max_levels: int | None = None, *, max_jobs: int = MAX_MATRIX_JOBS,
+                      pack: int = 1) -> dict[str, Any]:
+        """``{"count": N, "levels": [{"include": [...]}, ...]}``: one GitHub Actions matrix per stage.
 
-        With ``max_levels``, levels beyond it are folded into the last one: each entry there builds its
-        image and the planned images below it (``refs``), in order, on one runner.
+        A stage is a DAG level; with ``max_levels`` the levels from the last stage down are folded into it:
+        each of its entries builds a subtree (``bakery build`` walks the levels inside the job), so a workflow
+        with a fixed number of stage jobs builds a fleet of any depth. No matrix has more than ``max_jobs``
+        entries (GitHub refuses more than 256): images are packed several to a job when a stage is wider.
+        ``pack`` packs at least that many images into one job when there are enough (fewer, longer jobs:
+        each job pays the runner's set-up once). Images packed together share their parents where possible;
+        an entry's ``parent`` lists every rebuilt parent outside it (space-separated), ``refs`` its images in
+        build order, ``image`` the first of them, ``label`` the job's name (``python:3.11 +12``).
         """
+        if max_jobs < 1 or pack < 1:
+            raise ValueError("max_jobs and pack must be >= 1")
         levels = [list(level) for level in self.levels]
-        folded: dict[ImageKey, list[ImageKey]] = {}
-        if max_levels and len(levels) > max_levels:
-            last = levels[max_levels - 1]
-            deeper = {k for level in levels[max_levels:] for k in level}
-            for k in last:
-                folded[k] = [d for level in levels[max_levels:] for d in level
-                             if d in deeper and k in _ancestors(self, d)]
-            levels = levels[:max_levels]
+        depth = {k: n for n, level in enumerate(levels) for k in level}
+        stages: list[list[list[ImageKey]]] = []  # stage -> units (a unit: images that must share a job)
+        cut = max_levels if max_levels and len(levels) > max_levels else len(levels)
+        for level in levels[:cut - 1] if cut < len(levels) else levels:
+            stages.append([[k] for k in level])
+        if cut < len(levels):
+            children: dict[ImageKey, list[ImageKey]] = {}
+            for level in levels[cut:]:
+                for k in level:
+                    children.setdefault(self._rebuilt_parent(k), []).append(k)  # type: ignore[arg-type]
+            units = []
+            for root in levels[cut - 1]:
+                unit, todo = [], [root]
+                while todo:
+                    k = todo.pop()
+                    unit.append(k)
+                    todo.extend(children.get(k, []))
+                units.append(sorted(unit, key=lambda k: (depth[k], str(k))))
+            stages.append(units)
         out = []
-        for level in levels:
+        for units in stages:
             include = []
-            for k in level:
-                item = self.items[k]
-                refs = [str(k), *[str(d) for d in folded.get(k, [])]]
-                pkey = item.spec.parent.key if item.spec is not None and item.spec.parent.kind == "bakery" else None
-                parent = str(pkey) if pkey is not None and pkey in self.items and self.items[pkey].rebuild else ""
-                include.append({"image": str(k), "refs": " ".join(refs), "parent": parent, "reason": item.reason,
-                                "why": item.describe()[:200],
-                                "slug": matrix_slug(str(k))})
+            for job in _pack(units, max_jobs, pack, key=lambda u: str(self._rebuilt_parent(u[0]) or "")):
+                refs = sorted(job, key=lambda k: (depth[k], str(k)))
+                inside = set(refs)
+                parents = sorted({str(p) for k in refs if (p := self._rebuilt_parent(k)) is not None
+                                  and p not in inside})
+                first = self.items[refs[0]]
+                reasons = sorted({self.items[k].reason for k in refs})
+                include.append({"image": str(refs[0]),
+                                "label": str(refs[0]) + (f" +{len(refs) - 1}" if len(refs) > 1 else ""),
+                                "refs": " ".join(str(k) for k in refs), "parent": " ".join(parents),
+                                "reason": first.reason if len(reasons) == 1 else ",".join(reasons),
+                                "why": first.describe()[:200], "slug": matrix_slug(str(refs[0])),
+                                "images": len(refs)})
             out.append({"include": include})
-        return {"count": len(out), "levels": out, "rebuild": [str(i.key) for i in self.rebuild]}
+        return {"count": len(out), "levels": out, "rebuild": [str(i.key) for i in self.rebuild],
+                "jobs": sum(len(stage["include"]) for stage in out)}
+
+    def _rebuilt_parent(self, key: ImageKey) -> ImageKey | None:
+        """The image's parent when it is built by bakery and rebuilt in this plan."""
+        spec = self.items[key].spec
+        pkey = spec.parent.key if spec is not None and spec.parent.kind == "bakery" else None
+        return pkey if pkey is not None and pkey in self.items and self.items[pkey].rebuild else None
 
 
-def _ancestors(plan: Plan, key: ImageKey) -> list[ImageKey]:
-    out = []
-    spec = plan.items[key].spec
-    while spec.parent.kind == "bakery" and spec.parent.key in plan.items:
-        out.append(spec.parent.key)
-        spec = plan.items[spec.parent.key].spec
-    return out
+def _pack(units: list[list[ImageKey]], max_jobs: int, pack: int,
+          key: Callable[[list[ImageKey]], str]) -> list[list[ImageKey]]:
+    """Units into at most ``max_jobs`` jobs of about ``pack`` images or more, balanced by image count (the
+    largest unit first into the lightest job). Units with the same ``key`` (parent) stay side by side."""
+    total = sum(len(u) for u in units)
+    if not units:
+        return []
+    jobs = max(1, min(max_jobs, len(units), -(-total // pack)))
+    if jobs == len(units):
+        return [list(u) for u in units]
+    ordered = sorted(units, key=lambda u: (key(u), str(u[0])))
+    if all(len(u) == 1 for u in units):  # a plain level: contiguous runs keep siblings together
+        size, extra = divmod(len(ordered), jobs)
+        out, i = [], 0
+        for n in range(jobs):
+            take = size + (1 if n < extra else 0)
+            out.append([k for u in ordered[i:i + take] for k in u])
+            i += take
+        return out
+    import heapq
+
+    heap = [(0, n) for n in range(jobs)]
+    bins: list[list[ImageKey]] = [[] for _ in range(jobs)]
+    for unit in sorted(ordered, key=len, reverse=True):
+        load, n = heapq.heappop(heap)
+        bins[n].extend(unit)
+        heapq.heappush(heap, (load + len(unit), n))
+    return [b for b in bins if b]
 
 
 # ------------------------------------------------------------------------------------------------ stores
@@ -207,16 +263,24 @@ def scope(fleet: Fleet, refs: Sequence[str]) -> list[ImageKey]:
     (a named image is stale when a parent must be rebuilt; up-to-date ancestors are left out of the plan)."""
     keys = scope_named(fleet, refs)
     if refs:
+        seen = set(keys)
         for k in list(keys):
-            keys += [a for a in fleet.ancestors(k) if a not in keys]
+            for a in fleet.ancestors(k):
+                if a not in seen:
+                    seen.add(a)
+                    keys.append(a)
     return [s.key for s in fleet.ordered(keys)]
 
 
 def scope_named(fleet: Fleet, refs: Sequence[str]) -> list[ImageKey]:
     """The named images and their descendants (what a scoped plan always shows)."""
     keys = [s.key for s in fleet.select(refs)]
+    seen = set(keys)
     for k in list(keys):
-        keys += [d for d in fleet.descendants(k) if d not in keys]
+        for d in fleet.descendants(k):
+            if d not in seen:  # a set: list membership made scoping quadratic in the fleet's size
+                seen.add(d)
+                keys.append(d)
     return keys
 
 

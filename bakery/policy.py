@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bakery import contain
-from bakery.config import IgnoreEntry
 from bakery.errors import InputError
 from bakery.model import SEVERITIES as SEVERITY_ORDER
 from bakery.model import iso_z as _iso
@@ -208,8 +207,6 @@ def parse_trivyignore_yaml(path: Path, display: str = ".trivyignore.yaml") -> li
 def effective_policy(project: Project, spec: ImageSpec | None = None) -> EffectivePolicy:
     """The global policy, overridden by the definition's ``policy`` (its ignore entries add to the global ones),
     plus the repository's .trivyignore files."""
-    import pydantic
-
     pol = project.config.policy
     severity, fixable_only = pol.severity, pol.fixable_only
     cfg = project.rel(project.config_file) if project.config_file else "bakery.yaml"
@@ -226,6 +223,12 @@ def effective_policy(project: Project, spec: ImageSpec | None = None) -> Effecti
         if override.get("fixable_only") is not None:
             fixable_only = bool(override["fixable_only"])
         for i, raw in enumerate(override.get("ignore") or []):
+            # pydantic only for a definition's own ignore entries: the CLI's start-up (scan, promote) stays
+            # without it (bakery.configview)
+            import pydantic
+
+            from bakery.config import IgnoreEntry
+
             try:
                 entry = IgnoreEntry.model_validate(raw)
             except pydantic.ValidationError as err:  # one line naming the field

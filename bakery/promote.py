@@ -23,7 +23,7 @@ from typing import Any
 
 from bakery import integrity
 from bakery import ledger as ledger_mod
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.errors import EnvironmentFailure, InputError, StepFailed
 from bakery.gates import GateResult, ScanFn, arrivals_and_rollbacks, evaluate, gate_approval, gate_previous, \
     gate_scan, gate_soak, human, scan_summary

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bakery import integrity
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, RegistryUnavailable, StepFailed
 from bakery.ledger import Event, open_ledger
 from bakery.model import ImageKey, ImageSpec, Published

@@ -17,14 +17,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit, parse_qsl
 
-import docker.auth
-import docker.errors
 import requests
 import tenacity
 
@@ -50,6 +48,12 @@ _ANY_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 _UPLOAD_LOCATION = re.compile(r"/blobs/uploads/[^/]+$")
 _LOST_UPLOAD = frozenset({"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"})
 _CHUNK = 1024 * 1024
+# Blobs copied at once by copy_image: enough to overlap the round trips and the hashing of a few large layers,
+# few enough not to flood a registry (skopeo copies up to 6 layers at once).
+COPY_WORKERS = 6
+# bakery's labels naming an image's parent (bakery.model.OCI + "base.name" / "base.digest")
+_LABEL_BASE_NAME = "org.opencontainers.image.base.name"
+_LABEL_BASE_DIGEST = "org.opencontainers.image.base.digest"
 T = TypeVar("T")
 
 
@@ -125,6 +129,10 @@ def docker_config_credentials(host: str, *, environ: dict[str, str] | None = Non
     path = Path(base) / "config.json"
     if not path.is_file():
         return None
+    # The docker SDK (~0.1 s to import: most of a short command's start-up) only when there is a config to read.
+    import docker.auth
+    import docker.errors
+
     try:
         data = json.loads(path.read_text())
         for entry in (data.get("auths") or {}).values():  # docker's CLI also reads plain username/password
@@ -261,34 +269,87 @@ class CopyStats:
                                               "blobs_mounted", "blobs_copied", "bytes_copied", "seconds")}
 
 
+class _BlobLocations:
+    """Which repositories of a registry were seen holding a blob (like skopeo's blob-info cache): a blob promoted
+    once into one repository of a registry is mounted, not copied, into the next one. Kept in
+    ``$BAKERY_CACHE_DIR/blob-locations.sqlite`` (default ``~/.cache/bakery``), shared by every bakery process of
+    the user; only a hint — a mount from a repository that no longer holds the blob fails and is forgotten."""
+
+    def __init__(self) -> None:
+        value = os.environ.get("BAKERY_CACHE_DIR")
+        base = Path(value).expanduser() if value else Path.home() / ".cache" / "bakery"
+        self.path = base / "blob-locations.sqlite"
+        self._ready = False
+
+    def _db(self) -> Any:
+        import sqlite3
+
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+        if not self._ready:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS blobs (host TEXT, digest TEXT, repo TEXT, seen REAL, "
+                       "PRIMARY KEY (host, digest, repo))")
+            self._ready = True
+        return db
+
+    def known(self, host: str, digest: str, limit: int = 3) -> list[str]:
+        try:
+            db = self._db()
+            try:
+                rows = db.execute("SELECT repo FROM blobs WHERE host = ? AND digest = ? ORDER BY seen DESC LIMIT ?",
+                                  (host, digest, limit)).fetchall()
+            finally:
+                db.close()
+        except Exception as exc:  # noqa: BLE001 - a hint only
+            log.debug("blob locations: %s", _short(exc))
+            return []
+        return [r[0] for r in rows]
+
+    def update(self, seen: list[tuple[str, str, str]], gone: list[tuple[str, str, str]] = ()) -> None:
+        if not seen and not gone:
+            return
+        try:
+            db = self._db()
+            try:
+                now = time.time()
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", [(*t, now) for t in seen])
+                db.executemany("DELETE FROM blobs WHERE host = ? AND digest = ? AND repo = ?", list(gone))
+                db.execute("COMMIT")
+            finally:
+                db.close()
+        except Exception as exc:  # noqa: BLE001 - a hint only
+            log.debug("blob locations: %s", _short(exc))
+
+
+_blob_locations: _BlobLocations | None = None
+
+
+def blob_locations() -> _BlobLocations:
+    global _blob_locations
+    if _blob_locations is None:
+        _blob_locations = _BlobLocations()
+    return _blob_locations
+
+
 class _SizedStream:
-    """A file-like view of a streamed response body with a known length (so requests sends Content-Length)."""
+    """A streamed response body with a known length, handed to requests as an iterable with ``__len__``: it
+    sends Content-Length, and urllib3 writes each chunk to the socket as it comes (no re-slicing, no copy)."""
 
     def __init__(self, chunks: Iterator[bytes], size: int, on_bytes: Callable[[int], None]):
         self._chunks = chunks
         self._size = size
-        self._buf = memoryview(b"")
-        self._pos = 0
         self._on_bytes = on_bytes
 
     def __len__(self) -> int:
         return self._size
 
-    def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (a short read at chunk boundaries, b"" at the end); all the rest for n < 0."""
-        if n is None or n < 0:
-            out = bytes(self._buf[self._pos:]) + b"".join(self._chunks)
-            self._buf, self._pos = memoryview(b""), 0
-        else:
-            while self._pos >= len(self._buf):
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    return b""
-                self._buf, self._pos = memoryview(chunk), 0
-            out = bytes(self._buf[self._pos:self._pos + n])
-            self._pos += len(out)
-        self._on_bytes(len(out))
-        return out
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._on_bytes(len(chunk))
+            yield chunk
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -303,7 +364,8 @@ class _Auth:
 
 
 class RegistryClient:
-    """One registry host. Thread-compatible for sequential use; create one per worker thread for parallelism."""
+    """One registry host. Thread-compatible for sequential use; create one per worker thread for parallelism
+    (copy_image alone runs its blob copies concurrently over the one session: urllib3 pools are thread-safe)."""
 
     page_size = 1000  # n= for tags/list and _catalog; the registry's Link header gives the next page
 
@@ -757,41 +819,126 @@ class RegistryClient:
         config = self.image_config(repo, reference)
         return dict((config.get("config") or {}).get("Labels") or {})
 
-    def copy_image(self, src: RegistryClient, src_repo: str, digest: str, dst_repo: str) -> CopyStats:
+    def copy_image(self, src: RegistryClient, src_repo: str, digest: str, dst_repo: str, *,
+                   mount_from: Sequence[str] = ()) -> CopyStats:
         """Copy ``src_repo@digest`` from ``src`` into ``dst_repo`` here, BY DIGEST, no tag written.
 
-        Index: children first. Each blob: skip if present, cross-mount on the same host, else stream.
-        The manifest is PUT byte-identical under its digest with its original media type.
+        Index: children first. Each blob: skip if present, cross-mount on the same host (from the source
+        repository, or from ``mount_from``: repositories of this registry known to hold blobs of the image, such
+        as its parent's), else stream GET → PUT. Blobs go ``COPY_WORKERS`` at a time over this client's and
+        ``src``'s connection pools. The manifest is PUT byte-identical under its digest with its original media
+        type, after all its blobs.
         """
         started = time.monotonic()
         stats = CopyStats()
-        self._copy_manifest(src, src_repo, digest, dst_repo, stats)
+        candidates = [r for r in dict.fromkeys(mount_from) if r and r != dst_repo]
+        self._copy_manifest(src, src_repo, digest, dst_repo, stats, candidates)
         stats.seconds = round(time.monotonic() - started, 3)
         return stats
 
     def _copy_manifest(self, src: RegistryClient, src_repo: str, digest: str, dst_repo: str,
-                       stats: CopyStats) -> None:
+                       stats: CopyStats, mount_from: list[str] | None = None) -> None:
         if self.head_manifest(dst_repo, digest) == digest:
             stats.manifests_skipped += 1
             return
         m = src.get_manifest(src_repo, digest)
         for child in m.children():
-            self._copy_manifest(src, src_repo, child.digest, dst_repo, stats)
-        same_host = src.host == self.host
-        for blob in m.blobs():
-            if blob.urls and blob.media_type in FOREIGN_LAYER_TYPES:
-                continue  # foreign layers live elsewhere
+            self._copy_manifest(src, src_repo, child.digest, dst_repo, stats, mount_from)
+        candidates = list(mount_from or [])
+        if src.host == self.host and src_repo != dst_repo:
+            candidates.insert(0, src_repo)
+        blobs = [b for b in m.blobs() if not (b.urls and b.media_type in FOREIGN_LAYER_TYPES)]  # foreign: elsewhere
+        parent_blobs = {} if m.is_index else self._parent_blobs(src, src_repo, m, dst_repo)
+
+        locations = blob_locations()
+        seen: list[tuple[str, str, str]] = []
+        gone: list[tuple[str, str, str]] = []
+
+        def one(blob: Descriptor) -> tuple[str, int]:
+            seen.append((src.host, blob.digest, src_repo))
+            parent_repo = parent_blobs.get(blob.digest)
+            if parent_repo and self.mount_blob(dst_repo, blob.digest, parent_repo):
+                return "mounted", 0  # the parent image, already here, holds it: no HEAD, no bytes
             if self.blob_exists(dst_repo, blob.digest):
+                return "skipped", 0
+            known = [r for r in locations.known(self.host, blob.digest) if r != dst_repo and r not in candidates]
+            for repo in [*candidates, *known]:
+                if self.mount_blob(dst_repo, blob.digest, repo):
+                    return "mounted", 0
+                if repo in known:
+                    gone.append((self.host, blob.digest, repo))
+            return "copied", self.copy_blob(src, src_repo, blob.digest, dst_repo, blob.size)
+
+        if len(blobs) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._size_pool(COPY_WORKERS)
+            src._size_pool(COPY_WORKERS)
+            # The smallest (the config) alone first: its requests fetch the tokens the others then share (one
+            # token request per scope, not one per thread); then the largest first, so the copy does not end
+            # waiting on a big layer started last.
+            ordered = sorted(blobs, key=lambda b: b.size or 0)
+            outcomes = [one(ordered[0])]
+            with ThreadPoolExecutor(max_workers=min(COPY_WORKERS, len(blobs) - 1),
+                                    thread_name_prefix="bakery-copy") as pool:
+                outcomes += pool.map(one, ordered[:0:-1])
+        else:
+            outcomes = [one(b) for b in blobs]
+        seen += [(self.host, b.digest, dst_repo) for b in blobs]
+        locations.update(seen, gone)
+        for what, sent in outcomes:
+            if what == "skipped":
                 stats.blobs_skipped += 1
-            elif same_host and src_repo != dst_repo and self.mount_blob(dst_repo, blob.digest, src_repo):
+            elif what == "mounted":
                 stats.blobs_mounted += 1
             else:
-                stats.bytes_copied += self.copy_blob(src, src_repo, blob.digest, dst_repo, blob.size)
                 stats.blobs_copied += 1
+                stats.bytes_copied += sent
         written = self.put_manifest(dst_repo, digest, m.body, m.media_type)
         if written != digest:
             raise RegistryError(f"{self.host}: {dst_repo}: manifest written as {written}, expected {digest}")
         stats.manifests_copied += 1
+
+    def _parent_blobs(self, src: RegistryClient, src_repo: str, m: Manifest, dst_repo: str) -> dict[str, str]:
+        """Blobs of the image's parent when this registry holds the parent next to ``dst_repo`` (same namespace,
+        the parent's name; the image's base.name and base.digest labels say which): digest -> repository to
+        mount from. A promoted child finds its promoted parent there; {} when anything is missing."""
+        config = m.json().get("config")
+        if not isinstance(config, dict) or not config.get("digest") or (config.get("size") or 0) > 1 << 20:
+            return {}
+        try:
+            labels = (json.loads(src.get_blob(src_repo, config["digest"])).get("config") or {}).get("Labels") or {}
+        except (RegistryError, ValueError, AttributeError):
+            return {}
+        base_name, base_digest = labels.get(_LABEL_BASE_NAME) or "", labels.get(_LABEL_BASE_DIGEST) or ""
+        repo_path = base_name.split("@", 1)[0]
+        if ":" in repo_path.rsplit("/", 1)[-1]:
+            repo_path = repo_path.rsplit(":", 1)[0]
+        name = repo_path.rsplit("/", 1)[-1]
+        if not name or not is_digest(base_digest):
+            return {}
+        namespace = dst_repo.rsplit("/", 1)[0] if "/" in dst_repo else ""
+        parent_repo = f"{namespace}/{name}" if namespace else name
+        if parent_repo == dst_repo:
+            return {}
+        try:
+            if self.head_manifest(parent_repo, base_digest) != base_digest:
+                return {}
+            parent = self.get_manifest(parent_repo, base_digest)
+        except (RegistryError, RegistryAuthError):  # only a shortcut: the blobs are copied instead
+            return {}
+        if parent.is_index:
+            return {}
+        return {b.digest: parent_repo for b in parent.blobs()}
+
+    def _size_pool(self, workers: int) -> None:
+        """One connection pool for this host, large enough for ``workers`` concurrent requests (requests' default
+        keeps 10 connections per host; this only grows it)."""
+        if getattr(self, "_pool_size", 10) >= workers:
+            return
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=workers)
+        self.session.mount(self.base + "/", adapter)
+        self._pool_size = workers
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.errors import InputError
 from bakery.model import ImageSpec, Recipe
 from bakery.ref import mirrored

@@ -162,11 +162,15 @@ jobs:
         run: sudo --preserve-env=BAKERY_TRIVY "$(command -v bakery)" build --changed --no-push --no-scan
 ''')
 
-# The nightly workflow: one build job per DAG level (GitHub Actions has no loops), generated from one
-# template so that every level runs exactly the same steps.
-_NIGHTLY_HEAD = r'''# Nightly rebuilds: plan → one matrix of build jobs per DAG level (each job bakes, scans and publishes its
-# images to the first environment) → a summary (Markdown in the run's summary, JSON as an artifact) → the
-# fleet dashboard (`bakery report html`) as an artifact and, with the variable BAKERY_PAGES=true, on Pages.
+# The nightly workflow: one build job per stage (GitHub Actions has no loops over jobs), generated from one
+# template so that every stage runs exactly the same steps. `plan --max-levels NIGHTLY_LEVELS` folds the
+# levels deeper than the last stage into it (its jobs build their subtree level by level), so any depth fits.
+_NIGHTLY_HEAD = r'''# Nightly rebuilds: plan → one matrix of build jobs per stage (a DAG level; the last stage folds in every
+# deeper level, its jobs build their subtree level by level, so a fleet of any depth fits; a matrix has at
+# most 256 jobs, wider levels are packed several images to a job) → a summary (Markdown in the run's
+# summary, JSON as an artifact). Each job bakes, scans and publishes its images to the first environment.
+# The repository variable BAKERY_NIGHTLY_PACK packs that many images into one job (fewer runner set-ups).
+# Then the fleet dashboard (`bakery report html`) as an artifact and, with the variable BAKERY_PAGES=true, on Pages.
 # The registries are those in bakery.yaml; their credentials come from the repository secrets named there
 # (credentials.username_env / password_env), never from this file, and reach only the steps that run bakery
 # against the registries. The ledger is the S3 bucket in the repository variable BAKERY_LEDGER_URL.
@@ -201,6 +205,8 @@ jobs:
       level1: ${{ steps.plan.outputs.level1 }}
       level2: ${{ steps.plan.outputs.level2 }}
       level3: ${{ steps.plan.outputs.level3 }}
+      level4: ${{ steps.plan.outputs.level4 }}
+      level5: ${{ steps.plan.outputs.level5 }}
     steps:
       - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
         with:
@@ -214,6 +220,7 @@ jobs:
         id: plan
         env:
           FORCE: ${{ inputs.force }}
+          PACK: ${{ vars.BAKERY_NIGHTLY_PACK }}
           REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
           REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
         run: |
@@ -221,12 +228,12 @@ jobs:
           for ref in $FORCE; do force+=(--force "$ref"); done
           mkdir -p nightly
           bakery plan "${force[@]}" --format json > nightly/plan.json
-          bakery plan "${force[@]}" --format github-matrix --max-levels 4 > matrix.json
+          bakery plan "${force[@]}" --format github-matrix --max-levels 6 --pack "${PACK:-1}" > matrix.json
           python3 - <<'PY' >> "$GITHUB_OUTPUT"
           import json
           m = json.load(open("matrix.json"))
           print(f"count={m['count']}")
-          for i in range(4):
+          for i in range(6):
               level = m["levels"][i] if i < len(m["levels"]) else {"include": []}
               print(f"level{i}={json.dumps(level, separators=(',', ':'))}")
           PY
@@ -238,7 +245,7 @@ jobs:
 '''
 
 _NIGHTLY_LEVEL = r'''  level@N@:
-    name: build level @N@ (${{ matrix.image }})
+    name: build stage @N@ (${{ matrix.label }})
     needs: [plan@NEEDS@]
     if: ${{ !cancelled() && fromJSON(needs.plan.outputs.count) > @N@ }}
     runs-on: ubuntu-24.04
@@ -266,12 +273,15 @@ _NIGHTLY_LEVEL = r'''  level@N@:
           REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
         run: |
           mkdir -p nightly
-          # A parent that failed to rebuild in the level above holds its subtree back.
-          if [ -n "$PARENT" ] && ! bakery plan "$PARENT" --no-patches --format json \
-              | jq -e --arg p "$PARENT" '.images[] | select(.ref == $p) | .rebuild == false' > /dev/null; then
-            echo "::error::parent $PARENT was not rebuilt; skipping $REFS"
-            exit 1
-          fi
+          # A parent that failed to rebuild in a stage above holds back the images packed into this job.
+          for parent in $PARENT; do
+            if ! bakery plan "$parent" --no-patches --format json \
+                | jq -e --arg p "$parent" '.images[] | select(.ref == $p) | .rebuild == false' > /dev/null; then
+              echo "::error::parent $parent was not rebuilt; skipping $REFS"
+              exit 1
+            fi
+          done
+          # REFS may span several levels (the last stage folds deeper ones in): bakery builds them parents first.
           # shellcheck disable=SC2086 # REFS is a space-separated list of image references
           bakery build $REFS --format json > "nightly/result-$SLUG.json"
       - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
@@ -284,7 +294,7 @@ _NIGHTLY_LEVEL = r'''  level@N@:
 '''
 
 _NIGHTLY_TAIL = r'''  summary:
-    needs: [plan, level0, level1, level2, level3]
+    needs: [plan, level0, level1, level2, level3, level4, level5]
     if: ${{ !cancelled() }}
     runs-on: ubuntu-24.04
     permissions:
@@ -348,7 +358,7 @@ _NIGHTLY_TAIL = r'''  summary:
       - id: deployment
         uses: actions/deploy-pages@d6db90164ac5ed86f2b6aed7e0febac5b3c0c03e # v4.0.5
 '''
-NIGHTLY_LEVELS = 4
+NIGHTLY_LEVELS = 6
 
 
 def _level_job(n: int) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bakery import ledger as ledger_mod
-from bakery.config import Project
+from bakery.configview import Project
 from bakery.definitions import load_fleet
 from bakery import integrity
 from bakery.errors import AuthenticationFailed, BakeryError, EnvironmentFailure, InputError

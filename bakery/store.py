@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from bakery import ami as ami_mod
 from bakery import evidence, integrity
 from bakery import ledger as ledger_mod
-from bakery.config import Project
-from bakery.definitions import load_fleet
+from bakery.configview import Project
 from bakery.errors import BakeryError, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
 from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, Held, ImageKey, ImageSpec, Published, \
     StoredBuild
@@ -202,6 +201,8 @@ def unknown_image_message(ref: str) -> str:
 
 def known_to_fleet(project: Project, ref: str) -> bool:
     """Whether REF names an image of the fleet (False too when there are no definitions here)."""
+    from bakery.definitions import load_fleet  # start-up: promote/status load definitions only when asked
+
     try:
         load_fleet(project).select([ref.split("@", 1)[0]])
     except BakeryError:
@@ -297,6 +298,8 @@ class RegistryStore:
         version = Scheme(self.scheme).version_of(tag)
         if not version:
             raise InputError(f"{tag}: name a version, a build tag or a digest (e.g. NAME:VERSION)")
+        from bakery.definitions import load_fleet  # start-up: see known_to_fleet
+
         try:
             fleet = load_fleet(self.project)
         except BakeryError as exc:  # no definitions here
@@ -517,11 +520,18 @@ class RegistryStore:
         if not tags:
             return None
         tag = tags[-1]
-        top = self.registry.get_manifest(repo, tag)
-        manifest = self.registry.resolve_image_manifest(repo, top.digest) if top.is_index else top
-        self.requests += 1 if manifest is top else 3
-        config = manifest.json().get("config") or {}
-        image_id = str(config.get("digest") or "")
+        host = self.environment.host
+        known = _cached_build_tag(self.project, host, repo, tag)
+        if known is not None:  # a build tag is immutable: what it named once, it names for good
+            digest, image_id = known
+        else:
+            top = self.registry.get_manifest(repo, tag)
+            manifest = self.registry.resolve_image_manifest(repo, top.digest) if top.is_index else top
+            self.requests += 1 if manifest is top else 3
+            config = manifest.json().get("config") or {}
+            digest, image_id = top.digest, str(config.get("digest") or "")
+            if image_id:
+                _cache_build_tag(self.project, host, repo, tag, digest, image_id)
         labels: dict[str, str] = {}
         if image_id:
             cached = _cached_labels(self.project, image_id)
@@ -531,8 +541,7 @@ class RegistryStore:
                 cached = dict((blob.get("config") or {}).get("Labels") or {})
                 _cache_labels(self.project, image_id, cached)
             labels = cached
-        return Held(repository=f"{self.environment.host}/{repo}", build_tag=tag, digest=top.digest,
-                    image_id=image_id, labels=labels)
+        return Held(repository=f"{host}/{repo}", build_tag=tag, digest=digest, image_id=image_id, labels=labels)
 
     def upstream_ref(self, spec: ImageSpec) -> str | None:
         return spec.parent.reference if spec.parent.kind == "upstream" else None
@@ -590,6 +599,32 @@ class RegistryStore:
         gone = evidence.delete(self.registry, build.where, build.identity)
         if gone:
             log.info("deleted the %d attestation manifests of %s@%s", len(gone), build.where, build.identity)
+
+
+def _build_tag_path(project: Project, host: str, repo: str, tag: str) -> Path:
+    return project.state_dir / "build-tags" / host.replace(":", "_") / repo / f"{tag}.json"
+
+
+def _cached_build_tag(project: Project, host: str, repo: str, tag: str) -> tuple[str, str] | None:
+    """(manifest digest, config digest) of a build tag read before. bakery never moves a build tag (it refuses
+    to), so a no-op plan needs one request per image (the tag list) instead of two."""
+    try:
+        data = json.loads(_build_tag_path(project, host, repo, tag).read_text())
+        digest, image_id = data["digest"], data["image_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (digest, image_id) if isinstance(digest, str) and isinstance(image_id, str) else None
+
+
+def _cache_build_tag(project: Project, host: str, repo: str, tag: str, digest: str, image_id: str) -> None:
+    path = _build_tag_path(project, host, repo, tag)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"digest": digest, "image_id": image_id}))
+        tmp.replace(path)
+    except OSError:
+        pass  # a cache only
 
 
 def _labels_path(project: Project, image_id: str) -> Path:

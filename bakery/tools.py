@@ -60,6 +60,7 @@ def run(
     hint: str = "",
     input_text: str | None = None,
     process_group: bool = False,
+    merge_stderr: bool = False,
 ) -> ToolResult:
     """Run a tool and return its output.
 
@@ -68,6 +69,8 @@ def run(
     ``process_group``: run the tool in its own session (process group) and, on timeout or interruption, send
     the whole group SIGTERM (then SIGKILL after a grace period) so that tools with helper processes (Packer's
     plugins, a scanner wrapper's children) stop instead of outliving bakery or holding the output pipe open.
+    ``merge_stderr`` (with ``on_line``): stream stderr with stdout (tools that report progress on stderr,
+    like ``docker build --progress=plain``); the result's ``stderr`` is then empty.
     """
     import time
 
@@ -88,7 +91,8 @@ def run(
                                   cwd=cwd, input=input_text, errors="replace")
             stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
         else:
-            stdout, stderr, code = _run_streaming(argv, timeout, full_env, cwd, on_line, process_group)
+            stdout, stderr, code = _run_streaming(argv, timeout, full_env, cwd, on_line, process_group,
+                                                  merge_stderr)
     except subprocess.TimeoutExpired as exc:
         raise ToolTimeout(f"{name} timed out after {timeout:g}s: {display(argv)}") from exc
     except FileNotFoundError as exc:
@@ -150,12 +154,13 @@ def _run_group(argv, timeout, env, cwd, input_text):
     return stdout, stderr, proc.returncode
 
 
-def _run_streaming(argv, timeout, env, cwd, on_line, process_group=False):
+def _run_streaming(argv, timeout, env, cwd, on_line, process_group=False, merge_stderr=False):
     """Stream stdout to ``on_line`` while collecting stderr. On timeout or interruption stop the tool: its
     whole process group with ``process_group`` (SIGTERM, then SIGKILL), else the process itself."""
     import threading
 
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, text=True, env=env,
                             cwd=cwd, errors="replace", start_new_session=process_group)
 
     def stop() -> None:
@@ -169,7 +174,8 @@ def _run_streaming(argv, timeout, env, cwd, on_line, process_group=False):
     timed_out = threading.Event()
 
     def pump_err():
-        assert proc.stderr is not None
+        if proc.stderr is None:  # merged into stdout
+            return
         for chunk in proc.stderr:
             err_chunks.append(chunk)
 

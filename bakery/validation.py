@@ -5,9 +5,7 @@ from __future__ import annotations
 import difflib
 import re as _re
 import string
-from typing import Any
-
-import pydantic
+from typing import TYPE_CHECKING, Any
 
 from bakery.contain import decode_text, read_file
 from bakery.errors import InputError, ValidationError
@@ -15,6 +13,9 @@ from bakery.ref import HOST_RE, REPOSITORY_RE, TAG_RE, Ref, is_digest
 from bakery.text import show
 from bakery.yamlsafe import MAX_BYTES, MAX_NODES, parse
 
+
+if TYPE_CHECKING:
+    import pydantic  # at run time only where an error is formatted: start-up of commands on a cached config
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
@@ -25,6 +26,8 @@ def field_path(loc: tuple[Any, ...]) -> str:
 def _inner_model(annotation: Any) -> Any:
     """For dict[str, M], list[M], M | None: return M (the model a key path descends into)."""
     import typing
+
+    import pydantic
 
     origin = typing.get_origin(annotation)
     if origin is None:
@@ -55,6 +58,8 @@ class _ListOf:
 
 
 def allowed_keys(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    import pydantic
+
     current: Any = model
     for part in loc[:-1]:
         if isinstance(current, (_DictOf, _ListOf)):

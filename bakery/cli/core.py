@@ -20,16 +20,17 @@ def config_cmd(ctx: Context, fmt: str) -> None:
     \b
     Environment overrides use double underscores for nesting:
       BAKERY_SCANNER__TIMEOUT=120   BAKERY_ENVIRONMENTS__DEV__REGISTRY=host:5000/team
-    and shortcuts: BAKERY_TRIVY, BAKERY_LEDGER, BAKERY_PACKER, BAKERY_JOBS, BAKERY_DB_REPOSITORY.
+    and shortcuts: BAKERY_TRIVY, BAKERY_LEDGER, BAKERY_PACKER, BAKERY_JOBS, BAKERY_BUILD_ENGINE,
+    BAKERY_DB_REPOSITORY.
     """
-    import yaml
-
-    from bakery.config import effective
+    from bakery.configview import effective
 
     data = effective(ctx.project.config)
     if fmt == "json":
         emit_json(data)
     else:
+        import yaml
+
         source = str(ctx.project.config_file) if ctx.project.config_file else "(built-in defaults)"
         echo(f"# effective configuration; file: {source}")
         echo(yaml.safe_dump(data, sort_keys=False).rstrip())

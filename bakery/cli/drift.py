@@ -7,7 +7,17 @@ import sys
 import click
 
 from bakery.cli._common import Context, echo, emit_json, pass_ctx, table
-from bakery.drift import SOURCE_HELP
+
+
+# The sources `bakery drift` reads (here, not in bakery.drift: --help must not import the drift readers).
+SOURCE_HELP = """\b
+SOURCE is one of:
+  PATH                 a file or directory: Kubernetes manifests (multi-document YAML, rendered Helm or
+                       kustomize output), Compose files, Terraform state (`terraform show -json` output or
+                       a .tfstate); directories are searched for *.yaml, *.yml, *.json and *.tfstate
+  ec2:tag:KEY=VALUE    the AMIs of the running EC2 instances tagged KEY=VALUE
+  docker:              the containers running on the Docker daemon (DOCKER_HOST)
+  docker:label=K[=V]   those of them with that label"""
 
 
 @click.command("drift", epilog=SOURCE_HELP)

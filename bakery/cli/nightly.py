@@ -19,12 +19,18 @@ from bakery.cli._common import Context, echo, emit_json, pass_ctx, table
 @click.option("--force", multiple=True, metavar="REF", help="Rebuild this image (and its descendants) anyway.")
 @click.option("--no-patches", is_flag=True, help="Do not consult the scan store (skip the `patches` reason).")
 @click.option("--max-levels", type=click.IntRange(1, 32), default=None,
-              help="github-matrix: fold deeper levels into the last one (its entries build their subtree).")
+              help="github-matrix: the workflow's number of stage jobs; deeper levels fold into the last stage "
+                   "(its entries build their subtree, level by level, inside the job).")
+@click.option("--max-jobs", type=click.IntRange(1, 256), default=256, show_default=True,
+              help="github-matrix: most entries in one matrix (GitHub's limit is 256); wider levels are packed.")
+@click.option("--pack", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="github-matrix: put at least this many images into one job when a level has enough (fewer, "
+                   "longer jobs: each job pays the runner's set-up once).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Registry requests in parallel.")
 @pass_ctx
 def plan_cmd(ctx: Context, refs: tuple[str, ...], fmt: str, force: tuple[str, ...], no_patches: bool,
-             max_levels: int | None, jobs: int) -> None:
+             max_levels: int | None, max_jobs: int, pack: int, jobs: int) -> None:
     """Decide which images must be rebuilt, and why, from the registries and the scan store only.
 
     \b
@@ -43,7 +49,7 @@ def plan_cmd(ctx: Context, refs: tuple[str, ...], fmt: str, force: tuple[str, ..
     Examples:
       bakery plan                                   # the whole fleet
       bakery plan python --format json
-      bakery plan --format github-matrix --max-levels 4
+      bakery plan --format github-matrix --max-levels 6 --pack 4   # 6 stage jobs, ~4 images a job
     """
     from bakery.definitions import load_fleet
     from bakery.plan import make_plan
@@ -54,7 +60,7 @@ def plan_cmd(ctx: Context, refs: tuple[str, ...], fmt: str, force: tuple[str, ..
     if fmt == "json":
         emit_json(plan.to_json())
     elif fmt == "github-matrix":
-        click.echo(json.dumps(plan.github_matrix(max_levels), separators=(",", ":")))
+        click.echo(json.dumps(plan.github_matrix(max_levels, max_jobs=max_jobs, pack=pack), separators=(",", ":")))
     else:
         rows = []
         for item in plan.items.values():

@@ -684,4 +684,6 @@ def test_second_promotion_of_known_blobs_is_fast(make_project, stack):
     code, second = promote_json("python:3.11", "--to", "staging")
     assert code == 0 and second["build_tag"] == "3.11-20260302.2"
     assert second["copy"]["blobs_skipped"] >= 1
-    assert second["copy"]["bytes_copied"] < first["copy"]["bytes_copied"]
+    # only what differs travels (its last layer and config; the first promotion may itself have mounted layers
+    # that an earlier promotion left in another repository of staging)
+    assert second["copy"]["blobs_copied"] + second["copy"]["blobs_mounted"] <= 2, second["copy"]

@@ -51,10 +51,16 @@ def make_project(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bakery's user caches (validated configurations, blob locations) in a directory of each test's own."""
+    monkeypatch.setenv("BAKERY_CACHE_DIR", str(tmp_path_factory.mktemp("bakery-cache")))
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for key in list(os.environ):
-        if key.startswith("BAKERY_"):
+        if key.startswith("BAKERY_") and key != "BAKERY_CACHE_DIR":
             monkeypatch.delenv(key)
     return monkeypatch
 

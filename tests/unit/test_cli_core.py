@@ -182,7 +182,9 @@ def test_docker_refusing_a_reference_is_a_failed_step_not_a_lost_daemon(example:
     import requests
     from docker.errors import DockerException
 
-    from bakery.build import Builder, BuildOptions
+    import dataclasses
+
+    from bakery.build import BuildJob, ClassicEngine
     from bakery.config import load_project
     from bakery.definitions import load_fleet
     from bakery.errors import DaemonUnavailable, StepFailed
@@ -191,7 +193,6 @@ def test_docker_refusing_a_reference_is_a_failed_step_not_a_lost_daemon(example:
     project = load_project(cwd=example, environ={})
     fleet = load_fleet(project)
     spec = fleet.select(["nginx:1.22"])[0]
-    builder = Builder(project, fleet, BuildOptions())
 
     class Api:
         def __init__(self, exc: Exception):
@@ -205,9 +206,35 @@ def test_docker_refusing_a_reference_is_a_failed_step_not_a_lost_daemon(example:
             self.api = Api(exc)
 
     recipe = render(project, spec)
-    builder._docker = Client(DockerException("invalid tag 'x:1+y': invalid reference format"))
+    recipe = dataclasses.replace(recipe, files={**recipe.files, "Dockerfile": b"FROM parent\nRUN true\n"})
+
+    def job() -> BuildJob:
+        return BuildJob(name="nginx:1.22", recipe=recipe, tag="x", parent_ref="parent", labels={}, no_cache=False,
+                        on_line=lambda _ln: None)
+
     with pytest.raises(StepFailed, match=r"^nginx:1.22: docker build failed: .*invalid reference format"):
-        builder._docker_build(spec, recipe, "parent", {}, [])
-    builder._docker = Client(requests.ConnectionError("connection reset"))
+        ClassicEngine(Client(DockerException("invalid tag 'x:1+y': invalid reference format"))).build(job())
     with pytest.raises(DaemonUnavailable, match="lost the Docker daemon"):
-        builder._docker_build(spec, recipe, "parent", {}, [])
+        ClassicEngine(Client(requests.ConnectionError("connection reset"))).build(job())
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("id=tok,env=TOKEN", "id=tok,env=TOKEN"),
+    ("id=npmrc,src=~/.npmrc", "id=npmrc,src=~/.npmrc"),
+    ("id=k,file=key.pem", "id=k,src=key.pem"),
+    ("tok", "use id=ID,env=VARIABLE or id=ID,src=FILE"),
+    ("id=tok", "name exactly one source"),
+    ("id=tok,env=A,src=b", "name exactly one source"),
+    ("id=a b,env=A", "id 'a b' must be"),
+    ("id=tok,env=A-B", "env 'A-B' is not an environment variable name"),
+])
+def test_build_secret_flags_parse_or_say_why(text: str, expected: str) -> None:
+    """`--secret` takes the Docker CLI's syntax; a malformed one is bad input naming the flag, not a build error."""
+    from bakery.build import parse_secret
+    from bakery.errors import EXIT_INPUT, InputError
+
+    try:
+        assert parse_secret(text).cli_arg == expected
+    except InputError as exc:
+        assert exc.exit_code == EXIT_INPUT
+        assert str(exc).startswith(f"--secret {text!r}: ") and expected in str(exc)

@@ -14,7 +14,7 @@ CONFIG_CASES: list[tuple[str, str, list[str]]] = [
     ("unknown-key-suggests", "defintions: base-images\n", [f"{C}: defintions: unknown key (did you mean 'definitions'?)"]),
     ("unknown-nested-key-suggests", ENV_DEV % ", gate: {}", [
         f"{C}: environments.dev.gate: unknown key (did you mean 'gates'?)"]),
-    ("unknown-key-lists-allowed", "build: {zzz: 1}\n", [f"{C}: build.zzz: unknown key (allowed: jobs, push, timeout)"]),
+    ("unknown-key-lists-allowed", "build: {zzz: 1}\n", [f"{C}: build.zzz: unknown key (allowed: engine, jobs, push, secrets, timeout)"]),
     ("bad-registry", "environments:\n  dev: {registry: 'HTTP://x'}\n", [
         f"{C}: environments.dev.registry: not a registry reference host[:port][/namespace]: 'HTTP://x'"]),
     ("missing-registry", "environments:\n  dev: {aliases: []}\n", [
@@ -32,6 +32,14 @@ CONFIG_CASES: list[tuple[str, str, list[str]]] = [
         f"{C}: environments: at least one environment is required (the first is where builds are pushed)"]),
     ("bad-environment-name", "environments:\n  Dev: {registry: '127.0.0.1:5001/b'}\n", [
         f"{C}: environments: environment name 'Dev' must be lowercase letters, digits and '-'"]),
+    ("bad-engine", "build: {engine: kit}\n", [
+        f"{C}: build.engine: must be one of 'auto', 'buildkit' or 'classic', got 'kit'"]),
+    ("secret-two-sources", "build: {secrets: {tok: {env: A, file: b}}}\n", [
+        f"{C}: build.secrets.tok: name exactly one source: env (a variable) or file (a path)"]),
+    ("secret-bad-env-name", "build: {secrets: {tok: {env: 'A B'}}}\n", [
+        f"{C}: build.secrets.tok.env: not an environment variable name: 'A B'"]),
+    ("secret-bad-id", "build: {secrets: {'a b': {env: A}}}\n", [
+        f"{C}: build.secrets: secret id 'a b' must be letters, digits, '_', '.', '-' (as in RUN --mount=id=...)"]),
     ("jobs-zero", "build: {jobs: 0}\n", [f"{C}: build.jobs: must be >= 1, got int 0"]),
     ("jobs-too-many", "build: {jobs: 65}\n", [f"{C}: build.jobs: must be <= 64, got int 65"]),
     ("jobs-not-int", "build: {jobs: many}\n", [f"{C}: build.jobs: must be an integer, got 'many'"]),
@@ -60,6 +68,8 @@ CONFIG_CASES: list[tuple[str, str, list[str]]] = [
 
 ENV_CASES: list[tuple[str, dict[str, str], list[str]]] = [
     ("jobs-shortcut-not-int", {"BAKERY_JOBS": "lots"}, ["BAKERY_JOBS (environment): build.jobs: must be an integer, got 'lots'"]),
+    ("engine-shortcut", {"BAKERY_BUILD_ENGINE": "kit"},
+     ["BAKERY_BUILD_ENGINE (environment): build.engine: must be one of 'auto', 'buildkit' or 'classic', got 'kit'"]),
     ("jobs-out-of-range", {"BAKERY_BUILD__JOBS": "100"}, [
         "BAKERY_BUILD__JOBS (environment): build.jobs: must be <= 64, got int 100"]),
     ("bad-registry", {"BAKERY_ENVIRONMENTS__DEV__REGISTRY": "bad reg!"}, [

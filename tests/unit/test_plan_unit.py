@@ -306,3 +306,82 @@ def test_nightly_aborted_while_planning_still_writes_its_report(fleet, tmp_path:
     assert data["aborted"].startswith("planning failed: ") and "registry unavailable" in data["aborted"]
     assert data["images"] == [] and not data["ok"]
     assert "**nightly aborted: planning failed: " in summary.read_text()
+
+
+def _synthetic_plan(parents: dict[str, str | None]) -> Plan:
+    """A plan rebuilding every image of ``parents`` (name -> parent name or None): a fleet of any shape."""
+    from types import SimpleNamespace
+
+    keys = {n: ImageKey(n, "1") for n in parents}
+    items = {}
+    for n, p in parents.items():
+        parent = SimpleNamespace(kind="bakery", key=keys[p]) if p else SimpleNamespace(kind="upstream", key=None)
+        item = PlanItem(key=keys[n], spec=SimpleNamespace(parent=parent))  # type: ignore[arg-type]
+        from bakery.plan import Reason
+
+        item.reasons = [Reason("forced", "test")]
+        items[keys[n]] = item
+    depth: dict[str, int] = {}
+
+    def d(n: str) -> int:
+        if n not in depth:
+            depth[n] = 0 if parents[n] is None else d(parents[n]) + 1  # type: ignore[arg-type]
+        return depth[n]
+
+    levels: list[list[ImageKey]] = [[] for _ in range(max(d(n) for n in parents) + 1)]
+    for n in sorted(parents):
+        levels[d(n)].append(keys[n])
+    return Plan(items=items, levels=levels)
+
+
+def _check_matrix(m: dict, parents: dict[str, str | None], max_jobs: int) -> None:
+    """What a workflow relies on: every image once; no matrix over max_jobs; inside a job, parents first;
+    a parent outside the job was built in an earlier stage and is named in `parent`."""
+    seen: dict[str, int] = {}
+    for stage, level in enumerate(m["levels"]):
+        assert 0 < len(level["include"]) <= max_jobs
+        for entry in level["include"]:
+            refs = entry["refs"].split()
+            assert entry["image"] == refs[0] and entry["images"] == len(refs)
+            for pos, ref in enumerate(refs):
+                assert ref not in seen, ref
+                seen[ref] = stage
+                parent = parents[ref.split(":")[0]]
+                if parent is None:
+                    continue
+                pref = f"{parent}:1"
+                if pref in refs:
+                    assert refs.index(pref) < pos, (pref, refs)
+                else:
+                    assert seen.get(pref, stage) < stage, (pref, ref)
+                    assert pref in entry["parent"].split()
+    assert set(seen) == {f"{n}:1" for n in parents}
+
+
+def test_github_matrix_shards_a_level_wider_than_github_allows() -> None:
+    parents: dict[str, str | None] = {"base": None, **{f"app{i:04d}": "base" for i in range(999)}}
+    m = _synthetic_plan(parents).github_matrix(max_levels=4)
+    _check_matrix(m, parents, 256)
+    assert m["count"] == 2 and len(m["levels"][1]["include"]) == 256
+    assert sorted({e["images"] for e in m["levels"][1]["include"]}) == [3, 4]  # balanced
+    assert m["levels"][1]["include"][0]["label"] == f"{m['levels'][1]['include'][0]['image']} +3"
+
+
+def test_github_matrix_packs_small_images_into_fewer_jobs() -> None:
+    parents: dict[str, str | None] = {"base": None, **{f"app{i:03d}": "base" for i in range(100)}}
+    m = _synthetic_plan(parents).github_matrix(pack=10)
+    _check_matrix(m, parents, 256)
+    assert [len(level["include"]) for level in m["levels"]] == [1, 10]
+    assert all(e["images"] == 10 and e["parent"] == "base:1" for e in m["levels"][1]["include"])
+
+
+@pytest.mark.parametrize("max_levels, max_jobs", [(4, 256), (2, 7), (1, 3), (6, 1)])
+def test_github_matrix_builds_a_fleet_of_any_depth_in_a_fixed_number_of_stages(max_levels, max_jobs) -> None:
+    """12 levels deep, several roots, uneven subtrees: whatever the number of stages the workflow has."""
+    parents: dict[str, str | None] = {f"r{r}": None for r in range(3)}
+    for depth in range(1, 12):
+        for i in range(depth * 3):
+            parents[f"d{depth:02d}n{i:02d}"] = (f"d{depth - 1:02d}n{i // 2:02d}" if depth > 1 else f"r{i % 3}")
+    m = _synthetic_plan(parents).github_matrix(max_levels=max_levels, max_jobs=max_jobs)
+    _check_matrix(m, parents, max_jobs)
+    assert m["count"] == max_levels

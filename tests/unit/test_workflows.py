@@ -159,7 +159,7 @@ def test_scaffolded_bakery_steps_get_the_ledger_from_the_repository_variable(sca
     wfs = _scaffolded_workflows(scaffolded)
     jobs = {f"nightly:{j}": v for j, v in wfs["nightly.yml"]["jobs"].items() if j == "plan" or j.startswith("level")}
     jobs["promote:promote"] = wfs["promote.yml"]["jobs"]["promote"]
-    assert len(jobs) == 6
+    assert len(jobs) == 8  # plan, six stages, promote
     for name, job in jobs.items():
         steps = job["steps"]
         ledger = [i for i, s in enumerate(steps) if "BAKERY_LEDGER_URL" in str(s.get("env", ""))]
@@ -235,6 +235,53 @@ def test_scaffolded_readme_names_what_to_set(scaffolded: Path) -> None:
     for needle in ("REGISTRY_USERNAME", "REGISTRY_PASSWORD", "BAKERY_LEDGER_URL", "s3://bucket/prefix",
                    "BAKERY_PACKAGE", "prod"):
         assert needle in text, needle
+
+
+def _nightly_variants(tmp_path: Path) -> dict[str, dict]:
+    scaffold(tmp_path / "repo")
+    return {"repository": _load(REPO / ".github" / "workflows" / "nightly.yml"),
+            "scaffolded": _load(tmp_path / "repo" / ".github" / "workflows" / "nightly.yml")}
+
+
+def test_nightly_builds_a_fleet_of_any_depth_in_its_stage_jobs(tmp_path: Path) -> None:
+    """The plan step folds every level deeper than the workflow's stage jobs into the last one, and what it
+    writes to $GITHUB_OUTPUT gives each stage job exactly its matrix: a 12-level fleet loses no image."""
+    import re
+    import sys as _sys
+
+    sys_path = str(REPO / "tests" / "unit")
+    if sys_path not in _sys.path:
+        _sys.path.insert(0, sys_path)
+    from test_plan_unit import _synthetic_plan
+
+    parents: dict[str, str | None] = {"r": None, **{f"d{d:02d}": (f"d{d - 1:02d}" if d > 1 else "r")
+                                                    for d in range(1, 12)}}
+    parents.update({f"w{i:03d}": "r" for i in range(600)})  # and a level wider than a matrix may be
+    plan = _synthetic_plan(parents)
+    for name, wf in _nightly_variants(tmp_path).items():
+        jobs = wf["jobs"]
+        stages = sorted((j for j in jobs if re.fullmatch(r"level\d+", j)), key=lambda j: int(j[5:]))
+        assert stages == [f"level{i}" for i in range(len(stages))], name
+        for i, stage in enumerate(stages[1:], start=1):
+            assert f"level{i - 1}" in jobs[stage]["needs"], (name, stage)
+        assert set(stages) <= set(jobs["summary"]["needs"]), name
+        step = next(s for s in jobs["plan"]["steps"] if "--format github-matrix" in str(s.get("run", "")))
+        script = step["run"]
+        assert f"--max-levels {len(stages)} " in script, name
+        matrix = plan.github_matrix(len(stages), pack=1)
+        (tmp_path / "matrix.json").write_text(__import__("json").dumps(matrix))
+        start = script.index("\n", script.index("<<'PY'")) + 1
+        python = script[start:script.index("\nPY", start)]
+        out = subprocess.run([sys.executable, "-c", python], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        outputs = dict(line.split("=", 1) for line in out.stdout.splitlines())
+        built = []
+        for stage in stages:
+            assert f"needs.plan.outputs.{stage}" in str(jobs[stage]["strategy"]["matrix"])
+            include = __import__("json").loads(outputs[stage])["include"]
+            assert len(include) <= 256
+            built += [ref for entry in include for ref in entry["refs"].split()]
+        assert sorted(built) == sorted(f"{n}:1" for n in parents), name
 
 
 @pytest.mark.parametrize("source", ["repository", "scaffolded"])

@@ -1,0 +1,98 @@
+"""Start-up stays small: the modules a short command imports (what `python -X importtime` shows) do not grow back.
+
+Heavy libraries load only on the paths that use them: pydantic and yaml when the project is loaded; rich when a
+table is printed; requests, boto3, docker, jinja2 when a registry, AWS, the daemon or a template is touched.
+Each case runs in a fresh interpreter, as a user's command does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = {"pydantic", "pydantic_core", "yaml", "rich", "requests", "urllib3", "boto3", "botocore", "docker",
+         "jinja2", "cryptography", "sqlite3", "moto"}
+
+PROBE = """
+import json, sys
+sys.argv = ["bakery", *json.loads(sys.argv[1])]
+from bakery.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+sys.stderr.write("\\nMODULES " + json.dumps(sorted({m.split(".")[0] for m in sys.modules})) + "\\n")
+"""
+
+
+def loaded(args: list[str], cwd: Path) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=60)
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES "))
+    return set(json.loads(line[len("MODULES "):])) & HEAVY
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    (tmp_path / "bakery.yaml").write_text("environments: {dev: {registry: '127.0.0.1:9/t'}}\n")
+    (tmp_path / "base-images").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["status", "--help"], ["promote", "--help"],
+                                  ["build", "--help"], ["nightly", "--help"], ["scan", "--help"]])
+def test_help_imports_no_heavy_library(repo: Path, args: list[str]) -> None:
+    assert loaded(args, repo) == set()
+
+
+def test_config_loads_only_what_validating_the_project_needs(repo: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BAKERY_CACHE_DIR", str(tmp_path / "cache"))
+    assert loaded(["config"], repo) <= {"pydantic", "pydantic_core", "yaml"}
+    # validated once: the next command reads the configuration back without pydantic (nor yaml for JSON)
+    assert loaded(["config", "--format", "json"], repo) == set()
+    assert loaded(["config"], repo) == {"yaml"}
+    # a changed file is validated again
+    (repo / "bakery.yaml").write_text("environments: {dev: {registry: '127.0.0.1:9/u'}}\n")
+    assert {"pydantic", "yaml"} <= loaded(["config", "--format", "json"], repo)
+    assert loaded(["config", "--format", "json"], repo) == set()
+
+
+def test_the_probe_sees_a_heavy_import(repo: Path) -> None:
+    """The checks above can fail: a command that does use a registry client shows requests (and pydantic)."""
+    assert {"requests", "pydantic"} <= loaded(["plan", "--format", "json"], repo)
+
+
+AMI_PROBE = """
+import sys
+from bakery import ami, definitions
+from bakery.config import load_project
+loads = []
+real = definitions.load_fleet
+definitions.load_fleet = lambda project: loads.append(1) or real(project)
+project = load_project()
+print(ami.ami_key(project, sys.argv[1]), bool(loads))
+"""
+
+
+def test_promote_does_not_load_the_fleet_to_rule_out_an_ami(repo: Path) -> None:
+    """`bakery promote` asks whether REF is an AMI first: without an amazon-ebs definition that must not cost a
+    load of every definition (YAML, models, templates: most of a short command's time on a large fleet)."""
+    (repo / "base-images" / "app.yaml").write_text(
+        "name: app\ntemplate: t\nversions:\n  '1.0':\n    parent: docker.io/library/debian:bookworm-slim\n")
+    out = subprocess.run([sys.executable, "-c", AMI_PROBE, "app:1.0"], capture_output=True, text=True, cwd=repo,
+                         timeout=60)
+    assert out.stdout.split() == ["None", "False"], out.stderr
+    # an amazon-ebs definition of another image does not make app's promotion load the fleet; its own does
+    (repo / "base-images" / "ami.yaml").write_text(
+        "name: ami\ntemplate: t\npacker: {kind: amazon-ebs}\nversions:\n  '1.0':\n    parent: ami-123\n")
+    out = subprocess.run([sys.executable, "-c", AMI_PROBE, "app:1.0"], capture_output=True, text=True, cwd=repo,
+                         timeout=60)
+    assert out.stdout.split() == ["None", "False"], out.stderr
+    out = subprocess.run([sys.executable, "-c", AMI_PROBE, "ami:1.0"], capture_output=True, text=True, cwd=repo,
+                         timeout=60)
+    assert out.stdout.split()[-1] == "True", out.stderr
