@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bakery import ami_evidence
+from bakery import ami_evidence, aws
 from bakery.configview import Project
-from bakery.errors import BakeryError, EnvironmentFailure, InputError, StepFailed
+from bakery.errors import BakeryError, InputError, StepFailed
 from bakery.evidence import Report
 from bakery.ledger import Event, arrival_order, open_ledger
 from bakery.ledger import now as ledger_now
@@ -164,20 +164,7 @@ def client(project: Project, region: str, service: str = "ec2") -> Any:
                                           read_timeout=60))
 
 
-def _call(what: str, fn: Callable[[], Any]) -> Any:
-    """Run a boto3 call; unreachable endpoint / no credentials → exit 3, an AWS refusal → exit 1."""
-    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
-                                     NoRegionError)
-
-    try:
-        return fn()
-    except (EndpointConnectionError, NoCredentialsError, NoRegionError) as exc:
-        raise EnvironmentFailure(f"AWS: {what}: {exc}") from None
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        raise StepFailed(f"AWS: {what}: {err.get('Code', 'error')}: {err.get('Message', exc)}") from None
-    except BotoCoreError as exc:
-        raise EnvironmentFailure(f"AWS: {what}: {exc}") from None
+_call = aws.call  # one mapping of boto3 failures onto exit codes (bakery.aws)
 
 
 def aws_target(project: Project, env_name: str) -> tuple[str, list[str]]:

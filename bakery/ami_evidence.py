@@ -20,8 +20,8 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from bakery import attest, secrets
-from bakery.errors import EnvironmentFailure, InputError, StepFailed
+from bakery import attest, aws, secrets
+from bakery.errors import InputError
 from bakery.evidence import DSSE_TYPE, BuildFacts, Check, check_envelope, envelope_row, judge, keys_for
 from bakery.registry import sha256_digest
 from bakery.signing import PublicKey, Signer, envelope_bytes, project_signer, sign_envelope
@@ -51,19 +51,7 @@ def _s3(project: Project) -> Any:
                         or None, config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}))
 
 
-def _call(what: str, fn: Any) -> Any:
-    """A boto3 call: unreachable endpoint / no credentials → exit 3, an AWS refusal → exit 1."""
-    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
-
-    try:
-        return fn()
-    except (EndpointConnectionError, NoCredentialsError) as exc:
-        raise EnvironmentFailure(f"AWS: {what}: {exc}") from None
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        raise StepFailed(f"AWS: {what}: {err.get('Code', 'error')}: {err.get('Message', exc)}") from None
-    except BotoCoreError as exc:
-        raise EnvironmentFailure(f"AWS: {what}: {exc}") from None
+_call = aws.call  # one mapping of boto3 failures onto exit codes (bakery.aws)
 
 
 def _split(origin: str) -> tuple[str, str]:

@@ -26,9 +26,9 @@ import jinja2
 from markupsafe import Markup, escape
 
 from bakery import ledger as ledger_mod
-from bakery import nightly, policy, scan, status
+from bakery import nightly, policy, scan, status, verify
 from bakery.definitions import load_fleet
-from bakery.errors import InputError
+from bakery.errors import BakeryError, InputError
 from bakery.ledger import Event, Ledger
 from bakery.scan import SEVERITY_ORDER
 
@@ -231,10 +231,21 @@ def short(digest: str) -> str:
     return digest.split(":", 1)[-1][:12] if digest else ""
 
 
-def attestations_for(project: Project | None, digest: str) -> str:
-    """Which attestations the digest carries. bakery does not attach attestations yet: "unknown" for every
-    digest (re-point this function once it does; the dashboard shows whatever it returns)."""
-    return "unknown" if digest else "-"
+def attestations_for(project: Project | None, image: str, env: str, digest: str, *, live: bool) -> str:
+    """The kinds of attestation the digest carries in ``env`` ("provenance, sbom, scan, vex"), as its store lists
+    them (bakery.verify.list_ref: the referrers of the digest; listed, not verified — `bakery verify` verifies).
+    "none" when it carries nothing, "unknown" when the store cannot say or the site is built from the ledger
+    alone (``--ledger-only`` asks no registry)."""
+    if not digest:
+        return "-"
+    if not live or project is None:
+        return "unknown"
+    try:
+        _, rows, _ = verify.list_ref(project, f"{image}@{digest}", env)
+    except BakeryError:
+        return "unknown"
+    kinds = sorted({str(r["kind"]) for r in rows if r.get("kind") and not r.get("error")})
+    return ", ".join(kinds) if kinds else "none"
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
@@ -386,7 +397,7 @@ def gather(project: Project, *, now: dt.datetime | None = None, ledger: Ledger |
                     cell.gate = "passed"
                 elif published:  # the scan gate of the build that published it
                     cell.gate = "passed" if published[-1].scan.get("passed") else "failed"
-                cell.attestations = attestations_for(project, digest)
+                cell.attestations = attestations_for(project, image, env, digest, live=live)
             cells[env] = cell
         model = ImageModel(image=image, slug=slugs[image], cells=cells,
                            pending=pending(envs, cells, publish_order(evs, image)) + refused(envs, cells, evs))

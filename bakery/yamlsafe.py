@@ -89,11 +89,10 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{part}" if path else part
 
 
-def parse_all(text: str, display: str, *, max_nodes: int = MAX_NODES) -> list[Any]:
-    """Every document of a multi-document stream (Kubernetes manifests), by the same rules, the value budget
-    shared by all documents; any problem (a duplicate key too) is an InputError."""
+def _parse_or_refuse(text: str, display: str, max_nodes: int, *, multi: bool = False) -> Loaded:
+    """_parse with its fatal problems and libyaml's syntax errors as one short InputError naming the line."""
     try:
-        loaded = _parse(text, display, max_nodes, multi=True)
+        return _parse(text, display, max_nodes, multi=multi)
     except _Fatal as exc:
         where = f"line {exc.line}" if exc.line else "(top level)"
         raise InputError(f"{display}: {where}: {exc.message}") from None
@@ -102,6 +101,12 @@ def parse_all(text: str, display: str, *, max_nodes: int = MAX_NODES) -> list[An
         where = f"line {mark.line + 1}" if mark is not None else "(top level)"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise InputError(f"{display}: {where}: invalid YAML: {show(problem, quote=False)}") from None
+
+
+def parse_all(text: str, display: str, *, max_nodes: int = MAX_NODES) -> list[Any]:
+    """Every document of a multi-document stream (Kubernetes manifests), by the same rules, the value budget
+    shared by all documents; any problem (a duplicate key too) is an InputError."""
+    loaded = _parse_or_refuse(text, display, max_nodes, multi=True)
     if loaded.problems:
         raise InputError(loaded.problems[0])
     return list(loaded.data)
@@ -110,16 +115,7 @@ def parse_all(text: str, display: str, *, max_nodes: int = MAX_NODES) -> list[An
 def parse(text: str, display: str, *, max_nodes: int = MAX_NODES) -> Loaded:
     """Parse one YAML document. Fatal problems (syntax, tags, budget, several documents) raise InputError;
     the others (duplicate or non-string keys) are returned in ``Loaded.problems`` with the data built anyway."""
-    try:
-        return _parse(text, display, max_nodes)
-    except _Fatal as exc:
-        where = f"line {exc.line}" if exc.line else "(top level)"
-        raise InputError(f"{display}: {where}: {exc.message}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(top level)"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{display}: {where}: invalid YAML: {show(problem, quote=False)}") from None
+    return _parse_or_refuse(text, display, max_nodes)
 
 
 def _parse(text: str, display: str, max_nodes: int, multi: bool = False) -> Loaded:

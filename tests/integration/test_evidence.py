@@ -178,6 +178,14 @@ def test_publish_attaches_signed_evidence_that_promotion_carries_and_prod_verifi
     assert sorted(r["kind"] for r in listed["attestations"]) == sorted(
         ["provenance", "sbom", "scan", "vex", "sbom-document", "promotion", "promotion"])
 
+    # The dashboard's matrix says what each environment's digest carries, as its store lists it.
+    site = root / "site"
+    bakery("report", "html", "--out", str(site), check=True)
+    page = (site / "index.html").read_text()
+    assert "att. promotion, provenance, sbom, sbom-document, scan, vex" in page  # prod: two promotions, one kind
+    assert "att. provenance, sbom, sbom-document, scan, vex" in page  # dev: what publish attached
+    assert "att. unknown" not in page
+
     # No secret in any of it (staging and prod use basic auth).
     prepo = _repo(root, "prod", "left")
     for e in _index(_client(stack, "prod"), prepo, digest)["manifests"]:
