@@ -181,56 +181,79 @@ def write(recipe: Recipe, directory: Path | None = None) -> Path:
     (bakery's own output) is then removed without following any symlink in it. Nothing outside the recipe
     directory is touched, so a file of the user's elsewhere in the output directory stays. A recipe directory
     that already holds exactly these files is left alone (re-rendering an unchanged fleet writes nothing).
-    An unwritable destination is an InputError (exit 2) naming it."""
+    An unwritable destination is an InputError (exit 2) naming it.
+
+    Two processes may write the same recipe at once (two `bakery build` of one image): the swap is lock-free,
+    and a rename that finds the other writer's directory in its way checks it again: the same files, then the
+    recipe is there; otherwise the swap is tried again (a few times, then the error is reported)."""
+    import errno
+
+    target = directory or recipe.directory
+    for attempt in range(_SWAP_TRIES):
+        try:
+            return _write_once(recipe, target)
+        except OSError as exc:
+            raced = exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT)
+            if raced and target.is_dir() and not target.is_symlink() and _holds_exactly(target, recipe.files):
+                return target  # another writer put exactly these files there
+            if not raced or attempt == _SWAP_TRIES - 1:
+                where = exc.filename or target
+                raise InputError(f"{where}: cannot write the recipe there ({exc.strerror or type(exc).__name__})"
+                                 ) from None
+    raise AssertionError("unreachable")
+
+
+_SWAP_TRIES = 5
+
+
+def _write_once(recipe: Recipe, target: Path) -> Path:
+    """One attempt of :func:`write` (OSError escapes: write decides whether it was a race)."""
     import stat
     import tempfile
 
-    target = directory or recipe.directory
     family = target.parent
-    try:
-        kinds: list[int | None] = []
-        for path in (family, target):
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                kinds.append(None)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                path.unlink()  # the link only: its target is never read, written or deleted
-                kinds.append(None)
-            elif not stat.S_ISDIR(st.st_mode):
-                raise InputError(f"{path}: is {_kind(st.st_mode)} where bakery writes a recipe directory; move it "
-                                 f"away (bakery does not delete what it did not write)")
-            else:
-                kinds.append(st.st_mode)
-        if kinds[0] is None:
-            family.mkdir(parents=True, exist_ok=True)
-        elif kinds[1] is not None and _holds_exactly(target, recipe.files):
-            return target
-        fresh = Path(tempfile.mkdtemp(prefix=".bakery-new-", dir=family))
+    kinds: list[int | None] = []
+    for path in (family, target):
         try:
-            os.chmod(fresh, 0o755)
-            made = {fresh}
-            for rel, data in sorted(recipe.files.items()):
-                path = fresh / rel
-                if path.parent not in made:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    made.add(path.parent)
-                with open(path, "xb") as fh:  # a fresh directory: nothing to follow or overwrite
-                    fh.write(data)
-            if kinds[1] is not None:
-                old = Path(tempfile.mkdtemp(prefix=".bakery-old-", dir=family))
-                os.rename(target, old / "recipe")
-                os.rename(fresh, target)
-                shutil.rmtree(old)  # symlink-safe: links inside are removed, never followed
-            else:
-                os.rename(fresh, target)
-        finally:
-            if fresh.exists():
-                shutil.rmtree(fresh, ignore_errors=True)
-    except OSError as exc:
-        where = exc.filename or target
-        raise InputError(f"{where}: cannot write the recipe there ({exc.strerror or type(exc).__name__})") from None
+            st = os.lstat(path)
+        except FileNotFoundError:
+            kinds.append(None)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            path.unlink()  # the link only: its target is never read, written or deleted
+            kinds.append(None)
+        elif not stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{path}: is {_kind(st.st_mode)} where bakery writes a recipe directory; move it "
+                             f"away (bakery does not delete what it did not write)")
+        else:
+            kinds.append(st.st_mode)
+    if kinds[0] is None:
+        family.mkdir(parents=True, exist_ok=True)
+    elif kinds[1] is not None and _holds_exactly(target, recipe.files):
+        return target
+    fresh = Path(tempfile.mkdtemp(prefix=".bakery-new-", dir=family))
+    old: Path | None = None
+    try:
+        os.chmod(fresh, 0o755)
+        made = {fresh}
+        for rel, data in sorted(recipe.files.items()):
+            path = fresh / rel
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            with open(path, "xb") as fh:  # a fresh directory: nothing to follow or overwrite
+                fh.write(data)
+        if kinds[1] is not None:
+            old = Path(tempfile.mkdtemp(prefix=".bakery-old-", dir=family))
+            os.rename(target, old / "recipe")
+            os.rename(fresh, target)
+            shutil.rmtree(old)  # symlink-safe: links inside are removed, never followed
+        else:
+            os.rename(fresh, target)
+    finally:
+        for leftover in (fresh, old):  # a lost race leaves neither a half-swapped nor an empty directory
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
     return target
 
 
