@@ -342,6 +342,16 @@ def _moves(project: Project, image: str, env: str) -> list[Event]:
             if e.kind in ("publish", "promote", "rollback") and is_ami_digest(e.digest)]
 
 
+def running(project: Project, ref: str | None = None, env: str | None = None) -> list[AmiRecord]:
+    """What each environment (or ``env``) currently runs, per AMI image of the ledger (``ref`` narrows it):
+    the records behind `bakery amis`."""
+    envs = [env] if env else project.config.env_order
+    for e in envs:
+        project.config.env(e)  # an unknown environment is bad input, named
+    images = sorted({ev.image for ev in open_ledger(project).events(image=ref) if is_ami_digest(ev.digest)})
+    return [rec for image in images for e in envs if (rec := current_ami(project, image, e)) is not None]
+
+
 def current_ami(project: Project, key: ImageKey | str, env: str) -> AmiRecord | None:
     """What the ledger says ``env`` runs for this image (None when nothing was ever put there)."""
     moves = _moves(project, _image(key), env)

@@ -57,20 +57,8 @@ def amis_command(ctx: Context, ref: str | None, env: str | None, fmt: str) -> No
       bakery amis ami-debian:12 --env staging --format json
     """
     from bakery import ami
-    from bakery.ledger import open_ledger
 
-    project = ctx.project
-    envs = [env] if env else project.config.env_order
-    for e in envs:
-        project.config.env(e)
-    events = [ev for ev in open_ledger(project).events(image=ref) if ami.is_ami_digest(ev.digest)]
-    images = sorted({ev.image for ev in events})
-    records = []
-    for image in images:
-        for e in envs:
-            rec = ami.current_ami(project, image, e)
-            if rec is not None:
-                records.append(rec)
+    records = ami.running(ctx.project, ref, env)
     if fmt == "json":
         emit_json([r.to_json() for r in records])
         return
