@@ -58,3 +58,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if skip and item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.skip(reason="BAKERY_SKIP_INTEGRATION=1"))
+
+
+_CLI_PROBE = """
+import json, sys
+sys.argv = ["bakery", *json.loads(sys.argv[1])]
+from bakery.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+sys.stderr.write("\\nMODULES " + json.dumps(sorted({m.split(".")[0] for m in sys.modules})) + "\\n")
+"""
+
+
+@pytest.fixture
+def cli_probe():
+    """``cli_probe(args, cwd, timeout=60) -> (CompletedProcess, top-level modules the command imported)``: runs
+    one bakery command in a fresh interpreter and reports what it loaded (start-up import sets)."""
+    import json
+    import subprocess
+
+    def probe(args: list[str], cwd: Path, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+        proc = subprocess.run([sys.executable, "-c", _CLI_PROBE, json.dumps(args)], capture_output=True, text=True,
+                              cwd=cwd, timeout=timeout)
+        line = next((ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES ")), None)
+        assert line is not None, f"bakery {' '.join(args)} did not finish: {proc.stderr[-2000:]}"
+        return proc, set(json.loads(line[len("MODULES "):]))
+
+    return probe

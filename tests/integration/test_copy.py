@@ -119,22 +119,11 @@ def test_a_blob_seen_in_one_repository_is_mounted_into_the_next(make_project, st
     assert raw.returncode == 0 and json.loads(raw.stdout)["layers"][0]["digest"] == layer_d, raw.stderr
 
 
-PROBE = """
-import json, sys
-sys.argv = ["bakery", *json.loads(sys.argv[1])]
-from bakery.cli import main
-try:
-    main()
-except SystemExit:
-    pass
-sys.stderr.write("\\nMODULES " + json.dumps(sorted({m.split(".")[0] for m in sys.modules})) + "\\n")
-"""
 
 
-def test_a_promotion_starts_without_pydantic_or_docker(make_project, stack):
+def test_a_promotion_starts_without_pydantic_or_docker(make_project, stack, cli_probe):
     """Once its configuration was validated, `bakery promote` runs on the cached view: what it imports is the
     registry client, not the models (the start-up that separates it from skopeo)."""
-    import sys
 
     root = make_project(fleet=None, config={"environments": {"staging": {"gates": {"scan": False}}}})
     tdir = root / "templates" / "layers"
@@ -146,12 +135,9 @@ def test_a_promotion_starts_without_pydantic_or_docker(make_project, stack):
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "app"],
                    cwd=root, check=True)
     assert bakery("build", "app", "--no-scan", cwd=root).returncode == 0
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(["promote", "app:1.0", "--to", "staging",
-                                                                   "--format", "json"])],
-                         capture_output=True, text=True, cwd=root, timeout=300)
+    out, modules = cli_probe(["promote", "app:1.0", "--to", "staging", "--format", "json"], root, timeout=300)
     result = json.loads(out.stdout)
     assert result["action"] == "promoted", out.stderr
-    modules = set(json.loads(next(ln for ln in out.stderr.splitlines() if ln.startswith("MODULES "))[8:]))
     assert "requests" in modules  # the probe sees what was imported
     heavy = {"pydantic", "docker", "jinja2", "rich", "boto3"}  # (yaml, ~10 ms, comes with the policy's YAML reader)
     assert not modules & heavy, sorted(modules & heavy)

@@ -7,7 +7,6 @@ Each case runs in a fresh interpreter, as a user's command does.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,23 +16,10 @@ import pytest
 HEAVY = {"pydantic", "pydantic_core", "yaml", "rich", "requests", "urllib3", "boto3", "botocore", "docker",
          "jinja2", "cryptography", "sqlite3", "moto"}
 
-PROBE = """
-import json, sys
-sys.argv = ["bakery", *json.loads(sys.argv[1])]
-from bakery.cli import main
-try:
-    main()
-except SystemExit:
-    pass
-sys.stderr.write("\\nMODULES " + json.dumps(sorted({m.split(".")[0] for m in sys.modules})) + "\\n")
-"""
-
-
-def loaded(args: list[str], cwd: Path) -> set[str]:
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=60)
-    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES "))
-    return set(json.loads(line[len("MODULES "):])) & HEAVY
+@pytest.fixture
+def loaded(cli_probe):
+    """``loaded(args, cwd)``: the heavy libraries a bakery command imported (tests/conftest.py's cli_probe)."""
+    return lambda args, cwd: cli_probe(args, cwd)[1] & HEAVY
 
 
 @pytest.fixture
@@ -45,11 +31,11 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["status", "--help"], ["promote", "--help"],
                                   ["build", "--help"], ["nightly", "--help"], ["scan", "--help"]])
-def test_help_imports_no_heavy_library(repo: Path, args: list[str]) -> None:
+def test_help_imports_no_heavy_library(repo: Path, args: list[str], loaded) -> None:
     assert loaded(args, repo) == set()
 
 
-def test_config_loads_only_what_validating_the_project_needs(repo: Path, tmp_path: Path,
+def test_config_loads_only_what_validating_the_project_needs(repo: Path, tmp_path: Path, loaded,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BAKERY_CACHE_DIR", str(tmp_path / "cache"))
     assert loaded(["config"], repo) <= {"pydantic", "pydantic_core", "yaml"}
@@ -62,7 +48,7 @@ def test_config_loads_only_what_validating_the_project_needs(repo: Path, tmp_pat
     assert loaded(["config", "--format", "json"], repo) == set()
 
 
-def test_the_probe_sees_a_heavy_import(repo: Path) -> None:
+def test_the_probe_sees_a_heavy_import(repo: Path, loaded) -> None:
     """The checks above can fail: a command that does use a registry client shows requests (and pydantic)."""
     assert {"requests", "pydantic"} <= loaded(["plan", "--format", "json"], repo)
 
