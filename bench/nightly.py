@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _stack import stack_config  # noqa: E402 - bench/ is on sys.path when a script runs
 BIN = Path(sys.executable).parent
 TARGET_S = 2.0
 
@@ -116,12 +117,7 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="bakery-bench-nightly-"))
         (work / "templates" / "tiny").mkdir(parents=True)
         (work / "templates" / "tiny" / "Dockerfile.j2").write_text(TEMPLATE)
-        (work / "bakery.yaml").write_text(
-            f"environments:\n  dev: {{registry: '127.0.0.1:{p + 1}/bench'}}\n"
-            f"  staging: {{registry: '127.0.0.1:{p + 2}/bench'}}\n  prod: {{registry: '127.0.0.1:{p + 3}/bench'}}\n"
-            f"mirrors: {{docker.io: '127.0.0.1:{p}'}}\n"
-            f"dev_stack: {{ports: {{mirror: {p}, dev: {p + 1}, staging: {p + 2}, prod: {p + 3}}}}}\n"
-            f"scanner: {{trivy: '{trivy}'}}\nbuild: {{jobs: {args.jobs}}}\n")
+        (work / "bakery.yaml").write_text(stack_config(p, trivy, args.jobs))
         build_db(ROOT / "tests" / "fixtures" / "fleets" / "tree" / "advisories-none.yaml", work / ".bakery" / "trivy")
     project = load_project(work / "bakery.yaml", cwd=work, environ={})
     print(f"stack on 127.0.0.1:{p}-{p + 3}, project {work} (measured under load: the machine is shared)")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _stack import stack_config  # noqa: E402 - bench/ is on sys.path when a script runs
 BIN = Path(sys.executable).parent
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 
@@ -84,12 +85,7 @@ def main() -> int:
                   else f"img{(i - 1) // 2:03d}:1")
         (work / "base-images" / f"img{i:03d}.yaml").write_text(
             f"name: img{i:03d}\ntemplate: tiny\nversions:\n  \"1\":\n    parent: {parent}\n")
-    (work / "bakery.yaml").write_text(
-        f"environments:\n  dev: {{registry: '127.0.0.1:{p + 1}/bench'}}\n"
-        f"  staging: {{registry: '127.0.0.1:{p + 2}/bench'}}\n  prod: {{registry: '127.0.0.1:{p + 3}/bench'}}\n"
-        f"mirrors: {{docker.io: '127.0.0.1:{p}'}}\n"
-        f"dev_stack: {{ports: {{mirror: {p}, dev: {p + 1}, staging: {p + 2}, prod: {p + 3}}}}}\n"
-        f"scanner: {{trivy: '{trivy}'}}\nbuild: {{jobs: {args.jobs}}}\n")
+    (work / "bakery.yaml").write_text(stack_config(p, trivy, args.jobs))
     build_db(ROOT / "tests" / "fixtures" / "fleets" / "tree" / "advisories-none.yaml", work / ".bakery" / "trivy")
     for a in (["init", "-q"], ["add", "-A"], ["-c", "user.name=b", "-c", "user.email=b@example.invalid", "commit",
                                                "-qm", "bench"]):
