@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from bakery import ledger as ledger_mod
 from bakery import scan as scan_mod
+from bakery import speccache
 from bakery.configview import Project
 from bakery.errors import BakeryError
 from bakery.model import Published
@@ -98,10 +99,9 @@ def gate_scan(project: Project, pub: Published, to_env: str, now: dt.datetime) -
     if not gates.scan:
         return GateResult("scan", True, "scan gate disabled"), None
     spec = None
-    try:  # the definition's own policy override, when the definitions are here
-        from bakery.definitions import load_fleet  # start-up: only a scan gate needs the definitions
-
-        spec = load_fleet(project).specs.get(pub.key)
+    try:  # the definition's own policy override, when the definitions are here (from the validated-fleet cache
+        # when the repository is as it was at the last load: bakery.speccache)
+        spec = speccache.spec_for(project, pub.key, _load_fleet)
     except BakeryError:  # no definitions: the global policy applies
         spec = None
     result, decision = scan_mod.gate(project, pub.pinned, remote=True, spec=spec,
@@ -119,6 +119,12 @@ def gate_scan(project: Project, pub: Published, to_env: str, now: dt.datetime) -
     details = {k: summary[k] for k in ("scanned_at", "db_time", "rescanned", "cached") if summary.get(k) is not None}
     details["max_scan_age"] = gates.max_scan_age
     return GateResult("scan", bool(decision.passed), reason, details, scanned=(result, decision)), summary
+
+
+def _load_fleet(project: Project) -> Any:
+    from bakery.definitions import load_fleet  # start-up: only a scan gate that misses the cache needs them
+
+    return load_fleet(project)
 
 
 def scan_summary(result: Any) -> dict[str, Any]:

@@ -20,15 +20,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit, parse_qsl
-
-import requests
-import tenacity
 
 from bakery import secrets
 from bakery.errors import AuthenticationFailed, RegistryError, RegistryUnavailable
 from bakery.ref import is_digest, is_loopback, normalise_host
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("bakery.registry")
 
@@ -88,6 +88,8 @@ def retryable_status(status: int) -> bool:
 
 def retryable_exception(exc: BaseException) -> bool:
     """Connection refused/reset, timeouts and truncated bodies are transient."""
+    import requests
+
     return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                             ConnectionError, TimeoutError, _Transient))
 
@@ -390,6 +392,8 @@ class RegistryClient:
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
+        import requests  # start-up: ~50 ms, paid by the commands that talk to a registry only
+
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "bakery"
         self.session.trust_env = (not is_loopback(self.host)) if use_proxy is None else use_proxy
@@ -420,6 +424,8 @@ class RegistryClient:
     def _retry(self, op: str, fn: Callable[[], T]) -> T:
         """Run ``fn`` with exponential backoff (tenacity) on transient failures (:func:`retryable_exception`);
         when they persist, :class:`RegistryUnavailable` (exit 3). Any other exception passes through at once."""
+        import tenacity
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.debug("%s: %s failed (%s); retrying in %.2fs", self.host, op, _short(exc) if exc else "?",
@@ -936,6 +942,8 @@ class RegistryClient:
         keeps 10 connections per host; this only grows it)."""
         if getattr(self, "_pool_size", 10) >= workers:
             return
+        import requests.adapters
+
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=workers)
         self.session.mount(self.base + "/", adapter)
         self._pool_size = workers
@@ -964,6 +972,8 @@ def _with_query(url: str, **extra: str) -> str:
 
 def _short(exc: BaseException) -> str:
     """A one-line reason for a transient failure (no URLs with credentials, no nested reprs)."""
+    import requests
+
     if isinstance(exc, requests.ConnectionError):
         text = str(exc)
         for needle, short in (("Connection refused", "connection refused"), ("reset", "connection reset"),

@@ -25,14 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, InputError, StepFailed, ValidationError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     from bakery.config import Project
 
 INTOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -50,15 +48,21 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 
 def keyid_of(public_key: ec.EllipticCurvePublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization  # start-up: cryptography only where keys are used
+
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
 
 
 def public_pem(public_key: ec.EllipticCurvePublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _require_p256(key: Any, what: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) or \
             not isinstance(key.curve, ec.SECP256R1):
         curve = getattr(getattr(key, "curve", None), "name", type(key).__name__)
@@ -90,6 +94,9 @@ class PemSigner:
         return keyid_of(self.key.public_key())
 
     def sign(self, data: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
@@ -97,6 +104,8 @@ class PemSigner:
 
     @classmethod
     def from_pem(cls, pem: bytes, description: str) -> PemSigner:
+        from cryptography.hazmat.primitives import serialization
+
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:
@@ -120,6 +129,8 @@ class KmsSigner:
     def public_key(self) -> ec.EllipticCurvePublicKey:
         if self._public is None:
             der = self._call("get_public_key", lambda: self.client.get_public_key(KeyId=self.key_id))["PublicKey"]
+            from cryptography.hazmat.primitives import serialization
+
             key = serialization.load_der_public_key(der)
             _require_p256(key, self.description)
             self._public = key  # type: ignore[assignment]
@@ -193,6 +204,9 @@ def project_signer(project: Project) -> Signer | None:
 
 def generate_key(path: Path) -> Path:
     """Write a new unencrypted ECDSA P-256 private key (mode 0600) and its public key (``.pub``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -219,6 +233,10 @@ class PublicKey:
         return keyid_of(self.key)
 
     def verify(self, signature: bytes, data: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         try:
             self.key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
             return True
@@ -227,6 +245,8 @@ class PublicKey:
 
 
 def load_public_key(pem: bytes, source: str) -> PublicKey:
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError):

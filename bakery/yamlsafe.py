@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
-
-import yaml
 
 from bakery.contain import decode_text, read_file
 from bakery.errors import InputError
@@ -38,7 +37,6 @@ MAX_NODES = 100_000  # scalars + collections after alias expansion, per document
 MAX_DEPTH = 64
 MAX_SCALAR = 64 * 1024  # characters in one scalar
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _T = "tag:yaml.org,2002:"
 _ALLOWED_TAGS = {f"{_T}{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
 _SCALAR_OK = {f"{_T}{t}" for t in ("str", "int", "float", "bool", "null")}
@@ -91,6 +89,8 @@ def _join(path: str, key: Any) -> str:
 
 def _parse_or_refuse(text: str, display: str, max_nodes: int, *, multi: bool = False) -> Loaded:
     """_parse with its fatal problems and libyaml's syntax errors as one short InputError naming the line."""
+    import yaml  # start-up: PyYAML (~10 ms) only when a file is parsed; cached configurations need none
+
     try:
         return _parse(text, display, max_nodes, multi=multi)
     except _Fatal as exc:
@@ -118,8 +118,23 @@ def parse(text: str, display: str, *, max_nodes: int = MAX_NODES) -> Loaded:
     return _parse_or_refuse(text, display, max_nodes)
 
 
+@cache
+def _yaml() -> tuple[Any, Any]:
+    """(PyYAML, its fastest safe loader class)."""
+    import yaml
+
+    return yaml, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@cache
+def _constructor() -> Any:
+    """PyYAML's safe constructor: its scalar constructors keep no state."""
+    return _yaml()[0].constructor.SafeConstructor()
+
+
 def _parse(text: str, display: str, max_nodes: int, multi: bool = False) -> Loaded:
-    loader = _Loader(text)
+    yaml, loader_class = _yaml()
+    loader = loader_class(text)
     problems: list[str] = []
     anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, expanded size)
     stack: list[_Collection] = []
@@ -307,8 +322,9 @@ def _scalar(tag: str, text: str, line: int | None) -> Any:
         return text  # dates stay the text written; a schema that wants a date parses it
     if tag not in _SCALAR_OK:
         raise _Fatal(line, f"tag {show(tag)} is not allowed (only plain values, lists and mappings)")
+    yaml = _yaml()[0]
     node = yaml.ScalarNode(tag, text)
-    constructor = _CONSTRUCTOR
+    constructor = _constructor()
     try:
         if tag == f"{_T}str":
             return text
@@ -324,9 +340,6 @@ def _scalar(tag: str, text: str, line: int | None) -> Any:
         return value if isinstance(value, float) else float(value)
     except (ValueError, TypeError, OverflowError, yaml.YAMLError):
         raise _Fatal(line, f"{show(text[:40])} is not a valid {tag.rsplit(':', 1)[-1]}") from None
-
-
-_CONSTRUCTOR = yaml.constructor.SafeConstructor()  # its scalar constructors keep no state
 
 
 # Reading is bakery.contain's (regular files only, size-limited, checked on the open descriptor); these names stay

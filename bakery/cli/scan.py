@@ -28,7 +28,6 @@ def _local_exists(target: str) -> bool:
 def _spec_for_labels(project, image: str):
     """The definition an image was baked from (its bakery labels), for per-definition policy; None if unknown."""
     try:
-        from bakery.definitions import load_fleet
         from bakery.model import LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey
         from bakery.scan import _inspect_local
 
@@ -36,9 +35,22 @@ def _spec_for_labels(project, image: str):
         if LABEL_NAME not in labels or not project.definitions_dir.is_dir():
             return None
         key = ImageKey(labels[LABEL_NAME], labels.get(LABEL_VERSION, ""), labels.get(LABEL_VARIANT) or None)
-        return load_fleet(project).specs.get(key)
+        return _spec(project, key)
     except Exception:  # an image not from this fleet, or a fleet that does not load: the global policy
         return None
+
+
+def _spec(project, key):
+    """``load_fleet(project).specs.get(key)``, from the validated-fleet cache when the repository is unchanged
+    (bakery.speccache: no YAML, no pydantic on a repeat scan)."""
+    from bakery import speccache
+
+    def load(p):
+        from bakery.definitions import load_fleet
+
+        return load_fleet(p)
+
+    return speccache.spec_for(project, key, load)
 
 
 def _check_reference(target: str) -> None:
