@@ -35,7 +35,7 @@ from bakery import contain
 from bakery.config import IgnoreEntry
 from bakery.configview import Project
 from bakery.errors import InputError, ValidationError
-from bakery.model import SEVERITIES, ImageKey, ImageSpec, Parent
+from bakery.model import SEVERITIES, IgnoreSpec, ImageKey, ImageSpec, Parent
 from bakery.ref import TAG_RE, Ref, split_image
 from bakery.ref import mirrored as ref_mirrored
 from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
@@ -443,6 +443,7 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
     tproblems: dict[str, str | None] = {}  # template -> why it cannot be used (checked once, not per version)
     context_cache: dict[str, tuple[str, ...]] = {}  # template -> its files/ (walked once, not per version)
     vars_cache = _read_vars_cache(project)  # template source digest -> its variables (read once, saved once)
+    ignore_cache: dict[str, tuple[IgnoreSpec, ...] | None] = {}  # family -> its policy's ignore entries, validated
     vars_cached = len(vars_cache)
     for display, d in parsed:
         for field_name, value in d.variables.items():
@@ -533,11 +534,14 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                 key = ImageKey(d.name, vstr, vname)
                 packer = {**(d.packer or {}), **(vd.packer or {})} or None
                 policy = d.policy.model_dump(exclude_none=True) if d.policy else None
+                if d.name not in ignore_cache:
+                    ignore_cache[d.name] = _validated_ignores(d)
                 specs[key] = ImageSpec(
                     key=key, source_file=display, template=template, builder=kind,  # type: ignore[arg-type]
                     parent=parent, variables=variables, tags=tuple(vd.tags) + tuple(vardef.tags),
                     context_files=context_cache[template], description=vardef.description or vd.description
-                    or d.description, policy=policy or None, packer=packer)
+                    or d.description, policy=policy or None, packer=packer,
+                    ignore=ignore_cache[d.name] if policy else None)
     if len(vars_cache) != vars_cached:
         _write_vars_cache(project, vars_cache)
     return specs, problems
@@ -654,6 +658,18 @@ def _check_policy(display: str, d: DefinitionFile) -> list[str]:
         except pydantic.ValidationError as err:
             out += format_errors(display, IgnoreEntry, err, prefix=("policy", f"ignore[{i}]"))
     return out
+
+
+def _validated_ignores(d: DefinitionFile) -> tuple[IgnoreSpec, ...] | None:
+    """The definition's own ignore entries as validated (None when one is invalid: _check_policy names it)."""
+    out = []
+    for raw in d.policy.ignore if d.policy else []:
+        try:
+            e = IgnoreEntry.model_validate(raw)
+        except pydantic.ValidationError:
+            return None
+        out.append(IgnoreSpec(id=e.id, reason=e.reason, until=e.until, image=e.image, package=e.package))
+    return tuple(out)
 
 
 def _check_packer(display: str, d: DefinitionFile) -> list[str]:

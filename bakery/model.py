@@ -51,6 +51,18 @@ class Parent:
 
 
 @dataclass(frozen=True)
+class IgnoreSpec:
+    """A definition's own ignore entry as validated (bakery.config.IgnoreEntry's fields), kept with its spec so a
+    scan applies it without validating it again (pydantic)."""
+
+    id: str
+    reason: str
+    until: dt.date | None = None
+    image: str | None = None
+    package: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageSpec:
     """A fully resolved definition for one (name, version, variant)."""
 
@@ -64,6 +76,7 @@ class ImageSpec:
     context_files: tuple[str, ...] = ()  # files copied into the build context, relative to the template dir
     description: str = ""
     policy: dict[str, Any] | None = None  # per-definition scan policy override
+    ignore: tuple[IgnoreSpec, ...] | None = None  # policy.ignore as validated (None: validate policy["ignore"])
     packer: dict[str, Any] | None = None  # Packer settings (issue: packer builder)
 
     @property

@@ -222,7 +222,9 @@ def effective_policy(project: Project, spec: ImageSpec | None = None) -> Effecti
             severity = sev
         if override.get("fixable_only") is not None:
             fixable_only = bool(override["fixable_only"])
-        for i, raw in enumerate(override.get("ignore") or []):
+        if spec.ignore is not None:  # validated when the definition was loaded (bakery.definitions, speccache)
+            rules += [_rule(entry, spec.source_file) for entry in spec.ignore]
+        for i, raw in enumerate(override.get("ignore") or [] if spec.ignore is None else []):
             # pydantic only for a definition's own ignore entries: the CLI's start-up (scan, promote) stays
             # without it (bakery.configview)
             import pydantic

@@ -20,6 +20,7 @@ for the same inputs (tests/unit/test_speccache.py compares them).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bakery.configview import Project
-from bakery.model import ImageKey, ImageSpec, Parent
+from bakery.model import IgnoreSpec, ImageKey, ImageSpec, Parent
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -139,7 +140,10 @@ def spec_json(spec: ImageSpec) -> dict[str, Any]:
             "parent": {"kind": p.kind, "reference": p.reference, "key": _key_json(p.key),
                        "pinned_digest": p.pinned_digest},
             "variables": spec.variables, "tags": list(spec.tags), "context_files": list(spec.context_files),
-            "description": spec.description, "policy": spec.policy, "packer": spec.packer}
+            "description": spec.description, "policy": spec.policy, "packer": spec.packer,
+            "ignore": None if spec.ignore is None else [
+                {"id": e.id, "reason": e.reason, "until": e.until.isoformat() if e.until else None, "image": e.image,
+                 "package": e.package} for e in spec.ignore]}
 
 
 def spec_of(data: dict[str, Any]) -> ImageSpec:
@@ -151,7 +155,11 @@ def spec_of(data: dict[str, Any]) -> ImageSpec:
                                    pinned_digest=p["pinned_digest"]),
                      variables=data["variables"], tags=tuple(data["tags"]),
                      context_files=tuple(data["context_files"]), description=data["description"],
-                     policy=data["policy"], packer=data["packer"])
+                     policy=data["policy"], packer=data["packer"],
+                     ignore=None if data["ignore"] is None else tuple(
+                         IgnoreSpec(id=e["id"], reason=e["reason"],
+                                    until=dt.date.fromisoformat(e["until"]) if e["until"] else None,
+                                    image=e["image"], package=e["package"]) for e in data["ignore"]))
 
 
 # ---------------------------------------------------------------------------------------------- the cache

@@ -463,6 +463,36 @@ def test_definition_policy_applies_to_build_and_to_scan_by_ref(scan_project):
     assert plain.returncode == 1
 
 
+def test_a_repeat_scan_of_a_local_image_applies_its_definitions_policy_without_loading_the_fleet(
+        scan_project, cli_probe, tmp_path, monkeypatch):
+    """`bakery scan IMAGE_ID` of a fleet image (its labels name the definition) applies the definition's policy;
+    the repeat is served from the scan store and the validated-fleet cache (bakery.speccache): no YAML, no
+    pydantic, no registry client. An edited definition is validated again: its new policy applies."""
+    monkeypatch.setenv("BAKERY_CACHE_DIR", str(tmp_path / "cache"))
+    root = scan_project()
+    _tiny_fleet(root, policy={"ignore": [
+        {"id": "CVE-2099-1001", "reason": "app never inflates untrusted data", "until": "2999-01-01"},
+        {"id": "CVE-2099-1005", "reason": "app ships no xz input", "until": "2999-01-01"}]})
+    proc = bakery("build", "app", "--no-push", "--format", "json", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    image_id = json.loads(proc.stdout)["results"][0]["image_id"]
+    first = bakery("scan", image_id, "--format", "json", cwd=root)
+    assert first.returncode == 0, first.stderr
+    out, modules = cli_probe(["scan", image_id, "--format", "json"], root)
+    report = json.loads(out.stdout)
+    assert report["scan"]["cached"] is True and report["gate"]["passed"] is True
+    assert {"CVE-2099-1001", "CVE-2099-1005"} <= {i["id"] for i in report["gate"]["ignored"]}
+    heavy = {"pydantic", "yaml", "requests", "urllib3", "jinja2", "docker", "boto3", "rich", "cryptography"}
+    assert not modules & heavy, sorted(modules & heavy)
+    # the definition drops its ignore entries: validated again (not the cached policy), and the gate fails
+    definition = yaml.safe_load((root / "base-images" / "app.yaml").read_text())
+    del definition["policy"]
+    (root / "base-images" / "app.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    out, modules = cli_probe(["scan", image_id, "--format", "json"], root)
+    assert json.loads(out.stdout)["gate"]["passed"] is False
+    assert "pydantic" in modules  # (the probe sees the load)
+
+
 def test_remote_scan_on_an_authenticated_registry_keeps_the_password_out(scan_project, base_image, stack):
     """staging needs basic auth: trivy gets it through TRIVY_USERNAME/TRIVY_PASSWORD, never on argv or in output."""
     root = scan_project()
