@@ -42,7 +42,7 @@ from bakery.ledger import Event, arrival_order, open_ledger
 from bakery.ledger import now as ledger_now
 from bakery.model import Held, ImageKey, ImageSpec, Published, Reason, StoredBuild
 from bakery.ref import FleetRef, split_image
-from bakery.tags import Scheme
+from bakery.tags import Scheme, ref_image
 from bakery.tags import next_build_tag as next_tag
 
 if TYPE_CHECKING:
@@ -91,10 +91,10 @@ def ami_key(project: Project, ref: str, *, specs: dict[ImageKey, ImageSpec] | No
     definition or AMI records in the ledger), else None: how the store layer (bakery.store.artifact_kind)
     tells the kinds apart. ``specs``/``events``: the fleet's specs and the ledger's events when the caller
     has them (status asks for every image)."""
-    name, version = split_image(ref)
-    if not version or "@" in ref:
+    image = ref_image(project.config.tags.build, ref)
+    if image is None:
         return None
-    version = Scheme(project.config.tags.build).version_of(version, name=name) or version  # NAME:BUILD_TAG
+    name, version = split_image(image)
     if specs is None:
         try:
             # Loading the fleet (YAML, models, template checks) only to learn that no definition builds this
@@ -111,7 +111,6 @@ def ami_key(project: Project, ref: str, *, specs: dict[ImageKey, ImageSpec] | No
     for key, spec in specs.items():
         if key.name == name and key.tag_version == version:
             return key if is_ami_spec(spec) else None
-    image = f"{name}:{version}"
     if events is None:
         events = open_ledger(project).events(image=image)
     if any(e.image == image and is_ami_digest(e.digest) for e in events):

@@ -232,13 +232,15 @@ def target_state(written: list[str], build_tag: str, aliases: list[str]) -> str:
 # The source of a promotion agrees with the ledger and with the image it names
 
 
-def verify_source(project: Project, led: Ledger, pub: Any, reg: Any) -> str | None:
+def verify_source(project: Project, led: Ledger, pub: Any, reg: Any, *,
+                  events: list[Event] | None = None) -> str | None:
     """Why the source cannot be promoted, or None: its build tag is recorded (or reserved) in the ledger for
-    another digest, or its labels name another image than the repository it comes from. Both digests named."""
+    another digest, or its labels name another image than the repository it comes from. Both digests named.
+    ``events``: the image's events when the caller read them already."""
     where = f"{pub.repository}:{pub.build_tag}"
     repo = pub.repository.split("/", 1)[1]  # the repository the user named (labels may claim another)
     image = str(pub.key)
-    events = led.events(image=image)
+    events = led.events(image=image) if events is None else events
     recorded = recorded_digest(events, image, pub.env, pub.build_tag)
     if recorded and recorded != pub.digest:
         return (f"{where} names {pub.digest} but the ledger recorded {recorded} under that build tag; refused: a "

@@ -147,6 +147,12 @@ def _sort_key(ev: Event) -> tuple[dt.datetime, str]:
     return ev.time, ev.id
 
 
+def merged(events: list[Event], more: list[Event]) -> list[Event]:
+    """``events`` with ``more`` (just recorded) in the ledger's order: what reading the ledger again would give
+    for the same filter, without reading it again (an S3 ledger reads one object per event)."""
+    return sorted([*events, *more], key=_sort_key) if more else events
+
+
 class Ledger(Protocol):
     url: str
 

@@ -33,7 +33,7 @@ from bakery.publish import refuse_build_tag_aliases
 from bakery.ref import FleetRef, split_image
 from bakery.registries import Registry, registry_for
 from bakery.store import ArtifactStore, Progress, known_to_fleet, store_for, unknown_image_message, write_tags
-from bakery.tags import Scheme, env_alias_tags
+from bakery.tags import Scheme, env_alias_tags, ref_image
 
 # Moved in issue 9 and kept importable from here: Registry/registry_for → bakery.registries, the gates →
 # bakery.gates, status → bakery.status, resolve/write_tags/known_to_fleet → bakery.store, Ref → bakery.ref.
@@ -142,12 +142,19 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     def stamp() -> dt.datetime:  # the time of an event: the injected clock, else when it happens
         return now if clock_given else ledger_mod.now()
 
-    src = store_for(project, from_env, ref)
+    # The one read of the ledger's events for this image: the store's kind, recovery, the source check and the
+    # gates share it (what recovery records is merged in, as a second read would give it); reservations and
+    # claims stay atomic writes. A REF whose image only the registry can tell (a digest) is read once resolved.
+    named = ref_image(cfg.tags.build, ref)
+    early = led.events(image=named) if named else None
+    src = store_for(project, from_env, ref, events=early)
     dst = store_for(project, to_env, kind=src.kind)
     pub = src.resolve(ref)
     name = pub.key.name
     writes_ahead = src.write_ahead  # build tags reserved in the ledger, intents before copies (bakery.integrity)
-    recovered = integrity.recover(project, led, image=str(pub.key)) if writes_ahead else []
+    events = early if early is not None and named == str(pub.key) else led.events(image=str(pub.key))
+    recovered = integrity.recover(project, led, image=str(pub.key), events=events) if writes_ahead else []
+    events = ledger_mod.merged(events, recovered)
     aliases = [a for a in dst.aliases(pub.key, now.date()) if a != pub.build_tag]
     tags = [pub.build_tag, *aliases]
     target = dst.where(name)
@@ -163,7 +170,7 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         return result
 
     # Immutable build tag (the source agrees with the ledger and its labels; the target), and the no-op.
-    disagreement = integrity.verify_source(project, led, pub, src.registry) if writes_ahead else None
+    disagreement = integrity.verify_source(project, led, pub, src.registry, events=events) if writes_ahead else None
     conflict = (disagreement, {}) if disagreement else dst.conflict(pub)
     if conflict is not None:
         result.gates = [GateResult("immutable-tag", False, conflict[0], conflict[1])]
@@ -183,7 +190,6 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
         return finish("up-to-date")
 
     # Gates: all of them, all reported.
-    events = led.events(image=str(pub.key))
     prev_store = src if cfg.previous_env(to_env) == from_env else None
     result.gates, result.scan = evaluate(project, pub, to_env, source=src, prev_store=prev_store, events=events,
                                          now=now, approved_by=approved_by, scan_fn=scan_fn, dry_run=dry_run)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger("bakery.registry")
+_MEMO_BLOB = 256 * 1024  # blobs kept by get_blob (image configs, attestations), verified by their digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -566,8 +567,21 @@ class RegistryClient:
             return reference
         return self.get_manifest(repo, reference).digest
 
+    def _memo(self) -> dict[tuple[str, str, str], Any]:
+        """Content this client fetched by digest (verified against it): a manifest or a small blob never changes
+        under its digest, so one command asks for it once (a promotion reads the source's labels for the
+        resolution and again for the source check, its manifest for the copy and again for the tags)."""
+        memo = self.__dict__.get("_by_digest")
+        if memo is None:
+            memo = self.__dict__["_by_digest"] = {}
+        return memo
+
     def get_manifest(self, repo: str, reference: str) -> Manifest:
         """The manifest bytes, media type and digest (sha256 of the bytes; verified for digest references)."""
+        memo = self._memo()
+        if ("manifest", repo, reference) in memo:
+            return memo[("manifest", repo, reference)]
+
         def fetch() -> Manifest:
             resp = self._send("GET", f"/v2/{repo}/manifests/{reference}", op="GET manifest", repo=repo,
                               scope=_scope(repo, "pull"), ok=(200,), headers={"Accept": ACCEPT})
@@ -584,6 +598,8 @@ class RegistryClient:
         if is_digest(reference) and m.digest != reference:
             raise RegistryError(f"{self.host}: manifest {repo}@{reference} does not match its digest "
                                 f"(got {m.digest})")
+        if is_digest(reference):
+            memo[("manifest", repo, reference)] = m
         return m
 
     def manifest_exists(self, repo: str, reference: str) -> bool:
@@ -601,6 +617,7 @@ class RegistryClient:
 
     def delete_manifest(self, repo: str, digest: str) -> bool:
         """Delete a manifest by digest (the registry must allow deletes); False when unknown."""
+        self._memo().pop(("manifest", repo, digest), None)
         resp = self._request("DELETE", f"/v2/{repo}/manifests/{digest}", op="DELETE manifest", repo=repo,
                              actions="pull,push,delete", ok=(200, 202), missing_ok=True)
         if resp is None:
@@ -618,6 +635,10 @@ class RegistryClient:
 
     def get_blob(self, repo: str, digest: str) -> bytes:
         """A (small) blob in memory, verified against its digest."""
+        memo = self._memo()
+        if ("blob", repo, digest) in memo:
+            return memo[("blob", repo, digest)]
+
         def fetch() -> bytes:
             resp = self._send("GET", f"/v2/{repo}/blobs/{digest}", op="GET blob", repo=repo,
                               scope=_scope(repo, "pull"), ok=(200,))
@@ -627,6 +648,8 @@ class RegistryClient:
         body = self._retry(f"GET blob {repo}@{digest}", fetch)
         if digest.startswith("sha256:") and sha256_digest(body) != digest:
             raise RegistryError(f"{self.host}: blob {repo}@{digest} does not match its digest")
+        if digest.startswith("sha256:") and len(body) <= _MEMO_BLOB:
+            memo[("blob", repo, digest)] = body
         return body
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:

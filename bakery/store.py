@@ -186,10 +186,13 @@ def spec_kind(spec: ImageSpec) -> str:
 
 def store_for(project: Project, env: str, ref: str | None = None, *, kind: str | None = None,
               spec: ImageSpec | None = None, registry: Registry | None = None,
-              client_options: dict[str, Any] | None = None) -> ArtifactStore:
+              client_options: dict[str, Any] | None = None,
+              events: list[ledger_mod.Event] | None = None) -> ArtifactStore:
     """The store of ``env`` for the artifact REF (or the definition ``spec``) names (its kind decided here, once).
-    ``client_options``: for the registry client the store makes (timeout, retries, backoff)."""
-    kind = kind or (spec_kind(spec) if spec is not None else artifact_kind(project, ref) if ref else "registry")
+    ``client_options``: for the registry client the store makes (timeout, retries, backoff); ``events``: the
+    ledger's events of REF's image (tags.ref_image) when the caller read them already."""
+    kind = kind or (spec_kind(spec) if spec is not None else artifact_kind(project, ref, events=events) if ref
+                    else "registry")
     if kind == "ami":
         return ami_mod.AmiStore(project, env)
     return RegistryStore(project, env, registry=registry, client_options=client_options)

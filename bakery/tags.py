@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from bakery.ref import TAG_RE, is_valid_tag
+from bakery.ref import TAG_RE, is_valid_tag, split_image
 from bakery.validation import tag_template_problems
 
 if TYPE_CHECKING:
@@ -283,3 +283,12 @@ def image_aliases(project: Project, spec: ImageSpec, env: str, today: dt.date, f
     definition = list(spec.tags) if env == project.config.first_env else []
     return [tag for tag, _ in alias_tags(templates, definition, name=spec.key.name, version=spec.key.version,
                                          variant=spec.key.variant, today=today, fingerprint=fingerprint)]
+
+
+def ref_image(scheme: str, ref: str) -> str | None:
+    """The ledger's image name (NAME:VERSION[-VARIANT]) of a NAME:VERSION or NAME:BUILD_TAG reference; None for
+    a digest or a reference without a tag (what the ledger's events of the reference are filed under)."""
+    name, version = split_image(ref)
+    if not version or "@" in ref:
+        return None
+    return f"{name}:{Scheme(scheme).version_of(version, name=name) or version}"

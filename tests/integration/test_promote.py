@@ -687,3 +687,36 @@ def test_second_promotion_of_known_blobs_is_fast(make_project, stack):
     # only what differs travels (its last layer and config; the first promotion may itself have mounted layers
     # that an earlier promotion left in another repository of staging)
     assert second["copy"]["blobs_copied"] + second["copy"]["blobs_mounted"] <= 2, second["copy"]
+
+
+def test_a_promotion_reads_the_ledger_once_and_fetches_nothing_twice(make_project, stack, monkeypatch):
+    """The image's events are read once (the store's kind, recovery, the source check and the gates share them:
+    an S3 ledger reads one object per event) and no manifest or blob is fetched twice (what a digest names never
+    changes). The write-ahead records stay: gate, reservation, intent, completion."""
+    from bakery.promote import promote
+
+    root = make_project(fleet=None, config=GATED)
+    publish(root, stack, build_tag="3.11-20260303.1", marker="reads")
+    project = load_project(root / "bakery.yaml", cwd=root)
+    reads: list[object] = []
+    gets: list[tuple[str, str]] = []
+    real_events, real_send = ledger_mod.SqliteLedger.events, RegistryClient._send
+
+    def events(self, *args, **kwargs):
+        reads.append((args, kwargs))
+        return real_events(self, *args, **kwargs)
+
+    def send(self, method, path, **kwargs):
+        if method == "GET" and not kwargs.get("stream"):  # reads (a blob's copy streams it from source to target)
+            gets.append((self.host, path))
+        return real_send(self, method, path, **kwargs)
+
+    monkeypatch.setattr(ledger_mod.SqliteLedger, "events", events)
+    monkeypatch.setattr(RegistryClient, "_send", send)
+    result = promote(project, "python:3.11", "staging")
+    assert result.action == "promoted", result.message
+    assert len(reads) == 1, reads
+    assert len(gets) == len(set(gets)) and gets, "\n".join(f"{h} {p}" for h, p in gets)
+    monkeypatch.setattr(ledger_mod.SqliteLedger, "events", real_events)
+    kinds = [e.kind for e in ledger_mod.open_ledger(project).events(image="python:3.11") if e.to_env == "staging"]
+    assert kinds == ["gate", "reserve", "intent", "promote"], kinds
