@@ -82,3 +82,19 @@ def test_promote_does_not_load_the_fleet_to_rule_out_an_ami(repo: Path) -> None:
     out = subprocess.run([sys.executable, "-c", AMI_PROBE, "ami:1.0"], capture_output=True, text=True, cwd=repo,
                          timeout=60)
     assert out.stdout.split()[-1] == "True", out.stderr
+
+
+IMPORT_PROBE = """
+import sys
+import bakery.cli.promote, bakery.cli.scan, bakery.promote, bakery.gates, bakery.scan, bakery.reports, bakery.speccache
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_the_promote_and_scan_paths_import_no_heavy_library_until_they_use_it(repo: Path) -> None:
+    """The modules of `bakery promote` and `bakery scan` (and the scan gate): requests loads with the first registry
+    client, PyYAML with the first YAML file, cryptography with the first key, pydantic and the definitions only
+    when the validated-fleet cache misses. A repeat scan served from the store needs none of them."""
+    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, cwd=repo, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert set(out.stdout.split()) & (HEAVY | {"tenacity", "http", "email"}) == {"sqlite3"}  # (the ledger's)
