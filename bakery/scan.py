@@ -28,8 +28,6 @@ from bakery import policy, tools
 from bakery.errors import BakeryError, DaemonUnavailable, InputError, ScannerError, ToolFailed, ToolMissing, ToolTimeout
 from bakery.model import SEVERITIES, iso_z
 from bakery.ref import DOCKER_HUB, Ref, is_digest
-from bakery.registries import host_settings, registry_for_ref
-from bakery.trivydb import bucket_names
 
 if TYPE_CHECKING:
     from bakery.config import Project
@@ -312,6 +310,8 @@ def check_os_coverage(what: str, os_info: dict[str, Any], db: DbInfo) -> None:
     bucket = os_bucket(str(os_info.get("Family") or ""), str(os_info.get("Name") or ""))
     if bucket is None:
         return
+    from bakery.trivydb import bucket_names  # start-up: the DB reader only after trivy ran
+
     try:
         names = bucket_names(db.path)
     except (OSError, ValueError):
@@ -338,6 +338,8 @@ def _pushed_ref(image: str) -> Ref | None:
 
 
 def _trivy_args(sc: Scanner, project: Project, image: str, remote: bool) -> tuple[list[str], dict[str, str]]:
+    from bakery.registries import host_settings  # start-up: a repeat scan served from the store needs no registry
+
     args = ["image", "--cache-dir", str(sc.cache_dir), "--timeout", f"{max(int(sc.timeout), 1)}s", "--quiet",
             "--image-src", "remote" if remote else "docker"]
     env: dict[str, str] = {}
@@ -566,6 +568,8 @@ def _remote_image_id(project: Project, image: str) -> str | None:
     """The config digest of ``host/repo@sha256:…`` from its registry (one or two manifest GETs), so that a pushed
     image scanned before under its local ID is served from the store. None when it cannot be read: then trivy
     scans it and reports any access problem itself."""
+    from bakery.registries import registry_for_ref  # start-up: see _trivy_args
+
     ref = _pushed_ref(image)
     if ref is None or ref.digest is None:
         return None
@@ -589,6 +593,8 @@ def _remote_image_id(project: Project, image: str) -> str | None:
 def require_pushed(project: Project, image: str) -> None:
     """HOST/REPO[:TAG]@DIGEST must be in its registry: a typo is bad input (exit 2) found before trivy runs,
     not a scanner failure (exit 3). Docker Hub short names are left to trivy."""
+    from bakery.registries import registry_for_ref  # start-up: see _trivy_args
+
     ref = _pushed_ref(image)
     if ref is None or ref.digest is None:
         return
@@ -702,6 +708,8 @@ def os_package_files(project: Project, image: str, remote: bool) -> str:
             if any(name == p.rstrip("/") or name.startswith(p) for p in _PACKAGE_DBS):
                 return f"/{name}"
         return ""
+
+    from bakery.registries import registry_for_ref  # start-up: see _trivy_args
 
     try:
         if remote:

@@ -117,7 +117,11 @@ DEFERRED = {("bakery.definitions", "bakery.render"),  # render imports jinja2: ~
             # per-definition policy, a bare build tag, an image that may be an AMI): `bakery promote` of an image
             # otherwise starts without pydantic (~0.1 s of its start-up; bench/promote.py)
             ("bakery.gates", "bakery.definitions"), ("bakery.store", "bakery.definitions"),
-            ("bakery.ami", "bakery.definitions")}
+            ("bakery.ami", "bakery.definitions"),
+            # a repeat scan is served from the store: the registry clients (bakery.registries → registry, ecr) only
+            # where a scan goes to a registry or runs trivy, the trivy DB reader only after trivy ran (~7 ms of the
+            # repeat's start-up, which must stay 20× under a cold scan; bench/scan.py)
+            ("bakery.scan", "bakery.registries"), ("bakery.scan", "bakery.trivydb")}
 
 
 def test_core_modules_import_bakery_modules_at_the_top() -> None:
