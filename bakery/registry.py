@@ -445,6 +445,11 @@ class RegistryClient:
             raise RegistryUnavailable(f"{self.host}: registry unavailable during {op}: {_short(exc)} "
                                       f"(after {attempts} attempt{'s' if attempts > 1 else ''})") from None
 
+    def _auth_ready(self, scope: str) -> bool:
+        """Whether a request for ``scope`` goes out with credentials already in hand: Basic, or its bearer token."""
+        a = self._auth
+        return (a.scheme == "basic" and self.credentials is not None) or (a.scheme == "bearer" and scope in a.tokens)
+
     def _auth_header(self, scope: str) -> dict[str, str]:
         a = self._auth
         if a.scheme == "bearer":
@@ -903,14 +908,18 @@ class RegistryClient:
 
             self._size_pool(COPY_WORKERS)
             src._size_pool(COPY_WORKERS)
-            # The smallest (the config) alone first: its requests fetch the tokens the others then share (one
-            # token request per scope, not one per thread); then the largest first, so the copy does not end
-            # waiting on a big layer started last.
+            # Unless both sides' credentials are in hand already (Basic, or the scopes' tokens; an anonymous
+            # source that answered this repository's reads), the smallest (the config) goes alone first: its
+            # requests fetch the tokens the others then share (one token request per scope, not one per thread).
+            # Then the largest first, so the copy does not end waiting on a big layer started last.
             ordered = sorted(blobs, key=lambda b: b.size or 0)
-            outcomes = [one(ordered[0])]
-            with ThreadPoolExecutor(max_workers=min(COPY_WORKERS, len(blobs) - 1),
+            ready = self._auth_ready(_scope(dst_repo, "pull,push")) and (
+                src._auth.scheme == "" or src._auth_ready(_scope(src_repo, "pull")))
+            outcomes = [] if ready else [one(ordered[0])]
+            rest = ordered[::-1] if ready else ordered[:0:-1]
+            with ThreadPoolExecutor(max_workers=min(COPY_WORKERS, len(rest)),
                                     thread_name_prefix="bakery-copy") as pool:
-                outcomes += pool.map(one, ordered[:0:-1])
+                outcomes += pool.map(one, rest)
         else:
             outcomes = [one(b) for b in blobs]
         seen += [(self.host, b.digest, dst_repo) for b in blobs]
