@@ -720,3 +720,42 @@ def test_a_promotion_reads_the_ledger_once_and_fetches_nothing_twice(make_projec
     monkeypatch.setattr(ledger_mod.SqliteLedger, "events", real_events)
     kinds = [e.kind for e in ledger_mod.open_ledger(project).events(image="python:3.11") if e.to_env == "staging"]
     assert kinds == ["gate", "reserve", "intent", "promote"], kinds
+
+
+def test_the_scan_gate_applies_the_definitions_policy_from_the_validated_fleet_cache(make_project, stack, cli_probe,
+                                                                                    tmp_path, monkeypatch):
+    """The scan gate of a promotion applies the image's own definition policy. Once the fleet was validated, a
+    promotion reads that policy from the validated-fleet cache (bakery.speccache): no pydantic, no YAML; a
+    definition edited since is validated again and its new policy applies."""
+    config = {"scanner": {"trivy": TRIVY},
+              "environments": {"dev": {"gates": {"require_previous": False}},
+                               "staging": {"aliases": ["{version}"], "gates": {"scan": True}}}}
+    root = make_project(fleet=None, config=config)
+    monkeypatch.setenv("BAKERY_CACHE_DIR", str(tmp_path / "cache"))  # (make_project clears BAKERY_* variables)
+    from bakery import trivydb
+
+    trivydb.build_db(REPO / "tests" / "fixtures" / "advisories.yaml", root / ".bakery" / "trivy")
+    (root / "templates" / "t").mkdir()
+    (root / "templates" / "t" / "Dockerfile.j2").write_text("FROM {{ parent }}\n")
+    accepted = {"id": "CVE-2099-1001", "reason": "test: accepted", "until": "2999-01-01"}
+    definition = {"name": "python", "template": "t",
+                  "policy": {"ignore": [accepted, {**accepted, "id": "CVE-2099-1004"},
+                                        {**accepted, "id": "CVE-2099-1005"}]},
+                  "versions": {"3.11": {"parent": "docker.io/library/debian:bookworm-slim"}}}
+    (root / "base-images" / "python.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    publish(root, stack, build_tag="3.11-20260304.1", marker="policy-1")
+    code, out = promote_json("python:3.11", "--to", "staging", now=T0)  # validates the fleet, fills the cache
+    assert code == 0, json.dumps(out["gates"])
+
+    publish(root, stack, build_tag="3.11-20260304.2", marker="policy-2")
+    proc, modules = cli_probe(["promote", "python:3.11", "--to", "staging", "--format", "json"], root, timeout=300)
+    out = json.loads(proc.stdout)
+    assert out["action"] == "promoted" and out["build_tag"] == "3.11-20260304.2", proc.stderr
+    assert next(g for g in out["gates"] if g["name"] == "scan")["passed"]
+    assert not modules & {"pydantic", "yaml"}, sorted(modules & {"pydantic", "yaml"})
+
+    del definition["policy"]  # the definition no longer accepts them: validated again, the gate refuses
+    (root / "base-images" / "python.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    publish(root, stack, build_tag="3.11-20260304.3", marker="policy-3")
+    code, out = promote_json("python:3.11", "--to", "staging", now=T0)
+    assert code == 1 and not next(g for g in out["gates"] if g["name"] == "scan")["passed"], out
