@@ -9,7 +9,10 @@ a given repository never changes, so :func:`store` keeps its specs, as JSON, in
 * the bytes of every ``*.yaml``/``*.yml`` entry of the definitions directory, and what each entry is
   (file, directory, symlink and where it resolves);
 * every entry of the templates tree (kind, where a symlink resolves) and the bytes of every ``*.j2``;
-* the project's root, its configuration (as validated data) and bakery's version and source files.
+* the project's root, its configuration (as validated data), bakery's version and source files and the
+  libraries the validation uses (pydantic, PyYAML, Jinja, packaging: where they are, their size and time).
+
+A symlink to a directory among them is not keyed (its content lies elsewhere): such a repository is not cached.
 
 :func:`lookup` recomputes that key (reads, hashing; no YAML, no pydantic) and answers from the cache when it
 is there. Anything else — a changed byte, a new file, an upgrade — is a miss: the caller loads the fleet as
@@ -44,9 +47,13 @@ def cache_dir() -> Path:
     return (Path(value).expanduser() if value else Path.home() / ".cache" / "bakery") / "fleet"
 
 
+class _Unkeyable(Exception):
+    """What the validation reads cannot be keyed cheaply (a symlink to a directory: its content is elsewhere)."""
+
+
 def _entry(h: Any, root: Path, path: Path, *, content: bool) -> None:
     """What one directory entry is, into the hash: its name, kind, where a symlink resolves and (``content``) the
-    bytes a regular file (or a symlink to one) holds."""
+    bytes a regular file (or a symlink to one) holds. A symlink to a directory is not keyed (no cache then)."""
     name = os.fsencode(os.path.relpath(path, root))
     try:
         lst = os.lstat(path)
@@ -62,6 +69,8 @@ def _entry(h: Any, root: Path, path: Path, *, content: bool) -> None:
             h.update(b"dangling\0")
             return
         h.update(b"T%d\0" % stat.S_IFMT(lst.st_mode))
+        if stat.S_ISDIR(lst.st_mode):
+            raise _Unkeyable(path)
     if content and stat.S_ISREG(lst.st_mode):
         try:
             with open(path, "rb") as fh:
@@ -93,13 +102,22 @@ def _tree(h: Any, root: Path, top: Path, content: Any) -> None:
 
 
 def _code(h: Any) -> None:
+    """The validation's code: bakery's modules and the libraries it validates with (found, not imported)."""
+    import importlib.util
+    import sys
+
     from bakery import __version__
 
-    h.update(f"{CACHE_FORMAT} {__version__}\0".encode())
+    h.update(f"{CACHE_FORMAT} {__version__} {sys.version}\0".encode())
     here = Path(__file__).resolve().parent
-    for module in sorted(here.glob("*.py")):  # the validation's code: any change is a miss
+    files = sorted(here.glob("*.py"))
+    for lib in ("pydantic", "pydantic_core", "yaml", "jinja2", "packaging"):
+        spec = importlib.util.find_spec(lib)
+        if spec is not None and spec.origin:
+            files.append(Path(spec.origin))
+    for module in files:  # any change is a miss
         st = module.stat()
-        h.update(f"{module.name} {st.st_size} {st.st_mtime_ns}\0".encode())
+        h.update(f"{module} {st.st_size} {st.st_mtime_ns}\0".encode())
 
 
 def fleet_key(project: Project) -> str | None:
@@ -119,7 +137,7 @@ def fleet_key(project: Project) -> str | None:
                 _entry(h, root, path, content=path.suffix in (".yaml", ".yml"))
         h.update(b"templates\0")
         _tree(h, root, tdir, lambda p: p.suffix == ".j2")
-    except (OSError, TypeError, ValueError):
+    except (OSError, TypeError, ValueError, _Unkeyable):
         return None
     return h.hexdigest()
 

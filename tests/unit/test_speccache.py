@@ -74,7 +74,8 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-@pytest.mark.parametrize("change", ["own file", "other file", "template", "configuration", "new file"])
+@pytest.mark.parametrize("change", ["own file", "other file", "template", "configuration", "new file",
+                                    "template through a directory symlink"])
 def test_any_change_to_what_the_validation_reads_is_a_miss(example: Path, change: str) -> None:
     project = _project(example)
     key = ImageKey("python", "3.11")
@@ -86,6 +87,12 @@ def test_any_change_to_what_the_validation_reads_is_a_miss(example: Path, change
         _edit(example / "base-images" / "nginx.yaml", "\n", "\n# a comment\n")
     elif change == "template":
         tpl = next((example / "templates").rglob("*.j2"))
+        tpl.write_text(tpl.read_text() + "\n")
+    elif change == "template through a directory symlink":  # its content lies outside the keyed tree: no cache
+        shutil.move(example / "templates" / "python", example / "shared-python")
+        (example / "templates" / "python").symlink_to("../shared-python")
+        assert speccache.fleet_key(project) is None
+        tpl = example / "shared-python" / "Dockerfile.j2"
         tpl.write_text(tpl.read_text() + "\n")
     elif change == "configuration":
         (example / "bakery.yaml").write_text(CONFIG.replace("/prod", "/production"))
