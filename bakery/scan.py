@@ -529,7 +529,26 @@ def _http_answer(raw: bytes) -> tuple[int, Any]:
     return int(parts[1]), (json.loads(body) if body else None)
 
 
+_LOCAL_CACHE: dict[str, tuple[float, _LocalImage]] = {}
+_LOCAL_FOR = 10.0  # seconds an answer about an image ID is reused (one command's inspections, not a long process's)
+_IMMUTABLE = re.compile(r"^(?:sha256:[0-9a-f]{64}|[^\s@]+@sha256:[0-9a-f]{64})$")
+
+
 def _inspect_local(image: str) -> _LocalImage:
+    """The daemon's view of a local image. An image ID or NAME@DIGEST names the same image (its config, its
+    labels) for good, so one command asks once (`bakery scan ID` asked three times: is it local, its labels,
+    its ID); after ``_LOCAL_FOR`` seconds the daemon is asked again (the image may have been removed). A tag is
+    asked every time (it may move)."""
+    if not _IMMUTABLE.match(image):
+        return _inspect_daemon(image)
+    now = time.monotonic()
+    held = _LOCAL_CACHE.get(image)
+    if held is None or now - held[0] > _LOCAL_FOR:
+        held = _LOCAL_CACHE[image] = (now, _inspect_daemon(image))
+    return held[1]
+
+
+def _inspect_daemon(image: str) -> _LocalImage:
     from urllib.parse import quote
 
     if not os.environ.get("DOCKER_HOST", "unix://").startswith("unix://"):
