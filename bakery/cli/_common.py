@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -80,17 +82,51 @@ def echo(text: str = "", err: bool = False) -> None:
     click.echo(secrets.mask(text), err=err)
 
 
+PLAIN_WIDTH = 200  # what out_console() renders to when stdout is not a terminal
+_PLAIN_HEADER = re.compile(r"^[A-Za-z0-9 ()/._%#-]*$")
+
+
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
     """A rich table on stdout; plain aligned text when stdout is not a terminal."""
+    from bakery.text import one_line
+
+    cells = [[one_line(secrets.mask("" if v is None else str(v))) for v in r] for r in rows]
+    if title is None and not sys.stdout.isatty() and not _styled(os.environ):
+        text = plain_table(columns, cells)
+        if text is not None:  # start-up: the same bytes as rich's, without importing rich (~30 ms)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+    out_console().print(rich_table(columns, cells, title))
+
+
+def rich_table(columns: list[str], cells: list[list[str]], title: str | None = None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from bakery.text import one_line
-
-    t = Table(title=title, show_edge=False, header_style="bold", box=None if not sys.stdout.isatty() else None,
-              pad_edge=False)
+    t = Table(title=title, show_edge=False, header_style="bold", box=None, pad_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
-    for r in rows:  # Text, not str: '[red]' in a file name is shown as written, never read as rich markup
-        t.add_row(*[Text(one_line(secrets.mask("" if v is None else str(v)))) for v in r])
-    out_console().print(t)
+    for r in cells:  # Text, not str: '[red]' in a file name is shown as written, never read as rich markup
+        t.add_row(*[Text(v) for v in r])
+    return t
+
+
+def _styled(environ: Any) -> bool:
+    """Whether rich would style output that is not a terminal (it honours these variables)."""
+    return any(environ.get(k) is not None for k in ("FORCE_COLOR", "TTY_COMPATIBLE"))
+
+
+def plain_table(columns: list[str], cells: list[list[str]], width: int = PLAIN_WIDTH) -> str | None:
+    """What :func:`rich_table` prints on a console of ``width`` that is not a terminal, when that is plain
+    alignment: printable ASCII, every row as wide as the header, the whole within ``width`` (nothing folded);
+    None otherwise (then rich renders it). tests/unit/test_table.py compares the two."""
+    if not columns or any(len(r) != len(columns) for r in cells) or not all(_PLAIN_HEADER.match(c) for c in columns):
+        return None  # (rich reads a header as markup, with :emoji: codes)
+    for text in (*columns, *(v for r in cells for v in r)):
+        if not all(" " <= ch <= "~" for ch in text):
+            return None
+    widths = [max([len(columns[i]), *(len(r[i]) for r in cells)]) for i in range(len(columns))]
+    if min(widths) == 0 or sum(widths) + 2 * (len(columns) - 1) > width:  # (rich sizes empty columns its own way)
+        return None
+    return "".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "\n" for r in [columns, *cells])
