@@ -181,9 +181,10 @@ def spec_of(data: dict[str, Any]) -> ImageSpec:
 
 
 # ---------------------------------------------------------------------------------------------- the cache
-def lookup(project: Project, key: ImageKey, *, fleet_key_: str | None = None) -> Any:
-    """``key``'s spec from the validated fleet stored for the repository as it is now (None: the fleet has no
-    such image), or :data:`MISS` when that fleet is not stored (load it, then :func:`store`)."""
+def lookup(project: Project, key: ImageKey | str, *, fleet_key_: str | None = None) -> Any:
+    """``key``'s spec (an ImageKey, or its text NAME:VERSION[-VARIANT]) from the validated fleet stored for the
+    repository as it is now (None: the fleet has no such image), or :data:`MISS` when that fleet is not stored
+    (load it, then :func:`store`)."""
     fk = fleet_key(project) if fleet_key_ is None else fleet_key_
     if fk is None:
         return MISS
@@ -195,6 +196,25 @@ def lookup(project: Project, key: ImageKey, *, fleet_key_: str | None = None) ->
         return None if data is None else spec_of(data)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         return MISS
+
+
+def exactly_named(project: Project, ref: str) -> ImageSpec | None:
+    """The spec ``ref`` names exactly (NAME:VERSION[-VARIANT], as ``Fleet.resolve_ref`` resolves it when the
+    fleet has that image), from the cache; None for anything else — not stored, not in the fleet, another form
+    of reference — which the caller resolves through the full load (its answers, its errors)."""
+    if ref.count(":") != 1 or "@" in ref or "/" in ref:
+        return None
+    found = lookup(project, ref)
+    return None if found is MISS else found
+
+
+def load_and_store(project: Project, load: Any) -> Any:
+    """``load(project)`` (the fleet), stored when the repository did not change while it loaded."""
+    fk = fleet_key(project)
+    fleet = load(project)
+    if fk is not None and fleet_key(project) == fk:
+        store(fk, fleet.specs.values())
+    return fleet
 
 
 def store(fk: str | None, specs: Iterable[ImageSpec]) -> None:
@@ -219,11 +239,7 @@ def spec_for(project: Project, key: ImageKey, load: Any) -> ImageSpec | None:
     """``load(project).specs.get(key)`` (``load`` is ``bakery.definitions.load_fleet``: it raises what it
     raises), answered from the cache when the repository's definitions and templates are as they were when a
     load last succeeded."""
-    fk = fleet_key(project)
-    found = lookup(project, key, fleet_key_=fk)
+    found = lookup(project, key)
     if found is not MISS:
         return found
-    fleet = load(project)
-    if fk is not None and fleet_key(project) == fk:
-        store(fk, fleet.specs.values())
-    return fleet.specs.get(key)
+    return load_and_store(project, load).specs.get(key)

@@ -81,22 +81,29 @@ def resolve_target(project, target: str, env: str | None, remote: bool | None):
             require_pushed(project, target)
         spec = None if is_remote else _spec_for_labels(project, target)
         return target, is_remote, spec
-    from bakery.definitions import load_fleet
+    from bakery import speccache
     from bakery.errors import InputError
     from bakery.publish import latest
 
     if not project.definitions_dir.is_dir():
         raise InputError(f"{target!r} is not an image in the docker daemon, and there are no definitions "
                          f"({project.rel(project.definitions_dir)}/) to read it as NAME:VERSION")
-    fleet = load_fleet(project)
-    try:
-        keys = fleet.resolve_ref(target)
-    except InputError as err:
-        raise InputError(f"{target!r} is not an image in the docker daemon, nor a definition: {err}") from None
-    if len(keys) != 1:
-        raise InputError(f"{target!r} names {len(keys)} images ({', '.join(map(str, keys))}); give NAME:VERSION"
-                         f"[-VARIANT]")
-    spec = fleet.get(keys[0])
+    # NAME:VERSION[-VARIANT] of the fleet as validated before (bakery.speccache); any other form, a changed
+    # repository or an unknown image goes through the full load, its resolution and its messages
+    spec = speccache.exactly_named(project, target)
+    if spec is None:
+        from bakery.definitions import load_fleet
+
+        fleet = speccache.load_and_store(project, load_fleet)
+        try:
+            keys = fleet.resolve_ref(target)
+        except InputError as err:
+            raise InputError(f"{target!r} is not an image in the docker daemon, nor a definition: {err}") from None
+        if len(keys) != 1:
+            raise InputError(f"{target!r} names {len(keys)} images ({', '.join(map(str, keys))}); give "
+                             f"NAME:VERSION[-VARIANT]")
+        spec = fleet.get(keys[0])
+    keys = [spec.key]
     env_name = env or project.config.first_env
     # REF → the newest published build in ENV, scanned by digest from the registry
     published = latest(project, keys[0], env_name)

@@ -439,7 +439,8 @@ def test_build_does_not_push_an_image_that_fails_the_gate(scan_project, stack):
     assert stack.client("dev").list_tags(f"{namespace}/app") == []
 
 
-def test_definition_policy_applies_to_build_and_to_scan_by_ref(scan_project):
+def test_definition_policy_applies_to_build_and_to_scan_by_ref(scan_project, cli_probe, tmp_path, monkeypatch):
+    monkeypatch.setenv("BAKERY_CACHE_DIR", str(tmp_path / "cache"))
     root = scan_project()
     # the definition accepts both failing findings for itself (the global policy stays as it is)
     _tiny_fleet(root, policy={"ignore": [
@@ -461,6 +462,10 @@ def test_definition_policy_applies_to_build_and_to_scan_by_ref(scan_project):
     # the same image given by reference gets only the global policy: it fails
     plain = bakery("scan", f"{r['repository']}@{r['digest']}", "--format", "json", cwd=root)
     assert plain.returncode == 1
+    # NAME:VERSION again: the definition from the validated-fleet cache (no YAML, no pydantic), the same verdict
+    again, modules = cli_probe(["scan", "app:1.0", "--format", "json"], root)
+    assert again.returncode == 0 and json.loads(again.stdout)["gate"] == report["gate"], again.stderr
+    assert not modules & {"pydantic", "yaml"}, sorted(modules & {"pydantic", "yaml"})
 
 
 def test_a_repeat_scan_of_a_local_image_applies_its_definitions_policy_without_loading_the_fleet(

@@ -168,3 +168,17 @@ def test_generated_fleets_from_the_cache_equal_the_full_load(tmp_path_factory, f
         got = speccache.spec_for(project, key, _never)
         assert got == spec
         assert got.policy == spec.policy
+
+
+def test_a_reference_by_name_and_version_resolves_as_the_fleet_does(example: Path) -> None:
+    """`bakery scan NAME:VERSION`: the cache answers exactly what ``Fleet.resolve_ref`` resolves to one image;
+    every other form (a bare name, an unknown version, a digest) is left to the full load and its messages."""
+    project = _project(example)
+    fleet = load_fleet(project)
+    assert speccache.exactly_named(project, "python:3.11") is None  # nothing stored yet
+    speccache.load_and_store(project, load_fleet)
+    for key, spec in fleet.specs.items():
+        [resolved] = fleet.resolve_ref(str(key))
+        assert speccache.exactly_named(project, str(key)) == fleet.get(resolved) == spec
+    for other in ("python", "python:9.99", "pyton:3.11", "python@sha256:" + "a" * 64, "x/python:3.11"):
+        assert speccache.exactly_named(project, other) is None
