@@ -85,6 +85,22 @@ def test_list_tags_pagination_and_missing_repo(stack, pushed):
     assert dev.list_tags(f"nothing-{uuid.uuid4().hex[:6]}/here") == []
 
 
+def test_list_tags_plain_answer_skips_requests_with_the_same_tags(stack, pushed):
+    """`bakery plan` lists the tags of every image: the plain case goes straight through the urllib3 pool (no
+    requests call), and gives what the ordinary request gives; a page with a Link, a missing repository and a
+    challenge take the ordinary request (the tests above and the auth tests below hold their answers)."""
+    repo, _ = pushed
+    client = RegistryClient(stack.registry("dev"), insecure=True)
+    calls: list[str] = []
+    real = client.session.request
+    client.session.request = lambda method, url, **kw: calls.append(url) or real(method, url, **kw)  # a spy
+    lean = client.list_tags(repo)
+    assert lean and calls == []
+    assert client.list_tags(f"nothing-{uuid.uuid4().hex[:6]}/here") == [] and len(calls) == 1  # 404: requests
+    client._lean = False  # the ordinary request only
+    assert client.list_tags(repo) == lean and len(calls) == 2
+
+
 def test_copy_across_registries_by_digest_without_tag(stack, pushed):
     repo, digest = pushed
     dev, staging = stack.client("dev"), stack.client("staging")
