@@ -296,13 +296,6 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
     context = set(keys)
     for k in keys:  # parents outside the scope: read their published digest too
         context.update(fleet.ancestors(k))
-    recipes: dict[ImageKey, Any] = {}
-    for k in keys:
-        try:
-            recipes[k] = render.render(project, fleet.specs[k])
-        except BakeryError as exc:
-            items[k].error = f"cannot render: {exc}"
-
     stores = _Stores(project, project.config.first_env)
     upstream_refs = sorted({ref for k in keys if (ref := stores.get(fleet.specs[k]).upstream_ref(fleet.specs[k]))})
 
@@ -329,6 +322,13 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         up_futs = [pool.submit(fetch_upstream, r) for r in upstream_refs]
         cur_futs = [pool.submit(fetch_current, k) for k in sorted(context, key=fleet.sort_key)]
+        # every recipe is rendered while the registries answer: this thread's CPU is free until then
+        recipes: dict[ImageKey, Any] = {}
+        for k in keys:
+            try:
+                recipes[k] = render.render(project, fleet.specs[k])
+            except BakeryError as exc:
+                items[k].error = f"cannot render: {exc}"
         for fut in up_futs:
             ref, digest, err = fut.result()
             upstream[ref] = (digest, err)

@@ -67,7 +67,11 @@ def test_nightly_rebuilds_exactly_what_changed(tree: Path, stack) -> None:
     assert noop["rebuilt"] == [] and noop["nothing_to_do"] and noop["ok"]
     assert noop["summary"].startswith("nothing to do")
     assert time.monotonic() - started < 10
-    assert plan()["rebuild"] == []
+    noop_plan = plan()
+    assert noop_plan["rebuild"] == []
+    # a no-op reads one tag list per image (build tags are immutable: their manifests and labels are known) and
+    # resolves the one upstream tag
+    assert noop_plan["requests"] == len(ALL) + 1
 
     # One leaf's variables: exactly that image.
     edit(tree, "leaf-b", 'marker: "m1"', 'marker: "m2"')
@@ -91,6 +95,13 @@ def test_nightly_rebuilds_exactly_what_changed(tree: Path, stack) -> None:
     p = plan()
     items = {i["ref"]: i for i in p["images"]}
     assert items["root:1"]["reason"] == "upstream"
+    # the workflow's one plan for both outputs: the matrix on stdout, the same plan as JSON in the file
+    matrix = bakery("plan", "--format", "github-matrix", "--max-levels", "2", "--json-out", str(tree / "p.json"))
+    both = json.loads((tree / "p.json").read_text())
+    assert {**both, "seconds": 0} == {**p, "seconds": 0}
+    assert json.loads(matrix.stdout) == json.loads(bakery("plan", "--format", "github-matrix", "--max-levels",
+                                                          "2").stdout)
+    assert json.loads(matrix.stdout)["rebuild"] == both["rebuild"] == [k for lv in p["levels"] for k in lv]
     assert new_base.split("@")[1].split(":")[1][:12] in items["root:1"]["reasons"][0]["detail"]
     assert p["levels"] == [["root:1"], ["left:1", "right:1"], ["leaf-a:1", "leaf-b:1"]]
     # A plan scoped to a leaf sees that its ancestors must be rebuilt first (and leaves the other branch out).
