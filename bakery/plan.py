@@ -1,8 +1,9 @@
 """`bakery plan`: which images must be rebuilt, and why — from the registries and the scan store only.
 
 For every image (the ones named, plus their descendants) the newest build in the first environment is read
-(tags, manifest, config blob: three requests, every image in parallel, one HTTP session per registry and
-thread) and compared with what a build would do now:
+(the repository's tag list, read once per repository; the newest build tag's manifest and config blob only the
+first time that tag is seen — build tags are immutable; every image in parallel, one HTTP session per registry
+and thread) and compared with what a build would do now:
 
 1. ``definition`` — the recipe (template, variables, build context) gives a different fingerprint than the
    published image's ``dev.bakery.fingerprint`` (or the image was never published);
@@ -31,7 +32,7 @@ from bakery.configview import Project
 from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure
 from bakery.model import LABEL_FINGERPRINT, OCI, Held, ImageKey, ImageSpec, Reason
-from bakery.store import ArtifactStore, spec_kind, store_for
+from bakery.store import ArtifactStore, TagLists, spec_kind, store_for
 
 REASONS = ("definition", "upstream", "patches", "parent", "forced")
 UP_TO_DATE = "up to date"
@@ -222,6 +223,7 @@ class _Stores:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._made: list[ArtifactStore] = []
+        self._tag_lists = TagLists()  # one tags request per repository for the whole plan
 
     def get(self, spec: ImageSpec) -> ArtifactStore:
         mine: dict[str, ArtifactStore] | None = getattr(self._local, "stores", None)
@@ -230,7 +232,7 @@ class _Stores:
         kind = spec_kind(spec)  # an opaque key: which store serves this image is the store layer's decision
         store = mine.get(kind)
         if store is None:
-            store = store_for(self._project, self._env, spec=spec,
+            store = store_for(self._project, self._env, spec=spec, tag_lists=self._tag_lists,
                               client_options={"timeout": 15, "retries": 2, "backoff": 0.2})
             mine[kind] = store
             with self._lock:

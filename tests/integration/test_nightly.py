@@ -116,6 +116,17 @@ def test_nightly_rebuilds_exactly_what_changed(tree: Path, stack) -> None:
     assert nightly()[0]["nothing_to_do"]
 
 
+def test_a_plan_reads_each_repository_once(tree: Path) -> None:
+    """The versions and variants of a family share one repository: a plan lists its tags once, not once per image
+    (nothing is published here: each list is a 404, still one request per repository)."""
+    edit(tree, "leaf-a", 'versions:\n', 'versions:\n  "2":\n    parent: left:1\n    variants: {slim: {}}\n')
+    p = plan("--no-patches")
+    refs = {i["ref"] for i in p["images"]}
+    assert {"leaf-a:1", "leaf-a:2", "leaf-a:2-slim"} <= refs and len(refs) == len(ALL) + 2
+    assert all(i["reasons"][0]["detail"] == "never published" for i in p["images"])
+    assert p["requests"] == len(ALL) + 1  # five repositories, one upstream tag
+
+
 def _ns(root: Path) -> str:
     import yaml
 
