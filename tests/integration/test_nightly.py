@@ -69,6 +69,8 @@ def test_nightly_rebuilds_exactly_what_changed(tree: Path, stack) -> None:
     assert time.monotonic() - started < 10
     noop_plan = plan()
     assert noop_plan["rebuild"] == []
+    fast, full = _fast_and_full_plans(tree)
+    assert fast == full and fast["rebuild"] == []
     # a no-op reads one tag list per image (build tags are immutable: their manifests and labels are known) and
     # resolves the one upstream tag
     assert noop_plan["requests"] == len(ALL) + 1
@@ -95,6 +97,8 @@ def test_nightly_rebuilds_exactly_what_changed(tree: Path, stack) -> None:
     p = plan()
     items = {i["ref"]: i for i in p["images"]}
     assert items["root:1"]["reason"] == "upstream"
+    fast, full = _fast_and_full_plans(tree)
+    assert fast == full and fast["rebuild"] == [k for lv in p["levels"] for k in lv]
     # the workflow's one plan for both outputs: the matrix on stdout, the same plan as JSON in the file
     matrix = bakery("plan", "--format", "github-matrix", "--max-levels", "2", "--json-out", str(tree / "p.json"))
     both = json.loads((tree / "p.json").read_text())
@@ -125,6 +129,30 @@ def test_a_plan_reads_each_repository_once(tree: Path) -> None:
     assert {"leaf-a:1", "leaf-a:2", "leaf-a:2-slim"} <= refs and len(refs) == len(ALL) + 2
     assert all(i["reasons"][0]["detail"] == "never published" for i in p["images"])
     assert p["requests"] == len(ALL) + 1  # five repositories, one upstream tag
+
+
+def _fast_and_full_plans(root: Path) -> tuple[dict, dict]:
+    """The plan as bakery makes it, and as it is made without its shortcuts: every tag list through requests (no
+    lean GET), one tag list per image (no shared lists), every definition validated (no kept outcome)."""
+    from bakery import registry, store
+    from bakery.config import load_project
+    from bakery.definitions import load_fleet
+    from bakery.plan import make_plan
+
+    def one() -> dict:
+        project = load_project(root / "bakery.yaml", cwd=root)
+        made = make_plan(project, load_fleet(project)).to_json()
+        made.pop("seconds")
+        made.pop("requests")
+        return made
+
+    fast = one()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry.RegistryClient, "_lean_pool", lambda self: None)
+        mp.setattr(store.TagLists, "get", lambda self, reg, host, repo: (reg.list_tags(repo), True))
+        mp.setenv("BAKERY_CACHE_DIR", str(root / ".cold-cache"))
+        full = one()
+    return fast, full
 
 
 def _ns(root: Path) -> str:
