@@ -551,6 +551,7 @@ class RegistryClient:
             return None
         headers = dict(self.session.headers)
         headers.update(self._auth_header(scope))
+        log.debug("GET %s (lean)", self._url(path))
         try:
             resp = pool.urlopen("GET", path, headers=headers, retries=False, redirect=False, timeout=self.timeout,
                                 assert_same_host=False, preload_content=True)
