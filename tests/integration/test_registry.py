@@ -101,6 +101,23 @@ def test_list_tags_plain_answer_skips_requests_with_the_same_tags(stack, pushed)
     assert client.list_tags(repo) == lean and len(calls) == 2
 
 
+def test_list_tags_answer_cut_mid_headers_takes_the_ordinary_request(stack, pushed):
+    """The lean GET does not judge faults: a tags answer cut in its headers, or a refused connection, gives None,
+    and the ordinary request answers (and retries) as it always did."""
+    from faultproxy import FaultProxy, Rule
+
+    repo, _ = pushed
+    expected = RegistryClient(stack.registry("dev"), insecure=True).list_tags(repo)
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        proxy.add(Rule("cut", method="GET", path="/tags/list", keep=30, times=1))
+        client = RegistryClient(f"127.0.0.1:{proxy.port}", insecure=True, backoff=0.01)
+        assert client.list_tags(repo) == expected
+        tries = [line.rsplit(" ", 1)[1] for line in proxy.seen if "/tags/list" in line]
+        assert tries == ["cut", "ok"]  # the lean GET (cut), then the ordinary request
+        proxy.add(Rule("refuse", method="GET", path="/tags/list", times=1))
+        assert client.list_tags(repo) == expected
+
+
 def test_copy_across_registries_by_digest_without_tag(stack, pushed):
     repo, digest = pushed
     dev, staging = stack.client("dev"), stack.client("staging")
