@@ -132,13 +132,17 @@ class _Outcomes:
         import hashlib
 
         self._sha = hashlib.sha256
-        base = os.environ.get("BAKERY_CACHE_DIR")
-        root = (Path(base).expanduser() if base else Path.home() / ".cache" / "bakery") / "definitions"
-        self.path = root / f"{self._sha(str(project.root.resolve()).encode()).hexdigest()[:32]}.json"
-        self.salt = _outcomes_salt()
         self.kept: dict[str, Any] = {}
         self.used: dict[str, Any] = {}
         self.changed = False
+        base = os.environ.get("BAKERY_CACHE_DIR")
+        try:
+            root = (Path(base).expanduser() if base else Path.home() / ".cache" / "bakery") / "definitions"
+            self.path = root / f"{self._sha(str(project.root.resolve()).encode()).hexdigest()[:32]}.json"
+        except (OSError, RuntimeError):  # no home directory: nothing is kept, every file is checked
+            self.salt: str | None = None
+            return
+        self.salt = _outcomes_salt()
         if self.salt is None:
             return
         try:
