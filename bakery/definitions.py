@@ -19,7 +19,9 @@ Every problem is reported as ``FILE: FIELD: what is wrong`` (all of them at once
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -27,22 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydantic
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field
 
-from bakery import contain
-from bakery.config import IgnoreEntry
+from bakery import __version__, contain
 from bakery.configview import Project
 from bakery.errors import InputError, ValidationError
-from bakery.model import SEVERITIES, IgnoreSpec, ImageKey, ImageSpec, Parent
+from bakery.model import IgnoreSpec, ImageKey, ImageSpec, Parent
 from bakery.ref import TAG_RE, Ref, split_image
 from bakery.ref import mirrored as ref_mirrored
 from bakery.tags import alias_tags, build_tag_pattern, next_build_tag, template_fields
 from bakery.text import show
-from bakery.validation import (MAX_REPOSITORY, component_problem, format_errors, host_problem,
-                               packer_settings_problems)
-from bakery.yamlsafe import decode, load
+from bakery.validation import MAX_REPOSITORY, component_problem, host_problem
+from bakery.yamlsafe import MAX_BYTES, decode, read_bytes
 
 VARIANT_RE = re.compile(r"^[a-z][a-z0-9]*$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -52,58 +50,171 @@ MAX_TEMPLATE_BYTES = 1024 * 1024
 RESERVED_VARIABLES = ("name", "version", "variant", "parent", "image", "tags", "labels")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PolicyOverride(_Strict):
-    severity: str | None = None
-    fixable_only: bool | None = None
-    ignore: list[dict[str, Any]] = Field(default_factory=list)
-
-
-class VariantDef(_Strict):
-    variables: dict[str, Any] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list)
-    description: str = ""
-
-
-class VersionDef(_Strict):
-    parent: str
-    template: str | None = None
-    variables: dict[str, Any] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list)
-    variants: dict[str, VariantDef | None] = Field(default_factory=dict)
-    packer: dict[str, Any] | None = None
-    description: str = ""
-
-
-class DefinitionFile(_Strict):
-    """The schema of one `base-images/*.yaml` file (`bakery schema` prints it as JSON Schema)."""
-
-    name: str = Field(description="Image family name: lowercase letters, digits, '.', '_' and '-'.")
-    description: str = ""
-    template: str = Field(description="Directory under templates/ holding Dockerfile.j2 or *.pkr.hcl.j2.")
-    variables: dict[str, Any] = Field(default_factory=dict, description="Template variables for every version.")
-    policy: PolicyOverride | None = None
-    packer: dict[str, Any] | None = None
-    versions: dict[str, VersionDef] = Field(min_length=1, description="PEP 440 version → its definition.")
-
-
 def json_schema() -> dict[str, Any]:
-    schema = DefinitionFile.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "bakery image definition"
-    return schema
+    """The JSON Schema of a definition file (`bakery schema`)."""
+    from bakery.defschema import json_schema as schema  # pydantic: see _Outcomes
+
+    return schema()
 
 
-def _load(path: Path, display: str, root: Path | None = None) -> tuple[Any, list[str]]:
-    """One definition file through bakery's strict YAML loader: (data or None, problems)."""
+# ------------------------------------------------------------------------------------------------ definitions
+# A validated definition file as plain data (bakery.defschema.DefinitionFile.model_dump()): the models' fields as
+# attributes, read the same whether the file was validated now or its outcome was kept (_Outcomes).
+class _Variant:
+    __slots__ = ("variables", "tags", "description")
+
+    def __init__(self, data: dict[str, Any]):
+        self.variables: dict[str, Any] = data["variables"]
+        self.tags: list[str] = data["tags"]
+        self.description: str = data["description"]
+
+
+NO_VARIANT = _Variant({"variables": {}, "tags": [], "description": ""})  # a version's own image (no variant)
+
+
+class _Version:
+    __slots__ = ("parent", "template", "variables", "tags", "variants", "packer", "description")
+
+    def __init__(self, data: dict[str, Any]):
+        self.parent: str = data["parent"]
+        self.template: str | None = data["template"]
+        self.variables: dict[str, Any] = data["variables"]
+        self.tags: list[str] = data["tags"]
+        self.variants: dict[str, _Variant | None] = {
+            k: None if v is None else _Variant(v) for k, v in data["variants"].items()}
+        self.packer: dict[str, Any] | None = data["packer"]
+        self.description: str = data["description"]
+
+
+class _Policy:
+    __slots__ = ("_data", "severity", "fixable_only", "ignore")
+
+    def __init__(self, data: dict[str, Any]):
+        self._data = data
+        self.severity: str | None = data["severity"]
+        self.fixable_only: bool | None = data["fixable_only"]
+        self.ignore: list[dict[str, Any]] = data["ignore"]
+
+    def dump(self) -> dict[str, Any]:
+        """``model_dump(exclude_none=True)`` of the model: the fields that are set."""
+        return {k: v for k, v in self._data.items() if v is not None}
+
+
+class _Definition:
+    __slots__ = ("name", "description", "template", "variables", "policy", "packer", "versions", "validated_ignore")
+
+    def __init__(self, data: dict[str, Any]):
+        self.name: str = data["name"]
+        self.description: str = data["description"]
+        self.template: str = data["template"]
+        self.variables: dict[str, Any] = data["variables"]
+        self.policy: _Policy | None = None if data["policy"] is None else _Policy(data["policy"])
+        ignores = data["validated_ignore"]  # bakery.defschema.validated_ignores
+        self.validated_ignore: tuple[IgnoreSpec, ...] | None = None if ignores is None else tuple(
+            IgnoreSpec(id=e["id"], reason=e["reason"], until=dt.date.fromisoformat(e["until"]) if e["until"] else None,
+                       image=e["image"], package=e["package"]) for e in ignores)
+        self.packer: dict[str, Any] | None = data["packer"]
+        self.versions: dict[str, _Version] = {k: _Version(v) for k, v in data["versions"].items()}
+
+
+_OUTCOMES_FORMAT = 1
+_OUTCOMES_REPOSITORIES = 50  # repositories whose outcomes are kept
+
+
+class _Outcomes:
+    """What :func:`bakery.defschema.check` said of each definition file, by the file's bytes and name.
+
+    A file read before with no problem is neither parsed nor validated again (the YAML parse and pydantic, with
+    its import, are most of loading a large fleet): its validated data is kept in ``$BAKERY_CACHE_DIR/
+    definitions/`` (default ``~/.cache/bakery``; outside the repository, so a pull request cannot ship a
+    "validated" entry), one file per repository, keyed by a hash of the name shown and the bytes, salted with
+    bakery's version and the sources and libraries the check depends on. Any changed byte is a new key and is
+    checked again; a file with problems is never kept, so its errors always come from the check itself. Only the
+    per-file check is kept: everything that depends on other files, templates or the configuration runs every
+    time. Kept: the data of the files of the last load (a repository's fleet, not its history)."""
+
+    def __init__(self, project: Project):
+        import hashlib
+
+        self._sha = hashlib.sha256
+        self.kept: dict[str, Any] = {}
+        self.used: dict[str, Any] = {}
+        self.changed = False
+        base = os.environ.get("BAKERY_CACHE_DIR")
+        try:
+            root = (Path(base).expanduser() if base else Path.home() / ".cache" / "bakery") / "definitions"
+            self.path = root / f"{self._sha(str(project.root.resolve()).encode()).hexdigest()[:32]}.json"
+        except (OSError, RuntimeError):  # no home directory: nothing is kept, every file is checked
+            self.salt: str | None = None
+            return
+        self.salt = _outcomes_salt()
+        if self.salt is None:
+            return
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(stored, dict) and stored.get("format") == _OUTCOMES_FORMAT and \
+                    stored.get("salt") == self.salt and isinstance(stored.get("entries"), dict):
+                self.kept = stored["entries"]
+        except (OSError, ValueError):
+            pass
+
+    def check(self, raw: bytes, display: str) -> tuple[list[str], dict[str, Any] | None, list[str]]:
+        key = self._sha(display.encode("utf-8", "surrogateescape") + b"\0" + raw).hexdigest()
+        data = self.kept.get(key)
+        if isinstance(data, dict):
+            self.used[key] = data
+            return [], data, []
+        from bakery.defschema import check  # pydantic and the models: only for a file not seen before
+
+        read_problems, data, checks = check(raw, display)
+        if data is not None and not read_problems and not checks and self.salt is not None:
+            try:
+                same = json.loads(json.dumps(data)) == data  # kept only when JSON gives it back exactly
+            except (TypeError, ValueError):
+                same = False
+            if same:
+                self.used[key] = data
+                self.changed = True
+        return read_problems, data, checks
+
+    def save(self) -> None:
+        if self.salt is None or (not self.changed and len(self.used) == len(self.kept)):
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"format": _OUTCOMES_FORMAT, "salt": self.salt, "entries": self.used}),
+                           encoding="utf-8")
+            os.replace(tmp, self.path)
+            kept = sorted(self.path.parent.glob("*.json"), key=lambda f: f.stat().st_mtime)
+            for old in kept[:-_OUTCOMES_REPOSITORIES]:  # the repositories used last, not every one ever loaded
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass  # a cache only: the next load checks again
+
+
+def _outcomes_salt() -> str | None:
+    """What a file's check depends on besides its bytes: bakery's version, the modules of the check and the
+    versions of pydantic and PyYAML (their files' size and time); None when any of it cannot be read."""
+    import importlib.util
+
+    parts: list[Any] = [__version__]
+    here = Path(__file__).resolve().parent
     try:
-        loaded = load(path, display, root=root)
-    except InputError as exc:
-        return None, [str(exc)]
-    return loaded.data, loaded.problems
+        for module in ("defschema.py", "config.py", "validation.py", "yamlsafe.py", "contain.py", "text.py",
+                       "model.py", "ref.py", "tags.py"):
+            st = (here / module).stat()
+            parts.append([module, st.st_size, st.st_mtime_ns])
+        for library in ("pydantic", "pydantic_core", "yaml"):
+            spec = importlib.util.find_spec(library)
+            origin = spec.origin if spec is not None else None
+            if origin is None:
+                return None
+            st = os.stat(origin)
+            parts.append([library, origin, st.st_size, st.st_mtime_ns])
+    except (OSError, ImportError, ValueError):
+        return None
+    return json.dumps(parts)
 
 
 @dataclass
@@ -369,7 +480,7 @@ def load_fleet(project: Project) -> Fleet:
         raise InputError(f"{project.rel(ddir)}: definitions directory not found (set `definitions:` in bakery.yaml)")
     contain.require(project.root, ddir, project.rel(ddir), want="dir")
     problems: list[str] = []
-    parsed: list[tuple[str, DefinitionFile]] = []
+    parsed: list[tuple[str, _Definition, list[str]]] = []
     files = []
     for path in sorted(ddir.iterdir()):
         if path.suffix not in (".yaml", ".yml"):
@@ -381,26 +492,22 @@ def load_fleet(project: Project) -> Fleet:
             problems.append(why)
         else:
             files.append(path)
+    outcomes = _Outcomes(project)
     for path in files:
         display = show(project.rel(path), quote=False)
-        data, dup = _load(path, display, project.root)
-        problems += dup
-        if data is None and not dup:
-            problems.append(f"{display}: (top level): file is empty")
-            continue
-        if data is None:
-            continue
-        if not isinstance(data, dict):
-            problems.append(f"{display}: (top level): must be a mapping with name, template and versions")
-            continue
         try:
-            parsed.append((display, DefinitionFile.model_validate(data)))
-        except pydantic.ValidationError as err:
-            problems += format_errors(display, DefinitionFile, err)
+            raw = read_bytes(path, display, limit=MAX_BYTES, root=project.root)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        read_problems, data, checks = outcomes.check(raw, display)
+        problems += read_problems
+        if data is not None:
+            parsed.append((display, _Definition(data), checks))
+    outcomes.save()
     seen: dict[str, str] = {}
-    for display, d in parsed:
-        problems += _check_policy(display, d)
-        problems += _check_packer(display, d)
+    for display, d, checks in parsed:
+        problems += checks  # its policy and packer settings
         name_problem = component_problem(d.name)
         if name_problem:
             problems.append(f"{display}: name: {name_problem}")
@@ -413,9 +520,10 @@ def load_fleet(project: Project) -> Fleet:
             problems.append(f"{display}: name: duplicate image family {d.name!r} (also defined in {seen[d.name]})")
         else:
             seen[d.name] = display
-    specs, more = _expand(project, parsed)
+    definitions = [(display, d) for display, d, _ in parsed]
+    specs, more = _expand(project, definitions)
     problems += more
-    problems += _check_collisions(project, parsed, specs)
+    problems += _check_collisions(project, definitions, specs)
     fleet = Fleet(project, {})
     if not problems:
         fleet.specs = specs
@@ -429,7 +537,7 @@ def load_fleet(project: Project) -> Fleet:
     return fleet
 
 
-def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple[dict[ImageKey, ImageSpec], list[str]]:
+def _expand(project: Project, parsed: list[tuple[str, _Definition]]) -> tuple[dict[ImageKey, ImageSpec], list[str]]:
     problems: list[str] = []
     specs: dict[ImageKey, ImageSpec] = {}
     names = {d.name for _, d in parsed}
@@ -443,7 +551,6 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
     tproblems: dict[str, str | None] = {}  # template -> why it cannot be used (checked once, not per version)
     context_cache: dict[str, tuple[str, ...]] = {}  # template -> its files/ (walked once, not per version)
     vars_cache = _read_vars_cache(project)  # template source digest -> its variables (read once, saved once)
-    ignore_cache: dict[str, tuple[IgnoreSpec, ...] | None] = {}  # family -> its policy's ignore entries, validated
     vars_cached = len(vars_cache)
     for display, d in parsed:
         for field_name, value in d.variables.items():
@@ -483,13 +590,13 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                     problems.append(f"{display}: {where}.tags: {tag!r} is not a valid image tag")
             for field_name, value in vd.variables.items():
                 problems += _check_var(display, f"{where}.variables.{field_name}", field_name, value)
-            variants: list[tuple[str | None, VariantDef]] = [(None, VariantDef())]
+            variants: list[tuple[str | None, _Variant]] = [(None, NO_VARIANT)]
             for vname, vardef in vd.variants.items():
                 if not VARIANT_RE.match(vname):
                     problems.append(f"{display}: {where}.variants.{vname}: variant names are lowercase letters "
                                     f"and digits, starting with a letter")
                     continue
-                vardef = vardef or VariantDef()
+                vardef = vardef or NO_VARIANT
                 if len(f"{vstr}-{vname}") > 128:
                     problems.append(f"{display}: {where}.variants.{vname}: image tag '{vstr}-{vname}' is longer "
                                     f"than Docker's 128 characters")
@@ -533,15 +640,13 @@ def _expand(project: Project, parsed: list[tuple[str, DefinitionFile]]) -> tuple
                     continue
                 key = ImageKey(d.name, vstr, vname)
                 packer = {**(d.packer or {}), **(vd.packer or {})} or None
-                policy = d.policy.model_dump(exclude_none=True) if d.policy else None
-                if d.name not in ignore_cache:
-                    ignore_cache[d.name] = _validated_ignores(d)
+                policy = d.policy.dump() if d.policy else None
                 specs[key] = ImageSpec(
                     key=key, source_file=display, template=template, builder=kind,  # type: ignore[arg-type]
                     parent=parent, variables=variables, tags=tuple(vd.tags) + tuple(vardef.tags),
                     context_files=context_cache[template], description=vardef.description or vd.description
                     or d.description, policy=policy or None, packer=packer,
-                    ignore=ignore_cache[d.name] if policy else None)
+                    ignore=d.validated_ignore if policy else None)
     if len(vars_cache) != vars_cached:
         _write_vars_cache(project, vars_cache)
     return specs, problems
@@ -563,12 +668,11 @@ def _version_tag_problem(version: str) -> str | None:
     return None
 
 
-def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]],
+def _check_collisions(project: Project, parsed: list[tuple[str, _Definition]],
                       specs: dict[ImageKey, ImageSpec]) -> list[str]:
     """Within a family (one repository), every image needs its own reference and its own tags: two versions that
     are the same PEP 440 version, a version and a variant giving the same NAME:TAG, a definition tag claimed twice
     or equal to another image's version alias, and a definition tag shaped like a build tag are refused."""
-    import datetime as dt
 
     config = project.config
     first = config.env(config.first_env)
@@ -601,7 +705,7 @@ def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]]
 
         def tags_where(spec: ImageSpec, template: str) -> str:
             k = spec.key
-            variant = (defs[k.version].variants.get(k.variant) or VariantDef()) if k.variant else None
+            variant = (defs[k.version].variants.get(k.variant) or NO_VARIANT) if k.variant else None
             own = variant is not None and template in variant.tags and template not in defs[k.version].tags
             return f"{where(spec) if own else f'versions.{k.version}'}.tags"
 
@@ -642,47 +746,6 @@ def _check_collisions(project: Project, parsed: list[tuple[str, DefinitionFile]]
                     problems.append(f"{display}: {field_path}: tag {shown} is also {what}; two images cannot share "
                                     f"a tag")
     return list(dict.fromkeys(problems))
-
-
-def _check_policy(display: str, d: DefinitionFile) -> list[str]:
-    """A definition's own ``policy`` is checked when it is loaded (by `list`, `render`, `plan`), not at scan."""
-    if d.policy is None:
-        return []
-    out = []
-    sev = d.policy.severity
-    if sev is not None and str(sev).upper() not in SEVERITIES:
-        out.append(f"{display}: policy.severity: {show(sev)} is not one of {', '.join(SEVERITIES)}")
-    for i, raw in enumerate(d.policy.ignore):
-        try:
-            IgnoreEntry.model_validate(raw)
-        except pydantic.ValidationError as err:
-            out += format_errors(display, IgnoreEntry, err, prefix=("policy", f"ignore[{i}]"))
-    return out
-
-
-def _validated_ignores(d: DefinitionFile) -> tuple[IgnoreSpec, ...] | None:
-    """The definition's own ignore entries as validated (None when one is invalid: _check_policy names it)."""
-    out = []
-    for raw in d.policy.ignore if d.policy else []:
-        try:
-            e = IgnoreEntry.model_validate(raw)
-        except pydantic.ValidationError:
-            return None
-        out.append(IgnoreSpec(id=e.id, reason=e.reason, until=e.until, image=e.image, package=e.package))
-    return tuple(out)
-
-
-def _check_packer(display: str, d: DefinitionFile) -> list[str]:
-    """``packer`` settings of the definition and its versions, checked at load time (not at build)."""
-    out = packer_settings_problems(display, "packer", d.packer)
-    for v, vd in d.versions.items():
-        out += packer_settings_problems(display, f"versions.{v}.packer", vd.packer)
-        merged = {**(d.packer or {}), **(vd.packer or {})} if isinstance(d.packer or {}, dict) and isinstance(
-            vd.packer or {}, dict) else {}
-        if merged.get("kind") == "amazon-ebs" and merged.get("source_ami_filter") is None:
-            out.append(f"{display}: versions.{v}: packer.source_ami_filter: an amazon-ebs definition needs "
-                       f"{{owners: [...], filters: {{name: ...}}}}")
-    return list(dict.fromkeys(out))
 
 
 def _check_var(display: str, where: str, name: str, value: Any) -> list[str]:

@@ -152,6 +152,8 @@ def recover(project: Project, led: Ledger, *, image: str | None = None,
             events: list[Event] | None = None) -> list[Event]:
     """Complete every pending intent whose target holds its digest under its build tag (see the module doc).
     Registries that cannot be reached are left for the next run. Returns the recovered promote events."""
+    if events is None and image is None and not led.may_have_pending_intents():
+        return []  # nothing pending (the usual case): the history is not read
     events = led.events(image=image) if events is None else events
     todo = pending(events)
     recovered: list[Event] = []

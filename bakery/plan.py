@@ -1,8 +1,9 @@
 """`bakery plan`: which images must be rebuilt, and why — from the registries and the scan store only.
 
 For every image (the ones named, plus their descendants) the newest build in the first environment is read
-(tags, manifest, config blob: three requests, every image in parallel, one HTTP session per registry and
-thread) and compared with what a build would do now:
+(the repository's tag list, read once per repository; the newest build tag's manifest and config blob only the
+first time that tag is seen — build tags are immutable; every image in parallel, one HTTP session per registry
+and thread) and compared with what a build would do now:
 
 1. ``definition`` — the recipe (template, variables, build context) gives a different fingerprint than the
    published image's ``dev.bakery.fingerprint`` (or the image was never published);
@@ -31,7 +32,7 @@ from bakery.configview import Project
 from bakery.definitions import Fleet
 from bakery.errors import BakeryError, EnvironmentFailure
 from bakery.model import LABEL_FINGERPRINT, OCI, Held, ImageKey, ImageSpec, Reason
-from bakery.store import ArtifactStore, spec_kind, store_for
+from bakery.store import ArtifactStore, TagLists, spec_kind, store_for
 
 REASONS = ("definition", "upstream", "patches", "parent", "forced")
 UP_TO_DATE = "up to date"
@@ -222,6 +223,7 @@ class _Stores:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._made: list[ArtifactStore] = []
+        self._tag_lists = TagLists()  # one tags request per repository for the whole plan
 
     def get(self, spec: ImageSpec) -> ArtifactStore:
         mine: dict[str, ArtifactStore] | None = getattr(self._local, "stores", None)
@@ -230,7 +232,7 @@ class _Stores:
         kind = spec_kind(spec)  # an opaque key: which store serves this image is the store layer's decision
         store = mine.get(kind)
         if store is None:
-            store = store_for(self._project, self._env, spec=spec,
+            store = store_for(self._project, self._env, spec=spec, tag_lists=self._tag_lists,
                               client_options={"timeout": 15, "retries": 2, "backoff": 0.2})
             mine[kind] = store
             with self._lock:
@@ -296,24 +298,22 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
     context = set(keys)
     for k in keys:  # parents outside the scope: read their published digest too
         context.update(fleet.ancestors(k))
-    recipes: dict[ImageKey, Any] = {}
-    for k in keys:
-        try:
-            recipes[k] = render.render(project, fleet.specs[k])
-        except BakeryError as exc:
-            items[k].error = f"cannot render: {exc}"
-
     stores = _Stores(project, project.config.first_env)
     upstream_refs = sorted({ref for k in keys if (ref := stores.get(fleet.specs[k]).upstream_ref(fleet.specs[k]))})
+
+    stored_scans: dict[ImageKey, Any] = {}  # the scan store's result for each published image (patches)
 
     def fetch_current(k: ImageKey) -> tuple[ImageKey, ArtifactStore, Held | None, str]:
         store = stores.get(fleet.specs[k])
         try:
-            return k, store, store.held(k), ""
+            held = store.held(k)
         except EnvironmentFailure:
             raise
         except BakeryError as exc:
             return k, store, None, f"cannot read the published image: {exc}"
+        if check_patches and held is not None and held.image_id and store.scannable and k in items:
+            stored_scans[k] = scan.load_stored(project, held.image_id)  # read here, while others wait on a registry
+        return k, store, held, ""
 
     def fetch_upstream(ref: str) -> tuple[str, str, str]:
         try:
@@ -329,6 +329,13 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         up_futs = [pool.submit(fetch_upstream, r) for r in upstream_refs]
         cur_futs = [pool.submit(fetch_current, k) for k in sorted(context, key=fleet.sort_key)]
+        # every recipe is rendered while the registries answer: this thread's CPU is free until then
+        recipes: dict[ImageKey, Any] = {}
+        for k in keys:
+            try:
+                recipes[k] = render.render(project, fleet.specs[k])
+            except BakeryError as exc:
+                items[k].error = f"cannot render: {exc}"
         for fut in up_futs:
             ref, digest, err = fut.result()
             upstream[ref] = (digest, err)
@@ -343,7 +350,8 @@ def make_plan(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force
     # The published images' scans, for the `patches` reason.
     notes: list[str] = []
     if check_patches:
-        notes += _check_patches(project, items, {k: c for k, c in currents.items() if judges[k].scannable}, now=now)
+        notes += _check_patches(project, items, {k: c for k, c in currents.items() if judges[k].scannable}, now=now,
+                                stored=stored_scans)
 
     rebuild: set[ImageKey] = set()
     judging = Judging(project=project, fleet=fleet, currents=currents, upstream=upstream, rebuild=rebuild)
@@ -440,8 +448,11 @@ def _decide(project: Project, fleet: Fleet, item: PlanItem, recipe: Any, current
 
 
 def _check_patches(project: Project, items: dict[ImageKey, PlanItem], currents: dict[ImageKey, Held | None],
-                   *, now: dt.datetime | None) -> list[str]:
-    """Fill ``vulns`` and ``fixable`` from the scan store; re-scan by digest when the result is older than the DB."""
+                   *, now: dt.datetime | None, stored: dict[ImageKey, Any] | None = None) -> list[str]:
+    """Fill ``vulns`` and ``fixable`` from the scan store; re-scan by digest when the result is older than the DB.
+    ``stored``: the scan store's results already read for these images (by make_plan, as each image's build
+    was read); the others are read here."""
+    stored = stored or {}
     published = [(k, currents.get(k)) for k in items if currents.get(k) is not None and not items[k].error]
     if not published:
         return []
@@ -457,17 +468,23 @@ def _check_patches(project: Project, items: dict[ImageKey, PlanItem], currents: 
     except BakeryError as exc:
         return [f"patches not checked: {exc}"]
 
-    def one(k: ImageKey, cur: Current) -> tuple[ImageKey, Any, str]:
-        stored = scan.load_stored(project, cur.image_id) if cur.image_id else None
-        if stored is not None and scan.same_db(stored, db, db_sha, sc.version):
-            return k, stored, ""
+    def rescan(k: ImageKey, cur: Current) -> tuple[ImageKey, Any, str]:
         try:
             return k, scan.scan_image(project, cur.pinned, remote=True, sc=sc, now=now), ""
         except BakeryError as exc:
             return k, None, str(exc)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:  # trivy serialises on its cache lock anyway
-        results = list(pool.map(lambda kc: one(*kc), published))
+    results: list[tuple[ImageKey, Any, str]] = []
+    todo: list[int] = []  # stored results older than the DB (or none): scanned again
+    for k, cur in published:
+        kept = stored[k] if k in stored else scan.load_stored(project, cur.image_id) if cur.image_id else None
+        if kept is None or not scan.same_db(kept, db, db_sha, sc.version):
+            todo.append(len(results))
+        results.append((k, kept, ""))
+    if todo:
+        with ThreadPoolExecutor(max_workers=2) as pool:  # trivy serialises on its cache lock anyway
+            for i, result in zip(todo, pool.map(lambda i: rescan(*published[i]), todo)):
+                results[i] = result
     for k, result, err in results:
         item = items[k]
         cur = currents[k]

@@ -551,6 +551,51 @@ class RegistryClient:
         return self._retry(f"{op} {repo}" if repo else op,
                            lambda: self._send(method, path, op=op, repo=repo, scope=scope, **kw))
 
+    def _lean_get_json(self, path: str, scope: str) -> Any:
+        """GET ``path`` straight from the urllib3 pool requests itself would use for this host (same TLS settings,
+        same connections, the session's headers and the credentials already negotiated), without requests'
+        per-call machinery. Only the plain answer is taken here: a 200 with whole headers, no Link (another page)
+        and a JSON body. Anything else — a challenge, a 404, an error status, a transport fault, a proxy in the
+        way — gives None, and the caller makes the ordinary request, which authenticates, retries and classifies
+        the failure as always: the same answers and the same errors, at a third of the CPU."""
+        pool = self._lean_pool()
+        if pool is None:
+            return None
+        headers = dict(self.session.headers)
+        headers.update(self._auth_header(scope))
+        log.debug("GET %s (lean)", self._url(path))
+        try:
+            resp = pool.urlopen("GET", path, headers=headers, retries=False, redirect=False, timeout=self.timeout,
+                                assert_same_host=False, preload_content=True)
+        except Exception:  # noqa: BLE001 - any fault: the ordinary request retries and classifies it
+            return None
+        if resp.status != 200 or resp.headers.get("Link") is not None or \
+                _header_block_cut(resp.headers, getattr(resp, "_original_response", None)):
+            return None
+        try:
+            return json.loads(resp.data)
+        except ValueError:
+            return None
+
+    def _lean_pool(self) -> Any:
+        """The urllib3 pool requests picks for this host (None when a proxy is in the way: then requests goes)."""
+        pool = getattr(self, "_lean", None)
+        if pool is None:
+            pool = False
+            url = self.base + "/v2/"
+            try:
+                settings = self.session.merge_environment_settings(url, {}, None, None, None)
+                if not requests.utils.select_proxy(url, settings.get("proxies") or {}):
+                    adapter = self.session.get_adapter(url)
+                    prepared = requests.Request("GET", url).prepare()
+                    pool = adapter.get_connection_with_tls_context(prepared, settings.get("verify"), None,
+                                                                   settings.get("cert"))
+                    adapter.cert_verify(pool, url, settings.get("verify"), settings.get("cert"))
+            except Exception:  # noqa: BLE001 - an older requests or an odd setting: always the ordinary request
+                pool = False
+            self._lean = pool
+        return pool or None
+
     # -- API ---------------------------------------------------------------------------------------------------
 
     def ping(self) -> None:
@@ -797,9 +842,15 @@ class RegistryClient:
         return Manifest(body=body, media_type=OCI_INDEX, digest=sha256_digest(body))
 
     def list_tags(self, repo: str) -> list[str]:
-        """All tags of ``repo`` ([] when the repository does not exist), following Link pagination."""
-        tags: list[str] = []
+        """All tags of ``repo`` ([] when the repository does not exist), following Link pagination.
+
+        The plain case (one page, a 200 with JSON) is read through :meth:`_lean_get_json` (`bakery plan` lists
+        the tags of every image: ~0.4 ms of requests' CPU a call); anything else takes the request below."""
         url: str | None = f"/v2/{repo}/tags/list?n={self.page_size}"
+        data = self._lean_get_json(url, _scope(repo, "pull"))
+        if isinstance(data, dict):
+            return list(data.get("tags") or [])
+        tags: list[str] = []
         while url:
             resp = self._request("GET", url, op="list tags", repo=repo, ok=(200,), missing_ok=True)
             if resp is None:
@@ -1021,10 +1072,15 @@ def _short(exc: BaseException) -> str:
 def _headers_cut(resp: requests.Response) -> bool:
     """Whether the header block arrived damaged: unparsable lines (what urllib3 would only log as a warning), or
     a digest header cut short. A cut between two whole lines is caught where a header is needed (Location)."""
-    digest = resp.headers.get("Docker-Content-Digest")
+    return _header_block_cut(resp.headers, getattr(resp.raw, "_original_response", None))
+
+
+def _header_block_cut(headers: Any, original: Any) -> bool:
+    """:func:`_headers_cut` of a requests response or of a bare urllib3 one (its ``_original_response``)."""
+    digest = headers.get("Docker-Content-Digest")
     if digest is not None and not _ANY_DIGEST.match(digest):
         return True
-    message = getattr(getattr(resp.raw, "_original_response", None), "msg", None)
+    message = getattr(original, "msg", None)
     if message is None:
         return False
     from urllib3.exceptions import HeaderParsingError

@@ -227,8 +227,8 @@ jobs:
           force=()
           for ref in $FORCE; do force+=(--force "$ref"); done
           mkdir -p nightly
-          bakery plan "${force[@]}" --format json > nightly/plan.json
-          bakery plan "${force[@]}" --format github-matrix --max-levels 6 --pack "${PACK:-1}" > matrix.json
+          bakery plan "${force[@]}" --format github-matrix --max-levels 6 --pack "${PACK:-1}" \
+            --json-out nightly/plan.json > matrix.json
           python3 - <<'PY' >> "$GITHUB_OUTPUT"
           import json
           m = json.load(open("matrix.json"))

@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import logging
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -186,16 +187,44 @@ def spec_kind(spec: ImageSpec) -> str:
 
 def store_for(project: Project, env: str, ref: str | None = None, *, kind: str | None = None,
               spec: ImageSpec | None = None, registry: Registry | None = None,
-              client_options: dict[str, Any] | None = None,
+              client_options: dict[str, Any] | None = None, tag_lists: TagLists | None = None,
               events: list[ledger_mod.Event] | None = None) -> ArtifactStore:
     """The store of ``env`` for the artifact REF (or the definition ``spec``) names (its kind decided here, once).
-    ``client_options``: for the registry client the store makes (timeout, retries, backoff); ``events``: the
-    ledger's events of REF's image (tags.ref_image) when the caller read them already."""
+    ``client_options``: for the registry client the store makes (timeout, retries, backoff); ``tag_lists``: the
+    tag lists one plan shares between its stores (:class:`TagLists`); ``events``: the ledger's events of REF's
+    image (tags.ref_image) when the caller read them already."""
     kind = kind or (spec_kind(spec) if spec is not None else artifact_kind(project, ref, events=events) if ref
                     else "registry")
     if kind == "ami":
         return ami_mod.AmiStore(project, env)
-    return RegistryStore(project, env, registry=registry, client_options=client_options)
+    return RegistryStore(project, env, registry=registry, client_options=client_options, tag_lists=tag_lists)
+
+
+class TagLists:
+    """The tag list of each repository, read once for one plan and shared by its threads' stores: the versions and
+    variants of a family live in one repository, so a plan makes one tags request per repository, not per image
+    (and judges them on the same list). A failed read is not shared: each image then asks on its own, as before."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lists: dict[tuple[str, str], Future[list[str]]] = {}
+
+    def get(self, registry: Registry, host: str, repo: str) -> tuple[list[str], bool]:
+        """(the tags of ``repo``, whether this call asked the registry)."""
+        with self._lock:
+            fut = self._lists.get((host, repo))
+            mine = fut is None
+            if fut is None:
+                fut = self._lists[(host, repo)] = Future()
+        if mine:
+            try:
+                fut.set_result(registry.list_tags(repo))
+            except BaseException as exc:
+                fut.set_exception(exc)
+                raise
+        elif fut.exception() is not None:
+            return registry.list_tags(repo), True
+        return list(fut.result()), mine
 
 
 def unknown_image_message(ref: str) -> str:
@@ -227,13 +256,14 @@ class RegistryStore:
     write_ahead = True  # build tags reserved in the ledger, promotions recorded write-ahead (bakery.integrity)
 
     def __init__(self, project: Project, env: str, *, registry: Registry | None = None,
-                 client_options: dict[str, Any] | None = None):
+                 client_options: dict[str, Any] | None = None, tag_lists: TagLists | None = None):
         self.project = project
         self.env = env
         self.environment = project.config.env(env)
         self.registry = registry or registry_for(project, env, **(client_options or {}))
         self.scheme = project.config.tags.build
         self.requests = 0
+        self.tag_lists = tag_lists
 
     def repo(self, name: str) -> str:
         return self.environment.repository(name)
@@ -516,10 +546,15 @@ class RegistryStore:
 
     def held(self, key: ImageKey) -> Held | None:
         """The newest build tag of ``key`` (by the scheme), its digest and its config's labels: the tag list, the
-        manifest (and the platform's, for an index) and the config blob, unless its labels are cached."""
+        manifest (and the platform's, for an index) and the config blob, unless its labels are cached; the tag list
+        once per repository when the plan shares ``tag_lists``."""
         repo = self.repo(key.name)
-        tags = Scheme(self.scheme).sorted(self.registry.list_tags(repo), name=key.name, tag_version=key.tag_version)
-        self.requests += 1
+        if self.tag_lists is None:
+            listed, asked = self.registry.list_tags(repo), True
+        else:
+            listed, asked = self.tag_lists.get(self.registry, self.environment.host, repo)
+        self.requests += asked
+        tags = Scheme(self.scheme).sorted(listed, name=key.name, tag_version=key.tag_version)
         if not tags:
             return None
         tag = tags[-1]

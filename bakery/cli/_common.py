@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from bakery.config import Project
 
 from bakery import secrets
@@ -76,6 +78,11 @@ def emit_json(data: Any) -> None:
     """Print JSON on stdout (secrets masked)."""
     text = json.dumps(data, indent=2, sort_keys=False, default=str)
     click.echo(secrets.mask(text))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write what :func:`emit_json` prints to ``path`` (secrets masked)."""
+    path.write_text(secrets.mask(json.dumps(data, indent=2, sort_keys=False, default=str)) + "\n")
 
 
 def echo(text: str = "", err: bool = False) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from bakery.cli._common import Context, echo, emit_json, pass_ctx, table
+from bakery.cli._common import Context, echo, emit_json, pass_ctx, table, write_json
 
 
 @click.command("plan")
@@ -28,9 +28,12 @@ from bakery.cli._common import Context, echo, emit_json, pass_ctx, table
                    "longer jobs: each job pays the runner's set-up once).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Registry requests in parallel.")
+@click.option("--json-out", type=click.Path(dir_okay=False, writable=True, path_type=Path), metavar="FILE",
+              help="Also write the plan as JSON (what --format json prints) to FILE: one plan, one pass over the "
+                   "registries, for both (the nightly workflow's matrix and its plan.json).")
 @pass_ctx
 def plan_cmd(ctx: Context, refs: tuple[str, ...], fmt: str, force: tuple[str, ...], no_patches: bool,
-             max_levels: int | None, max_jobs: int, pack: int, jobs: int) -> None:
+             max_levels: int | None, max_jobs: int, pack: int, jobs: int, json_out: Path | None) -> None:
     """Decide which images must be rebuilt, and why, from the registries and the scan store only.
 
     \b
@@ -50,6 +53,7 @@ def plan_cmd(ctx: Context, refs: tuple[str, ...], fmt: str, force: tuple[str, ..
       bakery plan                                   # the whole fleet
       bakery plan python --format json
       bakery plan --format github-matrix --max-levels 6 --pack 4   # 6 stage jobs, ~4 images a job
+      bakery plan --format github-matrix --json-out plan.json     # the matrix, and the plan it came from
     """
     from bakery.definitions import load_fleet
     from bakery.plan import make_plan
@@ -57,6 +61,8 @@ def plan_cmd(ctx: Context, refs: tuple[str, ...], fmt: str, force: tuple[str, ..
     project = ctx.project
     fleet = load_fleet(project)
     plan = make_plan(project, fleet, refs, force=force, check_patches=not no_patches, jobs=jobs)
+    if json_out is not None:
+        write_json(json_out, plan.to_json())
     if fmt == "json":
         emit_json(plan.to_json())
     elif fmt == "github-matrix":

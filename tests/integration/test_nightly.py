@@ -67,7 +67,13 @@ def test_nightly_rebuilds_exactly_what_changed(tree: Path, stack) -> None:
     assert noop["rebuilt"] == [] and noop["nothing_to_do"] and noop["ok"]
     assert noop["summary"].startswith("nothing to do")
     assert time.monotonic() - started < 10
-    assert plan()["rebuild"] == []
+    noop_plan = plan()
+    assert noop_plan["rebuild"] == []
+    fast, full = _fast_and_full_plans(tree)
+    assert fast == full and fast["rebuild"] == []
+    # a no-op reads one tag list per image (build tags are immutable: their manifests and labels are known) and
+    # resolves the one upstream tag
+    assert noop_plan["requests"] == len(ALL) + 1
 
     # One leaf's variables: exactly that image.
     edit(tree, "leaf-b", 'marker: "m1"', 'marker: "m2"')
@@ -91,6 +97,15 @@ def test_nightly_rebuilds_exactly_what_changed(tree: Path, stack) -> None:
     p = plan()
     items = {i["ref"]: i for i in p["images"]}
     assert items["root:1"]["reason"] == "upstream"
+    fast, full = _fast_and_full_plans(tree)
+    assert fast == full and fast["rebuild"] == [k for lv in p["levels"] for k in lv]
+    # the workflow's one plan for both outputs: the matrix on stdout, the same plan as JSON in the file
+    matrix = bakery("plan", "--format", "github-matrix", "--max-levels", "2", "--json-out", str(tree / "p.json"))
+    both = json.loads((tree / "p.json").read_text())
+    assert {**both, "seconds": 0} == {**p, "seconds": 0}
+    assert json.loads(matrix.stdout) == json.loads(bakery("plan", "--format", "github-matrix", "--max-levels",
+                                                          "2").stdout)
+    assert json.loads(matrix.stdout)["rebuild"] == both["rebuild"] == [k for lv in p["levels"] for k in lv]
     assert new_base.split("@")[1].split(":")[1][:12] in items["root:1"]["reasons"][0]["detail"]
     assert p["levels"] == [["root:1"], ["left:1", "right:1"], ["leaf-a:1", "leaf-b:1"]]
     # A plan scoped to a leaf sees that its ancestors must be rebuilt first (and leaves the other branch out).
@@ -103,6 +118,41 @@ def test_nightly_rebuilds_exactly_what_changed(tree: Path, stack) -> None:
     assert {i["ref"]: i["reason"] for i in report["images"]} == {
         "root:1": "upstream", "left:1": "parent", "right:1": "parent", "leaf-a:1": "parent", "leaf-b:1": "parent"}
     assert nightly()[0]["nothing_to_do"]
+
+
+def test_a_plan_reads_each_repository_once(tree: Path) -> None:
+    """The versions and variants of a family share one repository: a plan lists its tags once, not once per image
+    (nothing is published here: each list is a 404, still one request per repository)."""
+    edit(tree, "leaf-a", 'versions:\n', 'versions:\n  "2":\n    parent: left:1\n    variants: {slim: {}}\n')
+    p = plan("--no-patches")
+    refs = {i["ref"] for i in p["images"]}
+    assert {"leaf-a:1", "leaf-a:2", "leaf-a:2-slim"} <= refs and len(refs) == len(ALL) + 2
+    assert all(i["reasons"][0]["detail"] == "never published" for i in p["images"])
+    assert p["requests"] == len(ALL) + 1  # five repositories, one upstream tag
+
+
+def _fast_and_full_plans(root: Path) -> tuple[dict, dict]:
+    """The plan as bakery makes it, and as it is made without its shortcuts: every tag list through requests (no
+    lean GET), one tag list per image (no shared lists), every definition validated (no kept outcome)."""
+    from bakery import registry, store
+    from bakery.config import load_project
+    from bakery.definitions import load_fleet
+    from bakery.plan import make_plan
+
+    def one() -> dict:
+        project = load_project(root / "bakery.yaml", cwd=root)
+        made = make_plan(project, load_fleet(project)).to_json()
+        made.pop("seconds")
+        made.pop("requests")
+        return made
+
+    fast = one()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry.RegistryClient, "_lean_pool", lambda self: None)
+        mp.setattr(store.TagLists, "get", lambda self, reg, host, repo: (reg.list_tags(repo), True))
+        mp.setenv("BAKERY_CACHE_DIR", str(root / ".cold-cache"))
+        full = one()
+    return fast, full
 
 
 def _ns(root: Path) -> str:

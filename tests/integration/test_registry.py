@@ -85,6 +85,39 @@ def test_list_tags_pagination_and_missing_repo(stack, pushed):
     assert dev.list_tags(f"nothing-{uuid.uuid4().hex[:6]}/here") == []
 
 
+def test_list_tags_plain_answer_skips_requests_with_the_same_tags(stack, pushed):
+    """`bakery plan` lists the tags of every image: the plain case goes straight through the urllib3 pool (no
+    requests call), and gives what the ordinary request gives; a page with a Link, a missing repository and a
+    challenge take the ordinary request (the tests above and the auth tests below hold their answers)."""
+    repo, _ = pushed
+    client = RegistryClient(stack.registry("dev"), insecure=True)
+    calls: list[str] = []
+    real = client.session.request
+    client.session.request = lambda method, url, **kw: calls.append(url) or real(method, url, **kw)  # a spy
+    lean = client.list_tags(repo)
+    assert lean and calls == []
+    assert client.list_tags(f"nothing-{uuid.uuid4().hex[:6]}/here") == [] and len(calls) == 1  # 404: requests
+    client._lean = False  # the ordinary request only
+    assert client.list_tags(repo) == lean and len(calls) == 2
+
+
+def test_list_tags_answer_cut_mid_headers_takes_the_ordinary_request(stack, pushed):
+    """The lean GET does not judge faults: a tags answer cut in its headers, or a refused connection, gives None,
+    and the ordinary request answers (and retries) as it always did."""
+    from faultproxy import FaultProxy, Rule
+
+    repo, _ = pushed
+    expected = RegistryClient(stack.registry("dev"), insecure=True).list_tags(repo)
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        proxy.add(Rule("cut", method="GET", path="/tags/list", keep=30, times=1))
+        client = RegistryClient(f"127.0.0.1:{proxy.port}", insecure=True, backoff=0.01)
+        assert client.list_tags(repo) == expected
+        tries = [line.rsplit(" ", 1)[1] for line in proxy.seen if "/tags/list" in line]
+        assert tries == ["cut", "ok"]  # the lean GET (cut), then the ordinary request
+        proxy.add(Rule("refuse", method="GET", path="/tags/list", times=1))
+        assert client.list_tags(repo) == expected
+
+
 def test_copy_across_registries_by_digest_without_tag(stack, pushed):
     repo, digest = pushed
     dev, staging = stack.client("dev"), stack.client("staging")

@@ -185,8 +185,9 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
 
 @pytest.mark.parametrize(("files", "expected"), [pytest.param(f, e, id=i) for i, f, e in CASES])
 def test_invalid_definition(make_project, bakery, files: dict[str, str], expected: list[str]) -> None:
+    """The same lines every time: the second and third commands read the valid files' kept outcomes."""
     project = make_project(files)
-    for command in (["list"], ["render"]):
+    for command in (["list"], ["render"], ["list"]):
         result = bakery(*command, cwd=project)
         assert "Traceback" not in result.err + result.out
         assert result.errors == [f"error: {line}" for line in expected], result.err
@@ -280,3 +281,90 @@ def test_template_variable_cache_follows_the_template(make_project, bakery) -> N
     (project / "templates/t/Dockerfile.j2").write_text("FROM {{ parent }}\nRUN {% if %}\n")
     assert bakery("list", cwd=project).code == 2  # a syntax error is never served from the cache
     assert bakery("list", cwd=project).code == 2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The kept outcome of a definition file (bakery.definitions._Outcomes): a file loaded before is not parsed or
+# validated again, and the fleet is the same as when every file is checked.
+
+def _generated(seed: int) -> dict[str, str]:
+    """A fleet of a few families: versions, variants (one empty), tags, variables, bakery and upstream parents,
+    policies with ignore entries."""
+    import random
+
+    rnd = random.Random(seed)
+    files: dict[str, str] = {}
+    names = [f"f{seed}x{i}" for i in range(rnd.randint(3, 7))]
+    for i, name in enumerate(names):
+        lines = [f"name: {name}", "template: t", f"description: family {i}", f"variables: {{user: u{i}}}"]
+        if rnd.random() < 0.5:
+            until = "\n      until: 2030-01-01" if rnd.random() < 0.3 else ""
+            lines.append(f"policy:\n  severity: {rnd.choice(['HIGH', 'critical', 'LOW'])}\n  ignore:\n"
+                         f"    - id: CVE-2024-{i}\n      reason: not reachable{until}")
+        lines.append("versions:")
+        for v in range(1, rnd.randint(2, 4)):
+            parent = UP if i == 0 or rnd.random() < 0.3 else f"{names[rnd.randrange(i)]}:1"
+            lines.append(f'  "{v}.{seed}":' if v > 1 else '  "1":')
+            lines.append(f"    parent: {parent}")
+            if rnd.random() < 0.5:
+                lines.append(f"    tags: [t{v}]")
+            if rnd.random() < 0.5:
+                lines.append(f"    variables: {{user: v{v}}}")
+            if rnd.random() < 0.5:
+                lines.append("    variants:\n      slim: {variables: {user: s}, tags: [small" + str(v) + "]}"
+                             "\n      full: {description: everything}\n      bare:")
+        files[f"base-images/{name}.yaml"] = "\n".join(lines) + "\n"
+    return files
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_kept_outcome_gives_the_same_fleet_as_checking_every_file(make_project, seed: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from bakery import defschema
+    from bakery.config import load_project
+    from bakery.definitions import load_fleet
+
+    root = make_project(_generated(seed))
+    project = load_project(root / "bakery.yaml", cwd=root, environ={})
+    checked: list[str] = []
+    real = defschema.check
+    monkeypatch.setattr(defschema, "check", lambda raw, display: checked.append(display) or real(raw, display))
+    full = load_fleet(project)  # every file checked (nothing kept yet)
+    files = sorted(f"base-images/{p.name}" for p in (root / "base-images").iterdir())
+    assert checked == files
+    checked.clear()
+    fast = load_fleet(project)  # the kept outcomes
+    assert checked == []
+    assert fast.specs == full.specs and list(fast.specs) == list(full.specs) and fast.families == full.families
+    assert {k: s.policy for k, s in fast.specs.items()} == {k: s.policy for k, s in full.specs.items()}
+
+
+def test_a_changed_definition_is_checked_again_and_its_errors_are_never_kept(make_project, bakery) -> None:
+    from bakery import defschema
+
+    project = make_project({F: GOOD_DEF, "base-images/b.yaml": family("b", "a:1")})
+    first = bakery("list", "--format", "json", cwd=project)
+    assert first.code == 0, first.err
+    assert bakery("list", "--format", "json", cwd=project).out == first.out
+    calls: list[str] = []
+    real = defschema.check
+    defschema.check = lambda raw, display: calls.append(display) or real(raw, display)  # a spy
+    try:
+        assert bakery("list", cwd=project).code == 0 and calls == []  # both kept
+        (project / F).write_text(GOOD_DEF.replace("{user: app}", "{user: other}"))
+        assert bakery("list", "--format", "json", cwd=project).code == 0 and calls == [F]  # one byte: checked
+        (project / F).write_text(GOOD_DEF.replace("template: t", "templat: t"))
+        for _ in range(2):  # an invalid file is checked every time, its errors are the check's own; what
+            # depends on other files (b's parent) is checked every time too, b's kept outcome or not
+            result = bakery("list", cwd=project)
+            assert result.code == 2 and result.errors == [
+                f"error: {F}: template: required key is missing",
+                f"error: {F}: templat: unknown key (did you mean 'template'?)",
+                "error: base-images/b.yaml: versions.1.parent: unknown parent 'a:1': no image family 'a' in the "
+                "definitions; an upstream image needs its registry, e.g. docker.io/library/a:1"]
+        assert calls == [F, F, F]
+        (project / F).write_text(GOOD_DEF)  # back to the first bytes (only the last load's outcomes are kept)
+        assert bakery("list", "--format", "json", cwd=project).out == first.out and calls == [F, F, F, F]
+        assert bakery("list", "--format", "json", cwd=project).out == first.out and calls == [F, F, F, F]
+    finally:
+        defschema.check = real

@@ -169,3 +169,35 @@ def test_a_claim_is_won_once_across_threads_and_names_its_holder(tmp_path):
     assert len({d for d, _ in outcomes}) == 1
     evs = ledger.SqliteLedger(path).events()
     assert [e.kind for e in evs] == ["reserve"]  # a lost claim records nothing
+
+
+def test_a_nightly_reads_the_history_only_when_a_promotion_intent_is_pending(tmp_path):
+    """Every nightly first completes promotions recorded as intents only (bakery.integrity.recover). SQLite says
+    whether any is pending from two columns; the answer is integrity.pending's, and the events are read only then."""
+    from bakery import integrity
+
+    led = ledger.open_ledger(_project(tmp_path))
+    reads: list[int] = []
+    real = led.events
+    led.events = lambda *a, **kw: reads.append(1) or real(*a, **kw)  # a spy on the one full read
+
+    def pending_now() -> bool:
+        answer = led.may_have_pending_intents()
+        assert answer == bool(integrity.pending(real()))
+        return answer
+
+    assert not pending_now()
+    led.record(_ev(kind="publish", to="dev", frm=None))
+    assert not pending_now()
+    led.record(_ev(kind="intent", minute=1, to="nowhere", details={"claim": "promote t@D1 after -"}))
+    assert pending_now()
+    integrity.recover(_project(tmp_path), led)  # its environment is gone: left pending, but the events were read
+    assert reads == [1]
+    led.record(_ev(kind="promote", minute=2, details={"claim": "promote t@D1 after -"}))
+    assert not pending_now()
+    assert integrity.recover(_project(tmp_path), led) == [] and reads == [1]  # nothing pending: no read
+    led.record(_ev(kind="promote", minute=3))  # a completion without a claim (recorded before write-ahead)
+    led.record(_ev(kind="intent", minute=4, details={}))  # ... and an intent without one: pending() says done
+    assert not pending_now()
+    led.record(_ev(kind="intent", minute=5, digest=D2, details={"claim": "promote t@D2 after -"}))
+    assert pending_now()

@@ -98,3 +98,19 @@ def test_the_promote_and_scan_paths_import_no_heavy_library_until_they_use_it(re
     out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, cwd=repo, timeout=60)
     assert out.returncode == 0, out.stderr
     assert set(out.stdout.split()) & (HEAVY | {"tenacity", "http", "email"}) == {"sqlite3"}  # (the ledger's)
+
+
+def test_a_fleet_loaded_before_loads_without_pydantic(repo: Path, tmp_path: Path, loaded,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bakery plan`/`nightly` load every definition: a file whose bytes were validated before is read back from
+    its kept outcome (bakery.definitions._Outcomes), so a fleet seen before loads without pydantic."""
+    monkeypatch.setenv("BAKERY_CACHE_DIR", str(tmp_path / "cache"))
+    (repo / "templates" / "t").mkdir(parents=True)
+    (repo / "templates" / "t" / "Dockerfile.j2").write_text("FROM {{ parent }}\n")
+    definition = "name: a\ntemplate: t\nversions:\n  '1': {parent: 'docker.io/library/debian:12'}\n"
+    (repo / "base-images" / "a.yaml").write_text(definition)
+    assert "pydantic" in loaded(["list", "--format", "json"], repo)
+    assert "pydantic" not in loaded(["list", "--format", "json"], repo)
+    (repo / "base-images" / "a.yaml").write_text(definition.replace("'1'", "'2'"))  # a changed file: validated
+    assert "pydantic" in loaded(["list", "--format", "json"], repo)
+    assert "pydantic" not in loaded(["list", "--format", "json"], repo)
