@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -337,6 +338,10 @@ def test_a_kept_outcome_gives_the_same_fleet_as_checking_every_file(make_project
     assert checked == []
     assert fast.specs == full.specs and list(fast.specs) == list(full.specs) and fast.families == full.families
     assert {k: s.policy for k, s in fast.specs.items()} == {k: s.policy for k, s in full.specs.items()}
+    # the definition's own ignore entries, validated (a scan applies them without pydantic): dates stay dates
+    assert {k: s.ignore for k, s in fast.specs.items()} == {k: s.ignore for k, s in full.specs.items()}
+    assert all(len(s.ignore or ()) == len(s.policy.get("ignore", [])) for s in fast.specs.values() if s.policy)
+    assert all(isinstance(e.until, dt.date) for s in fast.specs.values() for e in s.ignore or () if e.until)
 
 
 def test_a_changed_definition_is_checked_again_and_its_errors_are_never_kept(make_project, bakery) -> None:
