@@ -581,6 +581,8 @@ class RegistryClient:
         """The urllib3 pool requests picks for this host (None when a proxy is in the way: then requests goes)."""
         pool = getattr(self, "_lean", None)
         if pool is None:
+            import requests  # (loaded with the session already: this client made it)
+
             pool = False
             url = self.base + "/v2/"
             try:
