@@ -240,7 +240,10 @@ def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequ
         promotions: dict[str, list[dict[str, Any]]] = {}  # filled as promotions happen, kept if one aborts
         aborted = ""
         if plan.rebuild and not dry_run:
-            options = BuildOptions(jobs=jobs or project.config.build.jobs, push=True, scan=True)
+            # A `patches` rebuild gets a new `created` label even when its image comes out the same: the next
+            # plan then knows it was built after the DB knew of the fixes (bakery.build, BuildOptions.fresh).
+            fresh = frozenset(i.key for i in plan.rebuild if any(r.kind == "patches" for r in i.reasons))
+            options = BuildOptions(jobs=jobs or project.config.build.jobs, push=True, scan=True, fresh=fresh)
             try:
                 for r in build(project, fleet, [i.spec for i in plan.rebuild], options, progress):
                     results[str(r.key)] = r.to_json()
