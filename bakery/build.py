@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bakery import ami, ami_evidence, evidence, integrity, packer, render, scan, secrets, tools
+from bakery import integrity, render, scan, secrets, tools
 from bakery.configview import Project
 from bakery.definitions import Fleet, mirrored
 from bakery.errors import (
@@ -668,6 +668,8 @@ class Builder:
 
     def _packer(self, spec: ImageSpec, recipe: Recipe, parent_ref: str, result: BuildResult,
                 tail: list[str]) -> str:
+        from bakery import ami, packer
+
         name = str(spec.key)
         self.progress.step(name, f"packer build FROM {parent_ref}")
         out = packer.build(self.project, recipe, parent_ref=parent_ref, labels=result.labels,
@@ -726,6 +728,8 @@ class Builder:
         result.timings["attest"] = time.monotonic() - mark
 
     def _attest_scan(self, published: Any, scanned: Any, decision: Any) -> None:
+        from bakery import evidence
+
         repo = env_repository(self.project, published.env, published.key.name)[1]
         evidence.attest_scan(self.project, registry_for(self.project, published.env), repo, published.repository,
                              published.digest, scanned, decision)
@@ -733,6 +737,8 @@ class Builder:
     def _attested(self, published: Any) -> bool:
         """Whether the digest carries a provenance attestation (made by the build that published it), when this
         project signs; a build reusing it attests it only when it carries none (signing configured since)."""
+        from bakery import evidence
+
         if not self.project.config.signing.key:
             return True
         repo = env_repository(self.project, published.env, published.key.name)[1]
@@ -741,6 +747,8 @@ class Builder:
 
     def _attest(self, spec: ImageSpec, result: BuildResult, published: Any) -> None:
         """Signed provenance, SBOM, scan and VEX next to the pushed digest (bakery.evidence)."""
+        from bakery import evidence
+
         if not self.project.config.signing.key:
             return
         self.progress.step(str(spec.key), "signing and attaching attestations")
@@ -758,6 +766,8 @@ class Builder:
 
     def _attest_ami(self, spec: ImageSpec, result: BuildResult, recipe: Recipe, origin: str) -> None:
         """Signed provenance of an AMI build, in S3 (bakery.ami_evidence; needs signing.ami_store)."""
+        from bakery import ami_evidence, evidence
+
         if not (self.project.config.signing.key and self.project.config.signing.ami_store):
             return
         revision, source = self._git
@@ -773,6 +783,8 @@ class Builder:
         try:
             if builder == "docker":
                 return str(self.docker.version().get("Version", "unknown"))
+            from bakery import packer
+
             return packer.packer_version(self.project)
         except Exception:  # noqa: BLE001 - a version we cannot read is recorded as such
             return "unknown"

@@ -117,7 +117,11 @@ DEFERRED = {("bakery.definitions", "bakery.render"),  # render imports jinja2: ~
             # per-definition policy, a bare build tag, an image that may be an AMI): `bakery promote` of an image
             # otherwise starts without pydantic (~0.1 s of its start-up; bench/promote.py)
             ("bakery.gates", "bakery.definitions"), ("bakery.store", "bakery.definitions"),
-            ("bakery.ami", "bakery.definitions")}
+            ("bakery.ami", "bakery.definitions"),
+            # signing and evidence (cryptography), AMI and Packer code only where a build signs, or bakes with
+            # Packer: every container build otherwise starts ~20 ms sooner (bench/rebuild.py; test_startup.py)
+            ("bakery.build", "bakery.evidence"), ("bakery.build", "bakery.ami"),
+            ("bakery.build", "bakery.ami_evidence"), ("bakery.build", "bakery.packer")}
 
 
 def test_core_modules_import_bakery_modules_at_the_top() -> None:

@@ -82,3 +82,15 @@ def test_promote_does_not_load_the_fleet_to_rule_out_an_ami(repo: Path) -> None:
     out = subprocess.run([sys.executable, "-c", AMI_PROBE, "ami:1.0"], capture_output=True, text=True, cwd=repo,
                          timeout=60)
     assert out.stdout.split()[-1] == "True", out.stderr
+
+
+def test_a_build_loads_no_signing_or_ami_code_until_it_needs_it() -> None:
+    """`bakery build` of container images without a signing key (issue 14: a warm rebuild's start-up) loads neither
+    the evidence and signing modules (cryptography) nor the AMI and Packer code: they load when used."""
+    code = ("import sys, bakery.build, bakery.cli.build; "
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography' or m in "
+            "('bakery.evidence', 'bakery.signing', 'bakery.attest', 'bakery.ami', 'bakery.ami_evidence', "
+            "'bakery.packer', 'boto3'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == []
