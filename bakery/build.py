@@ -48,9 +48,9 @@ from bakery.model import (
     Recipe,
     Status,
 )
-from bakery.ledger import open_ledger
+from bakery.ledger import Ledger, open_ledger
 from bakery.progress import Progress
-from bakery.publish import env_repository, latest, push_image, record_publish
+from bakery.publish import build_tags, env_repository, latest, push_image, record_publish
 from bakery.ref import Ref
 from bakery.registries import registry_for, registry_for_host
 
@@ -458,6 +458,16 @@ class Builder:
         self._git = git_info(project)
         self._scans: dict[ImageKey, tuple[Any, Any]] = {}  # key -> (ScanResult, GateDecision), for attestations
         self._facts: dict[ImageKey, dict[str, Any]] = {}  # key -> what the provenance records
+        self._local = threading.local()  # per worker thread: its ledger (an SQLite connection stays in its thread)
+
+    @property
+    def ledger(self) -> Ledger:
+        """This thread's ledger, opened once per run and thread (not per image and step: an S3 ledger makes a
+        boto3 client, ~8 ms, each time)."""
+        led = getattr(self._local, "ledger", None)
+        if led is None:
+            led = self._local.ledger = open_ledger(self.project)
+        return led
 
     @property
     def docker(self) -> Any:
@@ -611,9 +621,10 @@ class Builder:
     def _same_inputs(self, spec: ImageSpec, labels: dict[str, str]) -> tuple[str, str] | None:
         """(``created`` label, image id) of the newest build of ``spec`` published to the first environment when it
         carries exactly ``labels`` but ``created``; None otherwise, or when it cannot be read (the build then goes
-        on as a new image). Asks the ledger (the last publish and the image id its build tag was reserved for) and
-        reads that image's labels from the local daemon (content-addressed: the id is the config's digest), else
-        from the registry: no registry request when the image is here. Publishing checks the registry again."""
+        on as a new image). The registry names the newest build tag, the ledger the image id it was reserved for
+        (one read each: not the image's whole history, which an S3 ledger reads object by object); that image's
+        labels come from the local daemon (content-addressed: the id is the config's digest), else from the
+        registry. Publishing checks registry and ledger again (``publish.identical_newest``)."""
         if not self.options.push or spec.key in self.options.fresh or not re.fullmatch(
                 r"[0-9a-f]{40}", labels.get(OCI + "revision", "")):
             return None  # a local build, a forced new label, or a dirty/unknown revision: no reproducible inputs
@@ -621,10 +632,8 @@ class Builder:
         host, repo = env_repository(self.project, env, spec.key.name)
         target = f"{host}/{repo}"
         try:
-            led = open_ledger(self.project)
-            last = next((e for e in reversed(led.events(image=str(spec.key), env=env))
-                         if e.kind == "publish" and e.details.get("repository") == target), None)
-            holder = integrity.reservation(led, str(spec.key), target, last.build_tag) if last else None
+            tags = build_tags(self.project, spec.key, registry_for(self.project, env).list_tags(repo))
+            holder = integrity.reservation(self.ledger, str(spec.key), target, tags[-1]) if tags else None
             if holder is None or holder.details.get("identity") != "image":
                 return None
             config = holder.digest
@@ -708,7 +717,8 @@ class Builder:
     def _push(self, spec: ImageSpec, result: BuildResult) -> None:
         mark = time.monotonic()
         published = push_image(self.project, self.docker, spec, result.image_id, fingerprint=result.fingerprint,
-                               today=self.today, on_line=lambda ln: self.progress.line(str(spec.key), ln))
+                               today=self.today, on_line=lambda ln: self.progress.line(str(spec.key), ln),
+                               ledger=self.ledger)
         result.repository, result.build_tag, result.digest = published.repository, published.build_tag, \
             published.digest
         result.tags = [published.build_tag, *published.aliases]
@@ -718,7 +728,7 @@ class Builder:
         mark = time.monotonic()
         if not published.reused:  # the ledger recorded this digest under that build tag when it was published
             record_publish(self.project, spec, published, fingerprint=result.fingerprint, scan=result.scan,
-                           parent=result.parent_reference)
+                           parent=result.parent_reference, ledger=self.ledger)
         result.timings["record"] = time.monotonic() - mark
         mark = time.monotonic()
         if not published.reused or not self._attested(published):

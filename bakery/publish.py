@@ -14,7 +14,7 @@ from typing import Any
 from bakery import integrity
 from bakery.configview import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, RegistryUnavailable, StepFailed
-from bakery.ledger import Event, open_ledger
+from bakery.ledger import Event, Ledger, open_ledger
 from bakery.model import ImageKey, ImageSpec, Published
 from bakery.registries import Registry, registry_for
 from bakery.tags import Scheme, image_aliases
@@ -64,7 +64,7 @@ def aliases(project: Project, spec: ImageSpec, env: str, today: dt.date, fingerp
 
 def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: str, *, fingerprint: str,
                today: dt.date, build_tag: str | None = None, on_line: Callable[[str], None] | None = None,
-               ) -> Published:
+               ledger: Ledger | None = None) -> Published:
     """Push a local image to the first environment under a new immutable build tag plus alias tags.
 
     An existing build tag holding a different digest is refused (ImmutableTagError, registry unchanged);
@@ -73,7 +73,7 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
     env = project.config.first_env
     host, repo = env_repository(project, env, spec.key.name)
     client = registry_for(project, env)
-    led = open_ledger(project)
+    led = ledger or open_ledger(project)
     existing = client.list_tags(repo)
     target = f"{host}/{repo}"
     if build_tag is None:
@@ -209,8 +209,8 @@ def local_repo_digests(docker_client: Any, image_id: str, repository: str) -> se
 
 
 def record_publish(project: Project, spec: ImageSpec, published: Published, *, fingerprint: str,
-                   scan: dict[str, Any] | None, parent: str) -> None:
-    open_ledger(project).record(Event(
+                   scan: dict[str, Any] | None, parent: str, ledger: Ledger | None = None) -> None:
+    (ledger or open_ledger(project)).record(Event(
         kind="publish", image=str(spec.key), digest=published.digest, build_tag=published.build_tag,
         from_env=None, to_env=published.env, scan=scan,
         details={"repository": published.repository, "aliases": list(published.aliases),

@@ -173,6 +173,33 @@ def test_a_warm_rebuild_of_the_same_inputs_is_the_same_image_and_publishes_nothi
     assert moved["root:1.0"]["build_tag"] == first["root:1.0"]["build_tag"][:-2] + ".3"
 
 
+def test_a_build_opens_the_ledger_once_per_worker_not_per_image_and_step(make_project, stack, monkeypatch):
+    """Issue 14: each image read and wrote the ledger through a new connection (an S3 ledger: a new boto3 client,
+    ~8 ms) three times — the probe of the newest build, the reservation, the publish record."""
+    from bakery import build as build_mod, ledger as ledger_mod, publish as publish_mod
+    from bakery.config import load_project
+    from bakery.definitions import load_fleet
+
+    root = make_project(fleet=None)
+    write_tiny_fleet(root, {"root": ("docker.io/library/debian:bookworm-slim", "root"), "leaf": ("root:1.0", "leaf")})
+    opened = []
+
+    def counting(project):
+        opened.append(project)
+        return ledger_mod.open_ledger(project)
+
+    monkeypatch.setattr(build_mod, "open_ledger", counting)
+    monkeypatch.setattr(publish_mod, "open_ledger", counting)
+    project = load_project(root / "bakery.yaml", cwd=root, environ={})
+    fleet = load_fleet(project)
+    for _ in range(2):  # a first build, then a rebuild that reuses both images
+        specs = [s for level in fleet.levels() for s in level]
+        results = build_mod.build(project, fleet, specs, build_mod.BuildOptions(jobs=1, scan=False))
+        assert [r.status.value for r in results] == ["pushed", "pushed"], [r.error for r in results]
+    assert [r.reused for r in results] == [True, True]
+    assert len(opened) == 2  # one per run: -j 1 builds in one worker thread
+
+
 def test_an_alias_shaped_like_a_build_tag_never_moves_one(make_project, stack):
     """dev's second alias renders to the day's first build tag: the second build of the day must not move it."""
     root = make_project(fleet=None, config={"environments": {"dev": {"aliases": ["{version}",
