@@ -530,7 +530,7 @@ class Builder:
                 result.image_id = self._packer(spec, recipe, parent_ref, result, tail)
             else:
                 result.image_id = self._docker_build_reproducibly(spec, recipe, parent_ref, result, tail)
-            timings["build"] = time.monotonic() - mark
+            timings["build"] = time.monotonic() - mark - timings.get("probe", 0.0)
             result.status = Status.BUILT
             self._facts[spec.key]["finished"] = dt.datetime.now(dt.timezone.utc)
             if result.digest:  # the builder stored the artifact itself (packer amazon-ebs): no scan, no push
@@ -607,7 +607,9 @@ class Builder:
         the image comes out different anyway (``--no-cache``, a step that is not reproducible), it is built once
         more with ``created`` = now — from the cache just filled — so ``created`` always says when the image's
         content was made (plan's ``patches`` reason reads it)."""
+        mark = time.monotonic()
         previous = self._same_inputs(spec, result.labels)
+        result.timings["probe"] = time.monotonic() - mark
         if previous is None:
             return self._docker_build(spec, recipe, parent_ref, result.labels, tail)
         created, config = previous

@@ -140,7 +140,7 @@ def main() -> int:
             assert all(r["status"] == "pushed" for r in results), results
             phases = {k: sum(r["timings"].get(k, 0.0) for r in results) for k in ("build", "trivy", "push")}
             phases["scan"] = sum(r["timings"].get("scan", 0.0) - r["timings"].get("trivy", 0.0) for r in results)
-            phases["other"] = sum(r["timings"].get(k, 0.0) for r in results for k in ("prepare", "record", "attest"))
+            phases["other"] = sum(r["timings"].get(k, 0.0) for r in results for k in ("prepare", "probe", "record", "attest"))
             phases["own"] = took - phases["build"] - phases["trivy"] - phases["push"]
             phases["startup"] = took - sum(r["seconds"] for r in results)
             return took, results, phases
@@ -183,7 +183,7 @@ def main() -> int:
             print(f"  {title}: {reused}/{args.images} images were the published image again")
             print(f"    bakery build --all            {total:6.2f} s  = build {ph['build']:.2f} + trivy {ph['trivy']:.2f} "
                   f"+ publish {ph['push']:.2f} + bakery's own {own:.2f} (start-up and exit {ph['startup']:.2f}, "
-                  f"scan store {ph['scan']:.2f}, render/parents/ledger {ph['other']:.2f})")
+                  f"scan store {ph['scan']:.2f}, render/parents/newest build/ledger {ph['other']:.2f})")
             print(f"    docker build + trivy          {ref_bs:6.2f} s  (build {ref['build']:.2f}, trivy {ref['trivy']:.2f})"
                   + (f"   + docker push {ref['push']:.2f} s = {ref_all:.2f} s" if case == "commit" else ""))
             print(f"    ratios to the reference       build {ph['build'] / ref['build']:.2f}×, trivy "
