@@ -740,6 +740,8 @@ class Builder:
         result.timings["attest"] = time.monotonic() - mark
 
     def _attest_scan(self, published: Any, scanned: Any, decision: Any) -> None:
+        if not self.project.config.signing.key:
+            return
         from bakery import evidence
 
         repo = env_repository(self.project, published.env, published.key.name)[1]
@@ -749,20 +751,20 @@ class Builder:
     def _attested(self, published: Any) -> bool:
         """Whether the digest carries a provenance attestation (made by the build that published it), when this
         project signs; a build reusing it attests it only when it carries none (signing configured since)."""
-        from bakery import evidence
-
         if not self.project.config.signing.key:
             return True
+        from bakery import evidence
+
         repo = env_repository(self.project, published.env, published.key.name)[1]
         artifacts, _how = evidence.list_artifacts(registry_for(self.project, published.env), repo, published.digest)
         return any(a.kind == "provenance" for a in artifacts)
 
     def _attest(self, spec: ImageSpec, result: BuildResult, published: Any) -> None:
         """Signed provenance, SBOM, scan and VEX next to the pushed digest (bakery.evidence)."""
-        from bakery import evidence
-
         if not self.project.config.signing.key:
             return
+        from bakery import evidence
+
         self.progress.step(str(spec.key), "signing and attaching attestations")
         facts = self._facts.get(spec.key, {})
         revision, source = self._git
@@ -778,10 +780,10 @@ class Builder:
 
     def _attest_ami(self, spec: ImageSpec, result: BuildResult, recipe: Recipe, origin: str) -> None:
         """Signed provenance of an AMI build, in S3 (bakery.ami_evidence; needs signing.ami_store)."""
-        from bakery import ami_evidence, evidence
-
         if not (self.project.config.signing.key and self.project.config.signing.ami_store):
             return
+        from bakery import ami_evidence, evidence
+
         revision, source = self._git
         now = dt.datetime.now(dt.timezone.utc)
         started = self._facts.get(spec.key, {}).get("started", now)

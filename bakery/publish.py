@@ -146,15 +146,16 @@ def _write_aliases(client: Registry, spec: ImageSpec, repo: str, target: str, bu
                                   f"publishes a complete new build tag: {exc}") from None
 
 
-def identical_newest(project: Project, client: Registry, led: Any, spec: ImageSpec, repo: str, target: str,
+def identical_newest(project: Project, client: Registry, led: Ledger, spec: ImageSpec, repo: str, target: str,
                      existing: list[str], image_id: str) -> Published | None:
     """The newest build of ``spec`` in the first environment when it is exactly image ``image_id`` (same config
     digest: same layers, same labels) and the ledger agrees — its reservation holds that image and its publish
     was recorded under that digest. Else None: the image is new and gets a new build tag.
 
-    A rebuild with unchanged inputs and a warm cache gives the same image (bakery's labels are reproducible, see
-    ``Builder.labels``): publishing it again under another build tag would only add a tag, a ledger record and
-    attestations for what is already there, attested by the build that made it."""
+    A rebuild with unchanged inputs and a warm cache gives the same image (it is built with the newest build's
+    ``created`` label, see ``build.Builder._docker_build_reproducibly``): publishing it again under another build
+    tag would only add a tag, a ledger record and attestations for what is already there, attested by the build
+    that made it."""
     tags = build_tags(project, spec.key, existing)
     if not tags:
         return None
