@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 import re
 import subprocess
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bakery import ami, ami_evidence, evidence, packer, render, scan, secrets, tools
+from bakery import integrity, render, scan, secrets, tools
 from bakery.configview import Project
 from bakery.definitions import Fleet, mirrored
 from bakery.errors import (
@@ -35,6 +36,7 @@ from bakery.errors import (
     ToolFailed,
 )
 from bakery.model import (
+    LABEL_CREATED,
     LABEL_FINGERPRINT,
     LABEL_NAME,
     LABEL_VARIANT,
@@ -46,10 +48,11 @@ from bakery.model import (
     Recipe,
     Status,
 )
+from bakery.ledger import Ledger, open_ledger
 from bakery.progress import Progress
-from bakery.publish import latest, push_image, record_publish
+from bakery.publish import build_tags, env_repository, latest, push_image, record_publish
 from bakery.ref import Ref
-from bakery.registries import registry_for_host
+from bakery.registries import registry_for, registry_for_host
 
 LOG_TAIL = 40
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -66,6 +69,9 @@ class BuildOptions:
     today: dt.date | None = None
     engine: str | None = None  # auto | buildkit | classic; None: build.engine of the configuration
     secrets: list[SecretSource] = field(default_factory=list)  # on top of build.secrets (same id: this wins)
+    # Images whose build must carry a new `created` label even when nothing else changed (the nightly's `patches`
+    # rebuilds: the label tells the next plan the image was built after the DB knew of the fixes).
+    fresh: frozenset[ImageKey] = frozenset()
 
 
 def docker_client(timeout: float = 1800) -> Any:
@@ -452,6 +458,16 @@ class Builder:
         self._git = git_info(project)
         self._scans: dict[ImageKey, tuple[Any, Any]] = {}  # key -> (ScanResult, GateDecision), for attestations
         self._facts: dict[ImageKey, dict[str, Any]] = {}  # key -> what the provenance records
+        self._local = threading.local()  # per worker thread: its ledger (an SQLite connection stays in its thread)
+
+    @property
+    def ledger(self) -> Ledger:
+        """This thread's ledger, opened once per run and thread (not per image and step: an S3 ledger makes a
+        boto3 client, ~8 ms, each time)."""
+        led = getattr(self._local, "ledger", None)
+        if led is None:
+            led = self._local.ledger = open_ledger(self.project)
+        return led
 
     @property
     def docker(self) -> Any:
@@ -504,13 +520,17 @@ class Builder:
             render.write(recipe)
             result.fingerprint = render.fingerprint(recipe, parent_digest)
             result.labels = self.labels(spec, symbolic, parent_digest, result.fingerprint)
+            timings = result.timings
+            timings["prepare"] = time.monotonic() - started
             self._facts[spec.key] = {"recipe_digest": recipe.recipe_digest, "started": started_at}
             tail: list[str] = []
             result.log_tail = tail
+            mark = time.monotonic()
             if spec.builder == "packer":
                 result.image_id = self._packer(spec, recipe, parent_ref, result, tail)
             else:
-                result.image_id = self._docker_build(spec, recipe, parent_ref, result.labels, tail)
+                result.image_id = self._docker_build_reproducibly(spec, recipe, parent_ref, result, tail)
+            timings["build"] = time.monotonic() - mark - timings.get("probe", 0.0)
             result.status = Status.BUILT
             self._facts[spec.key]["finished"] = dt.datetime.now(dt.timezone.utc)
             if result.digest:  # the builder stored the artifact itself (packer amazon-ebs): no scan, no push
@@ -519,7 +539,9 @@ class Builder:
                 return result
             if self.options.scan:
                 self.progress.step(name, "scanning")
+                mark = time.monotonic()
                 self._scan(spec, result)
+                timings["scan"] = time.monotonic() - mark
             if self.options.push:
                 self.progress.step(name, "pushing")
                 self._push(spec, result)
@@ -540,6 +562,8 @@ class Builder:
         result.seconds = time.monotonic() - started
         detail = result.error or (f"{result.repository}:{result.build_tag} {result.digest[:19]}" if result.digest
                                   else result.image_id[:19])
+        if result.reused:
+            detail += " (the same image as that build: nothing new to publish)"
         self.progress.done(name, result.status.value, detail)
         if result.status == Status.FAILED and result.log_tail:
             self.progress.block(f"--- {name}: last {len(result.log_tail)} lines of the build log ---",
@@ -547,6 +571,8 @@ class Builder:
         return result
 
     def labels(self, spec: ImageSpec, symbolic: str, parent_digest: str, fingerprint: str) -> dict[str, str]:
+        """The image's labels. Only ``created`` changes from one build of the same inputs to the next; see
+        ``_docker_build_reproducibly`` for when it is kept."""
         revision, source = self._git
         return {
             OCI + "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -564,13 +590,77 @@ class Builder:
         }
 
     def _docker_build(self, spec: ImageSpec, recipe: Recipe, parent_ref: str, labels: dict[str, str],
-                      tail: list[str]) -> str:
+                      tail: list[str], no_cache: bool | None = None) -> str:
         name = str(spec.key)
         engine = self.engine
         self.progress.step(name, f"building FROM {parent_ref} ({engine.name})")
         return engine.build(BuildJob(name=name, recipe=recipe, tag=local_tag(self.project, spec.key),
-                                     parent_ref=parent_ref, labels=labels, no_cache=self.options.no_cache,
+                                     parent_ref=parent_ref, labels=labels,
+                                     no_cache=self.options.no_cache if no_cache is None else no_cache,
                                      on_line=lambda ln: self._log(name, tail, ln)))
+
+    def _docker_build_reproducibly(self, spec: ImageSpec, recipe: Recipe, parent_ref: str, result: BuildResult,
+                                   tail: list[str]) -> str:
+        """Build; when the newest published build came from exactly these inputs (every label but ``created``
+        equal: fingerprint, parent digest, clean revision, …), first with that build's ``created`` label. A warm
+        cache then gives the very same image (same config digest), which publish does not publish again. When
+        the image comes out different anyway (``--no-cache``, a step that is not reproducible), it is built once
+        more with ``created`` = now — from the cache just filled — so ``created`` always says when the image's
+        content was made (plan's ``patches`` reason reads it)."""
+        mark = time.monotonic()
+        previous = self._same_inputs(spec, result.labels)
+        result.timings["probe"] = time.monotonic() - mark
+        if previous is None:
+            return self._docker_build(spec, recipe, parent_ref, result.labels, tail)
+        created, config = previous
+        labels = {**result.labels, LABEL_CREATED: created}
+        image_id = self._docker_build(spec, recipe, parent_ref, labels, tail)
+        if image_id == config:
+            result.labels = labels
+            return image_id
+        return self._docker_build(spec, recipe, parent_ref, result.labels, tail, no_cache=False)
+
+    def _same_inputs(self, spec: ImageSpec, labels: dict[str, str]) -> tuple[str, str] | None:
+        """(``created`` label, image id) of the newest build of ``spec`` published to the first environment when it
+        carries exactly ``labels`` but ``created``; None otherwise, or when it cannot be read (the build then goes
+        on as a new image). The registry names the newest build tag, the ledger the image id it was reserved for
+        (one read each: not the image's whole history, which an S3 ledger reads object by object); that image's
+        labels come from the local daemon (content-addressed: the id is the config's digest), else from the
+        registry. Publishing checks registry and ledger again (``publish.identical_newest``)."""
+        if not self.options.push or spec.key in self.options.fresh or not re.fullmatch(
+                r"[0-9a-f]{40}", labels.get(OCI + "revision", "")):
+            return None  # a local build, a forced new label, or a dirty/unknown revision: no reproducible inputs
+        env = self.project.config.first_env
+        host, repo = env_repository(self.project, env, spec.key.name)
+        target = f"{host}/{repo}"
+        try:
+            tags = build_tags(self.project, spec.key, registry_for(self.project, env).list_tags(repo))
+            holder = integrity.reservation(self.ledger, str(spec.key), target, tags[-1]) if tags else None
+            if holder is None or holder.details.get("identity") != "image":
+                return None
+            config = holder.digest
+            held = self._labels_of(config, env, repo)
+        except BakeryError as exc:
+            log.info("%s: newest build not read (%s): built as a new image", spec.key, exc)
+            return None
+        created = (held or {}).get(LABEL_CREATED, "")
+        if not created or any(held.get(k) != v for k, v in labels.items() if k != LABEL_CREATED):
+            return None
+        return created, config
+
+    def _labels_of(self, image_id: str, env: str, repo: str) -> dict[str, str] | None:
+        """The labels of image ``image_id`` (a config digest): from the daemon when it holds it, else from the
+        config blob in ``env``'s registry; None when neither has it."""
+        try:
+            return dict((self.docker.api.inspect_image(image_id).get("Config") or {}).get("Labels") or {})
+        except Exception:  # noqa: BLE001 - not in this daemon (a fresh runner): ask the registry
+            pass
+        try:
+            client = registry_for(self.project, env)
+            config = json.loads(client.get_blob(repo, image_id))
+            return dict((config.get("config") or {}).get("Labels") or {})
+        except (BakeryError, ValueError, AttributeError, TypeError):
+            return None
 
     @property
     def engine(self) -> Engine:
@@ -589,6 +679,8 @@ class Builder:
 
     def _packer(self, spec: ImageSpec, recipe: Recipe, parent_ref: str, result: BuildResult,
                 tail: list[str]) -> str:
+        from bakery import ami, packer
+
         name = str(spec.key)
         self.progress.step(name, f"packer build FROM {parent_ref}")
         out = packer.build(self.project, recipe, parent_ref=parent_ref, labels=result.labels,
@@ -612,6 +704,7 @@ class Builder:
         scanned, decision = scan.gate(self.project, result.image_id, remote=False, spec=spec,
                                       rescan=self.options.rescan)
         self._scans[spec.key] = (scanned, decision)
+        result.timings["trivy"] = float(getattr(scanned, "trivy_seconds", 0.0) or 0.0)
         result.scan = decision.summary()
         if not decision.passed:
             reasons = "; ".join(f"{f.id} in {f.package} {f.installed} (fixed in {f.fixed or 'no fix'}): {why}"
@@ -624,20 +717,54 @@ class Builder:
             raise GateFailed(f"scan gate failed, not pushed: {reasons}{more}")
 
     def _push(self, spec: ImageSpec, result: BuildResult) -> None:
+        mark = time.monotonic()
         published = push_image(self.project, self.docker, spec, result.image_id, fingerprint=result.fingerprint,
-                               today=self.today, on_line=lambda ln: self.progress.line(str(spec.key), ln))
+                               today=self.today, on_line=lambda ln: self.progress.line(str(spec.key), ln),
+                               ledger=self.ledger)
         result.repository, result.build_tag, result.digest = published.repository, published.build_tag, \
             published.digest
         result.tags = [published.build_tag, *published.aliases]
         result.status = Status.PUSHED
-        record_publish(self.project, spec, published, fingerprint=result.fingerprint, scan=result.scan,
-                       parent=result.parent_reference)
-        self._attest(spec, result, published)
+        result.reused = published.reused
+        result.timings["push"] = time.monotonic() - mark
+        mark = time.monotonic()
+        if not published.reused:  # the ledger recorded this digest under that build tag when it was published
+            record_publish(self.project, spec, published, fingerprint=result.fingerprint, scan=result.scan,
+                           parent=result.parent_reference, ledger=self.ledger)
+        result.timings["record"] = time.monotonic() - mark
+        mark = time.monotonic()
+        if not published.reused or not self._attested(published):
+            self._attest(spec, result, published)
+        elif self._scans.get(spec.key) and not getattr(self._scans[spec.key][0], "cached", False):
+            self._attest_scan(published, *self._scans[spec.key])  # scanned again (a newer DB): sign that scan
+        result.timings["attest"] = time.monotonic() - mark
+
+    def _attest_scan(self, published: Any, scanned: Any, decision: Any) -> None:
+        if not self.project.config.signing.key:
+            return
+        from bakery import evidence
+
+        repo = env_repository(self.project, published.env, published.key.name)[1]
+        evidence.attest_scan(self.project, registry_for(self.project, published.env), repo, published.repository,
+                             published.digest, scanned, decision)
+
+    def _attested(self, published: Any) -> bool:
+        """Whether the digest carries a provenance attestation (made by the build that published it), when this
+        project signs; a build reusing it attests it only when it carries none (signing configured since)."""
+        if not self.project.config.signing.key:
+            return True
+        from bakery import evidence
+
+        repo = env_repository(self.project, published.env, published.key.name)[1]
+        artifacts, _how = evidence.list_artifacts(registry_for(self.project, published.env), repo, published.digest)
+        return any(a.kind == "provenance" for a in artifacts)
 
     def _attest(self, spec: ImageSpec, result: BuildResult, published: Any) -> None:
         """Signed provenance, SBOM, scan and VEX next to the pushed digest (bakery.evidence)."""
         if not self.project.config.signing.key:
             return
+        from bakery import evidence
+
         self.progress.step(str(spec.key), "signing and attaching attestations")
         facts = self._facts.get(spec.key, {})
         revision, source = self._git
@@ -655,6 +782,8 @@ class Builder:
         """Signed provenance of an AMI build, in S3 (bakery.ami_evidence; needs signing.ami_store)."""
         if not (self.project.config.signing.key and self.project.config.signing.ami_store):
             return
+        from bakery import ami_evidence, evidence
+
         revision, source = self._git
         now = dt.datetime.now(dt.timezone.utc)
         started = self._facts.get(spec.key, {}).get("started", now)
@@ -668,6 +797,8 @@ class Builder:
         try:
             if builder == "docker":
                 return str(self.docker.version().get("Version", "unknown"))
+            from bakery import packer
+
             return packer.packer_version(self.project)
         except Exception:  # noqa: BLE001 - a version we cannot read is recorded as such
             return "unknown"

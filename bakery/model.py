@@ -125,6 +125,8 @@ class BuildResult:
     log_tail: list[str] = field(default_factory=list)
     scan: dict[str, Any] | None = None  # summary of the scan gate when scanned
     labels: dict[str, str] = field(default_factory=dict)
+    reused: bool = False  # the build gave exactly the newest published image: its build tag, nothing published
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: prepare, build, scan, push, …
 
     @property
     def ok(self) -> bool:
@@ -142,6 +144,7 @@ class BuildResult:
             "digest": self.digest, "repository": self.repository, "build_tag": self.build_tag,
             "tags": list(self.tags), "fingerprint": self.fingerprint, "parent": self.parent_reference,
             "seconds": round(self.seconds, 3), "error": self.error or None, "scan": self.scan,
+            "reused": self.reused, "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
 
@@ -156,6 +159,7 @@ class Published:
     digest: str  # the manifest digest; for an AMI build its origin ``ami:REGION:AMI-ID``
     aliases: tuple[str, ...] = ()
     created: dt.datetime | None = None
+    reused: bool = False  # a build that gave exactly this published image again: nothing new was published
 
     @property
     def pinned(self) -> str:
@@ -174,6 +178,7 @@ SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 # Label keys every bakery image carries.
 OCI = "org.opencontainers.image."
+LABEL_CREATED = OCI + "created"
 LABEL_NAME = "dev.bakery.name"
 LABEL_VERSION = "dev.bakery.version"
 LABEL_VARIANT = "dev.bakery.variant"

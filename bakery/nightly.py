@@ -28,10 +28,19 @@ from bakery.plan import Current, Plan, PlanItem, Reason, make_plan, matrix_slug
 from bakery.promote import promote
 
 
-def changed_specs(project: Project, fleet: Fleet, refs: Sequence[str] = ()) -> list[ImageSpec]:
-    """The images `bakery plan` says must be rebuilt (among REFs and their descendants), parents first."""
+def changed_specs(project: Project, fleet: Fleet,
+                  refs: Sequence[str] = ()) -> tuple[list[ImageSpec], frozenset[ImageKey]]:
+    """The images `bakery plan` says must be rebuilt (among REFs and their descendants), parents first, and those
+    of them rebuilt for ``patches`` (BuildOptions.fresh: a new ``created`` label even when the image comes out the
+    same)."""
     plan = make_plan(project, fleet, refs)
-    return [i.spec for i in plan.rebuild]
+    return [i.spec for i in plan.rebuild], patched(plan)
+
+
+def patched(plan: Plan) -> frozenset[ImageKey]:
+    """The images a plan rebuilds for ``patches``: their build gets a new `created` label even when it gives the
+    same image, so the next plan knows they were built after the DB knew of the fixes (bakery.build)."""
+    return frozenset(i.key for i in plan.rebuild if any(r.kind == "patches" for r in i.reasons))
 
 
 @dataclass
@@ -240,7 +249,7 @@ def run(project: Project, fleet: Fleet, refs: Sequence[str] = (), *, force: Sequ
         promotions: dict[str, list[dict[str, Any]]] = {}  # filled as promotions happen, kept if one aborts
         aborted = ""
         if plan.rebuild and not dry_run:
-            options = BuildOptions(jobs=jobs or project.config.build.jobs, push=True, scan=True)
+            options = BuildOptions(jobs=jobs or project.config.build.jobs, push=True, scan=True, fresh=patched(plan))
             try:
                 for r in build(project, fleet, [i.spec for i in plan.rebuild], options, progress):
                     results[str(r.key)] = r.to_json()

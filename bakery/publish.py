@@ -14,7 +14,7 @@ from typing import Any
 from bakery import integrity
 from bakery.configview import Project
 from bakery.errors import DaemonUnavailable, ImmutableTagError, RegistryUnavailable, StepFailed
-from bakery.ledger import Event, open_ledger
+from bakery.ledger import Event, Ledger, open_ledger
 from bakery.model import ImageKey, ImageSpec, Published
 from bakery.registries import Registry, registry_for
 from bakery.tags import Scheme, image_aliases
@@ -64,7 +64,7 @@ def aliases(project: Project, spec: ImageSpec, env: str, today: dt.date, fingerp
 
 def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: str, *, fingerprint: str,
                today: dt.date, build_tag: str | None = None, on_line: Callable[[str], None] | None = None,
-               ) -> Published:
+               ledger: Ledger | None = None) -> Published:
     """Push a local image to the first environment under a new immutable build tag plus alias tags.
 
     An existing build tag holding a different digest is refused (ImmutableTagError, registry unchanged);
@@ -73,9 +73,13 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
     env = project.config.first_env
     host, repo = env_repository(project, env, spec.key.name)
     client = registry_for(project, env)
-    led = open_ledger(project)
+    led = ledger or open_ledger(project)
     existing = client.list_tags(repo)
     target = f"{host}/{repo}"
+    if build_tag is None:
+        same = identical_newest(project, client, led, spec, repo, target, existing, image_id)
+        if same is not None:  # this exact image is the newest build already: point the aliases, publish nothing
+            return _point_aliases(project, client, spec, repo, same, today, fingerprint)
     # Reserve before writing: the build tag is claimed in the ledger for this image id before anything is pushed.
     if build_tag is None:
         build_tag, holder, _won = integrity.reserve_next_build_tag(
@@ -125,7 +129,12 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
         raise StepFailed(f"push {target}:{build_tag}: the daemon reported no digest")
     integrity.confirm_tag(led, client, repo, target=target, image=str(spec.key), env=env, build_tag=build_tag,
                           digest=digest)  # read back before any alias moves
-    written = [build_tag]
+    _write_aliases(client, spec, repo, target, build_tag, digest, alias_tags, [build_tag])
+    return Published(spec.key, env, target, build_tag, digest, tuple(alias_tags))
+
+
+def _write_aliases(client: Registry, spec: ImageSpec, repo: str, target: str, build_tag: str, digest: str,
+                   alias_tags: list[str], written: list[str]) -> None:
     try:
         manifest = client.get_manifest(repo, digest)
         for tag in alias_tags:
@@ -135,7 +144,46 @@ def push_image(project: Project, docker_client: Any, spec: ImageSpec, image_id: 
         state = integrity.target_state(written, build_tag, alias_tags)
         raise RegistryUnavailable(f"push of {spec.key} to {target} interrupted ({state}; not recorded): `bakery build` again "
                                   f"publishes a complete new build tag: {exc}") from None
-    return Published(spec.key, env, target, build_tag, digest, tuple(alias_tags))
+
+
+def identical_newest(project: Project, client: Registry, led: Ledger, spec: ImageSpec, repo: str, target: str,
+                     existing: list[str], image_id: str) -> Published | None:
+    """The newest build of ``spec`` in the first environment when it is exactly image ``image_id`` (same config
+    digest: same layers, same labels) and the ledger agrees — its reservation holds that image and its publish
+    was recorded under that digest. Else None: the image is new and gets a new build tag.
+
+    A rebuild with unchanged inputs and a warm cache gives the same image (it is built with the newest build's
+    ``created`` label, see ``build.Builder._docker_build_reproducibly``): publishing it again under another build
+    tag would only add a tag, a ledger record and attestations for what is already there, attested by the build
+    that made it."""
+    tags = build_tags(project, spec.key, existing)
+    if not tags:
+        return None
+    newest = tags[-1]
+    holder = integrity.reservation(led, str(spec.key), target, newest)
+    if holder is None or not integrity.holds(holder, config=image_id):
+        return None  # the ledger reserved that tag for another image (or never): not ours to reuse
+    env = project.config.first_env
+    recorded = integrity.recorded_digest(led.events(image=str(spec.key), env=env), str(spec.key), env, newest)
+    if recorded is None:
+        return None  # reserved, maybe pushed, never recorded (an interrupted publish): publish a new build tag
+    # Read back what the tag names now. The ledger recorded that manifest (read back when it was published) for
+    # image ``image_id``; a manifest digest fixes its config, so the same digest is the same image.
+    if client.head_manifest(repo, newest) != recorded:
+        return None
+    return Published(spec.key, env, target, newest, recorded, (), reused=True)
+
+
+def _point_aliases(project: Project, client: Registry, spec: ImageSpec, repo: str, same: Published, today: dt.date,
+                   fingerprint: str) -> Published:
+    """The aliases a publish of ``same`` writes, written again where they name another digest (they may have
+    moved since): nothing else."""
+    alias_tags = aliases(project, spec, same.env, today, fingerprint)
+    refuse_build_tag_aliases(project, spec.key.name, same.repository, [t for t in alias_tags if t != same.build_tag])
+    moved = [t for t in alias_tags if client.head_manifest(repo, t) != same.digest]
+    if moved:
+        _write_aliases(client, spec, repo, same.repository, same.build_tag, same.digest, moved, [same.build_tag])
+    return Published(spec.key, same.env, same.repository, same.build_tag, same.digest, tuple(alias_tags), reused=True)
 
 
 def refuse_build_tag_aliases(project: Project, name: str, target: str, alias_tags: list[str]) -> None:
@@ -162,8 +210,8 @@ def local_repo_digests(docker_client: Any, image_id: str, repository: str) -> se
 
 
 def record_publish(project: Project, spec: ImageSpec, published: Published, *, fingerprint: str,
-                   scan: dict[str, Any] | None, parent: str) -> None:
-    open_ledger(project).record(Event(
+                   scan: dict[str, Any] | None, parent: str, ledger: Ledger | None = None) -> None:
+    (ledger or open_ledger(project)).record(Event(
         kind="publish", image=str(spec.key), digest=published.digest, build_tag=published.build_tag,
         from_env=None, to_env=published.env, scan=scan,
         details={"repository": published.repository, "aliases": list(published.aliases),

@@ -36,14 +36,15 @@ def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jo
 
     Each image's FROM is pinned to the exact digest of its parent; every image carries OCI labels and a
     fingerprint of its inputs. A failed build stops its descendants only. REF is NAME or
-    NAME:VERSION[-VARIANT].
+    NAME:VERSION[-VARIANT]. Unchanged inputs (recipe, parent, clean revision) rebuilt from a warm cache give
+    the published image itself: nothing new is published ("reused" in --format json).
 
     \b
     Examples:
       bakery build --all                  # the whole fleet, pushed to dev
       bakery build python:3.11 --no-push  # one image, local only
       bakery build --changed              # only what changed since the last publish
-      bakery build --all --format json    # per image: ref, image id, digest, tags, fingerprint, status, seconds
+      bakery build --all --format json    # per image: ref, image id, digest, tags, status, reused, timings
       bakery build app --secret id=pip,env=PIP_TOKEN   # RUN --mount=type=secret,id=pip reads it
       bakery build --all --engine classic # the Docker SDK's classic builder (no RUN --mount)
     """
@@ -61,10 +62,11 @@ def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jo
     project = ctx.project
     fleet = load_fleet(project)
     specs = fleet.select(refs)
+    fresh: frozenset = frozenset()
     if changed:
         from bakery.nightly import changed_specs
 
-        specs = changed_specs(project, fleet, refs)
+        specs, fresh = changed_specs(project, fleet, refs)
         if not specs:
             click.echo("nothing changed: every image is up to date", err=True)
             if fmt == "json":
@@ -72,7 +74,8 @@ def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jo
             return
     options = BuildOptions(jobs=jobs or project.config.build.jobs,
                            push=project.config.build.push if push is None else push,
-                           scan=scan, rescan=rescan, no_cache=no_cache, engine=engine, secrets=build_secrets)
+                           scan=scan, rescan=rescan, no_cache=no_cache, engine=engine, secrets=build_secrets,
+                           fresh=fresh)
     with Progress(enabled=not ctx.quiet) as progress:
         results = build(project, fleet, specs, options, progress)
     ok = all(r.ok for r in results)

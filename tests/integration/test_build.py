@@ -82,27 +82,27 @@ def test_example_fleet_builds_pushes_and_the_registry_agrees(make_project, stack
     run = subprocess.run(["docker", "run", "--rm", image, "sh", "-c", "id -u; ls /var/lib/apt/lists | wc -l"],
                          capture_output=True, text=True, timeout=120)
     assert run.stdout.split() == ["10001", "0"], run.stderr
-    # A second build of the same image gets the next build tag of the day; the first stays as it was.
+    # A second build of the same inputs with a warm cache is the same image: nothing new is published.
     again = bakery("build", "nginx", "--no-scan", "--format", "json", cwd=root)
     assert again.returncode == 0, again.stderr[-2000:]
     second = json.loads(again.stdout)["results"][0]
     first = results["nginx:1.22"]
-    assert second["build_tag"] == first["build_tag"][:-2] + ".2"
+    assert (second["build_tag"], second["digest"], second["reused"]) == (first["build_tag"], first["digest"], True)
     host, _, repo = first["repository"].partition("/")
     assert registry_digest(host, repo, first["build_tag"]) == first["digest"]
 
 
 def test_an_immutable_tag_is_never_overwritten(make_project, stack):
     # A scheme without {n} must hold a fingerprint (bakery refuses `{version}-{yyyymmdd}` at load time): the same
-    # recipe rebuilt gets the same build tag, and a rebuild a second later has another org.opencontainers.image.
-    # created label, so another digest → refused, registry unchanged.
+    # recipe rebuilt gets the same build tag, and a rebuild without the cache a second later is another image
+    # (new layer, new org.opencontainers.image.created label), so another digest → refused, registry unchanged.
     root = make_project(fleet=None, config={"tags": {"build": "{version}-{fp}"}})
     write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "one")})
     first = bakery("build", "app", "--no-scan", "--format", "json", cwd=root)
     assert first.returncode == 0, first.stderr
     r1 = json.loads(first.stdout)["results"][0]
     time.sleep(1.1)  # not a timing assertion: the next build's `created` label must differ
-    second = bakery("build", "app", "--no-scan", "--format", "json", cwd=root)
+    second = bakery("build", "app", "--no-scan", "--no-cache", "--format", "json", cwd=root)
     assert second.returncode == 1
     r2 = json.loads(second.stdout)["results"][0]
     assert r2["status"] == "refused"
@@ -110,6 +110,94 @@ def test_an_immutable_tag_is_never_overwritten(make_project, stack):
     host, _, repo = r1["repository"].partition("/")
     assert registry_digest(host, repo, r1["build_tag"]) == r1["digest"]
     assert "refusing to overwrite" in second.stderr
+
+
+def test_a_warm_rebuild_of_the_same_inputs_is_the_same_image_and_publishes_nothing(make_project, stack):
+    """Issue 14: unchanged recipe, parents and revision + a warm cache = the published image itself (its `created`
+    label is kept): no new build tag, no push, no ledger record, no rescan. Anything that changes the image — a
+    build without the cache, a new commit — is published under the next build tag as before."""
+    from bakery import ledger as ledger_mod
+    from bakery.config import load_project
+    from bakery.trivydb import build_db
+
+    root = make_project(fleet=None)
+    build_db(Path(__file__).parent.parent / "fixtures" / "fleets" / "tree" / "advisories-none.yaml",
+             root / ".bakery" / "trivy")
+    write_tiny_fleet(root, {"root": ("docker.io/library/debian:bookworm-slim", "root"), "leaf": ("root:1.0", "leaf")})
+    led = ledger_mod.open_ledger(load_project(root / "bakery.yaml", cwd=root, environ={}))
+
+    def build(*extra: str) -> dict[str, dict]:
+        proc = bakery("build", "--all", "--format", "json", *extra, cwd=root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {r["ref"]: r for r in json.loads(proc.stdout)["results"]}
+
+    first = build()
+    kinds = [e.kind for e in led.events()]
+    again = build()
+    for ref in ("root:1.0", "leaf:1.0"):
+        assert (again[ref]["build_tag"], again[ref]["digest"], again[ref]["reused"]) == \
+            (first[ref]["build_tag"], first[ref]["digest"], True), ref
+        assert again[ref]["scan"]["cached"] is True and again[ref]["timings"]["trivy"] == 0.0
+        assert first[ref]["reused"] is False
+    assert [e.kind for e in led.events()] == kinds  # no reservation, no publish: nothing new happened
+    host, _, repo = first["leaf:1.0"]["repository"].partition("/")
+    assert registry_digest(host, repo, "1.0") == first["leaf:1.0"]["digest"]  # the alias still names it
+    # Without the cache the image is new: the next build tag, recorded; the first build tag is untouched.
+    fresh = build("--no-cache")
+    for ref in ("root:1.0", "leaf:1.0"):
+        assert fresh[ref]["reused"] is False and fresh[ref]["digest"] != first[ref]["digest"]
+        assert fresh[ref]["build_tag"] == first[ref]["build_tag"][:-2] + ".2", ref
+        host, _, repo = first[ref]["repository"].partition("/")
+        assert registry_digest(host, repo, first[ref]["build_tag"]) == first[ref]["digest"]
+    publishes = [e for e in led.events() if e.kind == "publish"]
+    assert sorted((e.image, e.build_tag) for e in publishes) == sorted(
+        [(r, first[r]["build_tag"]) for r in first] + [(r, fresh[r]["build_tag"]) for r in fresh])
+    # The alias moved back by hand (as a rollback would) is pointed again by the next build that reuses .2.
+    client = stack.client("dev")
+    host, _, repo = first["leaf:1.0"]["repository"].partition("/")
+    old = client.get_manifest(repo, first["leaf:1.0"]["digest"])
+    client.put_manifest(repo, "1.0", old.body, old.media_type)
+    kinds = [e.kind for e in led.events()]
+    third = build()
+    assert {r: (third[r]["build_tag"], third[r]["reused"]) for r in third} == \
+        {r: (fresh[r]["build_tag"], True) for r in fresh}
+    assert registry_digest(host, repo, "1.0") == fresh["leaf:1.0"]["digest"]
+    assert [e.kind for e in led.events()] == kinds
+    # A new commit (the revision label) is a new image too, built from the warm cache.
+    (root / "README.md").write_text("another commit\n")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "x"],
+                   cwd=root, check=True)
+    moved = build()
+    assert {r["reused"] for r in moved.values()} == {False}
+    assert moved["root:1.0"]["build_tag"] == first["root:1.0"]["build_tag"][:-2] + ".3"
+
+
+def test_a_build_opens_the_ledger_once_per_worker_not_per_image_and_step(make_project, stack, monkeypatch):
+    """Issue 14: each image read and wrote the ledger through a new connection (an S3 ledger: a new boto3 client,
+    ~8 ms) three times — the probe of the newest build, the reservation, the publish record."""
+    from bakery import build as build_mod, ledger as ledger_mod, publish as publish_mod
+    from bakery.config import load_project
+    from bakery.definitions import load_fleet
+
+    root = make_project(fleet=None)
+    write_tiny_fleet(root, {"root": ("docker.io/library/debian:bookworm-slim", "root"), "leaf": ("root:1.0", "leaf")})
+    opened = []
+
+    def counting(project):
+        opened.append(project)
+        return ledger_mod.open_ledger(project)
+
+    monkeypatch.setattr(build_mod, "open_ledger", counting)
+    monkeypatch.setattr(publish_mod, "open_ledger", counting)
+    project = load_project(root / "bakery.yaml", cwd=root, environ={})
+    fleet = load_fleet(project)
+    for _ in range(2):  # a first build, then a rebuild that reuses both images
+        specs = [s for level in fleet.levels() for s in level]
+        results = build_mod.build(project, fleet, specs, build_mod.BuildOptions(jobs=1, scan=False))
+        assert [r.status.value for r in results] == ["pushed", "pushed"], [r.error for r in results]
+    assert [r.reused for r in results] == [True, True]
+    assert len(opened) == 2  # one per run: -j 1 builds in one worker thread
 
 
 def test_an_alias_shaped_like_a_build_tag_never_moves_one(make_project, stack):

@@ -198,6 +198,30 @@ def test_publish_attaches_signed_evidence_that_promotion_carries_and_prod_verifi
     assert foreign.returncode == 1 and "provenance: not signed by a trusted key" in foreign.stdout
 
 
+def test_a_rebuild_that_gives_the_same_image_keeps_its_evidence(make_project, stack) -> None:
+    """Issue 14: a warm rebuild of unchanged inputs is the published digest itself. Its evidence is the build's
+    that made it (the provenance's claims — revision, recipe, parent, fingerprint — are this rebuild's too): kept
+    byte for byte, nothing added. A digest published before signing was configured gets its attestations from
+    the first rebuild that signs."""
+    root = make_project(fleet="tree", config={"scanner": {"trivy": str(BIN / "trivy")},
+                                              "environments": {"dev": {"trusted_keys": [".bakery/keys/signing.pub"]}}})
+    signing.generate_key(root / ".bakery" / "keys" / "signing.pem")
+    build_db(FIXTURES / "advisories-none.yaml", root / ".bakery" / "trivy")
+    dev, repo = _client(stack, "dev"), _repo(root, "dev", "root")
+    unsigned = as_json(bakery("build", "root:1", "--format", "json", check=True))["results"][0]
+    digest = unsigned["digest"]
+    assert dev.head_manifest(repo, digest.replace(":", "-")) is None  # no signing key: no evidence
+    sign = {"BAKERY_SIGNING__KEY": ".bakery/keys/signing.pem"}
+    first = as_json(bakery("build", "root:1", "--format", "json", env=sign, check=True))["results"][0]
+    assert (first["digest"], first["build_tag"], first["reused"]) == (digest, unsigned["build_tag"], True)
+    assert set(_by_kind(dev, repo, digest)) == {"provenance", "sbom", "scan", "sbom-document"}
+    index = dev.get_manifest(repo, digest.replace(":", "-")).body
+    assert as_json(bakery("verify", f"root@{digest}", "--env", "dev", "--format", "json", env=sign))["passed"]
+    again = as_json(bakery("build", "root:1", "--format", "json", env=sign, check=True))["results"][0]
+    assert (again["digest"], again["reused"]) == (digest, True)
+    assert dev.get_manifest(repo, digest.replace(":", "-")).body == index  # nothing attached twice
+
+
 def test_tampered_missing_and_hand_copied_evidence_fail(signed: Path, stack) -> None:
     root = signed
     out = as_json(bakery("build", "root:1", "--format", "json", check=True))

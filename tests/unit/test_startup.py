@@ -114,3 +114,15 @@ def test_a_fleet_loaded_before_loads_without_pydantic(repo: Path, tmp_path: Path
     (repo / "base-images" / "a.yaml").write_text(definition.replace("'1'", "'2'"))  # a changed file: validated
     assert "pydantic" in loaded(["list", "--format", "json"], repo)
     assert "pydantic" not in loaded(["list", "--format", "json"], repo)
+
+
+def test_a_build_loads_no_signing_or_ami_code_until_it_needs_it() -> None:
+    """`bakery build` of container images without a signing key (issue 14: a warm rebuild's start-up) loads neither
+    the evidence and signing modules (cryptography) nor the AMI and Packer code: they load when used."""
+    code = ("import sys, bakery.build, bakery.cli.build; "
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography' or m in "
+            "('bakery.evidence', 'bakery.signing', 'bakery.attest', 'bakery.ami', 'bakery.ami_evidence', "
+            "'bakery.packer', 'boto3'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == []
