@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bakery import ami_evidence, aws
+from bakery import aws
 from bakery.configview import Project
 from bakery.errors import BakeryError, InputError, StepFailed
-from bakery.evidence import Report
 from bakery.ledger import Event, arrival_order, open_ledger
 from bakery.ledger import now as ledger_now
 from bakery.model import Held, ImageKey, ImageSpec, Published, Reason, StoredBuild
@@ -585,6 +584,8 @@ class AmiStore:
                "source_ami": src_rec.source_ami, "account": account, "copied_from": {src_region: src_ami},
                "tags": tags}
         if promotion is not None:  # its signed promotion attestation (S3, bakery.ami_evidence)
+            from bakery import ami_evidence  # signing (cryptography): only where an AMI is attested
+
             attested = ami_evidence.attest_promotion(
                 project, image=image, origin=src_rec.origin, build_tag=src_rec.build_tag, from_env=from_env,
                 to_env=to_env, amis=copied, gates=[g.to_json() for g in promotion.gates],
@@ -596,16 +597,23 @@ class AmiStore:
     def evidence_gate(self, pub: Published, to_env: str, *, now: dt.datetime,
                       fresh_scan: tuple[Any, Any] | None = None) -> tuple[bool, str, dict[str, Any]]:
         """The ``attestations`` gate on the build's signed evidence in S3 (bakery.ami_evidence)."""
+        from bakery import ami_evidence
+
         return ami_evidence.gate(self.project, pub.digest, to_env, now=now)
 
     def verify_evidence(self, pub: Published, keys: list[Any], required: list[str], *, promoted_to: str | None,
                         max_scan_age: dt.timedelta | None, now: dt.datetime) -> Any:
+        from bakery import ami_evidence
+        from bakery.evidence import Report
+
         report = Report(image=pub.digest, digest=pub.digest, required=list(required), listing="s3")
         report.checks = ami_evidence.verify(self.project, pub.digest, keys, required, promoted_to=promoted_to,
                                             now=now)
         return report
 
     def list_evidence(self, pub: Published) -> tuple[list[dict[str, Any]], str]:
+        from bakery import ami_evidence
+
         return ami_evidence.rows(self.project, pub.digest), "s3"
 
     def pinned(self, ref: str) -> Published:

@@ -102,6 +102,8 @@ def main() -> int:
     ap.add_argument("--port-base", type=int, default=5310)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the stack and the project behind (for profiling); prints how to reach them")
     args = ap.parse_args()
 
     import docker
@@ -220,9 +222,13 @@ def main() -> int:
                   f"promote {promoted['seconds']:.2f}s), skopeo {skopeo_s:.2f}s, naive {naive_s:.2f}s, repeat {repeat_cli_s:.2f}s CLI / "
                   f"{repeat_api_s:.3f}s in-process", file=sys.stderr)
     finally:
-        devstack.down(project, purge=True)
-        remove_local(client, local_ids if "local_ids" in locals() else [])
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept: cd {work} && {USER_ENV}={user} {PASSWORD_ENV}={password} {BIN / 'bakery'} promote "
+                  f"python:TAG --to staging   (stop it: {BIN / 'bakery'} dev down --purge)", file=sys.stderr)
+        else:
+            devstack.down(project, purge=True)
+            remove_local(client, local_ids if "local_ids" in locals() else [])
+            shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(r[k] for r in rounds) for k in ("bakery_s", "naive_s", "repeat_cli_s",
                                                                   "repeat_api_s", "skopeo_s", "skopeo_repeat_s",

@@ -125,6 +125,9 @@ DEFERRED = {("bakery.definitions", "bakery.render"),  # render imports jinja2: ~
             # a definition file's schema (pydantic models) only for a file whose validated outcome is not kept
             # (bakery.definitions._Outcomes): a fleet loaded before loads without pydantic (~0.1 s at 1,000 files)
             ("bakery.definitions", "bakery.defschema"),
+            # an AMI's signed evidence (bakery.ami_evidence → evidence → signing) only where an AMI is attested,
+            # gated or verified: every promotion asks bakery.ami whether REF is an AMI (~4 ms of its start-up)
+            ("bakery.ami", "bakery.ami_evidence"), ("bakery.ami", "bakery.evidence"),
             # signing and evidence (cryptography), AMI and Packer code only where a build signs, or bakes with
             # Packer: every container build otherwise starts ~20 ms sooner (bench/rebuild.py; test_startup.py)
             ("bakery.build", "bakery.evidence"), ("bakery.build", "bakery.ami"),

@@ -87,7 +87,7 @@ def test_promote_does_not_load_the_fleet_to_rule_out_an_ami(repo: Path) -> None:
 IMPORT_PROBE = """
 import sys
 import bakery.cli.promote, bakery.cli.scan, bakery.promote, bakery.gates, bakery.scan, bakery.reports, bakery.speccache
-print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules} | {m for m in sys.modules if m.startswith("bakery.")})))
 """
 
 
@@ -98,6 +98,8 @@ def test_the_promote_and_scan_paths_import_no_heavy_library_until_they_use_it(re
     out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, cwd=repo, timeout=60)
     assert out.returncode == 0, out.stderr
     assert set(out.stdout.split()) & (HEAVY | {"tenacity", "http", "email"}) == {"sqlite3"}  # (the ledger's)
+    # nor an AMI's signed evidence (bakery.ami is asked about REF by every promotion): only where one is attested
+    assert "bakery.ami_evidence" not in out.stdout.split()
 
 
 def test_a_fleet_loaded_before_loads_without_pydantic(repo: Path, tmp_path: Path, loaded,
