@@ -33,8 +33,11 @@ COMMANDS = {
     "bakery --version": [str(BIN / "bakery"), "--version"],
     "bakery config": [str(BIN / "bakery"), "config"],
     "bakery config --format json": [str(BIN / "bakery"), "config", "--format", "json"],
+    "bakery list": [str(BIN / "bakery"), "list"],  # loads and validates every definition (kept outcomes)
+    "bakery history": [str(BIN / "bakery"), "history"],  # opens the (empty) SQLite ledger
 }
-TARGETS = {"bakery --help": 0.060, "bakery status --help": 0.060, "bakery config": 0.100}
+TARGETS = {"bakery --help": 0.060, "bakery status --help": 0.060, "bakery config": 0.100, "bakery list": 0.100,
+           "bakery history": 0.100}
 
 
 def main() -> int:
