@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bakery import integrity, render, scan, secrets, tools
+from bakery import cachedir, integrity, render, scan, secrets, tools
 from bakery.configview import Project
 from bakery.definitions import Fleet, mirrored
 from bakery.errors import (
@@ -381,8 +381,7 @@ def _cli_has_buildkit(path: str) -> bool:
     except OSError:
         return False
     key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
-    base = os.environ.get("BAKERY_CACHE_DIR")
-    cache = (Path(base).expanduser() if base else Path.home() / ".cache" / "bakery") / "docker-cli.json"
+    cache = cachedir.cache_dir("docker-cli.json")
     try:
         known = json.loads(cache.read_text())
         if isinstance(known, dict) and isinstance(known.get(key), bool):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bakery import contain, secrets
+from bakery import cachedir, contain, secrets
 from bakery.errors import InputError, ValidationError
 from bakery.text import show
 
@@ -289,8 +289,7 @@ def effective(config: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- the cache
 def cache_dir() -> Path:
-    value = os.environ.get("BAKERY_CACHE_DIR")
-    return (Path(value).expanduser() if value else Path.home() / ".cache" / "bakery") / "config"
+    return cachedir.cache_dir("config")
 
 
 def cache_key(path: Path | None, environ: dict[str, str]) -> str | None:

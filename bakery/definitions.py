@@ -31,7 +31,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from bakery import __version__, contain
+from bakery import __version__, cachedir, contain
 from bakery.configview import Project
 from bakery.errors import InputError, ValidationError
 from bakery.model import IgnoreSpec, ImageKey, ImageSpec, Parent
@@ -140,9 +140,8 @@ class _Outcomes:
         self.kept: dict[str, Any] = {}
         self.used: dict[str, Any] = {}
         self.changed = False
-        base = os.environ.get("BAKERY_CACHE_DIR")
         try:
-            root = (Path(base).expanduser() if base else Path.home() / ".cache" / "bakery") / "definitions"
+            root = cachedir.cache_dir("definitions")
             self.path = root / f"{self._sha(str(project.root.resolve()).encode()).hexdigest()[:32]}.json"
         except (OSError, RuntimeError):  # no home directory: nothing is kept, every file is checked
             self.salt: str | None = None

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import filelock
 import yaml
 
-from bakery import secrets, tools
+from bakery import cachedir, secrets, tools
 from bakery.errors import DaemonUnavailable, EnvironmentFailure, InputError, StepFailed
 from bakery.ref import Ref
 from bakery.registries import client_for_host
@@ -117,8 +117,7 @@ def data_dir(project: Project) -> Path:
 
 def cache_dir() -> Path:
     """Where the debootstrap tarball is cached ($BAKERY_CACHE_DIR, default ~/.cache/bakery)."""
-    value = os.environ.get("BAKERY_CACHE_DIR")
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "bakery"
+    return cachedir.cache_dir()
 
 
 def _members(project: Project) -> list[_Member]:

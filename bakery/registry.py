@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit, parse_qsl
 
-from bakery import secrets
+from bakery import cachedir, secrets
 from bakery.errors import AuthenticationFailed, RegistryError, RegistryUnavailable
 from bakery.ref import is_digest, is_loopback, normalise_host
 
@@ -279,9 +279,7 @@ class _BlobLocations:
     the user; only a hint — a mount from a repository that no longer holds the blob fails and is forgotten."""
 
     def __init__(self) -> None:
-        value = os.environ.get("BAKERY_CACHE_DIR")
-        base = Path(value).expanduser() if value else Path.home() / ".cache" / "bakery"
-        self.path = base / "blob-locations.sqlite"
+        self.path = cachedir.cache_dir("blob-locations.sqlite")
         self._ready = False
 
     def _db(self) -> Any:

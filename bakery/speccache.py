@@ -31,6 +31,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bakery import cachedir
 from bakery.configview import Project
 from bakery.model import IgnoreSpec, ImageKey, ImageSpec, Parent
 
@@ -43,8 +44,7 @@ MISS = object()  # lookup(): not in the cache, load the fleet
 
 
 def cache_dir() -> Path:
-    value = os.environ.get("BAKERY_CACHE_DIR")
-    return (Path(value).expanduser() if value else Path.home() / ".cache" / "bakery") / "fleet"
+    return cachedir.cache_dir("fleet")
 
 
 class _Unkeyable(Exception):
