@@ -17,7 +17,6 @@ from bakery import ledger as ledger_mod
 from bakery import scan as scan_mod
 from bakery import speccache
 from bakery.configview import Project
-from bakery.errors import BakeryError
 from bakery.model import Published
 from bakery.store import ArtifactStore, store_for
 
@@ -99,11 +98,14 @@ def gate_scan(project: Project, pub: Published, to_env: str, now: dt.datetime) -
     if not gates.scan:
         return GateResult("scan", True, "scan gate disabled"), None
     spec = None
-    try:  # the definition's own policy override, when the definitions are here (from the validated-fleet cache
-        # when the repository is as it was at the last load: bakery.speccache)
+    ddir = project.definitions_dir
+    if ddir.is_dir() or ddir.is_symlink():
+        # the definition's own policy override (from the validated-fleet cache when the repository is as it was
+        # at the last load: bakery.speccache). Definitions that do not load raise their problems (exit 2): the
+        # image's own policy is then unknown, and the global one in its place would be a silent change of gate.
+        # Without a definitions directory (promotion from a checkout of bakery.yaml alone) the global policy
+        # applies.
         spec = speccache.spec_for(project, pub.key, _load_fleet)
-    except BakeryError:  # no definitions: the global policy applies
-        spec = None
     result, decision = scan_mod.gate(project, pub.pinned, remote=True, spec=spec,
                                      max_age=gates.max_scan_age_delta, now=now)
     summary = scan_summary(result)

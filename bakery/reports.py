@@ -41,7 +41,10 @@ def table(result: ScanResult, decision: GateDecision, *, width: int | None = Non
     import shutil
 
     width = width or max(100, shutil.get_terminal_size((120, 24)).columns)
-    console = Console(file=buf, width=width, highlight=False, soft_wrap=False, no_color=True)
+    # markup and emoji off: image names, packages and ignore reasons are printed as written (a `[/x]` in a
+    # definition's reason would otherwise fail the report, and `:smile:` or `[bold]` change it)
+    console = Console(file=buf, width=width, highlight=False, soft_wrap=False, no_color=True, markup=False,
+                      emoji=False)
     where = f"{result.image}" + (f" ({result.image_id[:19]})" if result.image_id else "")
     src = "from the result store" if result.cached else f"scanned in {result.trivy_seconds:.1f}s"
     console.print(f"{where}: {result.os or 'no OS detected'}; trivy {result.trivy_version}, DB updated "

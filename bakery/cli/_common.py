@@ -65,13 +65,13 @@ def format_option(*choices: str, default: str = "table"):
 def err_console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, markup=False, emoji=False)  # user text as written (no [x], :x:)
 
 
 def out_console():
     from rich.console import Console
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200, markup=False, emoji=False)
 
 
 def emit_json(data: Any) -> None:

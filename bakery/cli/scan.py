@@ -27,17 +27,19 @@ def _local_exists(target: str) -> bool:
 
 def _spec_for_labels(project, image: str):
     """The definition an image was baked from (its bakery labels), for per-definition policy; None if unknown."""
-    try:
-        from bakery.model import LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey
-        from bakery.scan import _inspect_local
+    from bakery.model import LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey
+    from bakery.scan import _inspect_local
 
+    try:
         labels = _inspect_local(image).labels
-        if LABEL_NAME not in labels or not project.definitions_dir.is_dir():
-            return None
-        key = ImageKey(labels[LABEL_NAME], labels.get(LABEL_VERSION, ""), labels.get(LABEL_VARIANT) or None)
-        return _spec(project, key)
-    except Exception:  # an image not from this fleet, or a fleet that does not load: the global policy
+    except Exception:  # not an image in the local daemon: the scan itself says what is wrong with it
         return None
+    if LABEL_NAME not in labels or not project.definitions_dir.is_dir():
+        return None  # an image not from this fleet: the global policy
+    key = ImageKey(labels[LABEL_NAME], labels.get(LABEL_VERSION, ""), labels.get(LABEL_VARIANT) or None)
+    # a fleet that does not load raises its problems (exit 2): the image's own policy is then unknown, and the
+    # global one in its place would be a silent change of gate
+    return _spec(project, key)
 
 
 def _spec(project, key):

@@ -754,8 +754,19 @@ def test_the_scan_gate_applies_the_definitions_policy_from_the_validated_fleet_c
     assert next(g for g in out["gates"] if g["name"] == "scan")["passed"]
     assert not modules & {"pydantic", "yaml"}, sorted(modules & {"pydantic", "yaml"})
 
+    # another definition breaks: the image's own policy can no longer be known. Not the global policy in
+    # silence (here it would refuse; with a stricter own policy it would pass what the definition refuses):
+    # exit 2 naming the broken file, and nothing moves
+    (root / "base-images" / "broken.yaml").write_text("name: broken\ntemplate: t\nversions: {'1': {parent: 7}}\n")
+    publish(root, stack, build_tag="3.11-20260304.3", marker="policy-3")
+    proc = bakery("promote", "python:3.11", "--to", "staging", "--format", "json", now=T0)
+    assert proc.returncode == 2 and "base-images/broken.yaml" in proc.stderr and "Traceback" not in proc.stderr, \
+        (proc.returncode, proc.stderr)
+    assert proc.stdout.strip() == ""
+    (root / "base-images" / "broken.yaml").unlink()
+
     del definition["policy"]  # the definition no longer accepts them: validated again, the gate refuses
     (root / "base-images" / "python.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
-    publish(root, stack, build_tag="3.11-20260304.3", marker="policy-3")
     code, out = promote_json("python:3.11", "--to", "staging", now=T0)
     assert code == 1 and not next(g for g in out["gates"] if g["name"] == "scan")["passed"], out
+    assert out["build_tag"] == "3.11-20260304.3"  # the refused promotion above moved nothing

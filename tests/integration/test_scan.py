@@ -496,6 +496,12 @@ def test_a_repeat_scan_of_a_local_image_applies_its_definitions_policy_without_l
     out, modules = cli_probe(["scan", image_id, "--format", "json"], root)
     assert json.loads(out.stdout)["gate"]["passed"] is False
     assert "pydantic" in modules  # (the probe sees the load)
+    # another definition breaks: the image's own policy is unknown. Not the global policy in silence: exit 2
+    # naming the broken file
+    (root / "base-images" / "broken.yaml").write_text("name: broken\ntemplate: t\nversions: {'1': {parent: 7}}\n")
+    proc = bakery("scan", image_id, "--format", "json", cwd=root)
+    assert proc.returncode == 2 and "base-images/broken.yaml" in proc.stderr and "Traceback" not in proc.stderr, \
+        (proc.returncode, proc.stderr)
 
 
 def test_remote_scan_on_an_authenticated_registry_keeps_the_password_out(scan_project, base_image, stack):

@@ -126,3 +126,18 @@ def test_table_shortens_the_list_below_the_threshold():
     text = reports.table(r, d, width=160)
     assert "... and 16 more below HIGH" in text  # 41 LOW findings, 25 shown
     assert len(json.loads(reports.render("json", r, d))["gate"]["below_threshold"]) == 41
+
+
+def test_the_table_prints_user_text_as_written_not_as_rich_markup():
+    """Ignore reasons, package names and image names come from definitions and registries: `[bold]`, `[/]` or
+    `:smile:` in them is printed as written (rich markup would drop or replace it, or fail on a stray `[/x]`)."""
+    r, _ = sample()
+    import dataclasses
+
+    r = dataclasses.replace(r, image="127.0.0.1:5001/team/[red]py[/red]@sha256:" + "c" * 64, findings=[
+        dataclasses.replace(f, package="lib[/oops]bz2") if f.id == "CVE-3" else f for f in r.findings])
+    pol = EffectivePolicy("HIGH", True, (IgnoreRule("CVE-3", "[bold]safe[/bold] :smile: [link=x]y[/link]",
+                                                    dt.date(2999, 1, 1)),))
+    text = reports.table(r, decide(r, pol, today=TODAY), width=200)
+    assert "[bold]safe[/bold] :smile: [link=x]y[/link]" in text
+    assert "team/[red]py[/red]@sha256" in text and "lib[/oops]bz2" in text
