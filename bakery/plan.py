@@ -131,7 +131,8 @@ class Plan:
         ``pack`` packs at least that many images into one job when there are enough (fewer, longer jobs:
         each job pays the runner's set-up once). Images packed together share their parents where possible;
         an entry's ``parent`` lists every rebuilt parent outside it (space-separated), ``refs`` its images in
-        build order, ``image`` the first of them, ``label`` the job's name (``python:3.11 +12``).
+        build order, ``image`` the first of them, ``label`` the job's name (``python:3.11 +12``), ``fresh``
+        those of them rebuilt for ``patches`` (for ``bakery build --fresh``).
         """
         if max_jobs < 1 or pack < 1:
             raise ValueError("max_jobs and pack must be >= 1")
@@ -170,7 +171,10 @@ class Plan:
                                 "refs": " ".join(str(k) for k in refs), "parent": " ".join(parents),
                                 "reason": first.reason if len(reasons) == 1 else ",".join(reasons),
                                 "why": first.describe()[:200], "slug": matrix_slug(str(refs[0])),
-                                "images": len(refs)})
+                                "images": len(refs),
+                                # rebuilt for patches: `bakery build --fresh` gives them a new created label
+                                "fresh": " ".join(str(k) for k in refs
+                                                  if any(r.kind == "patches" for r in self.items[k].reasons))})
             out.append({"include": include})
         return {"count": len(out), "levels": out, "rebuild": [str(i.key) for i in self.rebuild],
                 "jobs": sum(len(stage["include"]) for stage in out)}

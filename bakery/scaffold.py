@@ -269,6 +269,7 @@ _NIGHTLY_LEVEL = r'''  level@N@:
           REFS: ${{ matrix.refs }}
           PARENT: ${{ matrix.parent }}
           SLUG: ${{ matrix.slug }}
+          FRESH: ${{ matrix.fresh }}
           REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}
           REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}
         run: |
@@ -282,8 +283,12 @@ _NIGHTLY_LEVEL = r'''  level@N@:
             fi
           done
           # REFS may span several levels (the last stage folds deeper ones in): bakery builds them parents first.
+          # Images rebuilt for patches get a new created label even when they come out the same (README: "A
+          # rebuild of what did not change is the published image"), so the next plan sees them patched.
+          fresh=()
+          for ref in $FRESH; do fresh+=(--fresh "$ref"); done
           # shellcheck disable=SC2086 # REFS is a space-separated list of image references
-          bakery build $REFS --format json > "nightly/result-$SLUG.json"
+          bakery build $REFS "${fresh[@]}" --format json > "nightly/result-$SLUG.json"
       - uses: actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02 # v4.6.2
         if: ${{ !cancelled() }}
         with:

@@ -27,11 +27,15 @@ from bakery.cli._common import Context, emit_json, format_option, pass_ctx, tabl
 @click.option("--secret", "secret_specs", multiple=True, metavar="id=ID,env=VAR|id=ID,src=FILE",
               help="Expose a secret to `RUN --mount=type=secret,id=ID` (BuildKit; repeatable; adds to "
                    "build.secrets). The value never reaches the image, the output or the ledger.")
+@click.option("--fresh", "fresh_refs", multiple=True, metavar="REF",
+              help="Give REF (among the images built) a new created label even when its inputs did not change, "
+                   "so it is published as a new build: a rebuild for patches (repeatable; the nightly workflow "
+                   "passes the plan's matrix.fresh; --changed does it by itself).")
 @format_option("table", "json")
 @pass_ctx
 def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jobs: int | None,
               push: bool | None, scan: bool, rescan: bool, no_cache: bool, engine: str | None,
-              secret_specs: tuple[str, ...], fmt: str) -> None:
+              secret_specs: tuple[str, ...], fresh_refs: tuple[str, ...], fmt: str) -> None:
     """Bake images, parents before children, independent ones in parallel.
 
     Each image's FROM is pinned to the exact digest of its parent; every image carries OCI labels and a
@@ -72,6 +76,17 @@ def build_cmd(ctx: Context, refs: tuple[str, ...], all_: bool, changed: bool, jo
             if fmt == "json":
                 emit_json({"results": [], "ok": True})
             return
+    if fresh_refs:
+        chosen = {spec.key for spec in specs}
+        named = set()
+        for ref in fresh_refs:
+            keys = {spec.key for spec in fleet.select((ref,))}
+            outside = sorted(str(k) for k in keys - chosen)
+            if outside:
+                raise click.BadParameter(f"{ref!r} names {', '.join(outside)}, not among the images built",
+                                         param_hint="--fresh")
+            named |= keys
+        fresh = frozenset(fresh) | frozenset(named)
     options = BuildOptions(jobs=jobs or project.config.build.jobs,
                            push=project.config.build.push if push is None else push,
                            scan=scan, rescan=rescan, no_cache=no_cache, engine=engine, secrets=build_secrets,

@@ -171,6 +171,17 @@ def test_a_warm_rebuild_of_the_same_inputs_is_the_same_image_and_publishes_nothi
     moved = build()
     assert {r["reused"] for r in moved.values()} == {False}
     assert moved["root:1.0"]["build_tag"] == first["root:1.0"]["build_tag"][:-2] + ".3"
+    # --fresh (the nightly matrix's patches rebuilds): that image gets a new created label, so a new build;
+    # the others are reused as before
+    patched = build("--fresh", "leaf:1.0")
+    assert (patched["root:1.0"]["reused"], patched["root:1.0"]["build_tag"]) == (True, moved["root:1.0"]["build_tag"])
+    assert patched["leaf:1.0"]["reused"] is False
+    assert patched["leaf:1.0"]["build_tag"] == first["leaf:1.0"]["build_tag"][:-2] + ".4"
+    assert patched["leaf:1.0"]["digest"] != moved["leaf:1.0"]["digest"]
+    # an image --fresh names must be among those built: exit 2, nothing built
+    proc = bakery("build", "root:1.0", "--fresh", "leaf", "--format", "json", cwd=root)
+    assert proc.returncode == 2 and "--fresh" in proc.stderr and "leaf:1.0" in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == ""
 
 
 def test_a_build_opens_the_ledger_once_per_worker_not_per_image_and_step(make_project, stack, monkeypatch):

@@ -127,6 +127,21 @@ def test_github_matrix_one_include_list_per_level(fleet) -> None:
     assert left["parent"] == "root:1" and left["slug"] == "left-1" and left["reason"] == "definition"
 
 
+def test_github_matrix_names_the_images_rebuilt_for_patches_for_build_fresh(fleet) -> None:
+    """A patches rebuild must get a new created label (else a warm runner gives the published image back and the
+    next plan asks for the same patches again): each entry lists those of its images in ``fresh``."""
+    from bakery.model import Reason
+
+    project, fl = fleet
+    plan = _matrix_plan(project, fl)
+    plan.items[ImageKey("leaf-a", "1")].reasons = [Reason("patches", "1 fixable finding(s)")]
+    plan.items[ImageKey("left", "1")].reasons.append(Reason("patches", "1 fixable finding(s)"))
+    m = plan.github_matrix(max_levels=2)
+    entries = {e["image"]: e for level in m["levels"] for e in level["include"]}
+    assert entries["left:1"]["refs"] == "left:1 leaf-a:1" and entries["left:1"]["fresh"] == "left:1 leaf-a:1"
+    assert entries["right:1"]["fresh"] == "" and entries["root:1"]["fresh"] == ""
+
+
 def test_github_matrix_folds_deep_levels_into_subtrees(fleet) -> None:
     project, fl = fleet
     m = _matrix_plan(project, fl).github_matrix(max_levels=2)
