@@ -37,8 +37,10 @@ class Context:
             from bakery.config import load_project
 
             project = load_project(self.config_path)
+        from bakery import statecheck
         from bakery.text import one_line
 
+        statecheck.check(project)  # state files a pull request committed are refused, never read (exit 2)
         for warning in project.warnings:
             click.echo(f"warning: {one_line(warning)}", err=True)
         return project

@@ -128,6 +128,9 @@ DEFERRED = {("bakery.definitions", "bakery.render"),  # render imports jinja2: ~
             # an AMI's signed evidence (bakery.ami_evidence → evidence → signing) only where an AMI is attested,
             # gated or verified: every promotion asks bakery.ami whether REF is an AMI (~4 ms of its start-up)
             ("bakery.ami", "bakery.ami_evidence"), ("bakery.ami", "bakery.evidence"),
+            # git (bakery.tools: subprocess) only when the index changed since the last clean state check: every
+            # command that loads the project runs the check, most answer from a stat
+            ("bakery.statecheck", "bakery.tools"),
             # signing and evidence (cryptography), AMI and Packer code only where a build signs, or bakes with
             # Packer: every container build otherwise starts ~20 ms sooner (bench/rebuild.py; test_startup.py)
             ("bakery.build", "bakery.evidence"), ("bakery.build", "bakery.ami"),

@@ -379,3 +379,56 @@ def test_a_link_swapped_in_after_the_check_is_caught_on_the_open_file(tmp_path: 
         read_bytes(repo / "a.yaml", "a.yaml", root=repo)
     (repo / "b.yaml").write_text("name: b\n")
     assert read_bytes(repo / "b.yaml", "b.yaml", root=repo) == b"name: b\n"
+
+
+def _git(root: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=root, check=True,
+                   capture_output=True)
+
+
+@pytest.mark.parametrize("planted", [".bakery/scans/sha256-ab.json", ".bakery/trivy/db/trivy.db",
+                                     ".bakery/ledger.db", ".bakery/labels/sha256-cd.json"])
+def test_state_committed_to_the_repository_is_refused_not_read(make_project, bakery, planted: str) -> None:
+    """A pull request that force-adds bakery state (a stored scan that passes the gate, a vulnerability DB, ledger
+    events, a label cache) is refused before any command reads it: exit 2 naming the file; removed from the
+    index (kept on disk, ignored), the same command runs."""
+    project = make_project({F: GOOD_DEF, "templates/t/Dockerfile.j2": "FROM {{ parent }}\nRUN echo {{ user }}\n",
+                            ".gitignore": ".bakery/\n"})
+    (project / planted).parent.mkdir(parents=True, exist_ok=True)
+    (project / planted).write_text("{}")
+    _git(project, "init", "-q")
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "fleet")
+    assert bakery("list", cwd=project).code == 0  # ignored, not tracked: state as usual
+    _git(project, "add", "-f", planted)
+    _git(project, "commit", "-qm", "a forged state file")
+    result = bakery("list", cwd=project)
+    assert result.code == 2, result.err
+    assert len(result.errors) == 1 and "'.bakery" in result.errors[0] and planted in result.errors[0], result.errors
+    assert "tracked by git" in result.errors[0] and "Traceback" not in result.err
+    _git(project, "rm", "-q", "-r", "--cached", ".bakery")
+    assert bakery("list", cwd=project).code == 0
+
+
+def test_the_state_check_asks_git_once_per_state_of_the_index(make_project, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bakery import statecheck, tools
+    from bakery.config import load_project
+
+    root = make_project({F: GOOD_DEF, ".gitignore": ".bakery/\n"})
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "fleet")
+    project = load_project(root / "bakery.yaml", cwd=root, environ={})
+    calls: list[list[str]] = []
+    real = tools.run
+    monkeypatch.setattr(tools, "run", lambda binary, args, **kw: calls.append(list(args)) or real(binary, args, **kw))
+    assert statecheck.tracked(project) == [] and statecheck.tracked(project) == []
+    assert len(calls) == 1  # the clean answer is remembered for this index
+    (root / "x.txt").write_text("x")
+    _git(root, "add", "x.txt")  # the index changes: asked again
+    assert statecheck.tracked(project) == [] and len(calls) == 2
+    # outside a git checkout nothing is asked
+    plain = load_project(make_project({F: GOOD_DEF}) / "bakery.yaml", cwd=root, environ={})
+    assert statecheck.tracked(plain) == [] and len(calls) == 2
