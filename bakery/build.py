@@ -574,7 +574,7 @@ class Builder:
         ``_docker_build_reproducibly`` for when it is kept."""
         revision, source = self._git
         return {
-            OCI + "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            OCI + "created": _created_now(),
             OCI + "version": spec.key.tag_version,
             OCI + "revision": revision,
             OCI + "source": source,
@@ -609,6 +609,12 @@ class Builder:
         mark = time.monotonic()
         previous = self._same_inputs(spec, result.labels)
         result.timings["probe"] = time.monotonic() - mark
+        if spec.key in self.options.fresh:  # a new `created` label, whatever the cache gives
+            if previous is not None and previous[0] == result.labels[LABEL_CREATED]:
+                # the newest build was made within this very second: the same label would give the same image
+                time.sleep(1.0 - time.time() % 1.0 + 0.01)
+                result.labels = {**result.labels, LABEL_CREATED: _created_now()}
+            return self._docker_build(spec, recipe, parent_ref, result.labels, tail)
         if previous is None:
             return self._docker_build(spec, recipe, parent_ref, result.labels, tail)
         created, config = previous
@@ -626,9 +632,8 @@ class Builder:
         (one read each: not the image's whole history, which an S3 ledger reads object by object); that image's
         labels come from the local daemon (content-addressed: the id is the config's digest), else from the
         registry. Publishing checks registry and ledger again (``publish.identical_newest``)."""
-        if not self.options.push or spec.key in self.options.fresh or not re.fullmatch(
-                r"[0-9a-f]{40}", labels.get(OCI + "revision", "")):
-            return None  # a local build, a forced new label, or a dirty/unknown revision: no reproducible inputs
+        if not self.options.push or not re.fullmatch(r"[0-9a-f]{40}", labels.get(OCI + "revision", "")):
+            return None  # a local build, or a dirty/unknown revision: no reproducible inputs
         env = self.project.config.first_env
         host, repo = env_repository(self.project, env, spec.key.name)
         target = f"{host}/{repo}"
@@ -858,3 +863,8 @@ class Builder:
 def build(project: Project, fleet: Fleet, specs: list[ImageSpec], options: BuildOptions,
           progress: Progress | None = None) -> list[BuildResult]:
     return Builder(project, fleet, options, progress).run(specs)
+
+
+def _created_now() -> str:
+    """The ``org.opencontainers.image.created`` label of a build made now (to the second)."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
