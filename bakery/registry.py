@@ -852,27 +852,46 @@ class RegistryClient:
             return list(data.get("tags") or [])
         tags: list[str] = []
         while url:
-            resp = self._request("GET", url, op="list tags", repo=repo, ok=(200,), missing_ok=True)
-            if resp is None:
+            page = self._json_page(url, op="list tags", repo=repo, missing_ok=True)
+            if page is None:
                 return tags
+            data, link = page
+            tags.extend(data.get("tags") or [])
+            nxt = parse_link_next(link)
+            url = urljoin(self.base + "/", nxt) if nxt else None
+        return tags
+
+    def _json_page(self, url: str, *, op: str, repo: str | None,
+                   missing_ok: bool = False) -> tuple[dict[str, Any], str | None] | None:
+        """(the JSON object of a 200 answer, its Link header); None for a missing repository (``missing_ok``). An
+        answer whose body is not a JSON object — cut after its status line or in its body — is retried like any
+        transient fault, and is exit 3 (registry unavailable) when it persists."""
+        scope = _scope(repo, "pull")
+
+        def fetch() -> tuple[dict[str, Any], str | None] | None:
+            resp = self._send("GET", url, op=op, repo=repo, scope=scope, ok=(200,), missing_ok=missing_ok)
+            if resp is None:
+                return None
             try:
                 data = resp.json()
             except ValueError:
-                raise RegistryError(f"{self.host}: list tags {repo}: not JSON") from None
-            tags.extend(data.get("tags") or [])
-            nxt = parse_link_next(resp.headers.get("Link"))
-            url = urljoin(self.base + "/", nxt) if nxt else None
-        return tags
+                raise _Transient("the answer is not JSON (cut short?)") from None
+            if not isinstance(data, dict):
+                raise _Transient("the answer is not a JSON object")
+            return data, resp.headers.get("Link")
+
+        return self._retry(f"{op} {repo}" if repo else op, fetch)
 
     def catalog(self) -> list[str]:
         """Repository names (``/v2/_catalog``, paginated)."""
         repos: list[str] = []
         url: str | None = f"/v2/_catalog?n={self.page_size}"
         while url:
-            resp = self._request("GET", url, op="catalog", repo=None, ok=(200,))
-            assert resp is not None
-            repos.extend(resp.json().get("repositories") or [])
-            nxt = parse_link_next(resp.headers.get("Link"))
+            page = self._json_page(url, op="catalog", repo=None)
+            assert page is not None
+            data, link = page
+            repos.extend(data.get("repositories") or [])
+            nxt = parse_link_next(link)
             url = urljoin(self.base + "/", nxt) if nxt else None
         return repos
 

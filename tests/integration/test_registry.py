@@ -118,6 +118,28 @@ def test_list_tags_answer_cut_mid_headers_takes_the_ordinary_request(stack, push
         assert client.list_tags(repo) == expected
 
 
+def test_a_tags_answer_cut_after_its_status_line_is_retried(stack, pushed):
+    """A 200 whose headers and body never arrive (the connection cut right after the status line) is a transient
+    fault: the lean GET gives None, the ordinary request retries, and the tags come back (it was exit 3, "not
+    JSON", at the first cut). When it persists: exit 3 (registry unavailable), saying what was wrong."""
+    from faultproxy import FaultProxy, Rule
+
+    from bakery.errors import RegistryUnavailable
+
+    repo, _ = pushed
+    expected = RegistryClient(stack.registry("dev"), insecure=True).list_tags(repo)
+    status_line = len(b"HTTP/1.1 200 OK\r\n")
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        proxy.add(Rule("cut", method="GET", path="/tags/list", keep=status_line, times=2))
+        client = RegistryClient(f"127.0.0.1:{proxy.port}", insecure=True, backoff=0.01)
+        assert client.list_tags(repo) == expected
+        tries = [line.rsplit(" ", 1)[1] for line in proxy.seen if "/tags/list" in line]
+        assert tries == ["cut", "cut", "ok"]  # the lean GET, the ordinary request, its retry
+        proxy.add(Rule("cut", method="GET", path="/tags/list", keep=status_line, times=100))
+        with pytest.raises(RegistryUnavailable, match="not JSON"):
+            client.list_tags(repo)
+
+
 def test_copy_across_registries_by_digest_without_tag(stack, pushed):
     repo, digest = pushed
     dev, staging = stack.client("dev"), stack.client("staging")
