@@ -12,6 +12,7 @@ import requests
 import yaml
 
 from bakery.model import LABEL_FINGERPRINT, OCI
+from tiny import write_tiny_fleet
 
 EXAMPLE = ["base", "python", "python-web", "nginx"]
 MANIFEST_TYPES = ", ".join([
@@ -27,23 +28,6 @@ def registry_digest(host: str, repo: str, tag: str) -> str | None:
     """Docker-Content-Digest as the registry reports it (what `curl -sI` would show)."""
     resp = requests.head(f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}, timeout=10)
     return resp.headers.get("Docker-Content-Digest") if resp.status_code == 200 else None
-
-
-def write_tiny_fleet(root: Path, images: dict[str, tuple[str, str]]) -> None:
-    """images: name -> (parent, marker); the marker "fail" makes the build fail. Each builds in about a second."""
-    tdir = root / "templates" / "tiny"
-    tdir.mkdir(parents=True, exist_ok=True)
-    (tdir / "Dockerfile.j2").write_text(
-        "ARG BASE_IMAGE={{ parent }}\nFROM ${BASE_IMAGE}\n"
-        "{% if marker == 'fail' %}\nRUN echo about to fail && exit 7\n{% else %}\n"
-        "RUN echo {{ marker }} > /etc/marker\n{% endif %}\n")
-    for name, (parent, marker) in images.items():
-        (root / "base-images" / f"{name}.yaml").write_text(
-            f"name: {name}\ntemplate: tiny\nversions:\n  '1.0':\n    parent: {parent}\n"
-            f"    variables:\n      marker: {marker}\n")
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "fleet"],
-                   cwd=root, check=True)
 
 
 def test_example_fleet_builds_pushes_and_the_registry_agrees(make_project, stack):

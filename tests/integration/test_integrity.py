@@ -8,13 +8,11 @@ Distribution registries, the SQLite or S3 (moto) ledger.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from bakery.config import load_project
 from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VERSION
 from bakery.registry import RegistryClient
 from faultproxy import FaultProxy, Rule
+from tiny import push_tiny, write_tiny_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -40,45 +39,12 @@ def bakery(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
     return subprocess.run([BAKERY, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=environ)
 
 
-def write_tiny_fleet(root: Path, name: str = "app", marker: str = "one") -> None:
-    tdir = root / "templates" / "tiny"
-    tdir.mkdir(parents=True, exist_ok=True)
-    (tdir / "Dockerfile.j2").write_text("ARG BASE_IMAGE={{ parent }}\nFROM ${BASE_IMAGE}\n"
-                                        "RUN echo {{ marker }} > /etc/marker\n")
-    (root / "base-images" / f"{name}.yaml").write_text(
-        f"name: {name}\ntemplate: tiny\nversions:\n  '1.0':\n    parent: docker.io/library/debian:bookworm-slim\n"
-        f"    variables:\n      marker: {marker}\n")
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "fleet"],
-                   cwd=root, check=True)
-
-
 def push_image(stack, host_repo: str, tag: str, *, marker: str, name: str = "python", version: str = "3.11",
                build_tag: str | None = None) -> str:
-    """A small real image FROM the stack's base, pushed to HOST/REPO:TAG outside bakery; returns its digest."""
-    import docker
-
-    dockerfile = f"FROM {stack.base_ref}\nRUN echo {marker} > /marker\n".encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    buf.seek(0)
-    client = docker.from_env(timeout=600)
-    labels = {LABEL_NAME: name, LABEL_VERSION: version, LABEL_BUILD_TAG: build_tag or tag}
-    image_id = None
-    for item in client.api.build(fileobj=buf, custom_context=True, tag=f"{host_repo}:{tag}", labels=labels, rm=True,
-                                 forcerm=True, pull=False, decode=True):
-        assert "error" not in item, item
-        image_id = (item.get("aux") or {}).get("ID") or image_id
-    digest = None
-    for item in client.api.push(host_repo, tag, stream=True, decode=True):
-        assert "error" not in item, item
-        digest = (item.get("aux") or {}).get("Digest") or digest
-    client.api.remove_image(f"{host_repo}:{tag}", noprune=True)
-    assert digest and image_id
-    return digest
+    """A small real image labelled as the fleet's NAME:VERSION (BUILD_TAG), pushed to HOST/REPO:TAG outside
+    bakery; returns its digest."""
+    return push_tiny(stack, host_repo, [tag], marker=marker,
+                     labels={LABEL_NAME: name, LABEL_VERSION: version, LABEL_BUILD_TAG: build_tag or tag})
 
 
 def events(config: Path) -> list[ledger_mod.Event]:
@@ -125,7 +91,7 @@ def test_concurrent_builds_of_one_image_get_distinct_build_tags(make_project, st
         proxy.add(Rule("delay", method="PUT", path="/manifests/", seconds=1.5))
         ns = f"c{os.urandom(4).hex()}"
         root = make_project(fleet=None, config={"environments": {"dev": {"registry": f"127.0.0.1:{proxy.port}/{ns}"}}})
-        write_tiny_fleet(root)
+        write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "one")})
         results = _concurrent_builds(root, 10)
         _assert_distinct_tags(stack, root, results, 10)
 
@@ -149,7 +115,7 @@ def test_concurrent_builds_share_an_s3_ledger_and_still_get_distinct_tags(make_p
         ns = f"c{os.urandom(4).hex()}"
         root = make_project(fleet=None, config={"ledger": s3_ledger, "environments": {
             "dev": {"registry": f"127.0.0.1:{proxy.port}/{ns}"}}})
-        write_tiny_fleet(root)
+        write_tiny_fleet(root, {"app": ("docker.io/library/debian:bookworm-slim", "one")})
         results = _concurrent_builds(root, 10)
         _assert_distinct_tags(stack, root, results, 10)
 

@@ -22,6 +22,7 @@ from bakery.config import load_project
 from bakery.definitions import load_fleet
 from bakery.errors import InputError
 from bakery.model import LABEL_FINGERPRINT, LABEL_NAME, LABEL_VERSION, OCI, ImageKey
+from tiny import push_tiny
 
 pytestmark = pytest.mark.integration
 
@@ -181,35 +182,6 @@ def test_bad_templates_fail_with_one_line_naming_the_template(case, packer_proje
     assert packer_containers() <= before  # no leftover container, also after the failing provisioner
 
 
-def _push_tiny(stack, target: str, marker: str, tags: list[str]) -> str:
-    """A small real image FROM the stack's base pushed under TAGS; returns the manifest digest."""
-    import io
-    import tarfile
-
-    import docker
-
-    client = docker.from_env(timeout=300)
-    data = f"FROM {stack.base_ref}\nRUN echo {marker} > /marker\n".encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    image_id = None
-    for item in client.api.build(fileobj=buf, custom_context=True, rm=True, forcerm=True, pull=False, decode=True):
-        assert "error" not in item, item
-        image_id = (item.get("aux") or {}).get("ID") or image_id
-    digest = ""
-    for tag in tags:
-        client.api.tag(image_id, target, tag)
-        for item in client.api.push(target, tag, stream=True, decode=True):
-            assert "error" not in item, item
-            digest = (item.get("aux") or {}).get("Digest") or digest
-    client.api.remove_image(image_id, force=True)
-    return digest
-
-
 def test_gc_deletes_old_container_build_tags_but_never_used_or_shared_ones(packer_project, stack):
     from bakery.gc import gc
     from bakery.ledger import Event, open_ledger
@@ -221,7 +193,7 @@ def test_gc_deletes_old_container_build_tags_but_never_used_or_shared_ones(packe
     led = open_ledger(project)
     digests = {}
     for n, extra in ((1, []), (2, []), (3, ["legacy"]), (4, ["1.0"])):
-        digests[n] = _push_tiny(stack, target, f"build-{n}", [f"1.0-{n}", *extra])
+        digests[n] = push_tiny(stack, target, [f"1.0-{n}", *extra], marker=f"build-{n}")
         led.record(Event(kind="publish", image="tiny:1.0", digest=digests[n], build_tag=f"1.0-{n}", from_env=None,
                          to_env="dev"))
     # build 1 is what staging runs (promoted from dev)
