@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bakery import attest, secrets
-from bakery import scan as scan_mod
 from bakery.errors import InputError, RegistryError, StepFailed
 from bakery.ledger import now as clock
 from bakery.model import Published
@@ -199,12 +198,23 @@ def sbom_item(bom: bytes) -> Item:
 # Copying and deleting
 
 
-def copy(src: Any, src_repo: str, dst: Any, dst_repo: str, digest: str) -> int:
+def lookup(src: Any, src_repo: str, digest: str) -> tuple[list[Artifact], str] | None:
+    """What :func:`carry` will copy: the artifacts referring to ``src_repo@digest`` and where the list came from
+    (:func:`list_artifacts`); None for a registry that carries none (ECR). A read only: a promotion asks it while
+    the image is copied."""
+    if not isinstance(src, RegistryClient):
+        return None
+    return list_artifacts(src, src_repo, digest)
+
+
+def copy(src: Any, src_repo: str, dst: Any, dst_repo: str, digest: str,
+         found: tuple[list[Artifact], str] | None = None) -> int:
     """Copy every artifact referring to ``digest`` from ``src`` to ``dst``, manifests byte for byte (their digests
-    stay), then list them in ``dst``. Returns the number of artifacts."""
+    stay), then list them in ``dst``. Returns the number of artifacts. ``found``: :func:`lookup`'s answer when
+    the caller asked it already."""
     s = _client(src, f"{src_repo}@{digest}")
     d = _client(dst, f"{dst_repo}@{digest}")
-    artifacts, how = list_artifacts(s, src_repo, digest)
+    artifacts, how = found if found is not None else list_artifacts(s, src_repo, digest)
     if not artifacts:
         return 0
     for a in artifacts:
@@ -538,6 +548,8 @@ def attest_publish(project: Project, published: Published, *, image_id: str, fac
     repo = env.repository(published.key.name)
     repository, digest = published.repository, published.digest
     sbom_path = project.state_dir / "sbom" / f"{digest.replace(':', '-')}.cdx.json"
+    from bakery import scan as scan_mod  # only where a build attests (cold start of a promotion: not needed)
+
     scan_mod.write_sbom(project, image_id, sbom_path)
     bom_bytes = sbom_path.read_bytes()
     statements = [
@@ -600,12 +612,13 @@ def gate(project: Project, reg: Any, repo: str, pub: Published, to_env: str, *, 
 
 
 def carry(project: Project, src: Any, src_repo: str, dst: Any, dst_repo: str, digest: str,
-          promotion: Any = None) -> dict[str, Any]:
+          promotion: Any = None, found: tuple[list[Artifact], str] | None = None) -> dict[str, Any]:
     """Promotion: copy the digest's attestations byte for byte, then add the promotion's own signed attestation
-    (``promotion``: the Promotion being made; None adds none). ECR: nothing is carried yet (README)."""
+    (``promotion``: the Promotion being made; None adds none). ECR: nothing is carried yet (README). ``found``:
+    :func:`lookup`'s answer when the caller asked it already (while the image was copied)."""
     if not isinstance(src, RegistryClient) or not isinstance(dst, RegistryClient):
         return {}
-    copied = copy(src, src_repo, dst, dst_repo, digest)
+    copied = copy(src, src_repo, dst, dst_repo, digest, found)
     added = attest_promotion(project, dst, dst_repo, promotion, clock()) if promotion is not None else None
     return {"attestations_copied": copied, "promotion_attestation": added.digest if added else None}
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from bakery import ledger as ledger_mod
-from bakery import scan as scan_mod
 from bakery import speccache
 from bakery.configview import Project
 from bakery.model import Published
@@ -106,6 +105,8 @@ def gate_scan(project: Project, pub: Published, to_env: str, now: dt.datetime) -
         # Without a definitions directory (promotion from a checkout of bakery.yaml alone) the global policy
         # applies.
         spec = speccache.spec_for(project, pub.key, _load_fleet)
+    from bakery import scan as scan_mod  # only where the scan gate applies
+
     result, decision = scan_mod.gate(project, pub.pinned, remote=True, spec=spec,
                                      max_age=gates.max_scan_age_delta, now=now)
     summary = scan_summary(result)

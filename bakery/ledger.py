@@ -221,14 +221,20 @@ class SqliteLedger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(self.SCHEMA)
 
-        # Several processes opening a new file at once: the schema step can race (SQLITE_BUSY/LOCKED).
-        import tenacity  # deferred: it imports asyncio (~40 ms measured), and every command imports the ledger
-
-        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_sqlite_busy),
-                                     stop=tenacity.stop_after_attempt(50),
-                                     wait=tenacity.wait_incrementing(start=0.05, increment=0.01), reraise=True)
+        # Several processes opening a new file at once: the schema step can race (SQLITE_BUSY/LOCKED): retried.
+        # The first attempt goes without tenacity (its import is ~4 ms of a promotion's start-up; bench/promote.py).
         try:
-            retrying(open_db)
+            try:
+                open_db()
+            except sqlite3.Error as exc:
+                if not _sqlite_busy(exc):
+                    raise
+                import tenacity  # deferred: it imports asyncio (~40 ms measured), and every command imports the ledger
+
+                retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_sqlite_busy),
+                                             stop=tenacity.stop_after_attempt(49),
+                                             wait=tenacity.wait_incrementing(start=0.05, increment=0.01), reraise=True)
+                retrying(open_db)
         except (OSError, sqlite3.Error) as exc:
             raise EnvironmentFailure(f"ledger {path}: cannot open: {exc}") from None
 

@@ -27,7 +27,6 @@ from bakery.configview import Project
 from bakery.errors import EnvironmentFailure, InputError, StepFailed
 from bakery.gates import GateResult, ScanFn, arrivals_and_rollbacks, evaluate, gate_approval, gate_previous, \
     gate_scan, gate_soak, human, scan_summary
-from bakery.gitrefs import tag_promotion
 from bakery.model import ImageKey, Published
 from bakery.publish import refuse_build_tag_aliases
 from bakery.ref import FleetRef, split_image
@@ -186,6 +185,8 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
             result.message = (f"{target}:{pub.build_tag} already holds {pub.digest[:19]}…; recorded the earlier "
                               f"promotion by {mine[0].actor} at {mine[0].time:%Y-%m-%d %H:%M:%S} UTC (recovered)")
         if (target_env.git_tag if git_tag is None else git_tag) and not dry_run:
+            from bakery.gitrefs import tag_promotion  # git (subprocess) only where a promotion tags
+
             result.git_tag = tag_promotion(project, to_env, pub, src.labels(pub))  # idempotent
         return finish("up-to-date")
 
@@ -230,6 +231,8 @@ def promote(project: Project, ref: str, to_env: str, *, from_env: str | None = N
     want_git = target_env.git_tag if git_tag is None else git_tag
     git_error: StepFailed | None = None
     if want_git:
+        from bakery.gitrefs import tag_promotion
+
         try:
             result.git_tag = tag_promotion(project, to_env, pub, src.labels(pub))
         except StepFailed as exc:  # the build moved: record that first, then report the git problem

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bakery.ecr import EcrRegistry
 from bakery.ref import Ref, is_loopback, normalise_host
 from bakery.registry import CopyStats, Manifest, RegistryClient, docker_config_credentials
 
@@ -102,6 +101,8 @@ def registry_for_host(project: Project | None, host: str, **kwargs: Any) -> Regi
     """The registry on ``host``: ECR when a ``kind: ecr`` environment lives there, else OCI over HTTP."""
     hs = host_settings(project, host)
     if hs.kind == "ecr" and project is not None and hs.env is not None:
+        from bakery.ecr import EcrRegistry  # only where an environment is ECR
+
         return EcrRegistry.for_env(project, hs.env)
     return client_for_host(project, host, **kwargs)
 

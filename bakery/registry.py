@@ -965,12 +965,25 @@ class RegistryClient:
                 return "mounted", 0  # the parent image, already here, holds it: no HEAD, no bytes
             if self.blob_exists(dst_repo, blob.digest):
                 return "skipped", 0
-            known = [r for r in locations.known(self.host, blob.digest) if r != dst_repo and r not in candidates]
-            for repo in [*candidates, *known]:
+            for repo in candidates:
                 if self.mount_blob(dst_repo, blob.digest, repo):
                     return "mounted", 0
-                if repo in known:
-                    gone.append((self.host, blob.digest, repo))
+            for repo in locations.known(self.host, blob.digest):
+                if repo == dst_repo or repo in candidates:
+                    continue
+                # Only a hint, maybe stale (a repository deleted or emptied since): asked first, with the mount's
+                # own scope, so a stale one costs one HEAD, not an upload session opened and cancelled (as
+                # skopeo does); an unreadable one is as good as gone.
+                try:
+                    held = self._request("HEAD", f"/v2/{repo}/blobs/{blob.digest}", op="HEAD blob", repo=dst_repo,
+                                         actions="pull,push", extra_scope=repo, ok=(200,), missing_ok=True)
+                except (RegistryAuthError, RegistryError):
+                    held = None
+                if held is not None:
+                    held.close()
+                    if self.mount_blob(dst_repo, blob.digest, repo):
+                        return "mounted", 0
+                gone.append((self.host, blob.digest, repo))
             return "copied", self.copy_blob(src, src_repo, blob.digest, dst_repo, blob.size)
 
         if len(blobs) > 1:

@@ -19,12 +19,12 @@ import datetime as dt
 import json
 import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from bakery import ami as ami_mod
-from bakery import evidence, integrity
+from bakery import integrity
 from bakery import ledger as ledger_mod
 from bakery.configview import Project
 from bakery.errors import BakeryError, ImmutableTagError, InputError, RegistryError, RegistryUnavailable, StepFailed
@@ -36,6 +36,7 @@ from bakery.registry import Manifest
 from bakery.tags import Scheme, env_alias_tags
 
 if TYPE_CHECKING:
+    from bakery import evidence
     from bakery.plan import Judging, PlanItem
 
 Progress = Callable[[str, str, str], None]  # (where, what, state)
@@ -264,6 +265,11 @@ class RegistryStore:
         self.scheme = project.config.tags.build
         self.requests = 0
         self.tag_lists = tag_lists
+        # What this store's registry answered a moment ago, so the next question about the same thing is not asked
+        # twice in one promotion: (repository, digest) the last resolve found here (``holds`` of that build), and
+        # (repository, build tag, what it named) from ``conflict`` (the ``holds`` that follows it; used once).
+        self._resolved: tuple[str, str] | None = None
+        self._build_tag_seen: tuple[str, str, str | None] | None = None
 
     def repo(self, name: str) -> str:
         return self.environment.repository(name)
@@ -298,6 +304,7 @@ class RegistryStore:
             wanted = (Scheme(scheme).version_of(r.tag, name=r.name) or r.tag) if r.tag else None
             if wanted and key.tag_version != wanted:
                 raise InputError(f"{ref}: that digest is {key}, not {r.name}:{wanted}")
+            self._resolved = (repo, r.digest)
             return Published(key=key, env=env, repository=environment.image(r.name), build_tag=build_tag,
                              digest=r.digest)
 
@@ -307,6 +314,7 @@ class RegistryStore:
             digest = reg.head_manifest(repo, r.tag)
             if digest is not None:
                 labels = self._safe_labels(repo, digest)
+                self._resolved = (repo, digest)
                 return Published(key=key_from_labels(labels, r.name, tag_version), env=env,
                                  repository=environment.image(r.name), build_tag=r.tag, digest=digest)
         tags = reg.list_tags(repo)
@@ -323,6 +331,7 @@ class RegistryStore:
         if digest is None:  # deleted between list and head
             raise StepFailed(f"{where}:{build_tag}: vanished from {env}")
         labels = self._safe_labels(repo, digest)
+        self._resolved = (repo, digest)
         return Published(key=key_from_labels(labels, r.name, r.tag), env=env, repository=environment.image(r.name),
                          build_tag=build_tag, digest=digest)
 
@@ -364,12 +373,18 @@ class RegistryStore:
     def holds(self, pub: Published, aliases: list[str] | None = None) -> bool:
         repo = self.repo(pub.key.name)
         if aliases is None:
+            if self._resolved == (repo, pub.digest):  # this store's registry just named it (resolve)
+                return True
             return self.registry.head_manifest(repo, pub.digest) == pub.digest
-        return (self.registry.head_manifest(repo, pub.build_tag) == pub.digest
-                and all(self.registry.head_manifest(repo, t) == pub.digest for t in aliases))
+        seen, self._build_tag_seen = self._build_tag_seen, None
+        build_tag = seen[2] if seen is not None and seen[:2] == (repo, pub.build_tag) else \
+            self.registry.head_manifest(repo, pub.build_tag)  # (conflict just asked)
+        return build_tag == pub.digest and all(self.registry.head_manifest(repo, t) == pub.digest for t in aliases)
 
     def conflict(self, pub: Published) -> tuple[str, dict[str, Any]] | None:
-        existing = self.registry.head_manifest(self.repo(pub.key.name), pub.build_tag)
+        repo = self.repo(pub.key.name)
+        existing = self.registry.head_manifest(repo, pub.build_tag)
+        self._build_tag_seen = (repo, pub.build_tag, existing)
         if existing is not None and existing != pub.digest:
             return (f"{self.where(pub.key.name)}:{pub.build_tag} already points at {existing[:19]}…, refusing to "
                     f"move an immutable tag", {"existing": existing})
@@ -483,10 +498,17 @@ class RegistryStore:
         self.registry.ensure_repository(dst_repo, aliases=aliases)
         written: list[str] = []
         try:
-            stats = self.registry.copy_image(source.registry, src_repo, pub.digest, dst_repo)
+            # The source's attestations are looked up (a read; the evidence module loads meanwhile) while the
+            # image is copied; they are copied after it, before any tag.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bakery-evidence") as pool:
+                found = pool.submit(_attestations, source.registry, src_repo, pub.digest)
+                stats = self.registry.copy_image(source.registry, src_repo, pub.digest, dst_repo)
+                attestations = found.result()
             manifest = source.registry.get_manifest(src_repo, pub.digest)  # byte-identical by its digest
+            from bakery import evidence
+
             carried = evidence.carry(self.project, source.registry, src_repo, self.registry, dst_repo, pub.digest,
-                                     promotion)  # the attestations byte for byte, + the promotion's, before the tags
+                                     promotion, found=attestations)  # byte for byte, + the promotion's, before tags
             write_tags(self.registry, dst_repo, manifest, pub.build_tag, aliases, target=self.where(name),
                        written=written, confirm=confirm)
         except RegistryUnavailable as exc:
@@ -497,15 +519,21 @@ class RegistryStore:
 
     def evidence_gate(self, pub: Published, to_env: str, *, now: dt.datetime,
                       fresh_scan: tuple[Any, Any] | None = None) -> tuple[bool, str, dict[str, Any]]:
+        from bakery import evidence
+
         return evidence.gate(self.project, self.registry, self.repo(pub.key.name), pub, to_env, now=now,
                              fresh_scan=fresh_scan)
 
     def verify_evidence(self, pub: Published, keys: list[Any], required: list[str], *, promoted_to: str | None,
                         max_scan_age: dt.timedelta | None, now: dt.datetime) -> evidence.Report:
+        from bakery import evidence
+
         return evidence.verify(self.registry, self.repo(pub.key.name), pub.digest, keys, required,
                                max_scan_age=max_scan_age, now=now, promoted_to=promoted_to, image=pub.pinned)
 
     def list_evidence(self, pub: Published) -> tuple[list[dict[str, Any]], str]:
+        from bakery import evidence
+
         return evidence.list_rows(self.registry, self.repo(pub.key.name), pub.digest)
 
     def pinned(self, ref: str) -> Published:
@@ -634,9 +662,19 @@ class RegistryStore:
         attestations and their ``sha256-HEX`` index (bakery.evidence): never those of a build that stays."""
         if self.registry.delete_manifest(build.where, build.identity):
             log.info("deleted %s@%s (%s)", build.where, build.identity, build.ref)
+        from bakery import evidence
+
         gone = evidence.delete(self.registry, build.where, build.identity)
         if gone:
             log.info("deleted the %d attestation manifests of %s@%s", len(gone), build.where, build.identity)
+
+
+def _attestations(src: Registry, src_repo: str, digest: str) -> Any:
+    """The artifacts that refer to ``src_repo@digest`` in the source (bakery.evidence.list_artifacts), None where
+    none are carried (ECR)."""
+    from bakery import evidence
+
+    return evidence.lookup(src, src_repo, digest)
 
 
 def _build_tag_path(project: Project, host: str, repo: str, tag: str) -> Path:
@@ -707,7 +745,8 @@ def key_of(image: str) -> ImageKey:
 def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, aliases: list[str], *,
                target: str, written: list[str] | None = None, confirm: Callable[[], None] | None = None) -> None:
     """The immutable build tag first (re-checked right before writing, read back by ``confirm`` after), then
-    the moving aliases. ``written`` collects the tags that hold the digest so far."""
+    the moving aliases, all at once (each independent of the others). ``written`` collects the tags that hold
+    the digest so far: when an alias fails, the others are still written and the first error is raised."""
     written = [] if written is None else written
     current = dst.head_manifest(repo, build_tag)
     if current is not None and current != manifest.digest:
@@ -718,7 +757,19 @@ def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, ali
     if confirm is not None:
         confirm()
     written.append(build_tag)
-    for alias in aliases:
+
+    def point(alias: str) -> None:
         if dst.head_manifest(repo, alias) != manifest.digest:
             dst.put_manifest(repo, alias, manifest.body, manifest.media_type)
-        written.append(alias)
+
+    if len(aliases) < 2:
+        for alias in aliases:
+            point(alias)
+            written.append(alias)
+        return
+    with ThreadPoolExecutor(max_workers=min(len(aliases), 4), thread_name_prefix="bakery-tags") as pool:
+        futures = [pool.submit(point, alias) for alias in aliases]
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    written.extend(alias for alias, f in zip(aliases, futures) if f.exception() is None)
+    if failed:
+        raise failed[0]

@@ -121,6 +121,58 @@ def test_a_blob_seen_in_one_repository_is_mounted_into_the_next(make_project, st
 
 
 
+def test_a_stale_blob_location_costs_one_read_and_no_upload_session(make_project, stack, monkeypatch):
+    """A blob-location hint is only a hint (the repository may be gone: deleted, emptied, a registry wiped): it is
+    asked first (a HEAD, as skopeo does), so a stale one opens and cancels no upload session; the copy is the one
+    it would be without the hint (every blob sent), and the hint is forgotten. A live hint is still mounted."""
+    import hashlib
+    import os
+    import uuid
+
+    from bakery.registry import RegistryClient, blob_locations
+
+    dev, staging = stack.client("dev"), stack.client("staging")
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    layer = os.urandom(200_000)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
+                         "config": {"Labels": {"n": ns}}}).encode()
+    digests = []
+    for body in (layer, config):
+        digests.append("sha256:" + hashlib.sha256(body).hexdigest())
+        path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{ns}.blob"
+        path.write_bytes(body)
+        dev.push_blob_file(f"{ns}/src", digests[-1], path)
+    layer_d, config_d = digests
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d,
+                                      "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       "digest": layer_d, "size": len(layer)}]}).encode()
+    digest = dev.put_manifest(f"{ns}/src", "1", manifest, "application/vnd.oci.image.manifest.v1+json")
+    blob_locations().update([(staging.host, d, f"{ns}/gone") for d in digests])  # never held them
+    calls: list[tuple[str, str]] = []
+    real_send = RegistryClient._send
+
+    def send(self, method, path, **kwargs):
+        if self.host == staging.host:
+            calls.append((method, path.split("?", 1)[0]))
+        return real_send(self, method, path, **kwargs)
+
+    monkeypatch.setattr(RegistryClient, "_send", send)
+    first = staging.copy_image(dev, f"{ns}/src", digest, f"{ns}/one")
+    assert (first.blobs_copied, first.blobs_mounted, first.bytes_copied) == (2, 0, len(layer) + len(config))
+    assert not [c for c in calls if c[0] == "DELETE"], calls  # no upload session cancelled
+    assert sorted(p for m, p in calls if m == "HEAD" and f"/{ns}/gone/" in p) == sorted(
+        f"/v2/{ns}/gone/blobs/{d}" for d in digests)  # one read per stale hint
+    assert len([c for c in calls if c[0] == "POST"]) == 2  # the two uploads, no mount attempt
+    assert all(f"{ns}/gone" not in blob_locations().known(staging.host, d, limit=10) for d in digests)
+    # a live hint (the first copy's repository): mounted, no bytes
+    calls.clear()
+    second = staging.copy_image(dev, f"{ns}/src", digest, f"{ns}/two")
+    assert (second.blobs_copied, second.blobs_mounted, second.bytes_copied) == (0, 2, 0)
+    assert not [c for c in calls if c[0] == "DELETE" or c[0] == "PUT" and "/blobs/" in c[1]], calls
+
+
 def test_a_promotion_starts_without_pydantic_or_docker(make_project, stack, cli_probe):
     """Once its configuration was validated, `bakery promote` runs on the cached view: what it imports is the
     registry client, not the models (the start-up that separates it from skopeo)."""

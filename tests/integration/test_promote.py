@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bakery import integrity
 from bakery import ledger as ledger_mod
 from bakery.config import load_project
 from bakery.model import LABEL_BUILD_TAG, LABEL_NAME, LABEL_VERSION, OCI
@@ -720,6 +721,80 @@ def test_a_promotion_reads_the_ledger_once_and_fetches_nothing_twice(make_projec
     monkeypatch.setattr(ledger_mod.SqliteLedger, "events", real_events)
     kinds = [e.kind for e in ledger_mod.open_ledger(project).events(image="python:3.11") if e.to_env == "staging"]
     assert kinds == ["gate", "reserve", "intent", "promote"], kinds
+
+
+def _manifest_requests(calls: list[tuple[str, str, str]], stack, digest: str, build_tag: str) -> dict[str, int]:
+    """The promotion's requests other than blobs, by environment, method and what they name."""
+    hosts = {stack.registry(env): env for env in ("dev", "staging")}
+    out: dict[str, int] = {}
+    for host, method, path in calls:
+        if "/blobs/" in path:
+            continue
+        what = path.rsplit("/", 1)[-1].split("?", 1)[0]
+        what = {digest: "DIGEST", build_tag: "BUILD_TAG", digest.replace(":", "-"): "REFERRERS_TAG"}.get(what, what)
+        key = f"{hosts.get(host, host)} {method} {path.split('/')[-2]}/{what}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def test_a_cold_promotion_asks_each_question_once_and_writes_the_aliases_after_the_read_back(make_project, stack,
+                                                                                            monkeypatch):
+    """Issue 14 (cold promotion at skopeo's pace): what a registry answered is not asked again in the same
+    promotion (the source holds what it just resolved; the target's build tag read for the immutability check is
+    the one the no-op check uses); the aliases are written all at once, after the build tag was re-checked,
+    written and read back. The write-ahead records stay. The repeat (the target holds the manifest under another
+    build tag) asks about no blob and moves no alias that names the digest already."""
+    from bakery.promote import promote
+
+    root = make_project(fleet=None, config=GATED)
+    img = publish(root, stack, build_tag="3.11-20260305.1", marker="cold-requests")
+    project = load_project(root / "bakery.yaml", cwd=root)
+    calls: list[tuple[str, str, str]] = []
+    order: list[str] = []
+    real_send, real_confirm = RegistryClient._send, integrity.confirm_tag
+
+    def send(self, method, path, **kwargs):
+        calls.append((self.host, method, path.split("://", 1)[-1].split("/v2/", 1)[-1]))
+        if method == "PUT" and "/manifests/" in path:
+            order.append(path.rsplit("/", 1)[-1])
+        return real_send(self, method, path, **kwargs)
+
+    def confirm_tag(*args, **kwargs):
+        order.append("read-back")
+        return real_confirm(*args, **kwargs)
+
+    monkeypatch.setattr(RegistryClient, "_send", send)
+    monkeypatch.setattr(integrity, "confirm_tag", confirm_tag)
+    result = promote(project, "python:3.11", "staging")
+    assert result.action == "promoted" and result.copy["manifests_copied"] == 1, result.message
+    assert _manifest_requests(calls, stack, img.digest, img.build_tag) == {
+        # (python:3.11 → its newest build tag: the tag list, read on its own lean path)
+        "dev HEAD manifests/BUILD_TAG": 1, "dev GET manifests/DIGEST": 1,  # + the config blob: its labels
+        "dev GET referrers/DIGEST": 1, "dev HEAD manifests/REFERRERS_TAG": 1,  # its attestations (none)
+        "staging HEAD manifests/BUILD_TAG": 3,  # immutability (and the no-op), re-check before writing, read-back
+        "staging HEAD manifests/DIGEST": 1,  # does the target hold the manifest already (no)
+        "staging PUT manifests/DIGEST": 1, "staging PUT manifests/BUILD_TAG": 1,
+        "staging HEAD manifests/3.11": 1, "staging HEAD manifests/staging": 1,  # each alias: asked, then written
+        "staging PUT manifests/3.11": 1, "staging PUT manifests/staging": 1}
+    assert order[:3] == [img.digest, img.build_tag, "read-back"] and sorted(order[3:]) == ["3.11", "staging"]
+    assert not [c for c in calls if c[1] == "DELETE"], "an upload session opened and cancelled"
+    kinds = [e.kind for e in ledger_mod.open_ledger(project).events(image="python:3.11") if e.to_env == "staging"]
+    assert kinds == ["gate", "reserve", "intent", "promote"], kinds
+    assert sorted(stack.client("staging").list_tags(f"{namespace(root)}/python")) == sorted(
+        [img.build_tag, "3.11", "staging"])
+
+    # the repeat: the same digest under a new build tag; the manifest and the aliases are there
+    client = stack.client("dev")
+    manifest = client.get_manifest(f"{namespace(root)}/python", img.digest)
+    client.put_manifest(f"{namespace(root)}/python", "3.11-20260305.2", manifest.body, manifest.media_type)
+    calls.clear()
+    again = promote(project, "python:3.11-20260305.2", "staging")
+    assert again.action == "promoted" and again.copy["manifests_skipped"] == 1, again.message
+    assert _manifest_requests(calls, stack, img.digest, "3.11-20260305.2") == {
+        "dev HEAD manifests/BUILD_TAG": 1, "dev GET manifests/DIGEST": 1, "dev GET referrers/DIGEST": 1,
+        "dev HEAD manifests/REFERRERS_TAG": 1, "staging HEAD manifests/BUILD_TAG": 3, "staging HEAD manifests/DIGEST": 1,
+        "staging PUT manifests/BUILD_TAG": 1, "staging HEAD manifests/3.11": 1, "staging HEAD manifests/staging": 1}
+    assert not [c for c in calls if c[0] == stack.registry("staging") and "/blobs/" in c[2]]  # the manifest is there
 
 
 def test_the_scan_gate_applies_the_definitions_policy_from_the_validated_fleet_cache(make_project, stack, cli_probe,

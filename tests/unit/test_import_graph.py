@@ -134,7 +134,15 @@ DEFERRED = {("bakery.definitions", "bakery.render"),  # render imports jinja2: ~
             # signing and evidence (cryptography), AMI and Packer code only where a build signs, or bakes with
             # Packer: every container build otherwise starts ~20 ms sooner (bench/rebuild.py; test_startup.py)
             ("bakery.build", "bakery.evidence"), ("bakery.build", "bakery.ami"),
-            ("bakery.build", "bakery.ami_evidence"), ("bakery.build", "bakery.packer")}
+            ("bakery.build", "bakery.ami_evidence"), ("bakery.build", "bakery.packer"),
+            # a promotion (issue 14, cold promotion at skopeo's pace): the scan module only where the scan gate
+            # applies or a build attests; the evidence module (→ signing, attest) loads in the background while
+            # the image is copied (bakery.store.RegistryStore.copy); the ECR client only for a `kind: ecr`
+            # environment (~12 ms of `bakery promote`'s start-up together; bench/promote.py)
+            ("bakery.gates", "bakery.scan"), ("bakery.evidence", "bakery.scan"), ("bakery.store", "bakery.evidence"),
+            ("bakery.registries", "bakery.ecr"),
+            # git (bakery.tools: subprocess) only where a promotion writes an annotated git tag
+            ("bakery.promote", "bakery.gitrefs")}
 
 
 def test_core_modules_import_bakery_modules_at_the_top() -> None:
