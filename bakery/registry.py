@@ -1006,7 +1006,6 @@ class RegistryClient:
         else:
             outcomes = [one(b) for b in blobs]
         seen += [(self.host, b.digest, dst_repo) for b in blobs]
-        locations.update(seen, gone)
         for what, sent in outcomes:
             if what == "skipped":
                 stats.blobs_skipped += 1
@@ -1015,7 +1014,15 @@ class RegistryClient:
             else:
                 stats.blobs_copied += 1
                 stats.bytes_copied += sent
-        written = self.put_manifest(dst_repo, digest, m.body, m.media_type)
+        import threading
+
+        # the blob-location hints are kept (an SQLite commit) while the manifest is written
+        hints = threading.Thread(target=locations.update, args=(seen, gone), name="bakery-blob-locations")
+        hints.start()
+        try:
+            written = self.put_manifest(dst_repo, digest, m.body, m.media_type)
+        finally:
+            hints.join()
         if written != digest:
             raise RegistryError(f"{self.host}: {dst_repo}: manifest written as {written}, expected {digest}")
         stats.manifests_copied += 1

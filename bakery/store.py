@@ -745,31 +745,29 @@ def key_of(image: str) -> ImageKey:
 def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, aliases: list[str], *,
                target: str, written: list[str] | None = None, confirm: Callable[[], None] | None = None) -> None:
     """The immutable build tag first (re-checked right before writing, read back by ``confirm`` after), then
-    the moving aliases, all at once (each independent of the others). ``written`` collects the tags that hold
-    the digest so far: when an alias fails, the others are still written and the first error is raised."""
+    the moving aliases, all at once (each independent of the others). What each alias names is read while the
+    build tag is written (a read moves nothing); no alias is written before the read-back. ``written`` collects
+    the tags that hold the digest so far: when an alias fails, the others are still written and the first error
+    is raised."""
     written = [] if written is None else written
-    current = dst.head_manifest(repo, build_tag)
-    if current is not None and current != manifest.digest:
-        raise ImmutableTagError(f"{target}:{build_tag} already points at {current}, refusing to move an "
-                                f"immutable tag to {manifest.digest}")
-    if current is None:
-        dst.put_manifest(repo, build_tag, manifest.body, manifest.media_type)
-    if confirm is not None:
-        confirm()
-    written.append(build_tag)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(aliases), 4)), thread_name_prefix="bakery-tags") as pool:
+        named = [pool.submit(dst.head_manifest, repo, alias) for alias in aliases]
+        current = dst.head_manifest(repo, build_tag)
+        if current is not None and current != manifest.digest:
+            raise ImmutableTagError(f"{target}:{build_tag} already points at {current}, refusing to move an "
+                                    f"immutable tag to {manifest.digest}")
+        if current is None:
+            dst.put_manifest(repo, build_tag, manifest.body, manifest.media_type)
+        if confirm is not None:
+            confirm()
+        written.append(build_tag)
 
-    def point(alias: str) -> None:
-        if dst.head_manifest(repo, alias) != manifest.digest:
-            dst.put_manifest(repo, alias, manifest.body, manifest.media_type)
+        def point(alias: str, now: Future[str | None]) -> None:
+            if now.result() != manifest.digest:
+                dst.put_manifest(repo, alias, manifest.body, manifest.media_type)
 
-    if len(aliases) < 2:
-        for alias in aliases:
-            point(alias)
-            written.append(alias)
-        return
-    with ThreadPoolExecutor(max_workers=min(len(aliases), 4), thread_name_prefix="bakery-tags") as pool:
-        futures = [pool.submit(point, alias) for alias in aliases]
-    failed = [f.exception() for f in futures if f.exception() is not None]
-    written.extend(alias for alias, f in zip(aliases, futures) if f.exception() is None)
+        moves = [pool.submit(point, alias, now) for alias, now in zip(aliases, named)]
+    failed = [f.exception() for f in moves if f.exception() is not None]
+    written.extend(alias for alias, f in zip(aliases, moves) if f.exception() is None)
     if failed:
         raise failed[0]

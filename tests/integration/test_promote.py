@@ -753,11 +753,12 @@ def test_a_cold_promotion_asks_each_question_once_and_writes_the_aliases_after_t
     order: list[str] = []
     real_send, real_confirm = RegistryClient._send, integrity.confirm_tag
 
-    def send(self, method, path, **kwargs):
+    def send(self, method, path, **kwargs):  # the requests answered (a transient fault is retried: asked once)
+        resp = real_send(self, method, path, **kwargs)
         calls.append((self.host, method, path.split("://", 1)[-1].split("/v2/", 1)[-1]))
         if method == "PUT" and "/manifests/" in path:
             order.append(path.rsplit("/", 1)[-1])
-        return real_send(self, method, path, **kwargs)
+        return resp
 
     def confirm_tag(*args, **kwargs):
         order.append("read-back")
