@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import policy, tools
 from bakery.errors import BakeryError, DaemonUnavailable, InputError, ScannerError, ToolFailed, ToolMissing, ToolTimeout
-from bakery.model import SEVERITIES, iso_z
 from bakery.ref import DOCKER_HUB, Ref, is_digest
+from bakery.terms import SEVERITIES, iso_z
 
 if TYPE_CHECKING:
     from bakery.config import Project
