@@ -146,6 +146,29 @@ _LOGGING = _LoggingSetup()
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one catch for BakeryError, one line for the user, the traceback only with --debug."""
+    try:
+        _main(argv)
+    finally:
+        if argv is None:  # the process's own command line (the console script, python -m bakery): it exits now
+            _exit_fast()
+
+
+def _exit_fast() -> None:
+    """Let the interpreter exit without garbage-collecting what the command left behind.
+
+    The output is written and every ``with`` block closed; what remains are modules, classes and functions, which
+    the interpreter's shutdown would otherwise walk with full garbage collections (~7 ms of a repeat scan's
+    ~60 ms, issue 14). ``gc.freeze()`` moves them out of the collector's sight. atexit handlers still run, the
+    standard streams are still flushed; only finalizers of objects caught in reference cycles are not run at exit,
+    which Python never promises anyway (the data model's ``__del__``: "It is not guaranteed that __del__() methods
+    are called for objects that still exist when the interpreter exits").
+    """
+    import gc
+
+    gc.freeze()
+
+
+def _main(argv: list[str] | None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv) or bool(os.environ.get("BAKERY_DEBUG"))
     try:
         cli.main(args=argv, prog_name="bakery", standalone_mode=False)
