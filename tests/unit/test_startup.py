@@ -134,14 +134,15 @@ def test_a_build_loads_no_signing_or_ami_code_until_it_needs_it() -> None:
 REPEAT_SCAN_PROBE = """
 import sys
 import bakery.cli, bakery.cli.scan, bakery.reports, bakery.scan, bakery.policy, bakery.validation
-import bakery.configview, bakery.statecheck, bakery.cli._common
+import bakery.configview, bakery.statecheck, bakery.cli._common, bakery.cachedir
+bakery.cachedir.sha256(b"the configuration's cache key").hexdigest()
 print(" ".join(sorted(sys.modules)))
 """
 # issue 14: none of these on that path (each a measured share of its ~60 ms; `python -X importtime`). uuid and
 # platform are not listed: click 8.5 imports them itself.
 NOT_ON_THE_REPEAT_SCAN = {"logging", "pkgutil", "traceback", "subprocess", "shutil", "shlex", "difflib", "string",
-                          "bakery.model", "bakery.registries", "bakery.cli.promote", "bakery.cli.build",
-                          "bakery.cli.core", "bakery.cli.nightly", "bakery.cli.attest"}
+                          "hashlib", "_hashlib", "socket", "bakery.model", "bakery.registries", "bakery.cli.promote",
+                          "bakery.cli.build", "bakery.cli.core", "bakery.cli.nightly", "bakery.cli.attest"}
 
 
 def test_the_repeat_scan_path_imports_no_logging_subprocess_or_model(repo: Path) -> None:
@@ -214,3 +215,18 @@ def test_the_cli_process_exits_without_collecting_its_garbage(repo: Path, args: 
     import gc
 
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("chunks", [[], [b""], [b"bakery.yaml"], [b"a" * 100_000, b"b", b"\0" * 7], [bytes(range(256))] * 9])
+def test_the_cache_key_digest_is_sha256(chunks: list[bytes]) -> None:
+    """bakery.cachedir.sha256 (the interpreter's built-in SHA-256, no OpenSSL at start-up) gives hashlib's digests."""
+    import hashlib
+
+    from bakery import cachedir
+
+    ours, theirs = cachedir.sha256(), hashlib.sha256()
+    for chunk in chunks:
+        ours.update(chunk)
+        theirs.update(chunk)
+    assert (ours.hexdigest(), ours.digest()) == (theirs.hexdigest(), theirs.digest())
+    assert cachedir.sha256(b"".join(chunks)).hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
