@@ -9,8 +9,8 @@ machinery. A registry client needs little of what requests does, and this module
   blob copies on worker threads over one transport); a pooled connection the server has closed is noticed
   before it is reused (urllib3's check: is the idle socket readable?);
 * **TLS** — verified always (plain HTTP is the caller's explicit choice: loopback, or ``tls_verify: false``),
-  against the CA bundle requests used: ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` when the environment is
-  trusted, else certifi's bundle, else the system's;
+  against the CA bundle named by ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE`` or ``SSL_CERT_FILE`` (a file or a
+  directory), else certifi's bundle (what requests used), else the system's;
 * **proxies** — ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` and ``NO_PROXY`` when the environment is trusted
   (never for loopback: :mod:`bakery.registries` decides), an ``https`` target through a ``CONNECT`` tunnel;
   ``user:password@`` in the proxy URL becomes ``Proxy-Authorization``;
@@ -67,9 +67,9 @@ def _reason(exc: BaseException) -> str:
     import ssl
 
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted ({exc.verify_message})"
+        return f"TLS certificate not trusted ({getattr(exc, 'verify_message', None) or 'verify failed'})"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS failed ({exc.reason or type(exc).__name__})"
+        return f"TLS failed ({getattr(exc, 'reason', None) or type(exc).__name__})"
     if isinstance(exc, http.client.HTTPException):
         return f"bad answer ({type(exc).__name__})"
     return "connection failed"
@@ -275,7 +275,7 @@ class Transport:
             import ssl
 
             env = self._env()
-            bundle = (env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE")) if self.trust_env else None
+            bundle = env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or env.get("SSL_CERT_FILE")
             if bundle:
                 self._tls = (ssl.create_default_context(capath=bundle) if os.path.isdir(bundle)
                              else ssl.create_default_context(cafile=bundle))
