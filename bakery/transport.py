@@ -124,6 +124,9 @@ class Response:
                 self._end(keep=False)
                 raise TransportError(_reason(exc)) from None
             if not chunk:
+                if self._raw.length:  # http.client's read(n) gives b"" when the peer closes early: cut short
+                    self._end(keep=False)
+                    raise TransportError("answer cut short")
                 self._end(keep=True)
                 return
             yield chunk
@@ -227,6 +230,9 @@ class Transport:
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise TransportError(_reason(exc)) from None
+        except BaseException:  # the body's source failed mid-request (a streamed copy): this connection is spent
+            conn.close()
+            raise
         resp = Response(raw, release, url)
         if not stream:
             resp.content  # noqa: B018 - read whole: the connection goes back to the pool now

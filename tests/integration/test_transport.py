@@ -234,3 +234,31 @@ def test_a_blob_redirected_to_storage_arrives_without_the_registry_credentials(t
     gets = [s for s in _Storage.seen if s[0] == "GET" and s[1].endswith("/data")]
     assert len(gets) == 2, _Storage.seen  # both downloads came from the storage server, by redirect
     assert not any(auth for _, _, auth in _Storage.seen), _Storage.seen
+
+
+def test_a_blob_cut_mid_copy_is_copied_again_whole(stack) -> None:
+    """The source's answer ends 64 KiB into a 3 MiB layer while the target receives it: that upload is
+    abandoned (its connection closed), the copy starts over, and the target holds the whole blob; when the
+    cut persists, exit 3 (registry unavailable) and the target has no blob under that digest."""
+    import uuid
+
+    from faultproxy import FaultProxy, Rule
+
+    body = os.urandom(3 * 1024 * 1024)
+    digest = stack.client("dev").push_blob("cut/app", body)
+    staging = stack.client("staging", backoff=0.01)
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        proxy.add(Rule("cut", method="GET", path=f"/blobs/{digest}", keep=64 * 1024, times=1))
+        src = RegistryClient(f"127.0.0.1:{proxy.port}", insecure=True, backoff=0.01)
+        repo = f"cut-{uuid.uuid4().hex[:8]}/app"
+        assert staging.copy_blob(src, "cut/app", digest, repo, len(body)) == len(body)
+        tries = [line.rsplit(" ", 1)[1] for line in proxy.seen if f"/blobs/{digest}" in line]
+        assert tries == ["cut", "ok"]
+        assert staging.get_blob(repo, digest) == body
+
+        proxy.add(Rule("cut", method="GET", path=f"/blobs/{digest}", keep=64 * 1024))
+        other = f"cut-{uuid.uuid4().hex[:8]}/app"
+        with pytest.raises(RegistryUnavailable, match="answer cut short") as err:
+            staging.copy_blob(src, "cut/app", digest, other, len(body))
+        assert err.value.exit_code == 3
+        assert not staging.blob_exists(other, digest)
