@@ -123,7 +123,7 @@ def test_a_blob_seen_in_one_repository_is_mounted_into_the_next(make_project, st
 
 def test_a_promotion_starts_without_pydantic_or_docker(make_project, stack, cli_probe):
     """Once its configuration was validated, `bakery promote` runs on the cached view: what it imports is the
-    registry client, not the models (the start-up that separates it from skopeo)."""
+    registry client over http.client, not the models or requests (the start-up that separates it from skopeo)."""
 
     root = make_project(fleet=None, config={"environments": {"staging": {"gates": {"scan": False}}}})
     tdir = root / "templates" / "layers"
@@ -138,6 +138,7 @@ def test_a_promotion_starts_without_pydantic_or_docker(make_project, stack, cli_
     out, modules = cli_probe(["promote", "app:1.0", "--to", "staging", "--format", "json"], root, timeout=300)
     result = json.loads(out.stdout)
     assert result["action"] == "promoted", out.stderr
-    assert "requests" in modules  # the probe sees what was imported
-    heavy = {"pydantic", "docker", "jinja2", "rich", "boto3", "yaml", "cryptography", "botocore"}
+    assert "http" in modules  # the probe sees what was imported (top-level names: bakery.transport is http.client)
+    heavy = {"pydantic", "docker", "jinja2", "rich", "boto3", "yaml", "cryptography", "botocore", "requests",
+             "urllib3"}  # requests (~50 ms): bakery.transport is http.client
     assert not modules & heavy, sorted(modules & heavy)

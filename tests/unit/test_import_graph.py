@@ -134,7 +134,10 @@ DEFERRED = {("bakery.definitions", "bakery.render"),  # render imports jinja2: ~
             # signing and evidence (cryptography), AMI and Packer code only where a build signs, or bakes with
             # Packer: every container build otherwise starts ~20 ms sooner (bench/rebuild.py; test_startup.py)
             ("bakery.build", "bakery.evidence"), ("bakery.build", "bakery.ami"),
-            ("bakery.build", "bakery.ami_evidence"), ("bakery.build", "bakery.packer")}
+            ("bakery.build", "bakery.ami_evidence"), ("bakery.build", "bakery.packer"),
+            # the HTTP transport (http.client, ssl, email's header parser: ~10 ms) only when a client is made:
+            # bakery.registry's media types and digest helpers are read by commands that never connect
+            ("bakery.registry", "bakery.transport")}
 
 
 def test_core_modules_import_bakery_modules_at_the_top() -> None:
