@@ -138,7 +138,7 @@ import bakery.configview, bakery.statecheck, bakery.cli._common, bakery.cachedir
 bakery.cachedir.sha256(b"the configuration's cache key").hexdigest()
 print(" ".join(sorted(sys.modules)))
 """
-# issue 14: none of these on that path (each a measured share of its ~60 ms; `python -X importtime`). uuid and
+# issue 14: none of these on that path (each a measured share of its start-up, `python -X importtime`). uuid and
 # platform are not listed: click 8.5 imports them itself.
 NOT_ON_THE_REPEAT_SCAN = {"logging", "pkgutil", "traceback", "subprocess", "shutil", "shlex", "difflib", "string",
                           "hashlib", "_hashlib", "socket", "bakery.model", "bakery.registries", "bakery.cli.promote",
