@@ -16,7 +16,6 @@ the pydantic models of ``bakery.config`` inherit: one implementation for both.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -303,11 +302,11 @@ def cache_key(path: Path | None, environ: dict[str, str]) -> str | None:
             st = (here / module).stat()
             parts.append([module, st.st_size, st.st_mtime_ns])
         if path is not None:
-            parts += [str(path.resolve()), hashlib.sha256(path.read_bytes()).hexdigest()]
+            parts += [str(path.resolve()), cachedir.sha256(path.read_bytes()).hexdigest()]
     except OSError:
         return None
     parts.append(sorted((k, v) for k, v in environ.items() if k.startswith("BAKERY_") and k not in NOT_OVERRIDES))
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    return cachedir.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def load_cached(path: Path | None, key: str | None) -> tuple[Any, tuple[str, ...], dict[str, Any]] | None:

@@ -12,6 +12,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
+# the shared words (severity order, timestamps, label keys) live in bakery.terms, re-exported here
+from bakery.terms import (  # noqa: F401
+    LABEL_BUILD_TAG,
+    LABEL_CREATED,
+    LABEL_FINGERPRINT,
+    LABEL_NAME,
+    LABEL_VARIANT,
+    LABEL_VERSION,
+    OCI,
+    SEVERITIES,
+    iso_z,
+)
+
 
 @dataclass(frozen=True)
 class ImageKey:
@@ -164,26 +177,6 @@ class Published:
     @property
     def pinned(self) -> str:
         return f"{self.repository}@{self.digest}"
-
-
-def iso_z(t: dt.datetime | None) -> str | None:
-    """A timestamp as UTC ISO 8601 with ``Z`` (None stays None): how every report and record writes time."""
-    if t is None:
-        return None
-    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-# Vulnerability severities, lowest first: the one order (scan, policy, reports, nightly, trivydb, config).
-SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
-
-# Label keys every bakery image carries.
-OCI = "org.opencontainers.image."
-LABEL_CREATED = OCI + "created"
-LABEL_NAME = "dev.bakery.name"
-LABEL_VERSION = "dev.bakery.version"
-LABEL_VARIANT = "dev.bakery.variant"
-LABEL_FINGERPRINT = "dev.bakery.fingerprint"
-LABEL_BUILD_TAG = "dev.bakery.build-tag"
 
 
 @dataclass

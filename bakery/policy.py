@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from bakery import contain
 from bakery.errors import InputError
-from bakery.model import SEVERITIES as SEVERITY_ORDER
-from bakery.model import iso_z as _iso
 from bakery.ref import Ref
+from bakery.terms import SEVERITIES as SEVERITY_ORDER
+from bakery.terms import iso_z as _iso
 from bakery.validation import load_yaml, read_text
 
 if TYPE_CHECKING:

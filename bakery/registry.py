@@ -1,4 +1,4 @@
-"""A small OCI distribution (Docker Registry v2) client over ``requests``.
+"""A small OCI distribution (Docker Registry v2) client over :mod:`bakery.transport` (``http.client``, pooled).
 
 Used by publish (immutable tag checks), promote (copy by digest), plan (cheap HEAD requests) and status.
 Auth: anonymous, Basic, and the Bearer token flow (Docker Hub / ECR style), tokens cached per scope.
@@ -28,7 +28,7 @@ from bakery.errors import AuthenticationFailed, RegistryError, RegistryUnavailab
 from bakery.ref import is_digest, is_loopback, normalise_host
 
 if TYPE_CHECKING:
-    import requests
+    from bakery.transport import Response
 
 log = logging.getLogger("bakery.registry")
 _MEMO_BLOB = 256 * 1024  # blobs kept by get_blob (image configs, attestations), verified by their digest
@@ -88,11 +88,11 @@ def retryable_status(status: int) -> bool:
 
 
 def retryable_exception(exc: BaseException) -> bool:
-    """Connection refused/reset, timeouts and truncated bodies are transient."""
-    import requests
+    """Connection refused/reset, timeouts, TLS and answers cut short (:class:`bakery.transport.TransportError`)
+    are transient."""
+    from bakery.transport import TransportError
 
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                            ConnectionError, TimeoutError, _Transient))
+    return isinstance(exc, (TransportError, ConnectionError, TimeoutError, _Transient))
 
 
 def parse_www_authenticate(header: str) -> tuple[str, dict[str, str]]:
@@ -336,8 +336,8 @@ def blob_locations() -> _BlobLocations:
 
 
 class _SizedStream:
-    """A streamed response body with a known length, handed to requests as an iterable with ``__len__``: it
-    sends Content-Length, and urllib3 writes each chunk to the socket as it comes (no re-slicing, no copy)."""
+    """A streamed response body with a known length, handed to the transport as an iterable with ``__len__``: it
+    sends Content-Length, and each chunk goes to the socket as it comes (no re-slicing, no copy)."""
 
     def __init__(self, chunks: Iterator[bytes], size: int, on_bytes: Callable[[int], None]):
         self._chunks = chunks
@@ -366,7 +366,7 @@ class _Auth:
 
 class RegistryClient:
     """One registry host. Thread-compatible for sequential use; create one per worker thread for parallelism
-    (copy_image alone runs its blob copies concurrently over the one session: urllib3 pools are thread-safe)."""
+    (copy_image alone runs its blob copies concurrently over the one transport: its pool is thread-safe)."""
 
     page_size = 1000  # n= for tags/list and _catalog; the registry's Link header gives the next page
 
@@ -391,11 +391,10 @@ class RegistryClient:
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
-        import requests  # start-up: ~50 ms, paid by the commands that talk to a registry only
+        from bakery.transport import Transport  # http.client + ssl: ~10 ms, paid by commands that talk to one
 
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "bakery"
-        self.session.trust_env = (not is_loopback(self.host)) if use_proxy is None else use_proxy
+        self.session = Transport(trust_env=(not is_loopback(self.host)) if use_proxy is None else use_proxy,
+                                 timeout=timeout, headers={"User-Agent": "bakery"})
         self._auth = _Auth()
 
     def __repr__(self) -> str:
@@ -422,8 +421,23 @@ class RegistryClient:
 
     def _retry(self, op: str, fn: Callable[[], T]) -> T:
         """Run ``fn`` with exponential backoff (tenacity) on transient failures (:func:`retryable_exception`);
-        when they persist, :class:`RegistryUnavailable` (exit 3). Any other exception passes through at once."""
+        when they persist, :class:`RegistryUnavailable` (exit 3). Any other exception passes through at once.
+
+        The first attempt runs bare: tenacity (~5 ms to import) loads only when a request has to be retried; the
+        waits are the same (``backoff`` × 1, 2, 4, … seconds before the 2nd, 3rd, 4th … attempt)."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not retryable_exception(exc):
+                raise
+            first = exc
+        if self.retries == 0:
+            raise RegistryUnavailable(f"{self.host}: registry unavailable during {op}: {_short(first)} "
+                                      f"(after 1 attempt)") from None
         import tenacity
+
+        log.debug("%s: %s failed (%s); retrying in %.2fs", self.host, op, _short(first), self.backoff)
+        time.sleep(self.backoff)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -431,17 +445,17 @@ class RegistryClient:
                       state.next_action.sleep if state.next_action else 0.0)
 
         retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(retryable_exception),
-                                     stop=tenacity.stop_after_attempt(self.retries + 1),
-                                     wait=tenacity.wait_exponential(multiplier=self.backoff, exp_base=2),
+                                     stop=tenacity.stop_after_attempt(self.retries),
+                                     wait=tenacity.wait_exponential(multiplier=self.backoff * 2, exp_base=2),
                                      before_sleep=before_sleep, reraise=True)
         try:
             return retrying(fn)
         except Exception as exc:  # noqa: BLE001 - classified below
             if not retryable_exception(exc):
                 raise
-            attempts = retrying.statistics.get("attempt_number", self.retries + 1)
+            attempts = 1 + retrying.statistics.get("attempt_number", self.retries)
             raise RegistryUnavailable(f"{self.host}: registry unavailable during {op}: {_short(exc)} "
-                                      f"(after {attempts} attempt{'s' if attempts > 1 else ''})") from None
+                                      f"(after {attempts} attempts)") from None
 
     def _auth_ready(self, scope: str) -> bool:
         """Whether a request for ``scope`` goes out with credentials already in hand: Basic, or its bearer token."""
@@ -470,7 +484,7 @@ class RegistryClient:
         url = realm + ("&" if "?" in realm else "?") + urlencode(
             list(query.items()) + [("scope", s) for s in scopes])
         headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
-        resp = self.session.get(url, headers=headers, timeout=self.timeout)
+        resp = self.session.request("GET", url, headers=headers)
         if resp.status_code in (401, 403):
             raise RegistryAuthError(
                 f"{self.host}: authentication failed for {repo or '(registry)'} ({resp.status_code})",
@@ -493,7 +507,7 @@ class RegistryClient:
     def _send(self, method: str, path: str, *, op: str, repo: str | None, scope: str,
               ok: tuple[int, ...], missing_ok: bool = False, headers: dict[str, str] | None = None,
               data: Any = None, stream: bool = False, params: dict[str, str] | None = None,
-              allow_redirects: bool = True) -> requests.Response | None:
+              allow_redirects: bool = True) -> Response | None:
         """One request (no retry): auth challenge handling and status classification.
 
         Returns None for 404 when ``missing_ok``; raises _Transient for retryable outcomes.
@@ -505,7 +519,7 @@ class RegistryClient:
             hdrs.update(self._auth_header(scope))
             log.debug("%s %s", method, url)
             resp = self.session.request(method, url, headers=hdrs, data=data, stream=stream, params=params,
-                                        timeout=self.timeout, allow_redirects=allow_redirects)
+                                        allow_redirects=allow_redirects)
             if resp.status_code == 401:
                 scheme, challenge = parse_www_authenticate(resp.headers.get("WWW-Authenticate", ""))
                 already = "Authorization" in hdrs
@@ -544,57 +558,10 @@ class RegistryClient:
         raise RegistryAuthError(f"{self.host}: authentication failed for {repo or '(registry)'} (401)", 401)
 
     def _request(self, method: str, path: str, *, op: str, repo: str | None, actions: str = "pull",
-                 extra_scope: str | None = None, **kw: Any) -> requests.Response | None:
+                 extra_scope: str | None = None, **kw: Any) -> Response | None:
         scope = _scope(repo, actions, extra_scope)
         return self._retry(f"{op} {repo}" if repo else op,
                            lambda: self._send(method, path, op=op, repo=repo, scope=scope, **kw))
-
-    def _lean_get_json(self, path: str, scope: str) -> Any:
-        """GET ``path`` straight from the urllib3 pool requests itself would use for this host (same TLS settings,
-        same connections, the session's headers and the credentials already negotiated), without requests'
-        per-call machinery. Only the plain answer is taken here: a 200 with whole headers, no Link (another page)
-        and a JSON body. Anything else — a challenge, a 404, an error status, a transport fault, a proxy in the
-        way — gives None, and the caller makes the ordinary request, which authenticates, retries and classifies
-        the failure as always: the same answers and the same errors, at a third of the CPU."""
-        pool = self._lean_pool()
-        if pool is None:
-            return None
-        headers = dict(self.session.headers)
-        headers.update(self._auth_header(scope))
-        log.debug("GET %s (lean)", self._url(path))
-        try:
-            resp = pool.urlopen("GET", path, headers=headers, retries=False, redirect=False, timeout=self.timeout,
-                                assert_same_host=False, preload_content=True)
-        except Exception:  # noqa: BLE001 - any fault: the ordinary request retries and classifies it
-            return None
-        if resp.status != 200 or resp.headers.get("Link") is not None or \
-                _header_block_cut(resp.headers, getattr(resp, "_original_response", None)):
-            return None
-        try:
-            return json.loads(resp.data)
-        except ValueError:
-            return None
-
-    def _lean_pool(self) -> Any:
-        """The urllib3 pool requests picks for this host (None when a proxy is in the way: then requests goes)."""
-        pool = getattr(self, "_lean", None)
-        if pool is None:
-            import requests  # (loaded with the session already: this client made it)
-
-            pool = False
-            url = self.base + "/v2/"
-            try:
-                settings = self.session.merge_environment_settings(url, {}, None, None, None)
-                if not requests.utils.select_proxy(url, settings.get("proxies") or {}):
-                    adapter = self.session.get_adapter(url)
-                    prepared = requests.Request("GET", url).prepare()
-                    pool = adapter.get_connection_with_tls_context(prepared, settings.get("verify"), None,
-                                                                   settings.get("cert"))
-                    adapter.cert_verify(pool, url, settings.get("verify"), settings.get("cert"))
-            except Exception:  # noqa: BLE001 - an older requests or an odd setting: always the ordinary request
-                pool = False
-            self._lean = pool
-        return pool or None
 
     # -- API ---------------------------------------------------------------------------------------------------
 
@@ -842,14 +809,8 @@ class RegistryClient:
         return Manifest(body=body, media_type=OCI_INDEX, digest=sha256_digest(body))
 
     def list_tags(self, repo: str) -> list[str]:
-        """All tags of ``repo`` ([] when the repository does not exist), following Link pagination.
-
-        The plain case (one page, a 200 with JSON) is read through :meth:`_lean_get_json` (`bakery plan` lists
-        the tags of every image: ~0.4 ms of requests' CPU a call); anything else takes the request below."""
+        """All tags of ``repo`` ([] when the repository does not exist), following Link pagination."""
         url: str | None = f"/v2/{repo}/tags/list?n={self.page_size}"
-        data = self._lean_get_json(url, _scope(repo, "pull"))
-        if isinstance(data, dict):
-            return list(data.get("tags") or [])
         tags: list[str] = []
         while url:
             page = self._json_page(url, op="list tags", repo=repo, missing_ok=True)
@@ -1060,15 +1021,8 @@ class RegistryClient:
         return {b.digest: parent_repo for b in parent.blobs()}
 
     def _size_pool(self, workers: int) -> None:
-        """One connection pool for this host, large enough for ``workers`` concurrent requests (requests' default
-        keeps 10 connections per host; this only grows it)."""
-        if getattr(self, "_pool_size", 10) >= workers:
-            return
-        import requests.adapters
-
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=workers)
-        self.session.mount(self.base + "/", adapter)
-        self._pool_size = workers
+        """Keep up to ``workers`` connections to this host (the transport keeps 10; this only grows it)."""
+        self.session.resize(workers)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1094,45 +1048,23 @@ def _with_query(url: str, **extra: str) -> str:
 
 def _short(exc: BaseException) -> str:
     """A one-line reason for a transient failure (no URLs with credentials, no nested reprs)."""
-    import requests
+    from bakery.transport import TransportError
 
-    if isinstance(exc, requests.ConnectionError):
-        text = str(exc)
-        for needle, short in (("Connection refused", "connection refused"), ("reset", "connection reset"),
-                              ("Name or service not known", "unknown host"), ("timed out", "timed out")):
-            if needle in text:
-                return short
-        return "connection failed"
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
+    if isinstance(exc, TransportError):
+        return exc.reason
     return secrets.mask(str(exc)) or type(exc).__name__
 
 
-def _headers_cut(resp: requests.Response) -> bool:
-    """Whether the header block arrived damaged: unparsable lines (what urllib3 would only log as a warning), or
-    a digest header cut short. A cut between two whole lines is caught where a header is needed (Location)."""
-    return _header_block_cut(resp.headers, getattr(resp.raw, "_original_response", None))
-
-
-def _header_block_cut(headers: Any, original: Any) -> bool:
-    """:func:`_headers_cut` of a requests response or of a bare urllib3 one (its ``_original_response``)."""
-    digest = headers.get("Docker-Content-Digest")
+def _headers_cut(resp: Response) -> bool:
+    """Whether the header block arrived damaged: unparsable lines, the block ended by the connection closing,
+    or a digest header cut short. A cut between two whole lines is caught where a header is needed (Location)."""
+    digest = resp.headers.get("Docker-Content-Digest")
     if digest is not None and not _ANY_DIGEST.match(digest):
         return True
-    message = getattr(original, "msg", None)
-    if message is None:
-        return False
-    from urllib3.exceptions import HeaderParsingError
-    from urllib3.util.response import assert_header_parsing
-
-    try:
-        assert_header_parsing(message)
-    except HeaderParsingError:
-        return True
-    return False
+    return resp.headers_cut()
 
 
-def _error_detail(resp: requests.Response) -> str:
+def _error_detail(resp: Response) -> str:
     """The first error code/message of a registry error body."""
     try:
         data = resp.json()

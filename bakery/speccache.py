@@ -24,7 +24,6 @@ for the same inputs (tests/unit/test_speccache.py compares them).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import stat
@@ -78,7 +77,7 @@ def _entry(h: Any, root: Path, path: Path, *, content: bool) -> None:
         except OSError as exc:
             h.update(b"R%d\0" % (exc.errno or 0))
             return
-        h.update(b"C%d\0%s\0" % (len(data), hashlib.sha256(data).digest()))
+        h.update(b"C%d\0%s\0" % (len(data), cachedir.sha256(data).digest()))
 
 
 def _tree(h: Any, root: Path, top: Path, content: Any) -> None:
@@ -122,7 +121,7 @@ def _code(h: Any) -> None:
 
 def fleet_key(project: Project) -> str | None:
     """The key of everything the fleet's validation reads; None when it cannot be read (nothing is cached)."""
-    h = hashlib.sha256()
+    h = cachedir.sha256()
     try:
         _code(h)
         config = project.config.model_dump(mode="json")

@@ -15,7 +15,6 @@ a pull request could have committed: nothing is checked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -79,7 +78,7 @@ def tracked(project: Project) -> list[str]:
     if git.is_dir():  # (a worktree's .git is a file: asked every time)
         try:
             st = os.stat(git / "index")
-            key = hashlib.sha256(json.dumps([str(root), rels, st.st_ino, st.st_size, st.st_mtime_ns]).encode()
+            key = cachedir.sha256(json.dumps([str(root), rels, st.st_ino, st.st_size, st.st_mtime_ns]).encode()
                                  ).hexdigest()
         except OSError:
             key = None  # no index yet (nothing committed or staged): git answers quickly

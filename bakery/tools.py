@@ -7,18 +7,19 @@ typed errors: a missing binary or a timeout is an environment failure (exit 3); 
 
 from __future__ import annotations
 
-import logging
 import os
-import shlex
-import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bakery import secrets
 from bakery.errors import EXIT_FAILED, ToolFailed, ToolMissing, ToolTimeout
 
-log = logging.getLogger("bakery.tools")
+if TYPE_CHECKING:
+    import subprocess
+
+# Start-up: subprocess, shutil, shlex and logging (~6 ms of imports) load when a tool is looked up on PATH or run,
+# not when this module is imported: a repeat scan served from the store resolves trivy by its path and runs nothing.
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ def resolve(binary: str, *, hint: str = "") -> str:
         if os.path.isfile(binary) and os.access(binary, os.X_OK):
             return binary
         raise ToolMissing(f"{binary}: not found or not executable{hint}")
+    import shutil
+
     found = shutil.which(binary)
     if not found:
         raise ToolMissing(f"{binary}: not found on PATH{hint}")
@@ -44,6 +47,8 @@ def resolve(binary: str, *, hint: str = "") -> str:
 
 def display(argv: Sequence[str]) -> str:
     """The command line as a user could paste it, secrets masked."""
+    import shlex
+
     return secrets.mask(" ".join(shlex.quote(a) for a in argv))
 
 
@@ -72,6 +77,8 @@ def run(
     ``merge_stderr`` (with ``on_line``): stream stderr with stdout (tools that report progress on stderr,
     like ``docker build --progress=plain``); the result's ``stderr`` is then empty.
     """
+    import logging
+    import subprocess
     import time
 
     path = resolve(binary, hint=hint)
@@ -80,7 +87,7 @@ def run(
     if env is not None:
         full_env = dict(os.environ)
         full_env.update(env)
-    log.debug("run: %s", display(argv))
+    logging.getLogger("bakery.tools").debug("run: %s", display(argv))
     name = os.path.basename(path)
     started = time.monotonic()
     try:
@@ -139,6 +146,8 @@ def _stop_group(proc: subprocess.Popen, grace: float = GROUP_GRACE_SECONDS) -> N
 def _run_group(argv, timeout, env, cwd, input_text):
     """Collect stdout and stderr of a tool running in its own session; on timeout or interruption the whole
     group is stopped (a child the tool started does not survive it)."""
+    import subprocess
+
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             errors="replace", start_new_session=True)
@@ -157,6 +166,7 @@ def _run_group(argv, timeout, env, cwd, input_text):
 def _run_streaming(argv, timeout, env, cwd, on_line, process_group=False, merge_stderr=False):
     """Stream stdout to ``on_line`` while collecting stderr. On timeout or interruption stop the tool: its
     whole process group with ``process_group`` (SIGTERM, then SIGKILL), else the process itself."""
+    import subprocess
     import threading
 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE,

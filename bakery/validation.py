@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
 import re as _re
-import string
 from typing import TYPE_CHECKING, Any
 
 from bakery.contain import decode_text, read_file
@@ -12,6 +10,9 @@ from bakery.errors import InputError, ValidationError
 from bakery.ref import HOST_RE, REPOSITORY_RE, TAG_RE, Ref, is_digest
 from bakery.text import show
 from bakery.yamlsafe import MAX_BYTES, MAX_NODES, parse
+
+# Start-up: difflib and string load where a hint or a tag template needs them (`bakery scan IMAGE` checks the
+# reference and nothing else here).
 
 
 if TYPE_CHECKING:
@@ -93,6 +94,8 @@ def format_errors(filename: str, model: type[pydantic.BaseModel], err: pydantic.
             if unknown > MAX_UNKNOWN:
                 continue
             options = allowed_keys(model, loc)
+            import difflib
+
             close = difflib.get_close_matches(key, options, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else (
                 f" (allowed: {', '.join(sorted(options))})" if options else "")
@@ -253,6 +256,8 @@ def tag_template_problems(template: object, *, kind: str) -> list[str]:
     if not template.strip():
         return ["an empty tag template; give a tag like '{version}' or 'stable'"]
     shown = show(template)
+    import string
+
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
@@ -333,6 +338,8 @@ def packer_settings_problems(display: str, where: str, settings: Any) -> list[st
     out = []
     for key in settings:
         if key not in PACKER_KEYS:
+            import difflib
+
             close = difflib.get_close_matches(str(key), PACKER_KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(PACKER_KEYS)})"
             out.append(f"{display}: {where}.{show(key, quote=False)}: unknown key{hint}")

@@ -11,8 +11,8 @@ Measured in-process through the public API (`bakery.scan.scan_image`), each roun
   repeat  the same image again: served from the store by image ID (must be >= 20x faster than cold)
   rescan  --rescan with trivy's layer cache warm (trivy's best case)
 and trivy's own time (the subprocess) against bakery's total for the call: bakery's overhead (target < 10 %).
-The CLI's wall-clock for a repeat (`bakery scan IMAGE`, Python start-up included; the median of --cli-runs runs
-per round) is shown for reference.
+and the CLI's repeat (`bakery scan IMAGE --format json`, Python start-up included; the median of --cli-runs runs
+per round, wall-clock and CPU time): it too must be >= 20x faster than the cold scan (issue 14).
 Exit 1 when a target is missed.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -140,27 +141,31 @@ def main() -> int:
             # the round's bakery.yaml validated once (untimed), as the first command after an edit does
             subprocess.run([str(BIN / "bakery"), "config", "--format", "json"], cwd=project.root, capture_output=True,
                            env=cli_env, check=True)
-            cli_times = []
+            cli_times, cli_cpu = [], []
             for _ in range(args.cli_runs):  # a short command on a shared machine: the median of a few runs
+                r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
                 cli = subprocess.run([str(BIN / "bakery"), "scan", image, "--format", "json"], cwd=project.root,
                                      capture_output=True, text=True, env=cli_env)
                 cli_times.append(time.perf_counter() - t0)
+                r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cli_cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
                 assert cli.returncode in (0, 1), cli.stderr
                 assert json.loads(cli.stdout)["scan"]["cached"] is True
             cli_total = statistics.median(cli_times)
             rounds.append({"cold": cold_total, "cold_trivy": cold.trivy_seconds, "repeat": repeat_total,
                            "rescan": warm_total, "rescan_trivy": warm.trivy_seconds, "cli_repeat": cli_total,
-                           "findings": len(cold.findings)})
+                           "cli_repeat_cpu": statistics.median(cli_cpu), "findings": len(cold.findings)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     speedup = med["cold"] / med["repeat"]
+    cli_speedup = med["cold"] / med["cli_repeat"]
     overhead_cold = (med["cold"] - med["cold_trivy"]) / med["cold_trivy"]
     overhead_warm = (med["rescan"] - med["rescan_trivy"]) / med["rescan_trivy"]
     figures = {"image": image, "trivy": trivy, "rounds": rounds, "median": med, "repeat_speedup": speedup,
-               "cli_repeat_speedup": med["cold"] / med["cli_repeat"],
+               "cli_repeat_speedup": cli_speedup, "load_average": os.getloadavg(),
                "overhead_cold": overhead_cold, "overhead_rescan": overhead_warm}
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -171,12 +176,13 @@ def main() -> int:
         print(f"  same digest      {med['repeat']:7.4f} s   served from the store: {speedup:.0f}x faster than cold")
         print(f"  --rescan (warm)  {med['rescan']:7.3f} s   (trivy itself {med['rescan_trivy']:.3f} s, "
               f"bakery overhead {overhead_warm:+.1%})")
-        print(f"  CLI repeat       {med['cli_repeat']:7.3f} s   (`bakery scan` wall-clock, Python start-up included): "
-              f"{med['cold'] / med['cli_repeat']:.1f}x faster than a cold scan (target >= 20x)")
-    ok = speedup >= 20 and overhead_cold < 0.10
+        print(f"  CLI repeat       {med['cli_repeat']:7.3f} s   (`bakery scan` wall-clock, Python start-up included; "
+              f"CPU {med['cli_repeat_cpu']:.3f} s): {cli_speedup:.1f}x faster than a cold scan (target >= 20x)")
+        print(f"  load average     {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    ok = speedup >= 20 and cli_speedup >= 20 and overhead_cold < 0.10
     if not ok:
-        print(f"TARGET MISSED: repeat speedup {speedup:.1f}x (want >= 20x), cold overhead {overhead_cold:.1%} "
-              f"(want < 10 %)", file=sys.stderr)
+        print(f"TARGET MISSED: repeat speedup {speedup:.1f}x in-process, {cli_speedup:.1f}x through the CLI (want >= "
+              f"20x), cold overhead {overhead_cold:.1%} (want < 10 %)", file=sys.stderr)
     return 0 if ok else 1
 
 

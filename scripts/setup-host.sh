@@ -13,6 +13,8 @@ command -v packer >/dev/null || need_apt+=(packer)
 command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 command -v git >/dev/null || need_apt+=(git)
 command -v chromium >/dev/null || need_apt+=(chromium)  # the dashboard's browser test (Playwright drives it)
+command -v tinyproxy >/dev/null || need_apt+=(tinyproxy)  # the registry transport's proxy tests (run per test)
+command -v openssl >/dev/null || need_apt+=(openssl)  # the TLS registry of the transport tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -34,4 +36,4 @@ if ! docker info >/dev/null 2>&1; then
   done
   docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/bakery-dockerd.log"; tail -20 /var/log/bakery-dockerd.log >&2; exit 3; }
 fi
-log "ready: docker, docker-registry, skopeo, debootstrap, packer, htpasswd"
+log "ready: docker, docker-registry, skopeo, debootstrap, packer, htpasswd, tinyproxy"

@@ -27,8 +27,8 @@ def _local_exists(target: str) -> bool:
 
 def _spec_for_labels(project, image: str):
     """The definition an image was baked from (its bakery labels), for per-definition policy; None if unknown."""
-    from bakery.model import LABEL_NAME, LABEL_VARIANT, LABEL_VERSION, ImageKey
     from bakery.scan import _inspect_local
+    from bakery.terms import LABEL_NAME, LABEL_VARIANT, LABEL_VERSION
 
     try:
         labels = _inspect_local(image).labels
@@ -36,6 +36,8 @@ def _spec_for_labels(project, image: str):
         return None
     if LABEL_NAME not in labels or not project.definitions_dir.is_dir():
         return None  # an image not from this fleet: the global policy
+    from bakery.model import ImageKey
+
     key = ImageKey(labels[LABEL_NAME], labels.get(LABEL_VERSION, ""), labels.get(LABEL_VARIANT) or None)
     # a fleet that does not load raises its problems (exit 2): the image's own policy is then unknown, and the
     # global one in its place would be a silent change of gate

@@ -175,7 +175,7 @@ def test_a_stale_blob_location_costs_one_read_and_no_upload_session(make_project
 
 def test_a_promotion_starts_without_pydantic_or_docker(make_project, stack, cli_probe):
     """Once its configuration was validated, `bakery promote` runs on the cached view: what it imports is the
-    registry client, not the models (the start-up that separates it from skopeo)."""
+    registry client over http.client, not the models or requests (the start-up that separates it from skopeo)."""
 
     root = make_project(fleet=None, config={"environments": {"staging": {"gates": {"scan": False}}}})
     tdir = root / "templates" / "layers"
@@ -190,6 +190,7 @@ def test_a_promotion_starts_without_pydantic_or_docker(make_project, stack, cli_
     out, modules = cli_probe(["promote", "app:1.0", "--to", "staging", "--format", "json"], root, timeout=300)
     result = json.loads(out.stdout)
     assert result["action"] == "promoted", out.stderr
-    assert "requests" in modules  # the probe sees what was imported
-    heavy = {"pydantic", "docker", "jinja2", "rich", "boto3", "yaml", "cryptography", "botocore"}
+    assert "http" in modules  # the probe sees what was imported (top-level names: bakery.transport is http.client)
+    heavy = {"pydantic", "docker", "jinja2", "rich", "boto3", "yaml", "cryptography", "botocore", "requests",
+             "urllib3"}  # requests (~50 ms): bakery.transport is http.client
     assert not modules & heavy, sorted(modules & heavy)

@@ -134,7 +134,7 @@ def test_a_plan_reads_each_repository_once(tree: Path) -> None:
 def _fast_and_full_plans(root: Path) -> tuple[dict, dict]:
     """The plan as bakery makes it, and as it is made without its shortcuts: every tag list through requests (no
     lean GET), one tag list per image (no shared lists), every definition validated (no kept outcome)."""
-    from bakery import registry, store
+    from bakery import store
     from bakery.config import load_project
     from bakery.definitions import load_fleet
     from bakery.plan import make_plan
@@ -148,7 +148,6 @@ def _fast_and_full_plans(root: Path) -> tuple[dict, dict]:
 
     fast = one()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(registry.RegistryClient, "_lean_pool", lambda self: None)
         mp.setattr(store.TagLists, "get", lambda self, reg, host, repo: (reg.list_tags(repo), True))
         mp.setenv("BAKERY_CACHE_DIR", str(root / ".cold-cache"))
         full = one()

@@ -85,25 +85,9 @@ def test_list_tags_pagination_and_missing_repo(stack, pushed):
     assert dev.list_tags(f"nothing-{uuid.uuid4().hex[:6]}/here") == []
 
 
-def test_list_tags_plain_answer_skips_requests_with_the_same_tags(stack, pushed):
-    """`bakery plan` lists the tags of every image: the plain case goes straight through the urllib3 pool (no
-    requests call), and gives what the ordinary request gives; a page with a Link, a missing repository and a
-    challenge take the ordinary request (the tests above and the auth tests below hold their answers)."""
-    repo, _ = pushed
-    client = RegistryClient(stack.registry("dev"), insecure=True)
-    calls: list[str] = []
-    real = client.session.request
-    client.session.request = lambda method, url, **kw: calls.append(url) or real(method, url, **kw)  # a spy
-    lean = client.list_tags(repo)
-    assert lean and calls == []
-    assert client.list_tags(f"nothing-{uuid.uuid4().hex[:6]}/here") == [] and len(calls) == 1  # 404: requests
-    client._lean = False  # the ordinary request only
-    assert client.list_tags(repo) == lean and len(calls) == 2
-
-
-def test_list_tags_answer_cut_mid_headers_takes_the_ordinary_request(stack, pushed):
-    """The lean GET does not judge faults: a tags answer cut in its headers, or a refused connection, gives None,
-    and the ordinary request answers (and retries) as it always did."""
+def test_list_tags_answer_cut_mid_headers_is_retried(stack, pushed):
+    """A tags answer cut in its headers, or a refused connection, is a transient fault: retried, and the tags
+    come back whole."""
     from faultproxy import FaultProxy, Rule
 
     repo, _ = pushed
@@ -113,15 +97,15 @@ def test_list_tags_answer_cut_mid_headers_takes_the_ordinary_request(stack, push
         client = RegistryClient(f"127.0.0.1:{proxy.port}", insecure=True, backoff=0.01)
         assert client.list_tags(repo) == expected
         tries = [line.rsplit(" ", 1)[1] for line in proxy.seen if "/tags/list" in line]
-        assert tries == ["cut", "ok"]  # the lean GET (cut), then the ordinary request
+        assert tries == ["cut", "ok"]  # the cut answer, then the retry
         proxy.add(Rule("refuse", method="GET", path="/tags/list", times=1))
         assert client.list_tags(repo) == expected
 
 
 def test_a_tags_answer_cut_after_its_status_line_is_retried(stack, pushed):
     """A 200 whose headers and body never arrive (the connection cut right after the status line) is a transient
-    fault: the lean GET gives None, the ordinary request retries, and the tags come back (it was exit 3, "not
-    JSON", at the first cut). When it persists: exit 3 (registry unavailable), saying what was wrong."""
+    fault: retried, and the tags come back (it was exit 3, "not JSON", at the first cut). When it persists: exit
+    3 (registry unavailable), saying what was wrong."""
     from faultproxy import FaultProxy, Rule
 
     from bakery.errors import RegistryUnavailable
@@ -134,7 +118,7 @@ def test_a_tags_answer_cut_after_its_status_line_is_retried(stack, pushed):
         client = RegistryClient(f"127.0.0.1:{proxy.port}", insecure=True, backoff=0.01)
         assert client.list_tags(repo) == expected
         tries = [line.rsplit(" ", 1)[1] for line in proxy.seen if "/tags/list" in line]
-        assert tries == ["cut", "cut", "ok"]  # the lean GET, the ordinary request, its retry
+        assert tries == ["cut", "cut", "ok"]  # two cut answers, each retried
         proxy.add(Rule("cut", method="GET", path="/tags/list", keep=status_line, times=100))
         with pytest.raises(RegistryUnavailable, match="not JSON"):
             client.list_tags(repo)

@@ -142,7 +142,10 @@ DEFERRED = {("bakery.definitions", "bakery.render"),  # render imports jinja2: ~
             ("bakery.gates", "bakery.scan"), ("bakery.evidence", "bakery.scan"), ("bakery.store", "bakery.evidence"),
             ("bakery.registries", "bakery.ecr"),
             # git (bakery.tools: subprocess) only where a promotion writes an annotated git tag
-            ("bakery.promote", "bakery.gitrefs")}
+            ("bakery.promote", "bakery.gitrefs"),
+            # the HTTP transport (http.client, ssl, email's header parser: ~10 ms) only when a client is made:
+            # bakery.registry's media types and digest helpers are read by commands that never connect
+            ("bakery.registry", "bakery.transport")}
 
 
 def test_core_modules_import_bakery_modules_at_the_top() -> None:

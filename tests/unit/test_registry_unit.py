@@ -6,10 +6,10 @@ import base64
 import json
 
 import pytest
-import requests
 
 from bakery import secrets
 from bakery.errors import EnvironmentFailure, RegistryUnavailable
+from bakery.transport import TransportError
 from bakery.registry import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -108,9 +108,10 @@ def test_retry_classification_by_status(status, retry):
 
 
 def test_retry_classification_by_exception():
-    assert retryable_exception(requests.ConnectionError("refused"))
-    assert retryable_exception(requests.Timeout())
-    assert retryable_exception(requests.exceptions.ChunkedEncodingError())
+    assert retryable_exception(TransportError("connection refused"))
+    assert retryable_exception(TransportError("answer cut short"))
+    assert retryable_exception(ConnectionResetError())
+    assert retryable_exception(TimeoutError())
     assert not retryable_exception(ValueError("bad"))
 
 
@@ -120,7 +121,7 @@ def test_retry_gives_up_with_registry_unavailable_after_retries():
 
     def always_refused():
         calls.append(1)
-        raise requests.ConnectionError("Connection refused")
+        raise TransportError("connection refused")
 
     with pytest.raises(RegistryUnavailable) as err:
         client._retry("HEAD manifest team/app", always_refused)

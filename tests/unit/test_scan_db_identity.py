@@ -44,7 +44,7 @@ def test_db_sha256_is_the_file_hash_and_is_remembered(tmp_path, monkeypatch):
 
     # a new process (empty memory) reads the memo instead of hashing again
     scan._DB_SHA_CACHE.clear()
-    monkeypatch.setattr(scan.hashlib, "sha256", lambda: pytest.fail("hashed again"))
+    monkeypatch.setattr(hashlib, "sha256", lambda: pytest.fail("hashed again"))  # (scan imports it when it hashes)
     assert scan.db_sha256(project, db) == expected
     monkeypatch.undo()
 

@@ -128,3 +128,105 @@ def test_a_build_loads_no_signing_or_ami_code_until_it_needs_it() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == []
+
+
+# What a repeat `bakery scan IMAGE` (served from the store) imports, in the order the command imports it.
+REPEAT_SCAN_PROBE = """
+import sys
+import bakery.cli, bakery.cli.scan, bakery.reports, bakery.scan, bakery.policy, bakery.validation
+import bakery.configview, bakery.statecheck, bakery.cli._common, bakery.cachedir
+bakery.cachedir.sha256(b"the configuration's cache key").hexdigest()
+print(" ".join(sorted(sys.modules)))
+"""
+# issue 14: none of these on that path (each a measured share of its start-up, `python -X importtime`). uuid and
+# platform are not listed: click 8.5 imports them itself.
+NOT_ON_THE_REPEAT_SCAN = {"logging", "pkgutil", "traceback", "subprocess", "shutil", "shlex", "difflib", "string",
+                          "hashlib", "_hashlib", "socket", "bakery.model", "bakery.registries", "bakery.cli.promote",
+                          "bakery.cli.build", "bakery.cli.core", "bakery.cli.nightly", "bakery.cli.attest"}
+
+
+def test_the_repeat_scan_path_imports_no_logging_subprocess_or_model(repo: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", REPEAT_SCAN_PROBE], capture_output=True, text=True, cwd=repo,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.split())
+    assert {"bakery.scan", "bakery.cli.scan", "click"} <= loaded  # (the probe sees what it imported)
+    assert loaded & (NOT_ON_THE_REPEAT_SCAN | HEAVY) == set()
+
+
+LOGGING_PROBE = """
+import sys
+eager = sys.argv[2] == "eager"
+if eager:
+    import logging
+from bakery.cli import _LOGGING
+_LOGGING.configure(sys.argv[1] == "debug")
+print("loaded at configure:", "logging" in sys.modules)
+import logging
+root = logging.getLogger()
+print(logging.getLevelName(root.level), [h.formatter._fmt for h in root.handlers],
+      [logging.getLevelName(logging.getLogger(n).level) for n in ("urllib3", "botocore", "boto3", "docker")])
+logging.getLogger("bakery.tools").debug("run: trivy --version")
+logging.getLogger("bakery.x").warning("a warning")
+logging.getLogger("urllib3.connectionpool").warning("a library's warning")
+"""
+
+
+@pytest.mark.parametrize("mode", ["debug", "quiet"])
+def test_logging_configured_on_its_first_import_is_configured_as_before(mode: str, tmp_path: Path) -> None:
+    """The CLI no longer imports logging at start: it configures it when something first imports it. The level,
+    format, silenced libraries and what reaches stderr are those of configuring it at once."""
+    def run(order: str) -> tuple[list[str], str]:
+        proc = subprocess.run([sys.executable, "-c", LOGGING_PROBE, mode, order], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines(), proc.stderr
+
+    (lazy_out, lazy_err), (eager_out, eager_err) = run("lazy"), run("eager")
+    assert lazy_out[0] == "loaded at configure: False" and eager_out[0] == "loaded at configure: True"
+    assert (lazy_out[1:], lazy_err) == (eager_out[1:], eager_err)
+    assert "WARNING bakery.x: a warning" in lazy_err
+    assert ("DEBUG bakery.tools: run: trivy --version" in lazy_err) == (mode == "debug")
+    assert ("WARNING urllib3.connectionpool: a library's warning" in lazy_err) == (mode == "debug")
+
+
+FREEZE_PROBE = """
+import atexit, gc, sys
+from bakery.cli import main
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0))
+sys.argv = ["bakery", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("args,code", [(["--version"], 0), (["scna"], 2), (["config", "--format", "json"], 0)])
+def test_the_cli_process_exits_without_collecting_its_garbage(repo: Path, args: list[str], code: int) -> None:
+    """`bakery` run as a process freezes the collector on its way out (the interpreter's shutdown otherwise walks
+    every object with full collections, ~7 ms of a repeat scan): whatever way the command ends. Called in-process
+    (a test, another program), main() leaves the collector alone."""
+    proc = subprocess.run([sys.executable, "-c", FREEZE_PROBE, *args], capture_output=True, text=True, cwd=repo,
+                          timeout=60)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "frozen at exit: True", proc.stdout
+    from bakery.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    import gc
+
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("chunks", [[], [b""], [b"bakery.yaml"], [b"a" * 100_000, b"b", b"\0" * 7], [bytes(range(256))] * 9])
+def test_the_cache_key_digest_is_sha256(chunks: list[bytes]) -> None:
+    """bakery.cachedir.sha256 (the interpreter's built-in SHA-256, no OpenSSL at start-up) gives hashlib's digests."""
+    import hashlib
+
+    from bakery import cachedir
+
+    ours, theirs = cachedir.sha256(), hashlib.sha256()
+    for chunk in chunks:
+        ours.update(chunk)
+        theirs.update(chunk)
+    assert (ours.hexdigest(), ours.digest()) == (theirs.hexdigest(), theirs.digest())
+    assert cachedir.sha256(b"".join(chunks)).hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
