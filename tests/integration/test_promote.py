@@ -769,7 +769,7 @@ def test_a_cold_promotion_asks_each_question_once_and_writes_the_aliases_after_t
     result = promote(project, "python:3.11", "staging")
     assert result.action == "promoted" and result.copy["manifests_copied"] == 1, result.message
     assert _manifest_requests(calls, stack, img.digest, img.build_tag) == {
-        # (python:3.11 → its newest build tag: the tag list, read on its own lean path)
+        "dev GET tags/list": 1,  # python:3.11 → its newest build tag
         "dev HEAD manifests/BUILD_TAG": 1, "dev GET manifests/DIGEST": 1,  # + the config blob: its labels
         "dev GET referrers/DIGEST": 1, "dev HEAD manifests/REFERRERS_TAG": 1,  # its attestations (none)
         "staging HEAD manifests/BUILD_TAG": 3,  # immutability (and the no-op), re-check before writing, read-back
