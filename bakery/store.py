@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -745,14 +745,17 @@ def key_of(image: str) -> ImageKey:
 def write_tags(dst: Registry, repo: str, manifest: Manifest, build_tag: str, aliases: list[str], *,
                target: str, written: list[str] | None = None, confirm: Callable[[], None] | None = None) -> None:
     """The immutable build tag first (re-checked right before writing, read back by ``confirm`` after), then
-    the moving aliases, all at once (each independent of the others). What each alias names is read while the
-    build tag is written (a read moves nothing); no alias is written before the read-back. ``written`` collects
-    the tags that hold the digest so far: when an alias fails, the others are still written and the first error
-    is raised."""
+    the moving aliases, all at once (each independent of the others). What each alias names is read alongside the
+    build tag's check, and every read is answered before anything is written: Distribution's filesystem driver
+    rewrites a manifest's revision link on each PUT of it, and a read racing that write is answered 500 (seen: a
+    repeat promotion's alias HEAD during its build tag's PUT, one in ~30). No alias is written before the
+    read-back. ``written`` collects the tags that hold the digest so far: when an alias fails, the others are
+    still written and the first error is raised."""
     written = [] if written is None else written
     with ThreadPoolExecutor(max_workers=max(1, min(len(aliases), 4)), thread_name_prefix="bakery-tags") as pool:
         named = [pool.submit(dst.head_manifest, repo, alias) for alias in aliases]
         current = dst.head_manifest(repo, build_tag)
+        wait(named)  # (an alias's failed read is that alias's failure, below)
         if current is not None and current != manifest.digest:
             raise ImmutableTagError(f"{target}:{build_tag} already points at {current}, refusing to move an "
                                     f"immutable tag to {manifest.digest}")

@@ -9,7 +9,7 @@ HTTP request lines the client sends (``METHOD PATH HTTP/1.x``) and can
 * ``refuse``: close the client connection without forwarding anything (the service "died").
 
 Each rule fires at most ``times`` times (None: always), and with ``after`` only once a request line matching it
-went through. ``seen`` lists every request line with what was done.
+went through. ``seen`` lists every request line with what was done, ``stamps`` when each arrived.
 Bounded: at most ``max_connections`` connections at once, every connection closes after ``idle`` seconds of
 silence, and the proxy binds 127.0.0.1 only.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 
 _REQUEST = re.compile(rb"(?:^|\r\n)(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/1\.[01]\r\n")
@@ -51,6 +52,7 @@ class FaultProxy:
     idle: float = 120.0
     port: int = 0
     seen: list[str] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)  # time.monotonic() when each line of ``seen`` arrived
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -109,8 +111,10 @@ class FaultProxy:
                 if rule.matches(method, path, self.seen):
                     rule.hits += 1
                     self.seen.append(f"{method} {path} {rule.action}")
+                    self.stamps.append(time.monotonic())
                     return rule
             self.seen.append(f"{method} {path} ok")
+            self.stamps.append(time.monotonic())
         return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

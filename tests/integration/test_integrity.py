@@ -395,6 +395,27 @@ def test_responses_cut_mid_headers_are_retried_without_noise(make_project, stack
             assert client.head_manifest(f"{ns}-staging/python", tag) == digest
 
 
+def test_no_tag_is_written_while_a_read_of_the_target_is_in_flight(make_project, stack):
+    """Distribution's filesystem driver rewrites a manifest's revision link on every PUT of it, and answers 500 to
+    a read of that manifest racing the write (seen once in ~30 repeat promotions, each costing a 0.5 s retry).
+    A promotion reads what its aliases name alongside the build tag's check, and writes nothing until every
+    read is answered. Widened: the proxy holds each alias read 0.5 s; the build tag's PUT arrives after."""
+    with FaultProxy(stack.ports["dev"]) as proxy:
+        root, ns = _project_with_cut_target(make_project, stack, proxy)
+        digest = _publish_python(root, stack, ns)
+        held = proxy.add(Rule("delay", method="HEAD", path=r"/manifests/(3\.11|staging)$", seconds=0.5))
+        proc = bakery("promote", "python:3.11", "--to", "staging", cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        lines = list(zip(proxy.seen, proxy.stamps))
+        reads = [t for line, t in lines if line.startswith("HEAD ") and line.endswith(" delay")]
+        put = [t for line, t in lines if line.startswith("PUT ") and line.split()[1].endswith(f"/manifests/{BUILD_TAG}")]
+        assert held.hits >= 2 and len(put) == 1, proxy.seen
+        assert put[0] >= max(reads) + 0.5, proxy.seen  # every alias read was answered before the write
+        client = RegistryClient(f"127.0.0.1:{stack.ports['dev']}", insecure=True)
+        for tag in (BUILD_TAG, "3.11", "staging"):
+            assert client.head_manifest(f"{ns}-staging/python", tag) == digest
+
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_exhausted_retries_exit_3_and_say_what_the_target_holds(make_project, stack, debug):
     with FaultProxy(stack.ports["dev"]) as proxy:
