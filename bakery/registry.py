@@ -433,8 +433,7 @@ class RegistryClient:
                 raise
             first = exc
         if self.retries == 0:
-            raise RegistryUnavailable(f"{self.host}: registry unavailable during {op}: {_short(first)} "
-                                      f"(after 1 attempt)") from None
+            raise self._unavailable(op, first, 1) from None
         import tenacity
 
         log.debug("%s: %s failed (%s); retrying in %.2fs", self.host, op, _short(first), self.backoff)
@@ -454,9 +453,11 @@ class RegistryClient:
         except Exception as exc:  # noqa: BLE001 - classified below
             if not retryable_exception(exc):
                 raise
-            attempts = 1 + retrying.statistics.get("attempt_number", self.retries)
-            raise RegistryUnavailable(f"{self.host}: registry unavailable during {op}: {_short(exc)} "
-                                      f"(after {attempts} attempts)") from None
+            raise self._unavailable(op, exc, 1 + retrying.statistics.get("attempt_number", self.retries)) from None
+
+    def _unavailable(self, op: str, exc: BaseException, attempts: int) -> RegistryUnavailable:
+        return RegistryUnavailable(f"{self.host}: registry unavailable during {op}: {_short(exc)} "
+                                   f"(after {attempts} attempt{'s' if attempts > 1 else ''})")
 
     def _auth_ready(self, scope: str) -> bool:
         """Whether a request for ``scope`` goes out with credentials already in hand: Basic, or its bearer token."""

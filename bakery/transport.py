@@ -152,12 +152,6 @@ class Response:
         if release is not None:
             release(keep and self._raw.isclosed() and not self._raw.will_close)
 
-    def __enter__(self) -> Response:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class Transport:
     """Pooled HTTP/1.1 connections for one client (see the module's text)."""
@@ -176,13 +170,13 @@ class Transport:
     # -- public --------------------------------------------------------------------------------------------------
 
     def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None, data: Any = None,
-                params: Mapping[str, str] | None = None, stream: bool = False, timeout: float | None = None,
+                params: Mapping[str, str] | None = None, stream: bool = False,
                 allow_redirects: bool = True) -> Response:
         if params:
             url += ("&" if urlsplit(url).query else "?") + urlencode(list(params.items()))
         hdrs = {**self.headers, **(headers or {})}
         for _ in range(MAX_REDIRECTS + 1):
-            resp = self._once(method, url, hdrs, data, stream, timeout)
+            resp = self._once(method, url, hdrs, data, stream)
             location = resp.headers.get("Location")
             if not (allow_redirects and method in ("GET", "HEAD") and resp.status_code in _REDIRECTS and location):
                 return resp
@@ -206,14 +200,13 @@ class Transport:
 
     # -- internals -----------------------------------------------------------------------------------------------
 
-    def _once(self, method: str, url: str, headers: dict[str, str], data: Any, stream: bool,
-              timeout: float | None) -> Response:
+    def _once(self, method: str, url: str, headers: dict[str, str], data: Any, stream: bool) -> Response:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise TransportError(f"not an http(s) URL ({parts.scheme or 'no scheme'})")
         proxy = self._proxy_for(parts)
         key = (parts.scheme, parts.hostname, parts.port, proxy)
-        conn = self._checkout(key, parts, proxy, timeout)
+        conn = self._checkout(key, parts, proxy)
         target = url if (proxy and parts.scheme == "http") else (parts.path or "/") + (
             f"?{parts.query}" if parts.query else "")
         hdrs = dict(headers)
@@ -238,18 +231,16 @@ class Transport:
             resp.content  # noqa: B018 - read whole: the connection goes back to the pool now
         return resp
 
-    def _checkout(self, key: tuple[Any, ...], parts: Any, proxy: tuple[str, int, str] | None,
-                  timeout: float | None) -> http.client.HTTPConnection:
+    def _checkout(self, key: tuple[Any, ...], parts: Any,
+                  proxy: tuple[str, int, str] | None) -> http.client.HTTPConnection:
         with self._lock:
             idle = self._idle.get(key)
             while idle:
                 conn = idle.pop()
                 if not _dropped(conn):
-                    if timeout is not None and conn.sock is not None:
-                        conn.sock.settimeout(timeout)
                     return conn
                 conn.close()
-        t = self.timeout if timeout is None else timeout
+        t = self.timeout
         port = parts.port or (443 if parts.scheme == "https" else 80)
         conn: http.client.HTTPConnection
         if proxy is None:
