@@ -68,22 +68,25 @@ try:
     main()
 except SystemExit:
     pass
-sys.stderr.write("\\nMODULES " + json.dumps(sorted({m.split(".")[0] for m in sys.modules})) + "\\n")
+sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n")
 """
 
 
 @pytest.fixture
 def cli_probe():
-    """``cli_probe(args, cwd, timeout=60) -> (CompletedProcess, top-level modules the command imported)``: runs
-    one bakery command in a fresh interpreter and reports what it loaded (start-up import sets)."""
+    """``cli_probe(args, cwd, timeout=60, full=False) -> (CompletedProcess, modules the command imported)``: runs
+    one bakery command in a fresh interpreter and reports what it loaded (start-up import sets): top-level names
+    (``requests``), or with ``full`` every module's name (``bakery.cli.scan``)."""
     import json
     import subprocess
 
-    def probe(args: list[str], cwd: Path, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    def probe(args: list[str], cwd: Path, timeout: float = 60,
+              full: bool = False) -> tuple[subprocess.CompletedProcess[str], set[str]]:
         proc = subprocess.run([sys.executable, "-c", _CLI_PROBE, json.dumps(args)], capture_output=True, text=True,
                               cwd=cwd, timeout=timeout)
         line = next((ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES ")), None)
         assert line is not None, f"bakery {' '.join(args)} did not finish: {proc.stderr[-2000:]}"
-        return proc, set(json.loads(line[len("MODULES "):]))
+        names = json.loads(line[len("MODULES "):])
+        return proc, set(names) if full else {m.split(".")[0] for m in names}
 
     return probe

@@ -7,10 +7,7 @@ suggestions) must still be what a group with every command registered at import 
 from __future__ import annotations
 
 import importlib
-import json
 import pkgutil
-import subprocess
-import sys
 
 import click
 import pytest
@@ -79,16 +76,6 @@ def test_shell_completion_is_that_of_the_eager_group(args: list[str], incomplete
     assert complete(_lazy())
 
 
-PROBE = """
-import json, sys
-sys.argv = ["bakery", *json.loads(sys.argv[1])]
-from bakery.cli import main
-try:
-    main()
-except SystemExit:
-    pass
-print(json.dumps(sorted(m for m in sys.modules if m.startswith("bakery.cli."))))
-"""
 NO_SUCH = "Error: No such command 'scna'. (Did you mean one of: 'scan', 'schema'?)"
 
 
@@ -98,12 +85,13 @@ NO_SUCH = "Error: No such command 'scna'. (Did you mean one of: 'scan', 'schema'
     (["--version"], ["bakery.cli._common"]),
     (["scna"], ["bakery.cli._common"]),
 ])
-def test_a_command_imports_its_own_module_only(args: list[str], loaded: list[str], tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=60)
-    assert json.loads(proc.stdout.splitlines()[-1]) == loaded, proc.stderr
+def test_a_command_imports_its_own_module_only(args: list[str], loaded: list[str], tmp_path, cli_probe) -> None:
+    def commands(modules: set[str]) -> list[str]:
+        return sorted(m for m in modules if m.startswith("bakery.cli."))
+
+    proc, modules = cli_probe(args, tmp_path, full=True)
+    assert commands(modules) == loaded, proc.stderr
     assert args != ["scna"] or (NO_SUCH in proc.stderr and "Traceback" not in proc.stderr)
     # the top-level help lists every command: it loads every module
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(["--help"])], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=60)
-    assert json.loads(proc.stdout.splitlines()[-1]) == ["bakery.cli._common", *(f"bakery.cli.{m}" for m in _modules())]
+    proc, modules = cli_probe(["--help"], tmp_path, full=True)
+    assert commands(modules) == ["bakery.cli._common", *(f"bakery.cli.{m}" for m in _modules())]
