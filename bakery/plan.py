@@ -40,7 +40,7 @@ LABEL_BASE_DIGEST = OCI + "base.digest"
 LABEL_CREATED = OCI + "created"
 Current = Held  # the newest published build of one image (bakery.model.Held; nightly and tests use this name)
 __all__ = ["LABEL_BASE_DIGEST", "LABEL_CREATED", "REASONS", "Current", "Judging", "Plan", "PlanItem", "Reason",
-           "make_plan", "matrix_slug", "scope", "scope_named"]
+           "built_after", "make_plan", "matrix_slug", "scope", "scope_named"]
 
 
 @dataclass
@@ -257,6 +257,18 @@ def _parse_time(value: str | None) -> dt.datetime | None:
     except ValueError:
         return None
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def built_after(created: str | None, db_updated_at: dt.datetime) -> bool:
+    """Whether an image whose ``created`` label is ``created`` was built after the DB of ``db_updated_at``.
+    The label is to the second (``build._created_now``) and a DB's time is not: a build made in the very second
+    the DB was updated counts as after it. Otherwise a nightly run within that second of a DB update would rebuild
+    the same images again the next night, for fixes their build already had. A label with sub-seconds (another
+    tool's) is compared as it is. No or an unreadable label: not after."""
+    t = _parse_time(created)
+    if t is None:
+        return False
+    return t >= (db_updated_at.replace(microsecond=0) if t.microsecond == 0 else db_updated_at)
 
 
 def _short(digest: str) -> str:
@@ -502,8 +514,7 @@ def _check_patches(project: Project, items: dict[ImageKey, PlanItem], currents: 
         fixable = [f for f in result.findings if f.fixable and (f.id, f.package) not in ignored]
         if not fixable:
             continue
-        created = _parse_time(cur.labels.get(LABEL_CREATED))
-        if created is not None and created >= db.updated_at:
+        if built_after(cur.labels.get(LABEL_CREATED), db.updated_at):
             item.notes.append(f"{len(fixable)} fixable finding(s), but {cur.build_tag} was built after the DB "
                               f"knew of the fixes: a rebuild would not pick them up")
             continue

@@ -28,6 +28,12 @@ if ! docker info >/dev/null 2>&1; then
   if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
     rm -f /var/run/docker.pid
   fi
+  # A containerd pid file left by an engine that did not stop cleanly (a session ended, a machine resumed): when its
+  # pid now belongs to another process, dockerd waits 60 s for a containerd that never answers, then gives up.
+  ctr_pid=/var/run/docker/containerd/containerd.pid
+  if [ -f "$ctr_pid" ] && [ "$(cat "/proc/$(cat "$ctr_pid")/comm" 2>/dev/null)" != containerd ]; then
+    rm -f "$ctr_pid"
+  fi
   mkdir -p /var/log
   nohup dockerd --host unix:///var/run/docker.sock >/var/log/bakery-dockerd.log 2>&1 &
   for _ in $(seq 1 60); do

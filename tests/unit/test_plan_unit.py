@@ -18,7 +18,7 @@ from bakery.definitions import load_fleet
 from bakery.lock import LockHeld, RunLock
 from bakery.model import LABEL_FINGERPRINT, ImageKey
 from bakery.nightly import NightlyReport, Outcome
-from bakery.plan import LABEL_BASE_DIGEST, REASONS, Current, Plan, PlanItem, _decide
+from bakery.plan import LABEL_BASE_DIGEST, REASONS, Current, Plan, PlanItem, _decide, built_after
 
 FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleets" / "tree"
 UP1 = "sha256:" + "1" * 64
@@ -400,3 +400,17 @@ def test_github_matrix_builds_a_fleet_of_any_depth_in_a_fixed_number_of_stages(m
     m = _synthetic_plan(parents).github_matrix(max_levels=max_levels, max_jobs=max_jobs)
     _check_matrix(m, parents, max_jobs)
     assert m["count"] == max_levels
+
+
+@pytest.mark.parametrize(("created", "after"), [
+    ("2026-11-30T22:38:02Z", True),   # the second after the DB's
+    ("2026-11-30T22:38:01Z", True),   # the DB's own second: the label cannot say which came first; after
+    ("2026-11-30T22:38:00Z", False),  # a whole second before
+    ("2026-11-30T22:38:01.100000Z", False),  # a label with sub-seconds, truly before
+    ("", False), (None, False), ("yesterday", False),
+])
+def test_a_build_in_the_second_of_the_db_update_counts_as_built_after_it(created, after) -> None:
+    """The `created` label is to the second, the DB's time is not: a nightly run in the second after a DB update
+    must not see its own fresh build as older than the DB (it would rebuild it again the next night)."""
+    db = dt.datetime(2026, 11, 30, 22, 38, 1, 126481, tzinfo=dt.timezone.utc)
+    assert built_after(created, db) is after
